@@ -1,0 +1,259 @@
+//! Serde mirror of the TOML file: raw values only, unknown keys rejected; `validate.rs` turns it into `Config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerFile>,
+    #[serde(default)]
+    pub admin: Option<AdminFile>,
+    #[serde(default)]
+    pub store: StoreFile,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteFile>,
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerFile>,
+    #[serde(default, rename = "transmitter")]
+    pub transmitters: Vec<TransmitterFile>,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Tokio worker threads; 0 or absent = available cores.
+    pub worker_threads: Option<usize>,
+    /// Deadline for in-flight requests after SIGTERM/SIGINT.
+    pub shutdown_grace: Option<String>,
+    /// Time allowed to send the request head (and the TLS handshake).
+    pub header_read_timeout: Option<String>,
+    /// Idle keep-alive connection lifetime.
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_h2_streams: Option<u32>,
+    pub max_header_bytes: Option<usize>,
+    pub max_request_body: Option<u64>,
+    /// CIDRs whose `X-Forwarded-*` / `Forwarded` headers are believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// `json`, `text` or `auto` (JSON unless stderr is a terminal).
+    pub log_format: Option<String>,
+    /// tracing filter, e.g. `info` or `cae_proxy=debug`.
+    pub log_level: Option<String>,
+    /// Evaluate CAE decisions but forward anyway (all routes).
+    pub report_only: Option<bool>,
+    /// Verified-token cache capacity (entries).
+    pub token_cache_size: Option<usize>,
+    /// Largest accepted bearer token, in bytes.
+    pub max_token_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: Option<String>,
+    pub address: String,
+    /// `proxy` (default) or `signals` (SSF push endpoints).
+    pub role: Option<String>,
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: String,
+    pub key: String,
+    /// CA bundle for client certificates (mTLS).
+    pub client_ca: Option<String>,
+    /// `required` (default when `client_ca` is set) or `optional`.
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub address: Option<String>,
+    /// Bearer secret: literal, `env:NAME` or `file:PATH`.
+    pub token: Option<String>,
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `redb` (default) or `memory` (nothing survives a restart; tests and demo).
+    pub backend: Option<String>,
+    pub path: Option<String>,
+    /// How long a revocation is kept after its time (longest token lifetime + leeway).
+    pub retention: Option<String>,
+    /// Start with empty tables if the store is corrupt instead of refusing to start.
+    pub ignore_corrupt: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: String,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    /// CA bundle for `https` upstreams instead of the system roots.
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub upstream: String,
+    pub strip_prefix: Option<bool>,
+    /// `required` (default), `optional` or `none`.
+    pub auth: Option<String>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// `any` (default) or `all`, for scopes and roles.
+    pub match_mode: Option<String>,
+    #[serde(default)]
+    pub claims: Vec<ClaimRuleFile>,
+    #[serde(default)]
+    pub identity_headers: BTreeMap<String, String>,
+    pub forward_authorization: Option<bool>,
+    pub report_only: Option<bool>,
+    #[serde(default)]
+    pub cae: CaeFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRuleFile {
+    pub claim: String,
+    pub equals: Option<String>,
+    pub one_of: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaeFile {
+    /// Check revocations, blocks (default true when auth is on).
+    pub revocation: Option<bool>,
+    /// Refuse when the client IP differs from the token's `ipaddr`.
+    pub token_ip: Option<bool>,
+    /// Enforce IP bindings fed by signals and the admin API.
+    pub signal_ip: Option<bool>,
+    #[serde(default)]
+    pub allow_locations: Vec<String>,
+    #[serde(default)]
+    pub deny_locations: Vec<String>,
+    /// Microsoft auth context id required in `acrs` (e.g. `c1`).
+    pub auth_context: Option<String>,
+    /// RFC 9470: acceptable `acr` values.
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    /// RFC 9470: maximum age of `auth_time`.
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    pub discovery: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub leeway: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub authorization_uri: Option<String>,
+    pub realm: Option<String>,
+    pub allow_insecure_http: Option<bool>,
+    pub refresh_interval: Option<String>,
+    pub min_refresh: Option<String>,
+    pub max_refresh: Option<String>,
+    pub unknown_kid_cooldown: Option<String>,
+    /// Token claim holding the device id (default `deviceid`).
+    pub device_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransmitterFile {
+    pub name: String,
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub discovery: Option<String>,
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub min_rsa_bits: Option<usize>,
+    pub allow_insecure_http: Option<bool>,
+    /// Lowest CAEP risk level that revokes (`low`, `medium`, `high`).
+    pub risk_revoke_level: Option<String>,
+    /// Issuer (by name) whose tokens this transmitter's subjects refer to; default: match on `iss`.
+    pub token_issuer: Option<String>,
+    pub push: Option<PushFile>,
+    pub poll: Option<PollFile>,
+    pub stream: Option<StreamFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushFile {
+    pub path: String,
+    /// Expected `Authorization` header value (secret reference).
+    pub authorization: Option<String>,
+    pub max_body: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollFile {
+    pub endpoint: String,
+    pub authorization: Option<String>,
+    pub max_events: Option<u32>,
+    pub long_poll: Option<bool>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFile {
+    /// `push` or `poll`.
+    pub delivery: String,
+    /// Our push URL as the transmitter should call it.
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub events_requested: Vec<String>,
+    pub token_endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub scope: Option<String>,
+    /// Static bearer token for management calls, instead of client credentials.
+    pub bearer: Option<String>,
+    pub verify: Option<bool>,
+}

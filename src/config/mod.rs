@@ -1,0 +1,299 @@
+//! Typed configuration: what `validate.rs` produces from the TOML file. Uses nothing else in the crate.
+
+mod file;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use file::FileConfig;
+pub use secret::Secret;
+pub use validate::{ConfigError, ConfigErrors};
+
+/// Longest token lifetime (Entra CAE: 28 h) plus leeway: how long revocations are kept.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(28 * 3600 + 300);
+
+/// Where the redb store lives when `[store] path` is not set.
+pub const DEFAULT_STORE_PATH: &str = "/var/lib/cae-proxy/state.redb";
+
+/// A validated configuration. Built only through [`Config::load`] or [`Config::parse`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub store: Store,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+    pub issuers: Vec<Issuer>,
+    pub transmitters: Vec<Transmitter>,
+}
+
+impl Config {
+    /// Reads, parses and validates a file; every error is reported with its TOML path.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(ConfigError::new("", format!("cannot read {}: {e}", path.display())))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Parses TOML text; relative file paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let raw: FileConfig = toml::from_str(text).map_err(|e| ConfigErrors::one(validate::toml_error(&e)))?;
+        validate::validate(raw, base)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub worker_threads: usize,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_h2_streams: u32,
+    pub max_header_bytes: usize,
+    pub max_request_body: u64,
+    pub trusted_proxies: Vec<IpNet>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub report_only: bool,
+    pub token_cache_size: usize,
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerRole {
+    Proxy,
+    Signals,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub role: ListenerRole,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth_required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub token: Option<Secret>,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    Redb(PathBuf),
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub backend: StoreBackend,
+    pub retention: Duration,
+    pub ignore_corrupt: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    pub name: String,
+    pub url: http::Uri,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchMode {
+    Any,
+    All,
+}
+
+/// A host pattern: exact name or `*.suffix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub allowed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CaePolicy {
+    pub revocation: bool,
+    pub token_ip: bool,
+    pub signal_ip: bool,
+    pub allow_locations: Vec<IpNet>,
+    pub deny_locations: Vec<IpNet>,
+    pub auth_context: Option<String>,
+    pub acr_values: Vec<String>,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    pub methods: Vec<http::Method>,
+    pub upstream: String,
+    pub strip_prefix: bool,
+    pub auth: AuthMode,
+    pub issuers: Vec<String>,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub match_mode: MatchMode,
+    pub claims: Vec<ClaimRule>,
+    /// Header name (lower-case) → dotted claim path.
+    pub identity_headers: Vec<(http::HeaderName, String)>,
+    pub forward_authorization: bool,
+    pub report_only: bool,
+    pub cae: CaePolicy,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    Discovery(String),
+    JwksUri(String),
+    JwksFile(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    pub refresh_interval: Duration,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub unknown_kid_cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub name: String,
+    /// Exact issuer, or a template with `{tenantid}`.
+    pub issuer: String,
+    pub tenants: Vec<String>,
+    pub keys: KeySource,
+    pub key_policy: KeyPolicy,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub max_lifetime: Option<Duration>,
+    pub authorization_uri: Option<String>,
+    pub realm: Option<String>,
+    pub device_claim: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskLevel {
+    pub fn parse(s: &str) -> Option<RiskLevel> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" => Some(RiskLevel::Low),
+            "medium" => Some(RiskLevel::Medium),
+            "high" => Some(RiskLevel::High),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub path: String,
+    pub authorization: Option<Secret>,
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Poll {
+    pub endpoint: String,
+    pub authorization: Option<Secret>,
+    pub max_events: u32,
+    pub long_poll: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Push,
+    Poll,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamMgmt {
+    pub delivery: Delivery,
+    pub endpoint_url: Option<String>,
+    pub events_requested: Vec<String>,
+    pub token_endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub scope: Option<String>,
+    pub bearer: Option<Secret>,
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transmitter {
+    pub name: String,
+    pub issuer: String,
+    pub keys: KeySource,
+    pub key_policy: KeyPolicy,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub min_rsa_bits: usize,
+    pub risk_revoke_level: RiskLevel,
+    pub token_issuer: Option<String>,
+    pub push: Option<Push>,
+    pub poll: Option<Poll>,
+    pub stream: Option<StreamMgmt>,
+}
+
+impl Server {
+    /// True when `ip` belongs to a configured trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}

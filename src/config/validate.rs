@@ -1,0 +1,630 @@
+//! Raw `FileConfig` → typed `Config`, collecting every mistake at once with its TOML path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::file::*;
+use super::*;
+
+/// One configuration mistake and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every mistake found in one file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn one(e: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn toml_error(e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().trim().to_string();
+    ConfigError::new("", format!("invalid TOML: {msg}{}", e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default()))
+}
+
+/// Collects errors while converting.
+struct Check<'a> {
+    errors: Vec<ConfigError>,
+    base: &'a Path,
+}
+
+impl Check<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, message));
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(path, format!("invalid duration {s:?}: {e} (examples: \"30s\", \"500ms\", \"28h 5m\")"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn opt_duration(&mut self, path: &str, v: &Option<String>) -> Option<Duration> {
+        v.as_ref().map(|_| self.duration(path, v, Duration::ZERO))
+    }
+
+    fn nets(&mut self, path: &str, v: &[String]) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, s) in v.iter().enumerate() {
+            match parse_net(s) {
+                Some(n) => out.push(n),
+                None => self.err(format!("{path}[{i}]"), format!("{s:?} is not an IP address or CIDR")),
+            }
+        }
+        out
+    }
+
+    fn file(&mut self, path: &str, v: &str) -> PathBuf {
+        let p = self.base.join(v);
+        if !p.is_file() {
+            self.err(path, format!("file {} does not exist", p.display()));
+        }
+        p
+    }
+
+    fn secret(&mut self, path: &str, v: &Option<String>) -> Option<Secret> {
+        let r = v.as_ref()?;
+        match Secret::resolve(r, self.base) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, path: &str, v: &str, allow_http: bool) {
+        match url::Url::parse(v) {
+            Ok(u) if u.scheme() == "https" => {}
+            Ok(u) if u.scheme() == "http" => {
+                if !allow_http && !is_loopback_host(u.host_str().unwrap_or("")) {
+                    self.err(path, format!("{v:?} must use https (or set allow_insecure_http = true)"));
+                }
+            }
+            Ok(_) => self.err(path, format!("{v:?} must be an http(s) URL")),
+            Err(e) => self.err(path, format!("{v:?} is not a URL: {e}")),
+        }
+    }
+
+    fn algorithms(&mut self, path: &str, v: &Option<Vec<String>>, allowed: &[&str]) -> Vec<jsonwebtoken::Algorithm> {
+        let Some(list) = v else {
+            return vec![jsonwebtoken::Algorithm::RS256];
+        };
+        let mut out = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            match (allowed.contains(&a.as_str()), jsonwebtoken::Algorithm::from_str(a)) {
+                (true, Ok(alg)) => out.push(alg),
+                _ => self.err(format!("{path}[{i}]"), format!("algorithm {a:?} is not allowed (one of {})", allowed.join(", "))),
+            }
+        }
+        if out.is_empty() && !list.is_empty() {
+            return out;
+        }
+        if list.is_empty() {
+            self.err(path, "at least one algorithm is required");
+        }
+        out
+    }
+
+    fn key_source(&mut self, path: &str, discovery: &Option<String>, jwks_uri: &Option<String>, jwks_file: &Option<String>, allow_http: bool) -> KeySource {
+        match (discovery, jwks_uri, jwks_file) {
+            (Some(d), None, None) => {
+                self.url(&format!("{path}.discovery"), d, allow_http);
+                KeySource::Discovery(d.clone())
+            }
+            (None, Some(u), None) => {
+                self.url(&format!("{path}.jwks_uri"), u, allow_http);
+                KeySource::JwksUri(u.clone())
+            }
+            (None, None, Some(f)) => KeySource::JwksFile(self.file(&format!("{path}.jwks_file"), f)),
+            _ => {
+                self.err(path, "exactly one of discovery, jwks_uri or jwks_file is required");
+                KeySource::JwksUri(String::new())
+            }
+        }
+    }
+
+    fn tls(&mut self, path: &str, t: &TlsFile) -> Tls {
+        let required = match t.client_auth.as_deref() {
+            None | Some("required") => true,
+            Some("optional") => false,
+            Some(o) => {
+                self.err(format!("{path}.client_auth"), format!("{o:?} must be \"required\" or \"optional\""));
+                true
+            }
+        };
+        Tls {
+            cert: self.file(&format!("{path}.cert"), &t.cert),
+            key: self.file(&format!("{path}.key"), &t.key),
+            client_ca: t.client_ca.as_ref().map(|c| self.file(&format!("{path}.client_ca"), c)),
+            client_auth_required: required,
+        }
+    }
+}
+
+/// Parses `10.0.0.0/8`, `192.0.2.1` (as /32) or `::1`.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    IpNet::from_str(s).ok().or_else(|| std::net::IpAddr::from_str(s).ok().map(IpNet::from))
+}
+
+/// Loopback hosts may use plain http for keys (protocols.md §1).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || std::net::IpAddr::from_str(h).map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+const TOKEN_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const SET_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"];
+
+pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut c = Check { errors: Vec::new(), base };
+    let s = &raw.server;
+    let server = Server {
+        worker_threads: s.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        shutdown_grace: c.duration("server.shutdown_grace", &s.shutdown_grace, Duration::from_secs(30)),
+        header_read_timeout: c.duration("server.header_read_timeout", &s.header_read_timeout, Duration::from_secs(10)),
+        idle_timeout: c.duration("server.idle_timeout", &s.idle_timeout, Duration::from_secs(60)),
+        max_connections: s.max_connections.unwrap_or(10_000),
+        max_h2_streams: s.max_h2_streams.unwrap_or(256),
+        max_header_bytes: s.max_header_bytes.unwrap_or(64 * 1024),
+        max_request_body: s.max_request_body.unwrap_or(64 * 1024 * 1024),
+        trusted_proxies: c.nets("server.trusted_proxies", s.trusted_proxies.as_deref().unwrap_or(&[])),
+        log_format: match s.log_format.as_deref() {
+            None | Some("auto") => LogFormat::Auto,
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(o) => {
+                c.err("server.log_format", format!("{o:?} must be \"json\", \"text\" or \"auto\""));
+                LogFormat::Auto
+            }
+        },
+        log_level: s.log_level.clone().unwrap_or_else(|| "info".into()),
+        report_only: s.report_only.unwrap_or(false),
+        token_cache_size: s.token_cache_size.unwrap_or(100_000),
+        max_token_bytes: s.max_token_bytes.unwrap_or(16 * 1024),
+    };
+    if server.max_connections == 0 {
+        c.err("server.max_connections", "must be at least 1");
+    }
+    if server.max_header_bytes < 1024 {
+        c.err("server.max_header_bytes", "must be at least 1024");
+    }
+    if tracing_subscriber::EnvFilter::try_new(&server.log_level).is_err() {
+        c.err("server.log_level", format!("{:?} is not a valid log filter", server.log_level));
+    }
+
+    // Listeners.
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    if raw.listeners.is_empty() {
+        c.err("listener", "at least one [[listener]] is required");
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let p = format!("listener[{i}]");
+        let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
+        if !names.insert(name.clone()) {
+            c.err(format!("{p}.name"), format!("duplicate listener name {name:?}"));
+        }
+        let address = match SocketAddr::from_str(&l.address) {
+            Ok(a) => a,
+            Err(_) => {
+                c.err(format!("{p}.address"), format!("{:?} is not an address like 0.0.0.0:8443", l.address));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let role = match l.role.as_deref() {
+            None | Some("proxy") => ListenerRole::Proxy,
+            Some("signals") => ListenerRole::Signals,
+            Some(o) => {
+                c.err(format!("{p}.role"), format!("{o:?} must be \"proxy\" or \"signals\""));
+                ListenerRole::Proxy
+            }
+        };
+        let tls = l.tls.as_ref().map(|t| c.tls(&format!("{p}.tls"), t));
+        listeners.push(Listener { name, address, role, tls });
+    }
+
+    let admin = raw.admin.as_ref().map(|a| Admin {
+        address: match SocketAddr::from_str(a.address.as_deref().unwrap_or("127.0.0.1:9901")) {
+            Ok(x) => x,
+            Err(_) => {
+                c.err("admin.address", "not an address like 127.0.0.1:9901");
+                SocketAddr::from(([127, 0, 0, 1], 9901))
+            }
+        },
+        token: c.secret("admin.token", &a.token),
+        tls: a.tls.as_ref().map(|t| c.tls("admin.tls", t)),
+    });
+
+    let st = &raw.store;
+    let store = Store {
+        backend: match (st.backend.as_deref(), &st.path) {
+            (None | Some("redb"), Some(p)) => StoreBackend::Redb(base.join(p)),
+            (None | Some("redb"), None) => StoreBackend::Redb(PathBuf::from(DEFAULT_STORE_PATH)),
+            (Some("memory"), _) => StoreBackend::Memory,
+            (Some(o), _) => {
+                c.err("store.backend", format!("{o:?} must be \"redb\" or \"memory\""));
+                StoreBackend::Memory
+            }
+        },
+        retention: c.duration("store.retention", &st.retention, DEFAULT_RETENTION),
+        ignore_corrupt: st.ignore_corrupt.unwrap_or(false),
+    };
+
+    // Upstreams.
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &raw.upstreams {
+        let p = format!("upstreams.{name}");
+        let url = match http::Uri::from_str(&u.url) {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => uri,
+            _ => {
+                c.err(format!("{p}.url"), format!("{:?} must be an http:// or https:// URL", u.url));
+                http::Uri::from_static("http://invalid")
+            }
+        };
+        let client_cert = match (&u.client_cert, &u.client_key) {
+            (Some(cert), Some(key)) => Some((c.file(&format!("{p}.client_cert"), cert), c.file(&format!("{p}.client_key"), key))),
+            (None, None) => None,
+            _ => {
+                c.err(&p, "client_cert and client_key go together");
+                None
+            }
+        };
+        upstreams.insert(
+            name.clone(),
+            Upstream {
+                name: name.clone(),
+                url,
+                connect_timeout: c.duration(&format!("{p}.connect_timeout"), &u.connect_timeout, Duration::from_secs(5)),
+                request_timeout: c.duration(&format!("{p}.request_timeout"), &u.request_timeout, Duration::from_secs(60)),
+                idle_timeout: c.duration(&format!("{p}.idle_timeout"), &u.idle_timeout, Duration::from_secs(90)),
+                ca: u.ca.as_ref().map(|f| c.file(&format!("{p}.ca"), f)),
+                client_cert,
+            },
+        );
+    }
+
+    // Issuers.
+    let mut issuers = Vec::new();
+    let mut issuer_names = HashSet::new();
+    for (i, is) in raw.issuers.iter().enumerate() {
+        let p = format!("issuer[{i}]");
+        if !issuer_names.insert(is.name.clone()) {
+            c.err(format!("{p}.name"), format!("duplicate issuer name {:?}", is.name));
+        }
+        let allow_http = is.allow_insecure_http.unwrap_or(false);
+        if is.issuer.contains("{tenantid}") && is.tenants.is_empty() {
+            c.err(format!("{p}.tenants"), "a {tenantid} issuer template needs an allow-list of tenants");
+        }
+        if is.audiences.is_empty() {
+            c.err(format!("{p}.audiences"), "at least one audience is required");
+        }
+        for (key, v) in [("authorization_uri", &is.authorization_uri)] {
+            if let Some(u) = v {
+                c.url(&format!("{p}.{key}"), u, true);
+            }
+        }
+        issuers.push(Issuer {
+            name: is.name.clone(),
+            issuer: is.issuer.clone(),
+            tenants: is.tenants.clone(),
+            keys: c.key_source(&p, &is.discovery, &is.jwks_uri, &is.jwks_file, allow_http),
+            key_policy: key_policy(&mut c, &p, &is.refresh_interval, &is.min_refresh, &is.max_refresh, &is.unknown_kid_cooldown),
+            audiences: is.audiences.clone(),
+            algorithms: c.algorithms(&format!("{p}.algorithms"), &is.algorithms, TOKEN_ALGS),
+            leeway: c.duration(&format!("{p}.leeway"), &is.leeway, Duration::from_secs(60)),
+            max_lifetime: c.opt_duration(&format!("{p}.max_lifetime"), &is.max_lifetime),
+            authorization_uri: is.authorization_uri.clone(),
+            realm: is.realm.clone(),
+            device_claim: is.device_claim.clone().unwrap_or_else(|| "deviceid".into()),
+        });
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("route[{i}]");
+        let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        if !route_names.insert(name.clone()) {
+            c.err(format!("{p}.name"), format!("duplicate route name {name:?}"));
+        }
+        if !upstreams.contains_key(&r.upstream) {
+            c.err(format!("{p}.upstream"), format!("no [upstreams.{}] is defined", r.upstream));
+        }
+        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+        if !path_prefix.starts_with('/') {
+            c.err(format!("{p}.path_prefix"), "must start with /");
+        }
+        let hosts = r
+            .hosts
+            .iter()
+            .map(|h| {
+                let h = h.to_ascii_lowercase();
+                match h.strip_prefix("*.") {
+                    Some(sfx) => HostPattern::Suffix(format!(".{sfx}")),
+                    None => HostPattern::Exact(h),
+                }
+            })
+            .collect();
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.iter().enumerate() {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => methods.push(m),
+                Err(_) => c.err(format!("{p}.methods[{j}]"), format!("{m:?} is not an HTTP method")),
+            }
+        }
+        let auth = match r.auth.as_deref() {
+            None | Some("required") => AuthMode::Required,
+            Some("optional") => AuthMode::Optional,
+            Some("none") => AuthMode::None,
+            Some(o) => {
+                c.err(format!("{p}.auth"), format!("{o:?} must be \"required\", \"optional\" or \"none\""));
+                AuthMode::Required
+            }
+        };
+        if auth != AuthMode::None && raw.issuers.is_empty() {
+            c.err(format!("{p}.auth"), "the route requires tokens but no [[issuer]] is configured");
+        }
+        for (j, iname) in r.issuers.iter().enumerate() {
+            if !issuer_names.contains(iname) {
+                c.err(format!("{p}.issuers[{j}]"), format!("no issuer named {iname:?}"));
+            }
+        }
+        let match_mode = match r.match_mode.as_deref() {
+            None | Some("any") => MatchMode::Any,
+            Some("all") => MatchMode::All,
+            Some(o) => {
+                c.err(format!("{p}.match_mode"), format!("{o:?} must be \"any\" or \"all\""));
+                MatchMode::Any
+            }
+        };
+        let mut claims = Vec::new();
+        for (j, cr) in r.claims.iter().enumerate() {
+            let allowed = match (&cr.equals, &cr.one_of) {
+                (Some(e), None) => vec![e.clone()],
+                (None, Some(l)) if !l.is_empty() => l.clone(),
+                _ => {
+                    c.err(format!("{p}.claims[{j}]"), "exactly one of equals or one_of (non-empty) is required");
+                    Vec::new()
+                }
+            };
+            claims.push(ClaimRule { claim: cr.claim.clone(), allowed });
+        }
+        let mut identity_headers = Vec::new();
+        for (h, claim) in &r.identity_headers {
+            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(name) => identity_headers.push((name, claim.clone())),
+                Err(_) => c.err(format!("{p}.identity_headers.{h}"), "not a valid header name"),
+            }
+        }
+        let ca = &r.cae;
+        let cae = CaePolicy {
+            revocation: ca.revocation.unwrap_or(true),
+            token_ip: ca.token_ip.unwrap_or(false),
+            signal_ip: ca.signal_ip.unwrap_or(false),
+            allow_locations: c.nets(&format!("{p}.cae.allow_locations"), &ca.allow_locations),
+            deny_locations: c.nets(&format!("{p}.cae.deny_locations"), &ca.deny_locations),
+            auth_context: ca.auth_context.clone(),
+            acr_values: ca.acr_values.clone(),
+            max_age: c.opt_duration(&format!("{p}.cae.max_age"), &ca.max_age),
+        };
+        if let Some(ctx) = &cae.auth_context {
+            if ctx.is_empty() || !ctx.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                c.err(format!("{p}.cae.auth_context"), "must be an auth context id such as \"c1\"");
+            }
+        }
+        routes.push(Route {
+            name,
+            hosts,
+            path_prefix,
+            methods,
+            upstream: r.upstream.clone(),
+            strip_prefix: r.strip_prefix.unwrap_or(false),
+            auth,
+            issuers: r.issuers.clone(),
+            scopes: r.scopes.clone(),
+            roles: r.roles.clone(),
+            match_mode,
+            claims,
+            identity_headers,
+            forward_authorization: r.forward_authorization.unwrap_or(true),
+            report_only: r.report_only.unwrap_or(false),
+            cae,
+        });
+    }
+
+    // Transmitters.
+    let mut transmitters = Vec::new();
+    let mut push_paths = HashSet::new();
+    for (i, t) in raw.transmitters.iter().enumerate() {
+        let p = format!("transmitter[{i}]");
+        let allow_http = t.allow_insecure_http.unwrap_or(false);
+        if t.audiences.is_empty() {
+            c.err(format!("{p}.audiences"), "at least one audience (our receiver id) is required");
+        }
+        if let Some(ti) = &t.token_issuer {
+            if !issuer_names.contains(ti) {
+                c.err(format!("{p}.token_issuer"), format!("no issuer named {ti:?}"));
+            }
+        }
+        let push = t.push.as_ref().map(|pu| {
+            if !pu.path.starts_with('/') {
+                c.err(format!("{p}.push.path"), "must start with /");
+            }
+            if !push_paths.insert(pu.path.clone()) {
+                c.err(format!("{p}.push.path"), format!("path {:?} is used by another transmitter", pu.path));
+            }
+            Push { path: pu.path.clone(), authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization), max_body: pu.max_body.unwrap_or(64 * 1024) }
+        });
+        let poll = t.poll.as_ref().map(|po| {
+            c.url(&format!("{p}.poll.endpoint"), &po.endpoint, allow_http);
+            Poll {
+                endpoint: po.endpoint.clone(),
+                authorization: c.secret(&format!("{p}.poll.authorization"), &po.authorization),
+                max_events: po.max_events.unwrap_or(100),
+                long_poll: po.long_poll.unwrap_or(true),
+                interval: c.duration(&format!("{p}.poll.interval"), &po.interval, Duration::from_secs(5)),
+                timeout: c.duration(&format!("{p}.poll.timeout"), &po.timeout, Duration::from_secs(30)),
+            }
+        });
+        let stream = t.stream.as_ref().map(|s| StreamMgmt {
+            delivery: match s.delivery.as_str() {
+                "push" => Delivery::Push,
+                "poll" => Delivery::Poll,
+                o => {
+                    c.err(format!("{p}.stream.delivery"), format!("{o:?} must be \"push\" or \"poll\""));
+                    Delivery::Push
+                }
+            },
+            endpoint_url: s.endpoint_url.clone(),
+            events_requested: s.events_requested.clone(),
+            token_endpoint: s.token_endpoint.clone(),
+            client_id: s.client_id.clone(),
+            client_secret: c.secret(&format!("{p}.stream.client_secret"), &s.client_secret),
+            scope: s.scope.clone(),
+            bearer: c.secret(&format!("{p}.stream.bearer"), &s.bearer),
+            verify: s.verify.unwrap_or(true),
+        });
+        if push.is_none() && poll.is_none() && stream.is_none() {
+            c.err(&p, "a transmitter needs push, poll or stream delivery");
+        }
+        if stream.is_some() && t.discovery.is_none() {
+            c.err(format!("{p}.stream"), "stream management needs discovery (the transmitter's ssf-configuration URL)");
+        }
+        transmitters.push(Transmitter {
+            name: t.name.clone(),
+            issuer: t.issuer.clone(),
+            keys: c.key_source(&p, &t.discovery, &t.jwks_uri, &t.jwks_file, allow_http),
+            key_policy: key_policy(&mut c, &p, &None, &None, &None, &None),
+            audiences: t.audiences.clone(),
+            algorithms: c.algorithms(&format!("{p}.algorithms"), &t.algorithms, SET_ALGS),
+            min_rsa_bits: t.min_rsa_bits.unwrap_or(2048),
+            risk_revoke_level: match t.risk_revoke_level.as_deref() {
+                None => RiskLevel::High,
+                Some(l) => RiskLevel::parse(l).unwrap_or_else(|| {
+                    c.err(format!("{p}.risk_revoke_level"), format!("{l:?} must be low, medium or high"));
+                    RiskLevel::High
+                }),
+            },
+            token_issuer: t.token_issuer.clone(),
+            push,
+            poll,
+            stream,
+        });
+    }
+    if !transmitters.iter().all(|t| t.push.is_none()) && !listeners.iter().any(|l| l.role == ListenerRole::Signals) {
+        c.err("listener", "a transmitter uses push but no listener has role = \"signals\"");
+    }
+
+    if c.errors.is_empty() {
+        Ok(Config { server, listeners, admin, store, upstreams, routes, issuers, transmitters })
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn key_policy(c: &mut Check<'_>, p: &str, refresh: &Option<String>, min: &Option<String>, max: &Option<String>, cooldown: &Option<String>) -> KeyPolicy {
+    KeyPolicy {
+        refresh_interval: c.duration(&format!("{p}.refresh_interval"), refresh, Duration::from_secs(3600)),
+        min_refresh: c.duration(&format!("{p}.min_refresh"), min, Duration::from_secs(300)),
+        max_refresh: c.duration(&format!("{p}.max_refresh"), max, Duration::from_secs(86_400)),
+        unknown_kid_cooldown: c.duration(&format!("{p}.unknown_kid_cooldown"), cooldown, Duration::from_secs(30)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let text = r#"
+            [server]
+            idle_timeout = "forever"
+            trusted_proxies = ["10.0.0.0/8", "nope"]
+            [[listener]]
+            address = "localhost"
+            [[route]]
+            upstream = "missing"
+            auth = "sometimes"
+        "#;
+        let errs = Config::parse(text, Path::new(".")).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["server.idle_timeout", "server.trusted_proxies[1]", "listener[0].address", "route[0].upstream", "route[0].auth", "route[0].auth"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::parse("[server]\nreport_onyl = true\n", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `report_onyl`"), "{err}");
+    }
+
+    #[test]
+    fn http_key_urls_need_loopback_or_opt_in() {
+        let text = r#"
+            [[listener]]
+            address = "127.0.0.1:0"
+            [[issuer]]
+            name = "a"
+            issuer = "https://idp.example.com/"
+            jwks_uri = "http://idp.example.com/keys"
+            audiences = ["api"]
+        "#;
+        let err = Config::parse(text, Path::new(".")).unwrap_err().0;
+        assert_eq!(err[0].path, "issuer[0].jwks_uri");
+        let ok = text.replace("http://idp.example.com/keys", "http://127.0.0.1:9/keys");
+        assert!(Config::parse(&ok, Path::new(".")).is_ok());
+    }
+}

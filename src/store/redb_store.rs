@@ -1,0 +1,236 @@
+//! Embedded crash-safe backend (redb: copy-on-write B-trees, fsync on every commit).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::tables::{merge_binding, merge_block, merge_revoke, Binding, BlockState};
+use super::{Batch, Change, CommitOutcome, Durable, StoreError, SubjectKey, TableName};
+
+const REVOCATIONS: TableDefinition<&str, i64> = TableDefinition::new("revocations");
+/// key → (blocked, event time)
+const BLOCKS: TableDefinition<&str, (bool, i64)> = TableDefinition::new("blocks");
+/// key → JSON list of CIDRs and event time
+const BINDINGS: TableDefinition<&str, (&str, i64)> = TableDefinition::new("bindings");
+/// `iss` + US + `jti` → arrival time, for redelivery deduplication
+const SETS_SEEN: TableDefinition<&str, i64> = TableDefinition::new("sets_seen");
+
+/// The redb-backed store. Every `commit` is one ACID transaction with immediate durability.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens or creates the file. A corrupt file is an error unless `ignore_corrupt`, in which case
+    /// it is moved aside (`<file>.corrupt-<time>`) and a new one is started.
+    pub fn open(path: &Path, ignore_corrupt: bool) -> Result<RedbStore, StoreError> {
+        let p = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: p.clone(), reason: e.to_string() })?;
+        }
+        let opened = Database::create(path).map_err(|e| e.to_string()).and_then(|db| {
+            let store = RedbStore { db, path: path.to_path_buf() };
+            store.init().map(|_| store)
+        });
+        match opened {
+            Ok(s) => Ok(s),
+            Err(reason) if ignore_corrupt => {
+                let aside = path.with_extension(format!("corrupt-{}", super::now_secs()));
+                tracing::error!(store = %p, %reason, moved_to = %aside.display(), "store is unreadable; starting empty because store.ignore_corrupt = true");
+                std::fs::rename(path, &aside).map_err(|e| StoreError::Open { path: p.clone(), reason: e.to_string() })?;
+                let db = Database::create(path).map_err(|e| StoreError::Open { path: p.clone(), reason: e.to_string() })?;
+                let store = RedbStore { db, path: path.to_path_buf() };
+                store.init().map_err(|reason| StoreError::Open { path: p, reason })?;
+                Ok(store)
+            }
+            Err(reason) => Err(StoreError::Corrupt { path: p, reason }),
+        }
+    }
+
+    /// Creates the tables and reads each once, so a damaged file fails at startup, not later.
+    fn init(&self) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            txn.open_table(REVOCATIONS).map_err(|e| e.to_string())?;
+            txn.open_table(BLOCKS).map_err(|e| e.to_string())?;
+            txn.open_table(BINDINGS).map_err(|e| e.to_string())?;
+            txn.open_table(SETS_SEEN).map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        self.load().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn set_key(iss: &str, jti: &str) -> String {
+        format!("{}\u{1f}{jti}", super::keys::normalize_iss(iss))
+    }
+}
+
+fn w<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
+fn r<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Read(e.to_string())
+}
+
+impl Durable for RedbStore {
+    fn commit(&self, batch: &Batch) -> Result<CommitOutcome, StoreError> {
+        let txn = self.db.begin_write().map_err(w)?;
+        {
+            if let Some((iss, jti)) = &batch.set_id {
+                let mut seen = txn.open_table(SETS_SEEN).map_err(w)?;
+                let k = Self::set_key(iss, jti);
+                if seen.get(k.as_str()).map_err(w)?.is_some() {
+                    return Ok(CommitOutcome::Duplicate);
+                }
+                seen.insert(k.as_str(), batch.now).map_err(w)?;
+            }
+            let mut rev = txn.open_table(REVOCATIONS).map_err(w)?;
+            let mut blocks = txn.open_table(BLOCKS).map_err(w)?;
+            let mut binds = txn.open_table(BINDINGS).map_err(w)?;
+            for change in &batch.changes {
+                match change {
+                    Change::Revoke { key, at } => {
+                        let k = key.encode();
+                        let old = rev.get(&*k).map_err(w)?.map(|v| v.value());
+                        rev.insert(&*k, merge_revoke(old, *at)).map_err(w)?;
+                    }
+                    Change::Block { key, at } | Change::Unblock { key, at } => {
+                        let k = key.encode();
+                        let new = BlockState { blocked: matches!(change, Change::Block { .. }), at: *at };
+                        let old = blocks.get(&*k).map_err(w)?.map(|v| {
+                            let (blocked, at) = v.value();
+                            BlockState { blocked, at }
+                        });
+                        let m = merge_block(old, new);
+                        blocks.insert(&*k, (m.blocked, m.at)).map_err(w)?;
+                    }
+                    Change::Bind { key, nets, at } => write_binding(&mut binds, key, Binding { nets: nets.clone(), at: *at })?,
+                    Change::Unbind { key, at } => write_binding(&mut binds, key, Binding { nets: Vec::new(), at: *at })?,
+                    Change::Delete { table, key } => {
+                        let k = key.encode();
+                        match table {
+                            TableName::Revocations => rev.remove(&*k).map_err(w)?.is_some(),
+                            TableName::Blocks => blocks.remove(&*k).map_err(w)?.is_some(),
+                            TableName::Bindings => binds.remove(&*k).map_err(w)?.is_some(),
+                        };
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(w)?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    fn load(&self) -> Result<Vec<Change>, StoreError> {
+        let txn = self.db.begin_read().map_err(r)?;
+        let mut out = Vec::new();
+        let decode = |k: &str| SubjectKey::decode(k).ok_or_else(|| StoreError::Read(format!("undecodable key {k:?}")));
+        for row in txn.open_table(REVOCATIONS).map_err(r)?.iter().map_err(r)? {
+            let (k, v) = row.map_err(r)?;
+            out.push(Change::Revoke { key: decode(k.value())?, at: v.value() });
+        }
+        for row in txn.open_table(BLOCKS).map_err(r)?.iter().map_err(r)? {
+            let (k, v) = row.map_err(r)?;
+            let (blocked, at) = v.value();
+            let key = decode(k.value())?;
+            out.push(if blocked { Change::Block { key, at } } else { Change::Unblock { key, at } });
+        }
+        for row in txn.open_table(BINDINGS).map_err(r)?.iter().map_err(r)? {
+            let (k, v) = row.map_err(r)?;
+            let (nets, at) = v.value();
+            let nets: Vec<ipnet::IpNet> = serde_json::from_str(nets).map_err(r)?;
+            out.push(Change::Bind { key: decode(k.value())?, nets, at });
+        }
+        Ok(out)
+    }
+
+    fn purge(&self, before: i64) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(w)?;
+        let mut removed = 0usize;
+        {
+            let mut rev = txn.open_table(REVOCATIONS).map_err(w)?;
+            let n = rev.len().map_err(w)?;
+            rev.retain(|_, at| at >= before).map_err(w)?;
+            removed += (n - rev.len().map_err(w)?) as usize;
+            let mut blocks = txn.open_table(BLOCKS).map_err(w)?;
+            let n = blocks.len().map_err(w)?;
+            blocks.retain(|_, (blocked, at)| blocked || at >= before).map_err(w)?;
+            removed += (n - blocks.len().map_err(w)?) as usize;
+            let mut binds = txn.open_table(BINDINGS).map_err(w)?;
+            let n = binds.len().map_err(w)?;
+            binds.retain(|_, (_, at)| at >= before).map_err(w)?;
+            removed += (n - binds.len().map_err(w)?) as usize;
+            let mut seen = txn.open_table(SETS_SEEN).map_err(w)?;
+            seen.retain(|_, at| at >= before).map_err(w)?;
+        }
+        txn.commit().map_err(w)?;
+        Ok(removed)
+    }
+
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+}
+
+fn write_binding(t: &mut redb::Table<&str, (&str, i64)>, key: &SubjectKey, new: Binding) -> Result<(), StoreError> {
+    let k = key.encode();
+    let old = t.get(&*k).map_err(w)?.map(|v| {
+        let (nets, at) = v.value();
+        Binding { nets: serde_json::from_str(nets).unwrap_or_default(), at }
+    });
+    if let Some(m) = merge_binding(old.as_ref(), new) {
+        if m.nets.is_empty() {
+            t.remove(&*k).map_err(w)?;
+        } else {
+            let nets = serde_json::to_string(&m.nets).map_err(w)?;
+            t.insert(&*k, (nets.as_str(), m.at)).map_err(w)?;
+        }
+    }
+    Ok(())
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").field("path", &self.path).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(s: &str) -> SubjectKey {
+        SubjectKey::Subject { iss: "https://idp".into(), sub: s.into() }
+    }
+
+    #[test]
+    fn survives_reopen_and_dedupes_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = RedbStore::open(&path, false).unwrap();
+            let b = Batch { changes: vec![Change::Revoke { key: user("a"), at: 10 }], set_id: Some(("https://t/".into(), "j1".into())), now: 10 };
+            assert_eq!(s.commit(&b).unwrap(), CommitOutcome::Committed);
+            assert_eq!(s.commit(&b).unwrap(), CommitOutcome::Duplicate);
+            s.commit(&Batch { changes: vec![Change::Block { key: user("b"), at: 5 }], ..Default::default() }).unwrap();
+        }
+        let s = RedbStore::open(&path, false).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded, vec![Change::Revoke { key: user("a"), at: 10 }, Change::Block { key: user("b"), at: 5 }]);
+        let b = Batch { changes: vec![], set_id: Some(("https://t".into(), "j1".into())), now: 11 };
+        assert_eq!(s.commit(&b).unwrap(), CommitOutcome::Duplicate, "issuer slash is normalised");
+    }
+
+    #[test]
+    fn corrupt_file_fails_closed_unless_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = RedbStore::open(&path, false).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        let s = RedbStore::open(&path, true).unwrap();
+        assert!(s.load().unwrap().is_empty());
+    }
+}
