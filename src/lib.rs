@@ -7,3 +7,6 @@
 
 pub mod config;
 pub mod store;
+pub mod auth;
+pub mod fetch;
+pub mod tls;

@@ -1,0 +1,125 @@
+//! Verified-token cache: SHA-256 of the token → validated principal, bounded, never past `exp`.
+//! A hit skips signature verification only; revocation and IP checks still run on every request.
+//!
+//! Locks: 16 shards, each a `Mutex` over two generations; a lookup holds one shard lock for one
+//! hash probe. When the young generation of a shard fills, the old one is dropped (O(1) eviction).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::token::Principal;
+
+const SHARDS: usize = 16;
+type Key = [u8; 32];
+
+#[derive(Default)]
+struct Shard {
+    young: HashMap<Key, Arc<Principal>>,
+    old: HashMap<Key, Arc<Principal>>,
+}
+
+/// The cache; cleared whole on every configuration reload.
+pub struct TokenCache {
+    shards: Vec<Mutex<Shard>>,
+    per_generation: usize,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+/// The cache key of a token.
+pub fn key(token: &str) -> Key {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut k = [0u8; 32];
+    k.copy_from_slice(d.as_ref());
+    k
+}
+
+impl TokenCache {
+    /// A cache holding about `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_generation: capacity / SHARDS / 2,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, k: &Key) -> &Mutex<Shard> {
+        &self.shards[k[0] as usize % SHARDS]
+    }
+
+    /// A still-valid principal for this key (`exp` + leeway not passed at `now`).
+    pub fn get(&self, k: &Key, now: i64, leeway: i64) -> Option<Arc<Principal>> {
+        if self.per_generation == 0 {
+            return None;
+        }
+        let found = {
+            let Ok(mut s) = self.shard(k).lock() else { return None };
+            match s.young.get(k) {
+                Some(p) => Some(p.clone()),
+                None => s.old.remove(k).inspect(|p| {
+                    s.young.insert(*k, p.clone());
+                }),
+            }
+        };
+        match found {
+            Some(p) if p.exp + leeway >= now => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(p)
+            }
+            _ => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    pub fn insert(&self, k: Key, p: Arc<Principal>) {
+        if self.per_generation == 0 {
+            return;
+        }
+        let Ok(mut s) = self.shard(&k).lock() else { return };
+        if s.young.len() >= self.per_generation {
+            s.old = std::mem::take(&mut s.young);
+        }
+        s.young.insert(k, p);
+    }
+
+    pub fn clear(&self) {
+        for s in &self.shards {
+            if let Ok(mut s) = s.lock() {
+                s.young.clear();
+                s.old.clear();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().filter_map(|s| s.lock().ok().map(|s| s.young.len() + s.old.len())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_expiring() {
+        let c = TokenCache::new(64);
+        for i in 0..1000 {
+            c.insert(key(&format!("t{i}")), Arc::new(Principal { exp: 100, ..Default::default() }));
+        }
+        assert!(c.len() <= 64, "{}", c.len());
+        c.insert(key("x"), Arc::new(Principal { exp: 100, ..Default::default() }));
+        assert!(c.get(&key("x"), 100, 0).is_some());
+        assert!(c.get(&key("x"), 101, 0).is_none());
+        assert!(c.get(&key("x"), 101, 5).is_some());
+        assert!(c.get(&key("nope"), 0, 0).is_none());
+    }
+}

@@ -1,0 +1,367 @@
+//! Verification keys of one issuer or transmitter: JWKS fetch (direct, via OIDC/SSF discovery, or a
+//! file), background refresh honouring `Cache-Control: max-age`, single-flight refetch on an unknown
+//! `kid` limited by a cooldown, and last-good keys kept through provider outages.
+//!
+//! Locks: the current key set is read through `ArcSwap` (no lock on the request path); the refetch
+//! mutex is only taken on a cache miss for a `kid` and never held across a request to upstream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::config::{KeyPolicy, KeySource};
+use crate::fetch::{self, FetchError, Fetcher};
+
+/// The family of a public key, used to refuse algorithm confusion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Rsa { bits: usize },
+    P256,
+    P384,
+    Ed25519,
+}
+
+impl KeyFamily {
+    /// Whether a token signed with `alg` may be verified with a key of this family.
+    pub fn fits(self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            KeyFamily::Rsa { .. } => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyFamily::P256 => alg == ES256,
+            KeyFamily::P384 => alg == ES384,
+            KeyFamily::Ed25519 => alg == EdDSA,
+        }
+    }
+}
+
+/// One verification key.
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub family: KeyFamily,
+    /// The JWK's own `alg`, when it names one: the token must use exactly that.
+    pub alg: Option<Algorithm>,
+    pub decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey").field("kid", &self.kid).field("family", &self.family).field("alg", &self.alg).finish()
+    }
+}
+
+/// A snapshot of the keys, replaced whole on every successful fetch.
+#[derive(Debug, Default)]
+pub struct Keys {
+    pub keys: Vec<Arc<VerifyKey>>,
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// From discovery, for challenges (`authorization_uri`).
+    pub authorization_endpoint: Option<String>,
+    /// From discovery: the `issuer` the provider states.
+    pub discovered_issuer: Option<String>,
+    /// Other discovery members (SSF endpoints), kept as JSON.
+    pub discovery: Option<serde_json::Value>,
+}
+
+impl Keys {
+    pub fn get(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
+        match kid {
+            Some(k) => self.by_kid.get(k).cloned(),
+            // A token without `kid` is accepted only when the set has exactly one key.
+            None if self.keys.len() == 1 => self.keys.first().cloned(),
+            None => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} returned an invalid document: {reason}")]
+    Document { url: String, reason: String },
+    #[error("discovery at {url} names issuer {found:?}, expected {expected:?}")]
+    IssuerMismatch { url: String, found: String, expected: String },
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("key set has no usable signing key")]
+    NoKeys,
+}
+
+/// Counters a key set keeps for metrics.
+#[derive(Debug, Default)]
+pub struct KeyStats {
+    pub fetches: AtomicU64,
+    pub failures: AtomicU64,
+    /// Epoch seconds of the last successful load (0 = never).
+    pub loaded_at: AtomicU64,
+}
+
+/// Keys of one issuer or transmitter, shared by every snapshot that names the same source.
+pub struct KeySet {
+    pub name: String,
+    source: KeySource,
+    /// Expected `issuer` in the discovery document (exact string after one trailing slash).
+    expected_issuer: String,
+    policy: KeyPolicy,
+    min_rsa_bits: usize,
+    current: ArcSwap<Keys>,
+    loaded: std::sync::atomic::AtomicBool,
+    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    fetcher: Fetcher,
+    pub stats: KeyStats,
+}
+
+impl KeySet {
+    pub fn new(name: &str, source: KeySource, expected_issuer: &str, policy: KeyPolicy, min_rsa_bits: usize, fetcher: Fetcher) -> KeySet {
+        KeySet {
+            name: name.to_string(),
+            source,
+            expected_issuer: expected_issuer.to_string(),
+            policy,
+            min_rsa_bits,
+            current: ArcSwap::from_pointee(Keys::default()),
+            loaded: Default::default(),
+            last_refetch: tokio::sync::Mutex::new(None),
+            fetcher,
+            stats: KeyStats::default(),
+        }
+    }
+
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// The current keys (lock-free).
+    pub fn keys(&self) -> Arc<Keys> {
+        self.current.load_full()
+    }
+
+    /// True once keys were loaded at least once.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// A key by `kid`; on a miss, one shared refetch at most once per cooldown, then a second look.
+    pub async fn get_or_refetch(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
+        if let Some(k) = self.current.load().get(kid) {
+            return Some(k);
+        }
+        let before = Arc::as_ptr(&self.current.load_full());
+        {
+            let mut last = self.last_refetch.lock().await;
+            // Someone else refetched while we waited: look again without fetching.
+            if Arc::as_ptr(&self.current.load_full()) == before {
+                let due = last.is_none_or(|t| t.elapsed() >= self.policy.unknown_kid_cooldown);
+                if due {
+                    *last = Some(Instant::now());
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(keys = %self.name, error = %e, "refetch for an unknown kid failed; keeping the last good keys");
+                    }
+                }
+            }
+        }
+        self.current.load().get(kid)
+    }
+
+    /// Fetches the keys now. On success returns how long until the next refresh.
+    pub async fn refresh(&self) -> Result<Duration, KeyError> {
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        match self.load().await {
+            Ok((keys, max_age)) => {
+                tracing::info!(keys = %self.name, count = keys.keys.len(), "loaded verification keys");
+                self.current.store(Arc::new(keys));
+                self.loaded.store(true, Ordering::Release);
+                self.stats.loaded_at.store(crate::store::now_secs() as u64, Ordering::Relaxed);
+                let p = &self.policy;
+                Ok(max_age.unwrap_or(p.refresh_interval).clamp(p.min_refresh, p.max_refresh.max(p.min_refresh)))
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    async fn load(&self) -> Result<(Keys, Option<Duration>), KeyError> {
+        let timeout = Duration::from_secs(10);
+        match &self.source {
+            KeySource::JwksFile(path) => {
+                let text = tokio::fs::read(path).await.map_err(|e| KeyError::File { path: path.display().to_string(), reason: e.to_string() })?;
+                Ok((self.parse_jwks(&text, &path.display().to_string())?, None))
+            }
+            KeySource::JwksUri(url) => {
+                let (body, age) = self.get_ok(url, timeout).await?;
+                Ok((self.parse_jwks(&body, url)?, age))
+            }
+            KeySource::Discovery(url) => {
+                let (body, _) = self.get_ok(url, timeout).await?;
+                let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| KeyError::Document { url: url.clone(), reason: e.to_string() })?;
+                let issuer = doc.get("issuer").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                let norm = |s: &str| s.strip_suffix('/').unwrap_or(s).to_string();
+                if !self.expected_issuer.contains("{tenantid}") && norm(&issuer) != norm(&self.expected_issuer) {
+                    return Err(KeyError::IssuerMismatch { url: url.clone(), found: issuer, expected: self.expected_issuer.clone() });
+                }
+                let jwks_uri = doc
+                    .get("jwks_uri")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| KeyError::Document { url: url.clone(), reason: "no jwks_uri".into() })?
+                    .to_string();
+                let (body, age) = self.get_ok(&jwks_uri, timeout).await?;
+                let mut keys = self.parse_jwks(&body, &jwks_uri)?;
+                keys.authorization_endpoint = doc.get("authorization_endpoint").and_then(|v| v.as_str()).map(str::to_string);
+                keys.discovered_issuer = Some(issuer);
+                keys.discovery = Some(doc);
+                Ok((keys, age))
+            }
+        }
+    }
+
+    async fn get_ok(&self, url: &str, timeout: Duration) -> Result<(bytes::Bytes, Option<Duration>), KeyError> {
+        let r = self.fetcher.get(url, &[("accept", "application/json".into())], timeout).await?;
+        if !r.status.is_success() {
+            return Err(KeyError::Status { url: url.to_string(), status: r.status.as_u16() });
+        }
+        Ok((r.body, fetch::max_age(&r.headers)))
+    }
+
+    /// Parses a JWKS, keeping only usable public signature keys (never symmetric ones).
+    pub fn parse_jwks(&self, body: &[u8], from: &str) -> Result<Keys, KeyError> {
+        parse_jwks(body, from, self.min_rsa_bits)
+    }
+
+    /// Runs until `shutdown` fires: initial load with retries, then periodic refresh.
+    pub async fn run_refresher(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let wait = match self.refresh().await {
+                Ok(next) => {
+                    backoff = Duration::from_millis(500);
+                    next
+                }
+                Err(e) => {
+                    tracing::warn!(keys = %self.name, error = %e, loaded = self.is_loaded(), "key fetch failed; last good keys keep serving");
+                    let w = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    w
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Parses a JWKS document; invalid members are skipped with a log line, not fatal.
+pub fn parse_jwks(body: &[u8], from: &str, min_rsa_bits: usize) -> Result<Keys, KeyError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        keys: Vec<serde_json::Value>,
+    }
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| KeyError::Document { url: from.to_string(), reason: e.to_string() })?;
+    let mut keys = Keys::default();
+    for v in raw.keys {
+        match key_from_jwk(v, min_rsa_bits) {
+            Ok(k) => {
+                let k = Arc::new(k);
+                if let Some(kid) = &k.kid {
+                    keys.by_kid.insert(kid.clone(), k.clone());
+                }
+                keys.keys.push(k);
+            }
+            Err(reason) => tracing::debug!(from, %reason, "skipping a JWKS member"),
+        }
+    }
+    if keys.keys.is_empty() {
+        return Err(KeyError::NoKeys);
+    }
+    Ok(keys)
+}
+
+fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, String> {
+    let jwk: Jwk = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err("use=enc".into());
+    }
+    let family = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p.n.trim_end_matches('=')).map_err(|e| e.to_string())?;
+            let bits = n.iter().position(|b| *b != 0).map_or(0, |i| (n.len() - i) * 8);
+            if bits < min_rsa_bits {
+                return Err(format!("RSA key of {bits} bits is below {min_rsa_bits}"));
+            }
+            KeyFamily::Rsa { bits }
+        }
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => KeyFamily::P256,
+            EllipticCurve::P384 => KeyFamily::P384,
+            _ => return Err("unsupported curve".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => KeyFamily::Ed25519,
+        _ => return Err("symmetric or unsupported key type".into()),
+    };
+    let alg = match jwk.common.key_algorithm {
+        None => None,
+        Some(ka) => Some(key_alg(ka).ok_or("key names a non-signature algorithm")?),
+    };
+    if let Some(a) = alg {
+        if !family.fits(a) {
+            return Err("key alg does not fit its type".into());
+        }
+    }
+    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), family, alg, decoding })
+}
+
+fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match ka {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_symmetric_and_small_keys() {
+        let doc = serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "h", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": "small", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "kid": "ec", "crv": "P-256", "alg": "ES256",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+        ]});
+        let keys = parse_jwks(doc.to_string().as_bytes(), "test", 2048).unwrap();
+        assert_eq!(keys.keys.len(), 1);
+        let k = keys.get(Some("ec")).unwrap();
+        assert_eq!(k.family, KeyFamily::P256);
+        assert!(k.family.fits(Algorithm::ES256));
+        assert!(!k.family.fits(Algorithm::RS256));
+        assert!(keys.get(Some("h")).is_none());
+        assert!(keys.get(None).is_some(), "one key: a kid-less token may use it");
+    }
+
+    #[test]
+    fn empty_or_broken_sets_are_errors() {
+        assert!(matches!(parse_jwks(br#"{"keys":[]}"#, "t", 2048), Err(KeyError::NoKeys)));
+        assert!(matches!(parse_jwks(b"nope", "t", 2048), Err(KeyError::Document { .. })));
+    }
+}

@@ -1,0 +1,381 @@
+//! Bearer extraction and JWT validation: issuer by unverified `iss`, key by `kid`, algorithm
+//! allow-list and key-type match, then jsonwebtoken verifies signature, `aud`, `exp`, `nbf`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::keys::KeySet;
+use crate::config;
+
+/// Why a bearer token was refused. The description is printable ASCII without `"` or `\`
+/// (it goes into `error_description`); it never contains token material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the Authorization header is not a Bearer token")]
+    NotBearer,
+    #[error("more than one Authorization header")]
+    MultipleAuthorization,
+    #[error("access tokens are not accepted in the query string")]
+    TokenInQuery,
+    #[error("the token is larger than allowed")]
+    TooLarge,
+    #[error("the token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("a security event token cannot be used as an access token")]
+    SecurityEventToken,
+    #[error("the token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("the token issuer is not accepted on this route")]
+    IssuerNotAllowed,
+    #[error("the token algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    #[error("the signing key is unknown")]
+    UnknownKey,
+    #[error("the signing key does not fit the token algorithm")]
+    KeyMismatch,
+    #[error("the token signature is invalid")]
+    BadSignature,
+    #[error("the token is expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token lifetime exceeds the allowed maximum")]
+    LifetimeTooLong,
+    #[error("the token audience is not accepted")]
+    WrongAudience,
+    #[error("the token lacks the {0} claim")]
+    MissingClaim(&'static str),
+    #[error("the issuer keys are not available yet")]
+    KeysUnavailable,
+}
+
+impl TokenError {
+    /// Stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::NotBearer => "not_bearer",
+            TokenError::MultipleAuthorization => "multiple_authorization",
+            TokenError::TokenInQuery => "token_in_query",
+            TokenError::TooLarge => "too_large",
+            TokenError::Malformed(_) => "malformed",
+            TokenError::SecurityEventToken => "security_event_token",
+            TokenError::UnknownIssuer => "unknown_issuer",
+            TokenError::IssuerNotAllowed => "issuer_not_allowed",
+            TokenError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::KeyMismatch => "key_mismatch",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::IssuedInFuture => "issued_in_future",
+            TokenError::LifetimeTooLong => "lifetime_too_long",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// The validated identity of a request: the claims the decision and header mapping use.
+#[derive(Debug, Clone, Default)]
+pub struct Principal {
+    /// Name of the configured issuer that accepted the token.
+    pub issuer: Arc<str>,
+    pub iss: String,
+    pub sub: Option<String>,
+    pub oid: Option<String>,
+    pub tid: Option<String>,
+    pub sid: Option<String>,
+    /// `jti`, or Entra's `uti`.
+    pub jti: Option<String>,
+    pub iat: Option<i64>,
+    pub exp: i64,
+    pub auth_time: Option<i64>,
+    pub acr: Option<String>,
+    pub acrs: Vec<String>,
+    /// `xms_cc` contains `cp1` (case-insensitive): the client understands claims challenges.
+    pub cp1: bool,
+    pub ipaddr: Option<IpAddr>,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub device: Option<String>,
+    /// `email`, `upn`, `preferred_username`, lower-cased.
+    pub emails: Vec<String>,
+    pub kid: Option<String>,
+    pub alg: Option<Algorithm>,
+    pub claims: Map<String, Value>,
+}
+
+impl Principal {
+    /// A claim by dotted path (`realm_access.roles`).
+    pub fn claim(&self, path: &str) -> Option<&Value> {
+        let mut parts = path.split('.');
+        let mut cur = self.claims.get(parts.next()?)?;
+        for p in parts {
+            cur = cur.get(p)?;
+        }
+        Some(cur)
+    }
+}
+
+/// One configured issuer with its keys, as used by a snapshot.
+pub struct IssuerRt {
+    pub cfg: config::Issuer,
+    pub keys: Arc<KeySet>,
+    /// `issuer` split around `{tenantid}` for templates.
+    template: Option<(String, String)>,
+}
+
+impl IssuerRt {
+    pub fn new(cfg: config::Issuer, keys: Arc<KeySet>) -> IssuerRt {
+        let template = cfg.issuer.split_once("{tenantid}").map(|(a, b)| (a.to_string(), b.to_string()));
+        IssuerRt { cfg, keys, template }
+    }
+
+    /// Whether a token `iss` belongs to this issuer.
+    pub fn matches(&self, iss: &str) -> bool {
+        match &self.template {
+            None => norm(iss) == norm(&self.cfg.issuer),
+            Some((pre, post)) => iss
+                .strip_prefix(pre.as_str())
+                .and_then(|rest| rest.strip_suffix(post.as_str()))
+                .is_some_and(|tenant| !tenant.is_empty() && !tenant.contains('/') && self.cfg.tenants.iter().any(|t| t == tenant || t == "*")),
+        }
+    }
+
+    /// `authorization_uri` for challenges: configured, else from discovery.
+    pub fn authorization_uri(&self) -> Option<String> {
+        self.cfg.authorization_uri.clone().or_else(|| self.keys.keys().authorization_endpoint.clone())
+    }
+}
+
+fn norm(s: &str) -> &str {
+    s.strip_suffix('/').unwrap_or(s)
+}
+
+/// The issuers of one snapshot.
+#[derive(Default)]
+pub struct Issuers {
+    pub list: Vec<Arc<IssuerRt>>,
+}
+
+impl Issuers {
+    pub fn find(&self, iss: &str) -> Option<&Arc<IssuerRt>> {
+        self.list.iter().find(|i| i.matches(iss))
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<IssuerRt>> {
+        self.list.iter().find(|i| i.cfg.name == name)
+    }
+}
+
+/// Takes the bearer token from the request: exactly one `Authorization: Bearer …` header.
+/// Returns `Ok(None)` when there is no token at all.
+pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>, max_bytes: usize) -> Result<Option<&'a str>, TokenError> {
+    if query.is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("access_token"))) {
+        return Err(TokenError::TokenInQuery);
+    }
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(TokenError::MultipleAuthorization);
+    }
+    let v = v.to_str().map_err(|_| TokenError::Malformed("non-ASCII Authorization header"))?;
+    let (scheme, token) = v.split_once(' ').ok_or(TokenError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::NotBearer);
+    }
+    let token = token.trim_matches(' ');
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    if token.is_empty() {
+        return Err(TokenError::Malformed("empty token"));
+    }
+    Ok(Some(token))
+}
+
+#[derive(serde::Deserialize)]
+struct Unverified {
+    iss: Option<String>,
+    events: Option<serde::de::IgnoredAny>,
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed("a segment is not base64url"))
+}
+
+/// Structural checks and the unverified `iss`, before any key is looked at.
+pub fn inspect(token: &str) -> Result<(jsonwebtoken::Header, String), TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(TokenError::Malformed("a JWT has exactly three segments"));
+    };
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(TokenError::Malformed("empty segment"));
+    }
+    let header_json = b64(h)?;
+    let raw_header: Value = serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed("header is not JSON"))?;
+    if raw_header.get("typ").and_then(Value::as_str).is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t == "secevent+jwt" || t == "application/secevent+jwt"
+    }) {
+        return Err(TokenError::SecurityEventToken);
+    }
+    match raw_header.get("alg").and_then(Value::as_str) {
+        None => return Err(TokenError::Malformed("no alg")),
+        Some(a) if a.eq_ignore_ascii_case("none") || a.starts_with("HS") => return Err(TokenError::AlgorithmNotAllowed),
+        Some(_) => {}
+    }
+    let header: jsonwebtoken::Header = serde_json::from_value(raw_header).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+    let payload: Unverified = serde_json::from_slice(&b64(p)?).map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
+    if payload.events.is_some() {
+        return Err(TokenError::SecurityEventToken);
+    }
+    let iss = payload.iss.ok_or(TokenError::MissingClaim("iss"))?;
+    Ok((header, iss))
+}
+
+/// Validates a token against the snapshot's issuers. `now` is epoch seconds. The only network
+/// call possible is the bounded unknown-`kid` refetch of the issuer's key set.
+pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Principal, TokenError> {
+    let (header, iss) = inspect(token)?;
+    let issuer = issuers.find(&iss).ok_or(TokenError::UnknownIssuer)?;
+    let cfg = &issuer.cfg;
+    if !cfg.algorithms.contains(&header.alg) {
+        return Err(TokenError::AlgorithmNotAllowed);
+    }
+    if !issuer.keys.is_loaded() {
+        return Err(TokenError::KeysUnavailable);
+    }
+    let key = issuer.keys.get_or_refetch(header.kid.as_deref()).await.ok_or(TokenError::UnknownKey)?;
+    if !key.family.fits(header.alg) || key.alg.is_some_and(|a| a != header.alg) {
+        return Err(TokenError::KeyMismatch);
+    }
+    let mut v = Validation::new(header.alg);
+    v.leeway = cfg.leeway.as_secs();
+    v.set_audience(&cfg.audiences);
+    v.set_required_spec_claims(&["exp", "aud"]);
+    v.validate_nbf = true;
+    v.reject_tokens_expiring_in_less_than = 0;
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &v).map_err(|e| match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) if c == "exp" => TokenError::MissingClaim("exp"),
+        ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim("aud"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::AlgorithmNotAllowed,
+        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => TokenError::KeyMismatch,
+        _ => TokenError::Malformed("claims are invalid"),
+    })?;
+    let claims = data.claims;
+    let leeway = cfg.leeway.as_secs() as i64;
+    let int = |name: &str| claims.get(name).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+    let exp = int("exp").ok_or(TokenError::MissingClaim("exp"))?;
+    // jsonwebtoken compares with its own clock; check against ours too (tests drive `now`).
+    if exp + leeway < now {
+        return Err(TokenError::Expired);
+    }
+    if int("nbf").is_some_and(|nbf| nbf > now + leeway) {
+        return Err(TokenError::NotYetValid);
+    }
+    let iat = int("iat");
+    if iat.is_some_and(|iat| iat > now + leeway) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    if let Some(max) = cfg.max_lifetime {
+        let start = iat.or_else(|| int("nbf")).ok_or(TokenError::MissingClaim("iat"))?;
+        if exp - start > max.as_secs() as i64 + leeway {
+            return Err(TokenError::LifetimeTooLong);
+        }
+    }
+    Ok(principal(issuer, iss, header, exp, iat, claims))
+}
+
+fn principal(issuer: &IssuerRt, iss: String, header: jsonwebtoken::Header, exp: i64, iat: Option<i64>, claims: Map<String, Value>) -> Principal {
+    let s = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+    let list = |name: &str| -> Vec<String> {
+        match claims.get(name) {
+            Some(Value::String(v)) => v.split(' ').filter(|x| !x.is_empty()).map(str::to_string).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let emails = ["email", "upn", "preferred_username"]
+        .iter()
+        .filter_map(|c| s(c))
+        .filter(|e| e.contains('@'))
+        .map(|e| e.to_lowercase())
+        .collect();
+    Principal {
+        issuer: Arc::from(issuer.cfg.name.as_str()),
+        sub: s("sub"),
+        oid: s("oid"),
+        tid: s("tid"),
+        sid: s("sid"),
+        jti: s("jti").or_else(|| s("uti")),
+        iat,
+        exp,
+        auth_time: claims.get("auth_time").and_then(Value::as_i64),
+        acr: s("acr"),
+        acrs: list("acrs"),
+        cp1: list("xms_cc").iter().any(|c| c.eq_ignore_ascii_case("cp1")),
+        ipaddr: s("ipaddr").and_then(|a| a.trim().parse().ok()),
+        scopes: list("scp"),
+        roles: list("roles"),
+        device: s(&issuer.cfg.device_claim),
+        emails,
+        kid: header.kid,
+        alg: Some(header.alg),
+        iss,
+        claims,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(v: &Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn bearer_extraction_rules() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h, None, 100), Ok(None));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h, None, 100), Err(TokenError::NotBearer));
+        h.insert("authorization", "bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h, None, 100), Ok(Some("abc")));
+        assert_eq!(bearer(&h, None, 2), Err(TokenError::TooLarge));
+        assert_eq!(bearer(&h, Some("a=1&access_token=x"), 100), Err(TokenError::TokenInQuery));
+        h.append("authorization", "Bearer def".parse().unwrap());
+        assert_eq!(bearer(&h, None, 100), Err(TokenError::MultipleAuthorization));
+    }
+
+    #[test]
+    fn inspect_refuses_structural_attacks() {
+        let claims = enc(&serde_json::json!({"iss": "https://i", "sub": "a"}));
+        let t = |h: Value| format!("{}.{}.c2ln", enc(&h), claims);
+        assert_eq!(inspect(&t(serde_json::json!({"alg": "none"}))).unwrap_err(), TokenError::AlgorithmNotAllowed);
+        assert_eq!(inspect(&t(serde_json::json!({"alg": "HS256"}))).unwrap_err(), TokenError::AlgorithmNotAllowed);
+        assert_eq!(inspect(&t(serde_json::json!({"alg": "RS256", "typ": "secevent+jwt"}))).unwrap_err(), TokenError::SecurityEventToken);
+        assert_eq!(inspect(&t(serde_json::json!({"alg": "XX1"}))).unwrap_err(), TokenError::AlgorithmNotAllowed);
+        assert!(matches!(inspect("a.b"), Err(TokenError::Malformed(_))));
+        assert!(matches!(inspect("a.b.c.d"), Err(TokenError::Malformed(_))));
+        let set = format!("{}.{}.c2ln", enc(&serde_json::json!({"alg": "RS256"})), enc(&serde_json::json!({"iss": "x", "events": {}})));
+        assert_eq!(inspect(&set).unwrap_err(), TokenError::SecurityEventToken);
+        let (h, iss) = inspect(&t(serde_json::json!({"alg": "RS256", "kid": "k"}))).unwrap();
+        assert_eq!((h.alg, h.kid.as_deref(), iss.as_str()), (Algorithm::RS256, Some("k"), "https://i"));
+    }
+}

@@ -1,0 +1,93 @@
+//! TLS material: server configs (ALPN h2 + http/1.1, TLS 1.2/1.3, optional mTLS) and client configs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use crate::config::Tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificates from {path}: {reason}")]
+    Certs { path: String, reason: String },
+    #[error("cannot read private key from {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("TLS configuration rejected: {0}")]
+    Config(String),
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::Certs { path: path.display().to_string(), reason };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key { path: path.display().to_string(), reason: e.to_string() })
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| TlsError::Certs { path: path.display().to_string(), reason: e.to_string() })?;
+    }
+    Ok(roots)
+}
+
+/// Builds a server config from PEM files (re-read on every reload).
+pub fn server_config(t: &Tls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = load_certs(&t.cert)?;
+    let key = load_key(&t.key)?;
+    let builder = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
+    let builder = match &t.client_ca {
+        Some(ca) => {
+            let v = WebPkiClientVerifier::builder(Arc::new(roots_from(ca)?));
+            let v = if t.client_auth_required { v } else { v.allow_unauthenticated() };
+            builder.with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// System trust anchors, read once; an empty store (logged) when none can be read.
+pub fn system_roots() -> RootCertStore {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                tracing::warn!("no system CA certificates found; https upstreams and identity providers need a configured CA");
+            }
+            roots
+        })
+        .clone()
+}
+
+/// Client config for an upstream: configured CA or system roots, optional client certificate.
+pub fn client_config(ca: Option<&Path>, client_cert: Option<(&Path, &Path)>) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = match ca {
+        Some(p) => roots_from(p)?,
+        None => system_roots(),
+    };
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match client_cert {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?).map_err(|e| TlsError::Config(e.to_string())),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
