@@ -1,12 +1,174 @@
 //! cae-proxy: a reverse proxy that validates bearer JWTs and enforces Continuous Access Evaluation
 //! (revocations, account blocks and IP bindings fed by Shared Signals) with claims challenges.
 //!
-//! Crate map (request flow in docs/architecture.md):
+//! Crate map (request flow and dependency rules in docs/architecture.md):
 //! - [`config`]: TOML → validated `Config` (uses nothing else in the crate)
+//! - [`state`]: the reloadable `Snapshot` and the `Shared` state that outlives it
+//! - [`server`], [`tls`]: sockets, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain
+//! - [`proxy`]: the pipeline (route → token → decide → forward or challenge)
+//! - [`auth`]: keys, token validation, verified-token cache, pure decision, challenges
 //! - [`store`]: revocation / block / binding tables and their durable backends
+//! - [`admin`]: probes, metrics, reload and the admin API
+//! - [`fetch`]: outbound client for identity providers
 
-pub mod config;
-pub mod store;
+pub mod admin;
 pub mod auth;
+pub mod config;
 pub mod fetch;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod signals_wiring;
+pub mod state;
+pub mod store;
 pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use config::{Config, ListenerRole, StoreBackend};
+use server::Role;
+use state::{BuildError, Shared};
+use store::{Durable, MemoryStore, RedbStore, SignalStore, StoreError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("configuration cannot be applied: {0}")]
+    Build(#[from] BuildError),
+    #[error("cannot listen on {address} ({listener}): {source}")]
+    Bind { listener: String, address: SocketAddr, source: std::io::Error },
+}
+
+/// Options of [`Proxy::start`] beyond the configuration itself.
+#[derive(Default)]
+pub struct StartOptions {
+    /// The file SIGHUP and `POST /reload` re-read.
+    pub config_path: Option<PathBuf>,
+    /// Called after every successful reload (the binary changes the log level here).
+    pub on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>,
+}
+
+/// A running proxy: listeners bound, background tasks started.
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    listeners: Vec<(String, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    conns: Arc<Semaphore>,
+    max_conns: u32,
+}
+
+impl Proxy {
+    /// Opens the store, builds the first snapshot, binds every listener and starts serving.
+    pub async fn start(config: Config, opts: StartOptions) -> Result<Proxy, StartError> {
+        let durable: Arc<dyn Durable> = match &config.store.backend {
+            StoreBackend::Redb(path) => {
+                let (p, ignore) = (path.clone(), config.store.ignore_corrupt);
+                Arc::new(tokio::task::spawn_blocking(move || RedbStore::open(&p, ignore)).await.map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })??)
+            }
+            StoreBackend::Memory => Arc::new(MemoryStore::default()),
+        };
+        let retention = config.store.retention.as_secs() as i64;
+        let store = Arc::new(SignalStore::open(durable, retention, store::now_secs())?);
+        tracing::info!(backend = store.backend_name(), entries = ?store.tables().stats(), "signal store open");
+        let shared = Arc::new(Shared::new(opts.config_path, store, config.server.token_cache_size, opts.on_reload));
+        let snap = shared.build(config)?;
+        let cfg = snap.config.clone();
+        shared.install(snap);
+
+        let max_conns = u32::try_from(cfg.server.max_connections.saturating_add(64)).unwrap_or(u32::MAX);
+        let conns = Arc::new(Semaphore::new(max_conns as usize));
+        let mut bound = Vec::new();
+        let mut listeners = Vec::new();
+        for l in &cfg.listeners {
+            let tcp = bind(l.address).map_err(|source| StartError::Bind { listener: l.name.clone(), address: l.address, source })?;
+            let addr = tcp.local_addr().map_err(|source| StartError::Bind { listener: l.name.clone(), address: l.address, source })?;
+            tracing::info!(listener = %l.name, %addr, tls = l.tls.is_some(), role = ?l.role, "listening");
+            listeners.push((l.name.clone(), addr));
+            let role = match l.role {
+                ListenerRole::Proxy => Role::Proxy,
+                ListenerRole::Signals => Role::Signals,
+            };
+            bound.push((tcp, Arc::<str>::from(l.name.as_str()), role));
+        }
+        let mut admin = None;
+        if let Some(a) = &cfg.admin {
+            let tcp = bind(a.address).map_err(|source| StartError::Bind { listener: "admin".into(), address: a.address, source })?;
+            let addr = tcp.local_addr().map_err(|source| StartError::Bind { listener: "admin".into(), address: a.address, source })?;
+            tracing::info!(listener = "admin", %addr, "listening");
+            admin = Some(addr);
+            bound.push((tcp, Arc::from("admin"), Role::Admin));
+        }
+        for (tcp, name, role) in bound {
+            tokio::spawn(server::accept_loop(tcp, name, role, shared.clone(), conns.clone(), shared.shutdown.subscribe()));
+        }
+        tokio::spawn(expiry_loop(shared.clone()));
+        signals_wiring::start(&shared);
+        Ok(Proxy { shared, listeners, admin, conns, max_conns })
+    }
+
+    /// The bound address of a listener by name.
+    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == listener).map(|(_, a)| *a)
+    }
+
+    /// Bound addresses of every listener, in configuration order.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners.clone()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Same as SIGHUP: re-read the file, swap on success, keep the old snapshot on failure.
+    pub fn reload(&self) -> Result<u64, String> {
+        self.shared.reload()
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, then returns
+    /// whether every connection closed in time.
+    pub async fn shutdown(self) -> bool {
+        let grace = self.shared.snapshot.load().config.server.shutdown_grace;
+        let _ = self.shared.shutdown.send(true);
+        let drained = tokio::time::timeout(grace, self.conns.acquire_many(self.max_conns)).await.is_ok();
+        if !drained {
+            tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+        }
+        drained
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Drops expired revocations every minute, in memory and in the store.
+async fn expiry_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match shared.store.expire(store::now_secs()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired old table entries"),
+            Err(e) => tracing::error!(error = %e, "expiry failed"),
+        }
+    }
+}

@@ -1,1 +1,162 @@
-fn main() {}
+//! The `cae-proxy` binary: CLI, exit codes, logging, signals. Everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+
+use cae_proxy::config::{Config, LogFormat};
+use cae_proxy::{Proxy, StartOptions};
+
+/// Exit code: the configuration is invalid.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code: a runtime failure (bind, store, TLS material).
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "cae-proxy", version, about = "Continuous Access Evaluation gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short, env = "CAE_PROXY_CONFIG", default_value = "config/cae-proxy.toml")]
+        config: PathBuf,
+        /// Log format override: json or text.
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+    /// Validate a configuration file: prints every error with its TOML path.
+    Check {
+        #[arg(long, short, env = "CAE_PROXY_CONFIG", default_value = "config/cae-proxy.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, log_format } => run(&config, log_format.as_deref()),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} issuers, {} transmitters)",
+                path.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                c.issuers.len(),
+                c.transmitters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            eprintln!("{}: {} error(s)", path.display(), errs.0.len());
+            for e in &errs.0 {
+                eprintln!("  {e}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Installs the global subscriber: JSON lines unless stderr is a terminal (or as configured).
+fn init_logging(format: LogFormat, override_fmt: Option<&str>, level: &str) -> FilterHandle {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let json = match override_fmt {
+        Some("json") => true,
+        Some("text") => false,
+        _ => match format {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::stderr().is_terminal(),
+        },
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        let layer = tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr);
+        registry.with(layer).init();
+    } else {
+        let ansi = std::io::stderr().is_terminal();
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
+    }
+    handle
+}
+
+fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{}: {} error(s)", path.display(), errs.0.len());
+            for e in &errs.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let handle = init_logging(config.server.log_format, log_format, &config.server.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.server.worker_threads).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let on_reload: Box<dyn Fn(&Config) + Send + Sync> = Box::new(move |c: &Config| {
+        if let Ok(f) = EnvFilter::try_new(&c.server.log_level) {
+            let _ = handle.reload(f);
+        }
+    });
+    let opts = StartOptions { config_path: Some(path.to_path_buf()), on_reload: Some(on_reload) };
+    runtime.block_on(async move {
+        let proxy = match Proxy::start(config, opts).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        match wait_for_signals(&proxy).await {
+            Ok(()) => {
+                tracing::info!("shutting down: draining in-flight requests");
+                let drained = proxy.shutdown().await;
+                tracing::info!(drained, "stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}
+
+/// The only place that installs signal handlers: SIGHUP reloads, SIGTERM/SIGINT return.
+async fn wait_for_signals(proxy: &Proxy) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = proxy.reload();
+            }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}

@@ -154,11 +154,11 @@ impl KeySet {
         if let Some(k) = self.current.load().get(kid) {
             return Some(k);
         }
-        let before = Arc::as_ptr(&self.current.load_full());
+        let before = Arc::as_ptr(&self.current.load_full()) as usize;
         {
             let mut last = self.last_refetch.lock().await;
             // Someone else refetched while we waited: look again without fetching.
-            if Arc::as_ptr(&self.current.load_full()) == before {
+            if Arc::as_ptr(&self.current.load_full()) as usize == before {
                 let due = last.is_none_or(|t| t.elapsed() >= self.policy.unknown_kid_cooldown);
                 if due {
                     *last = Some(Instant::now());
@@ -235,29 +235,6 @@ impl KeySet {
     /// Parses a JWKS, keeping only usable public signature keys (never symmetric ones).
     pub fn parse_jwks(&self, body: &[u8], from: &str) -> Result<Keys, KeyError> {
         parse_jwks(body, from, self.min_rsa_bits)
-    }
-
-    /// Runs until `shutdown` fires: initial load with retries, then periodic refresh.
-    pub async fn run_refresher(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(500);
-        loop {
-            let wait = match self.refresh().await {
-                Ok(next) => {
-                    backoff = Duration::from_millis(500);
-                    next
-                }
-                Err(e) => {
-                    tracing::warn!(keys = %self.name, error = %e, loaded = self.is_loaded(), "key fetch failed; last good keys keep serving");
-                    let w = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                    w
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }
 

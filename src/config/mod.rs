@@ -13,7 +13,7 @@ use ipnet::IpNet;
 
 pub use file::FileConfig;
 pub use secret::Secret;
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{is_loopback_host, parse_net, ConfigError, ConfigErrors};
 
 /// Longest token lifetime (Entra CAE: 28 h) plus leeway: how long revocations are kept.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(28 * 3600 + 300);
@@ -42,6 +42,20 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base)
+    }
+
+    /// The configuration in force before the first file is loaded: one loopback listener, no routes.
+    pub fn minimal() -> Config {
+        Config {
+            server: validate::default_server(),
+            listeners: Vec::new(),
+            admin: None,
+            store: Store { backend: StoreBackend::Memory, retention: DEFAULT_RETENTION, ignore_corrupt: false },
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+            issuers: Vec::new(),
+            transmitters: Vec::new(),
+        }
     }
 
     /// Parses TOML text; relative file paths are resolved against `base`.

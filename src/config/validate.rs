@@ -204,10 +204,14 @@ pub fn is_loopback_host(host: &str) -> bool {
 const TOKEN_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 const SET_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"];
 
-pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErrors> {
-    let mut c = Check { errors: Vec::new(), base };
-    let s = &raw.server;
-    let server = Server {
+/// Server settings when the file has no `[server]` table.
+pub(super) fn default_server() -> Server {
+    let mut c = Check { errors: Vec::new(), base: Path::new(".") };
+    server(&mut c, &ServerFile::default())
+}
+
+fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
+    Server {
         worker_threads: s.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         shutdown_grace: c.duration("server.shutdown_grace", &s.shutdown_grace, Duration::from_secs(30)),
         header_read_timeout: c.duration("server.header_read_timeout", &s.header_read_timeout, Duration::from_secs(10)),
@@ -230,7 +234,12 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         report_only: s.report_only.unwrap_or(false),
         token_cache_size: s.token_cache_size.unwrap_or(100_000),
         max_token_bytes: s.max_token_bytes.unwrap_or(16 * 1024),
-    };
+    }
+}
+
+pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut c = Check { errors: Vec::new(), base };
+    let server = server(&mut c, &raw.server);
     if server.max_connections == 0 {
         c.err("server.max_connections", "must be at least 1");
     }

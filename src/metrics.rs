@@ -1,0 +1,149 @@
+//! Prometheus metrics: stable names, low-cardinality labels, one registry per proxy instance.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+    /// `allow`, `deny`, `report_only` or `none` (no auth on the route / no route).
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetLabels {
+    pub transmitter: String,
+    pub event: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+fn lag() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 20))
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub token_validations: Family<ResultLabels, Counter>,
+    pub token_cache_hits: Counter,
+    pub token_cache_misses: Counter,
+    pub key_fetches: Family<NameLabel, Gauge<i64, AtomicI64>>,
+    pub key_fetch_failures: Family<NameLabel, Gauge<i64, AtomicI64>>,
+    pub key_set_age: Family<NameLabel, Gauge<f64, AtomicU64>>,
+    pub table_entries: Family<TableLabel, Gauge<i64, AtomicI64>>,
+    pub sets_received: Family<SetLabels, Counter>,
+    pub set_enforce_latency: Family<NameLabel, Histogram, fn() -> Histogram>,
+    pub set_event_lag: Family<NameLabel, Histogram, fn() -> Histogram>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub config_generation: Gauge<i64, AtomicI64>,
+    pub store_write_duration: Histogram,
+    pub upstream_errors: Family<KindLabel, Counter>,
+    pub open_connections: Family<ListenerLabel, Gauge<i64, AtomicI64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("cae");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency),
+            upstream_duration: Family::new_with_constructor(latency),
+            token_validations: Family::default(),
+            token_cache_hits: Counter::default(),
+            token_cache_misses: Counter::default(),
+            key_fetches: Family::default(),
+            key_fetch_failures: Family::default(),
+            key_set_age: Family::default(),
+            table_entries: Family::default(),
+            sets_received: Family::default(),
+            set_enforce_latency: Family::new_with_constructor(latency),
+            set_event_lag: Family::new_with_constructor(lag),
+            reloads: Family::default(),
+            config_generation: Gauge::default(),
+            store_write_duration: latency(),
+            upstream_errors: Family::default(),
+            open_connections: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register("requests", "Requests by route, status, decision and deny reason", m.requests.clone());
+        r.register("request_duration_seconds", "Time from request head to response head", m.request_duration.clone());
+        r.register("upstream_duration_seconds", "Time waiting for the upstream response head", m.upstream_duration.clone());
+        r.register("token_validations", "Token validations by result and reason", m.token_validations.clone());
+        r.register("token_cache_hits", "Verified-token cache hits", m.token_cache_hits.clone());
+        r.register("token_cache_misses", "Verified-token cache misses", m.token_cache_misses.clone());
+        r.register("key_fetches", "JWKS fetches per key set (counter value)", m.key_fetches.clone());
+        r.register("key_fetch_failures", "Failed JWKS fetches per key set (counter value)", m.key_fetch_failures.clone());
+        r.register("key_set_age_seconds", "Age of the keys in use per key set", m.key_set_age.clone());
+        r.register("table_entries", "Entries in the revocation, block and binding tables", m.table_entries.clone());
+        r.register("sets_received", "Security event tokens received by transmitter, event type and result", m.sets_received.clone());
+        r.register("set_enforce_latency_seconds", "SET arrival to enforceable (durable and applied)", m.set_enforce_latency.clone());
+        r.register("set_event_lag_seconds", "SET event_timestamp to enforceable", m.set_event_lag.clone());
+        r.register("reloads", "Configuration reloads by result", m.reloads.clone());
+        r.register("config_generation", "Generation of the configuration in use", m.config_generation.clone());
+        r.register("store_write_duration_seconds", "Durable store commit latency", m.store_write_duration.clone());
+        r.register("upstream_errors", "Upstream failures by kind", m.upstream_errors.clone());
+        r.register("open_connections", "Open client connections per listener", m.open_connections.clone());
+        Metrics { registry: r, ..m }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

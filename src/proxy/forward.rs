@@ -1,0 +1,91 @@
+//! The only place that dials upstreams: pooled hyper-util clients, one per upstream definition,
+//! kept across reloads; connect, response-head and pool-idle timeouts.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::Upstream;
+use crate::tls::{self, TlsError};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of everything the proxy sends (upstream requests and client responses).
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Why forwarding failed, classified by side (client fault 4xx, upstream fault 502/504).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the request body exceeds the limit")]
+    BodyTooLarge,
+    #[error("the upstream connection failed: {0}")]
+    Upstream(String),
+}
+
+impl ForwardError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::Connect(_) => "connect",
+            ForwardError::Timeout(_) => "timeout",
+            ForwardError::BodyTooLarge => "body_too_large",
+            ForwardError::Upstream(_) => "protocol",
+        }
+    }
+}
+
+/// A pooled client for one upstream definition.
+pub struct UpstreamClient {
+    pub cfg: Upstream,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>,
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &Upstream) -> Result<UpstreamClient, TlsError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let tls = tls::client_config(cfg.ca.as_deref(), cfg.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        Ok(UpstreamClient { cfg: cfg.clone(), client })
+    }
+
+    /// Sends the request and waits for the response head within the request timeout.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
+        let timeout = self.cfg.request_timeout;
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ForwardError::BodyTooLarge;
+        }
+        src = s.source();
+    }
+    let chain = crate::fetch::error_chain(e);
+    if e.is_connect() {
+        ForwardError::Connect(chain)
+    } else {
+        ForwardError::Upstream(chain)
+    }
+}

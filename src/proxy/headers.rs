@@ -1,0 +1,175 @@
+//! Header rules: hop-by-hop removal (RFC 9110 §7.6.1), client address, `X-Forwarded-*`, request id.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::Server;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+
+/// Removes hop-by-hop headers and those named in `Connection`. With `upgrade`, keeps
+/// `Connection: upgrade` and `Upgrade` so the upstream sees the handshake.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if !(upgrade && n == UPGRADE) {
+            h.remove(&n);
+        }
+    }
+    for n in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHORIZATION, &PROXY_AUTHENTICATE, &TE, &TRAILER, &TRANSFER_ENCODING] {
+        h.remove(n);
+    }
+    h.remove(CONNECTION);
+    if upgrade {
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(UPGRADE);
+    }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket).
+pub fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(UPGRADE)
+        && h.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The client address: the peer, or — when the peer is a trusted proxy — the right-most
+/// untrusted `X-Forwarded-For` (else `Forwarded: for=`) entry. Never a header from an untrusted peer.
+pub fn client_ip(peer: IpAddr, h: &HeaderMap, server: &Server) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !server.is_trusted(peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| parse_addr(s.trim()))
+        .collect();
+    if chain.is_empty() {
+        chain = h
+            .get_all(http::header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|p| {
+                let (k, v) = p.trim().split_once('=')?;
+                k.eq_ignore_ascii_case("for").then(|| parse_addr(v.trim_matches('"')))?
+            })
+            .collect();
+    }
+    let mut client = peer;
+    for ip in chain.iter().rev() {
+        client = ip.to_canonical();
+        if !server.is_trusted(client) {
+            break;
+        }
+    }
+    client
+}
+
+/// Parses `192.0.2.1`, `192.0.2.1:443`, `[2001:db8::1]:443` or `2001:db8::1`.
+pub fn parse_addr(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[').and_then(|r| r.split(']').next()).and_then(|ip| ip.parse().ok())
+}
+
+/// Sets `X-Forwarded-For/Proto/Host`, keeping incoming values only from a trusted peer.
+pub fn set_forwarded(h: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, proto: &'static str, host: Option<&str>) {
+    let peer_s = peer.to_canonical().to_string();
+    let xff = match (trusted_peer, h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())) {
+        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
+        _ => peer_s,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(&X_FORWARDED_FOR, v);
+    }
+    if !(trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(trusted_peer && h.contains_key(&X_FORWARDED_HOST)) {
+        match host.and_then(|x| HeaderValue::from_str(x).ok()) {
+            Some(v) => {
+                h.insert(&X_FORWARDED_HOST, v);
+            }
+            None => {
+                h.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// The incoming `X-Request-Id` when it is short printable ASCII, else a new random id.
+pub fn request_id(h: &HeaderMap) -> String {
+    if let Some(v) = h.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            return v.to_string();
+        }
+    }
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn server(trusted: &str) -> Server {
+        let text = format!("[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+        Config::parse(&text, std::path::Path::new(".")).unwrap().server
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(TE, "trailers".parse().unwrap());
+        h.insert(UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers() {
+        let s = server("\"10.0.0.0/8\"");
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, "203.0.113.9, 198.51.100.1, 10.1.1.1".parse().unwrap());
+        assert_eq!(client_ip("192.0.2.7".parse().unwrap(), &h, &s), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip("10.0.0.2".parse().unwrap(), &h, &s), "198.51.100.1".parse::<IpAddr>().unwrap());
+        let mut f = HeaderMap::new();
+        f.insert(http::header::FORWARDED, "for=\"[2001:db8::1]:443\";proto=https".parse().unwrap());
+        assert_eq!(client_ip("10.0.0.2".parse().unwrap(), &f, &s), "2001:db8::1".parse::<IpAddr>().unwrap());
+
+        let mut out = h.clone();
+        set_forwarded(&mut out, "192.0.2.7".parse().unwrap(), false, "https", Some("api.example.com"));
+        assert_eq!(out[&X_FORWARDED_FOR], "192.0.2.7");
+        set_forwarded(&mut h, "10.0.0.2".parse().unwrap(), true, "https", Some("api.example.com"));
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 198.51.100.1, 10.1.1.1, 10.0.0.2");
+    }
+}

@@ -1,0 +1,335 @@
+//! The request pipeline, in order: route → token → decide → forward or challenge → one access-log line.
+
+pub mod forward;
+pub mod headers;
+pub mod route;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::auth::challenge::{self, ChallengeCtx};
+use crate::auth::decide::{self, DenyReason};
+use crate::auth::token::{self, Principal};
+use crate::auth::cache;
+use crate::config::{AuthMode, Route};
+use crate::metrics::{RequestLabels, ResultLabels, RouteLabel};
+use crate::state::{Shared, Snapshot};
+use forward::{BoxError, ForwardError, ProxyBody};
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub listener: Arc<str>,
+}
+
+/// Per-request facts for the access log and metrics.
+struct Outcome {
+    route: Option<String>,
+    decision: &'static str,
+    reason: &'static str,
+    upstream_status: Option<u16>,
+    client_ip: std::net::IpAddr,
+}
+
+/// Failures that end a request before or while forwarding, each with its status.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("the request target contains a dot segment or an encoded slash")]
+    BadPath,
+    #[error("the request body exceeds the limit")]
+    BodyTooLarge,
+    #[error("the request cannot be forwarded: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+impl ProxyError {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ProxyError::BadPath => (StatusCode::BAD_REQUEST, "bad_path"),
+            ProxyError::BodyTooLarge | ProxyError::Forward(ForwardError::BodyTooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ProxyError::Forward(ForwardError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::Forward(ForwardError::Connect(_) | ForwardError::Upstream(_)) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+        }
+    }
+}
+
+/// A JSON error response naming the request id.
+pub fn json_error(status: StatusCode, error: &str, message: &str, request_id: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": error, "message": message, "request_id": request_id}).to_string();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|e: Infallible| match e {}).boxed()
+}
+
+/// Entry point for the proxy listeners.
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let snap = shared.snapshot.load_full();
+    let request_id = headers::request_id(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let host = authority(&req).map(str::to_string);
+    let mut out = Outcome { route: None, decision: "none", reason: "", upstream_status: None, client_ip: conn.peer.ip() };
+    let mut resp = match inner(&shared, &snap, &conn, req, &request_id, &mut out).await {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, code) = e.status();
+            if let ProxyError::Forward(f) = &e {
+                shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind: f.kind() }).inc();
+            }
+            tracing::warn!(request_id = %request_id, error = %e, "request failed");
+            out.reason = code;
+            json_error(status, code, &e.to_string(), &request_id)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(&headers::X_REQUEST_ID, v);
+    }
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    let route = out.route.clone().unwrap_or_default();
+    let m = &shared.metrics;
+    m.requests.get_or_create(&RequestLabels { route: route.clone(), status, decision: out.decision, reason: out.reason }).inc();
+    m.request_duration.get_or_create(&RouteLabel { route: route.clone() }).observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "access",
+        request_id = %request_id,
+        method = %method,
+        host = host.as_deref().unwrap_or(""),
+        path = %path,
+        route = %route,
+        status,
+        upstream_status = out.upstream_status,
+        bytes = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        client_ip = %out.client_ip,
+        decision = out.decision,
+        reason = out.reason,
+        listener = %conn.listener,
+    );
+    Ok(resp)
+}
+
+fn authority(req: &Request<Incoming>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
+}
+
+async fn inner(shared: &Arc<Shared>, snap: &Snapshot, conn: &ConnInfo, req: Request<Incoming>, request_id: &str, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+    let server = &snap.config.server;
+    if route::has_dot_segment(req.uri().path()) {
+        return Err(ProxyError::BadPath);
+    }
+    let route = snap.router.find(authority(&req), req.uri().path(), req.method()).ok_or(ProxyError::NoRoute)?.clone();
+    out.route = Some(route.name.clone());
+    out.client_ip = headers::client_ip(conn.peer.ip(), req.headers(), server);
+    if req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > server.max_request_body) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+
+    let now = crate::store::now_secs();
+    let principal = match authenticate(shared, snap, &route, &req, out.client_ip, now).await {
+        Ok(p) => {
+            out.decision = if route.auth == AuthMode::None { "none" } else { "allow" };
+            p
+        }
+        Err((reason, p)) => {
+            out.reason = reason.label();
+            let report_only = reason.is_cae() && (route.report_only || server.report_only);
+            if report_only {
+                out.decision = "report_only";
+                tracing::warn!(request_id, route = %route.name, reason = reason.label(), "report-only: this request would have been refused");
+                p
+            } else {
+                out.decision = "deny";
+                return Ok(deny(snap, &route, &reason, p.as_deref(), &req, request_id, now));
+            }
+        }
+    };
+    forward(shared, snap, conn, &route, principal.as_deref(), req, request_id, out).await
+}
+
+type Denied = (DenyReason, Option<Arc<Principal>>);
+
+/// Token extraction, validation (or cache hit) and the CAE decision.
+async fn authenticate(shared: &Shared, snap: &Snapshot, route: &Route, req: &Request<Incoming>, client_ip: std::net::IpAddr, now: i64) -> Result<Option<Arc<Principal>>, Denied> {
+    if route.auth == AuthMode::None {
+        return Ok(None);
+    }
+    let server = &snap.config.server;
+    let m = &shared.metrics;
+    let token = match token::bearer(req.headers(), req.uri().query(), server.max_token_bytes) {
+        Ok(Some(t)) => t,
+        Ok(None) if route.auth == AuthMode::Optional => return Ok(None),
+        Ok(None) => return Err((DenyReason::MissingToken, None)),
+        Err(e) => {
+            m.token_validations.get_or_create(&ResultLabels { result: "invalid", reason: e.reason() }).inc();
+            return Err((DenyReason::InvalidToken(e), None));
+        }
+    };
+    let key = cache::key(token);
+    let principal = match shared.cache.get(&key, now, 0) {
+        Some(p) => {
+            m.token_cache_hits.inc();
+            p
+        }
+        None => {
+            m.token_cache_misses.inc();
+            match token::validate(token, &snap.issuers, now).await {
+                Ok(p) => {
+                    m.token_validations.get_or_create(&ResultLabels { result: "valid", reason: "" }).inc();
+                    let p = Arc::new(p);
+                    shared.cache.insert(key, p.clone());
+                    p
+                }
+                Err(e) => {
+                    m.token_validations.get_or_create(&ResultLabels { result: "invalid", reason: e.reason() }).inc();
+                    return Err((DenyReason::InvalidToken(e), None));
+                }
+            }
+        }
+    };
+    if !route.issuers.is_empty() && !route.issuers.iter().any(|i| **i == *principal.issuer) {
+        return Err((DenyReason::InvalidToken(token::TokenError::IssuerNotAllowed), Some(principal)));
+    }
+    match decide::decide(route, &principal, shared.store.tables(), client_ip, now) {
+        Ok(()) => Ok(Some(principal)),
+        Err(reason) => Err((reason, Some(principal))),
+    }
+}
+
+fn deny(snap: &Snapshot, route: &Route, reason: &DenyReason, p: Option<&Principal>, req: &Request<Incoming>, request_id: &str, now: i64) -> Response<ProxyBody> {
+    let issuer = p.and_then(|p| snap.issuers.by_name(&p.issuer)).or_else(|| route.issuers.first().and_then(|n| snap.issuers.by_name(n))).or_else(|| snap.issuers.list.first());
+    let auth_uri = issuer.and_then(|i| i.authorization_uri());
+    let ctx = ChallengeCtx {
+        realm: issuer.and_then(|i| i.cfg.realm.as_deref()).unwrap_or(""),
+        authorization_uri: auth_uri.as_deref(),
+        cp1: p.is_some_and(|p| p.cp1),
+        request_id,
+        now,
+    };
+    let c = challenge::respond(reason, &ctx);
+    let mut r = Response::new(full(c.body));
+    *r.status_mut() = c.status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&c.www_authenticate) {
+        h.insert(WWW_AUTHENTICATE, v);
+    }
+    if req.headers().contains_key(http::header::ORIGIN) {
+        h.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate"));
+    }
+    r
+}
+
+/// The header value for a claim: strings as they are, arrays joined with commas, others as JSON.
+pub fn claim_header(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(shared: &Shared, snap: &Snapshot, conn: &ConnInfo, route: &Route, principal: Option<&Principal>, mut req: Request<Incoming>, request_id: &str, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+    let server = &snap.config.server;
+    let upstream = snap.upstreams.get(&route.upstream).ok_or(ProxyError::NoRoute)?;
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let host = authority(&req).map(str::to_string);
+
+    // Target: upstream scheme + authority + base path + (stripped) path + query.
+    let path = if route.strip_prefix { route::strip(&route.path_prefix, req.uri().path()) } else { req.uri().path().to_string() };
+    let base = upstream.cfg.url.path().trim_end_matches('/');
+    let pq = match req.uri().query() {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let uri = Uri::builder()
+        .scheme(upstream.cfg.url.scheme_str().unwrap_or("http"))
+        .authority(upstream.cfg.url.authority().map(|a| a.as_str()).unwrap_or(""))
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+
+    let mut h = std::mem::take(req.headers_mut());
+    headers::strip_hop_by_hop(&mut h, upgrade);
+    h.remove(HOST);
+    for (name, _) in &route.identity_headers {
+        h.remove(name);
+    }
+    if let Some(p) = principal {
+        for (name, claim) in &route.identity_headers {
+            if let Some(v) = p.claim(claim).map(claim_header).and_then(|s| HeaderValue::from_str(&s).ok()) {
+                h.insert(name.clone(), v);
+            }
+        }
+    }
+    if !route.forward_authorization {
+        h.remove(http::header::AUTHORIZATION);
+    }
+    let trusted = server.is_trusted(conn.peer.ip().to_canonical());
+    headers::set_forwarded(&mut h, conn.peer.ip(), trusted, if conn.tls { "https" } else { "http" }, host.as_deref());
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(&headers::X_REQUEST_ID, v);
+    }
+
+    let method = req.method().clone();
+    let incoming = req.into_body();
+    let body: ProxyBody = if upgrade { empty() } else { Limited::new(incoming, server.max_request_body as usize).map_err(BoxError::from).boxed() };
+    let mut up = Request::new(body);
+    *up.method_mut() = method;
+    *up.uri_mut() = uri;
+    *up.version_mut() = Version::HTTP_11;
+    *up.headers_mut() = h;
+
+    let t0 = Instant::now();
+    let result = upstream.send(up).await;
+    shared.metrics.upstream_duration.get_or_create(&RouteLabel { route: route.name.clone() }).observe(t0.elapsed().as_secs_f64());
+    let mut resp = result?;
+    out.upstream_status = Some(resp.status().as_u16());
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, switching);
+    Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+}

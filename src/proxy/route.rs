@@ -1,0 +1,153 @@
+//! Route lookup (pure): host (exact, then `*.suffix`, then any), longest path prefix, optional method.
+
+use std::sync::Arc;
+
+use crate::config::{HostPattern, Route};
+
+/// Compiled routes of one snapshot.
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(routes: &[Route]) -> Router {
+        Router { routes: routes.iter().cloned().map(Arc::new).collect() }
+    }
+
+    /// The best route for a request. `host` may carry a port; it is compared case-insensitively.
+    pub fn find(&self, host: Option<&str>, path: &str, method: &http::Method) -> Option<&Arc<Route>> {
+        let host = host.map(strip_port).unwrap_or("");
+        let mut best: Option<((u8, usize), &Arc<Route>)> = None;
+        for r in &self.routes {
+            let Some(h) = host_score(&r.hosts, host) else { continue };
+            if !prefix_matches(&r.path_prefix, path) {
+                continue;
+            }
+            if !r.methods.is_empty() && !r.methods.contains(method) {
+                continue;
+            }
+            let score = (h, r.path_prefix.len());
+            if best.as_ref().is_none_or(|(s, _)| score > *s) {
+                best = Some((score, r));
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+}
+
+/// 3 = exact host, 2 = suffix, 1 = route without hosts; `None` = no match.
+fn host_score(patterns: &[HostPattern], host: &str) -> Option<u8> {
+    if patterns.is_empty() {
+        return Some(1);
+    }
+    let mut best = None;
+    for p in patterns {
+        let s = match p {
+            HostPattern::Exact(h) if h.eq_ignore_ascii_case(host) => 3,
+            HostPattern::Suffix(sfx) if host.len() > sfx.len() && host[host.len() - sfx.len()..].eq_ignore_ascii_case(sfx) && host.is_char_boundary(host.len() - sfx.len()) => 2,
+            _ => continue,
+        };
+        best = best.max(Some(s));
+    }
+    best
+}
+
+/// Prefix match on a segment boundary: `/api` matches `/api` and `/api/x`, not `/apix`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The path sent upstream when the route strips its prefix.
+pub fn strip(prefix: &str, path: &str) -> String {
+    let rest = path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path);
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+/// Refuses dot segments (plain or percent-encoded): an upstream that normalises them would
+/// otherwise see a different path than the one the route was chosen for.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    }) || path.to_ascii_lowercase().contains("%2f")
+        || path.contains('\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn router() -> Router {
+        let text = r#"
+            [[listener]]
+            address = "127.0.0.1:0"
+            [upstreams.u]
+            url = "http://127.0.0.1:1"
+            [[route]]
+            name = "any"
+            upstream = "u"
+            auth = "none"
+            [[route]]
+            name = "api"
+            path_prefix = "/api"
+            upstream = "u"
+            auth = "none"
+            [[route]]
+            name = "api-v2-get"
+            path_prefix = "/api/v2"
+            methods = ["GET"]
+            upstream = "u"
+            auth = "none"
+            [[route]]
+            name = "wild"
+            hosts = ["*.example.com"]
+            upstream = "u"
+            auth = "none"
+            [[route]]
+            name = "exact"
+            hosts = ["api.example.com"]
+            upstream = "u"
+            auth = "none"
+        "#;
+        Router::new(&Config::parse(text, std::path::Path::new(".")).unwrap().routes)
+    }
+
+    #[test]
+    fn picks_most_specific_host_then_longest_prefix() {
+        let r = router();
+        let name = |h: Option<&str>, p: &str, m: http::Method| r.find(h, p, &m).map(|r| r.name.clone());
+        assert_eq!(name(None, "/api/v2/x", http::Method::GET).as_deref(), Some("api-v2-get"));
+        assert_eq!(name(None, "/api/v2/x", http::Method::POST).as_deref(), Some("api"));
+        assert_eq!(name(None, "/apix", http::Method::GET).as_deref(), Some("any"));
+        assert_eq!(name(Some("API.example.com:443"), "/api", http::Method::GET).as_deref(), Some("exact"));
+        assert_eq!(name(Some("b.example.com"), "/api", http::Method::GET).as_deref(), Some("wild"));
+        assert_eq!(name(Some("example.com"), "/api", http::Method::GET).as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn strips_prefixes_and_spots_dot_segments() {
+        assert_eq!(strip("/api", "/api/x?"), "/x?");
+        assert_eq!(strip("/api", "/api"), "/");
+        assert_eq!(strip("/api/", "/api/x"), "/x");
+        assert!(has_dot_segment("/public/../admin"));
+        assert!(has_dot_segment("/public/%2E%2e/admin"));
+        assert!(has_dot_segment("/a%2fb"));
+        assert!(!has_dot_segment("/a/..b/c.d"));
+    }
+}

@@ -1,0 +1,242 @@
+//! The only place that accepts sockets: TLS handshake, HTTP/1.1 + HTTP/2 (auto), connection limit,
+//! header-read and idle timeouts, graceful drain on shutdown.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::proxy::ConnInfo;
+use crate::state::Shared;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Proxy,
+    Signals,
+    Admin,
+}
+
+/// Accepts connections until shutdown; each connection holds a permit of `conns`.
+pub async fn accept_loop(listener: TcpListener, name: Arc<str>, role: Role, shared: Arc<Shared>, conns: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            tracing::warn!(listener = %name, %peer, "connection limit reached; closing the new connection");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (name, shared, shutdown) = (name.clone(), shared.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            serve_connection(tcp, peer, name, role, shared, shutdown).await;
+            drop(permit);
+        });
+    }
+    tracing::info!(listener = %name, "stopped accepting");
+}
+
+/// Decrements the open-connection gauge when dropped.
+struct ConnGuard(Arc<Shared>, Arc<str>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.metrics.open_connections.get_or_create(&crate::metrics::ListenerLabel { listener: self.1.to_string() }).dec();
+    }
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, name: Arc<str>, role: Role, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    shared.metrics.open_connections.get_or_create(&crate::metrics::ListenerLabel { listener: name.to_string() }).inc();
+    let _guard = ConnGuard(shared.clone(), name.clone());
+    let snap = shared.snapshot.load_full();
+    let tls = match role {
+        Role::Admin => snap.admin_tls.clone(),
+        _ => snap.tls.get(&*name).cloned(),
+    };
+    let limits = snap.config.server.clone();
+    drop(snap);
+    let activity = Arc::new(Activity::new());
+    let info = Arc::new(ConnInfo { peer, tls: tls.is_some(), listener: name });
+    match tls {
+        Some(cfg) => {
+            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
+            match tokio::time::timeout(limits.header_read_timeout, accept).await {
+                Ok(Ok(stream)) => serve_io(ActivityIo { inner: stream, activity: activity.clone() }, info, role, shared, &limits, shutdown, activity).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        None => serve_io(ActivityIo { inner: tcp, activity: activity.clone() }, info, role, shared, &limits, shutdown, activity).await,
+    }
+}
+
+async fn serve_io<I>(io: I, info: Arc<ConnInfo>, role: Role, shared: Arc<Shared>, limits: &crate::config::Server, mut shutdown: watch::Receiver<bool>, activity: Arc<Activity>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_h2_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(Some(50))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let act = activity.clone();
+    let svc = service_fn(move |req| {
+        let (shared, info, act) = (shared.clone(), info.clone(), act.clone());
+        async move {
+            let _busy = Busy::new(act);
+            match role {
+                Role::Proxy => crate::proxy::handle(shared, info, req).await,
+                Role::Signals => crate::signals_wiring::handle(shared, info, req).await,
+                Role::Admin => crate::admin::handle(shared, info, req).await,
+            }
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = limits.idle_timeout;
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(50)));
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !draining => {
+                if activity.idle_for() >= idle {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Last I/O time and requests in flight on one connection, for the idle timeout.
+struct Activity {
+    origin: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { origin: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no I/O and no request in flight.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let now = self.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Marks a request in flight for its lifetime.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: Arc<Activity>) -> Busy {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(a)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// An I/O wrapper that records activity on every read and write.
+struct ActivityIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

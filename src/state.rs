@@ -1,0 +1,250 @@
+//! Process state: the `Snapshot` (everything a reload replaces, swapped whole through `ArcSwap`)
+//! and `Shared` (what survives reloads: store, key sets, upstream pools, token cache, metrics).
+//!
+//! Locks: request handlers only `load()` the snapshot (lock-free). The `Mutex`es below guard the
+//! key-set and upstream-client registries and are taken only while building a snapshot.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::auth::cache::TokenCache;
+use crate::auth::keys::KeySet;
+use crate::auth::token::{IssuerRt, Issuers};
+use crate::config::{Config, KeySource, Upstream};
+use crate::fetch::Fetcher;
+use crate::metrics::Metrics;
+use crate::proxy::forward::UpstreamClient;
+use crate::proxy::route::Router;
+use crate::store::SignalStore;
+use crate::tls::TlsError;
+
+/// Everything derived from one configuration file.
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Config,
+    pub router: Router,
+    pub issuers: Issuers,
+    pub upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// Server TLS per listener name (re-read from disk on every reload).
+    pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    pub admin_tls: Option<Arc<rustls::ServerConfig>>,
+    pub signals: crate::signals_wiring::SignalsSnapshot,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("listener {listener}: {source}")]
+    ListenerTls { listener: String, source: TlsError },
+    #[error("admin listener: {0}")]
+    AdminTls(TlsError),
+    #[error("upstream {upstream}: {source}")]
+    Upstream { upstream: String, source: TlsError },
+}
+
+/// Identity of a key source, so a reload reuses keys already fetched.
+type KeySetId = (KeySource, String);
+
+/// State that outlives every snapshot.
+pub struct Shared {
+    pub config_path: Option<PathBuf>,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub store: Arc<SignalStore>,
+    pub cache: TokenCache,
+    pub fetcher: Fetcher,
+    pub metrics: Metrics,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    key_sets: Mutex<HashMap<KeySetId, Arc<KeySet>>>,
+    upstreams: Mutex<HashMap<Upstream, Arc<UpstreamClient>>>,
+    generation: AtomicU64,
+    /// Called after each successful reload (log level changes).
+    pub on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>,
+    pub signals: crate::signals_wiring::SignalsShared,
+}
+
+impl Shared {
+    pub fn new(config_path: Option<PathBuf>, store: Arc<SignalStore>, cache_size: usize, on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>) -> Shared {
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Shared {
+            config_path,
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            store,
+            cache: TokenCache::new(cache_size),
+            fetcher: Fetcher::new(),
+            metrics: Metrics::new(),
+            shutdown,
+            key_sets: Mutex::default(),
+            upstreams: Mutex::default(),
+            generation: AtomicU64::new(0),
+            on_reload,
+            signals: Default::default(),
+        }
+    }
+
+    /// Builds a snapshot aside; nothing is swapped here.
+    pub fn build(self: &Arc<Self>, config: Config) -> Result<Snapshot, BuildError> {
+        let mut tls = HashMap::new();
+        for l in &config.listeners {
+            if let Some(t) = &l.tls {
+                let cfg = crate::tls::server_config(t).map_err(|source| BuildError::ListenerTls { listener: l.name.clone(), source })?;
+                tls.insert(l.name.clone(), cfg);
+            }
+        }
+        let admin_tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+            Some(t) => Some(crate::tls::server_config(t).map_err(BuildError::AdminTls)?),
+            None => None,
+        };
+        let mut upstreams = HashMap::new();
+        {
+            let mut pool = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, u) in &config.upstreams {
+                let client = match pool.get(u) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = Arc::new(UpstreamClient::new(u).map_err(|source| BuildError::Upstream { upstream: name.clone(), source })?);
+                        pool.insert(u.clone(), c.clone());
+                        c
+                    }
+                };
+                upstreams.insert(name.clone(), client);
+            }
+            pool.retain(|u, _| config.upstreams.values().any(|x| x == u));
+        }
+        let mut issuers = Issuers::default();
+        for i in &config.issuers {
+            let keys = self.key_set(&i.name, &i.keys, &i.issuer, &i.key_policy, 0);
+            issuers.list.push(Arc::new(IssuerRt::new(i.clone(), keys)));
+        }
+        let signals = crate::signals_wiring::build(self, &config);
+        self.retain_key_sets(&config);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Snapshot { generation, router: Router::new(&config.routes), issuers, upstreams, tls, admin_tls, signals, config })
+    }
+
+    /// The key set for a source, created (and its refresher started) on first use.
+    pub fn key_set(self: &Arc<Self>, name: &str, source: &KeySource, issuer: &str, policy: &crate::config::KeyPolicy, min_rsa_bits: usize) -> Arc<KeySet> {
+        let mut sets = self.key_sets.lock().unwrap_or_else(|p| p.into_inner());
+        let id = (source.clone(), issuer.to_string());
+        if let Some(k) = sets.get(&id) {
+            return k.clone();
+        }
+        let ks = Arc::new(KeySet::new(name, source.clone(), issuer, policy.clone(), min_rsa_bits, self.fetcher.clone()));
+        sets.insert(id, ks.clone());
+        tokio::spawn(refresher(Arc::downgrade(&ks), self.shutdown.subscribe()));
+        ks
+    }
+
+    fn retain_key_sets(&self, config: &Config) {
+        let mut sets = self.key_sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.retain(|(src, iss), _| {
+            config.issuers.iter().any(|i| &i.keys == src && &i.issuer == iss) || config.transmitters.iter().any(|t| &t.keys == src && &t.issuer == iss)
+        });
+    }
+
+    /// All key sets in use (for metrics and readiness).
+    pub fn key_sets(&self) -> Vec<Arc<KeySet>> {
+        self.key_sets.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Installs a snapshot.
+    pub fn install(&self, snap: Snapshot) {
+        self.metrics.config_generation.set(snap.generation as i64);
+        self.snapshot.store(Arc::new(snap));
+        self.cache.clear();
+    }
+
+    /// Re-reads the configuration file and swaps the snapshot; on any error the old one stays.
+    pub fn reload(self: &Arc<Self>) -> Result<u64, String> {
+        let result = self.try_reload();
+        let label = crate::metrics::ResultLabels { result: if result.is_ok() { "ok" } else { "failed" }, reason: "" };
+        self.metrics.reloads.get_or_create(&label).inc();
+        match &result {
+            Ok(g) => tracing::info!(generation = g, "configuration reloaded"),
+            Err(e) => tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving"),
+        }
+        result
+    }
+
+    fn try_reload(self: &Arc<Self>) -> Result<u64, String> {
+        let path = self.config_path.as_ref().ok_or("this proxy was started without a configuration file")?;
+        let config = Config::load(path).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let old = self.snapshot.load();
+        for l in &config.listeners {
+            match old.config.listeners.iter().find(|o| o.name == l.name) {
+                Some(o) if o.address != l.address => tracing::warn!(listener = %l.name, old = %o.address, new = %l.address, "listener address changed: takes effect after a restart"),
+                None => tracing::warn!(listener = %l.name, "new listener: takes effect after a restart"),
+                _ => {}
+            }
+        }
+        let snap = self.build(config).map_err(|e| e.to_string())?;
+        let g = snap.generation;
+        if let Some(cb) = &self.on_reload {
+            cb(&snap.config);
+        }
+        self.install(snap);
+        Ok(g)
+    }
+
+    /// What stops the proxy from being ready (empty = ready).
+    pub fn not_ready(&self) -> Vec<String> {
+        let snap = self.snapshot.load();
+        let mut missing = Vec::new();
+        for i in &snap.issuers.list {
+            if !i.keys.is_loaded() {
+                missing.push(format!("issuer {} has no keys yet", i.cfg.name));
+            }
+        }
+        missing.extend(crate::signals_wiring::not_ready(&snap.signals));
+        missing
+    }
+}
+
+impl Snapshot {
+    fn empty() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            config: Config::minimal(),
+            router: Router::default(),
+            issuers: Issuers::default(),
+            upstreams: HashMap::new(),
+            tls: HashMap::new(),
+            admin_tls: None,
+            signals: Default::default(),
+        }
+    }
+}
+
+/// Refreshes a key set until it is dropped from every snapshot or the proxy stops.
+async fn refresher(ks: std::sync::Weak<KeySet>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(strong) = ks.upgrade() else { return };
+    let name = strong.name.clone();
+    drop(strong);
+    let mut shutdown = shutdown;
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let Some(ks) = ks.upgrade() else {
+            tracing::debug!(keys = %name, "key set no longer used; refresher stops");
+            return;
+        };
+        let wait = match ks.refresh().await {
+            Ok(next) => {
+                backoff = std::time::Duration::from_millis(200);
+                next
+            }
+            Err(e) => {
+                tracing::warn!(keys = %name, error = %e, has_keys = ks.is_loaded(), "key fetch failed; last good keys keep serving");
+                let w = backoff;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                w
+            }
+        };
+        drop(ks);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
