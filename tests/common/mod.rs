@@ -1,0 +1,199 @@
+//! End-to-end test support: the real proxy on 127.0.0.1:0 from a TOML file in a temp dir, TLS
+//! material made with rcgen, and plain/TLS HTTP/1.1 and HTTP/2 clients.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cae_proxy::config::Config;
+use cae_proxy::{Proxy, StartOptions};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+pub type TestClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A running proxy with its configuration file.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub proxy: Proxy,
+}
+
+/// Binds a loopback listener on a free port.
+pub async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
+}
+
+impl Harness {
+    /// Writes `toml` (with `{dir}` replaced by the temp dir) and starts the proxy from it.
+    pub async fn start(toml: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::start_in(dir, toml).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, toml: &str) -> Harness {
+        let config_path = dir.path().join("cae-proxy.toml");
+        std::fs::write(&config_path, toml.replace("{dir}", &dir.path().display().to_string())).expect("write config");
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let proxy = Proxy::start(config, StartOptions { config_path: Some(config_path.clone()), on_reload: None }).await.expect("proxy starts");
+        Harness { dir, config_path, proxy }
+    }
+
+    /// Rewrites the configuration file (for reload tests).
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(&self.config_path, toml.replace("{dir}", &self.dir.path().display().to_string())).expect("write config");
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.addr(listener).expect("listener exists"))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.admin_addr().expect("admin listener"))
+    }
+
+    /// Waits (bounded) until `/readyz` says ready: keys loaded, streams verified.
+    pub async fn wait_ready(&self) {
+        let c = client();
+        for _ in 0..500 {
+            let r = send(&c, Method::GET, &self.admin_url("/readyz"), &[], Bytes::new()).await;
+            if r.status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("proxy never became ready");
+    }
+}
+
+/// TLS material for one test: a CA, a server certificate for localhost/127.0.0.1, a client certificate.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub fn certs(dir: &std::path::Path) -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "cae-proxy test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params").signed_by(&key, &ca, &ca_key).expect("server cert");
+    let ckey = KeyPair::generate().expect("client key");
+    let mut cparams = CertificateParams::new(Vec::<String>::new()).expect("params");
+    cparams.distinguished_name.push(DnType::CommonName, "test client");
+    let ccert = cparams.signed_by(&ckey, &ca, &ca_key).expect("client cert");
+    let w = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).expect("write pem");
+        p
+    };
+    Certs {
+        ca: w("ca.pem", ca.pem()),
+        cert: w("server.pem", cert.pem()),
+        key: w("server.key", key.serialize_pem()),
+        client_cert: w("client.pem", ccert.pem()),
+        client_key: w("client.key", ckey.serialize_pem()),
+    }
+}
+
+fn tls_config(certs: Option<&Certs>, client_auth: bool) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(c) = certs {
+        for cert in cae_proxy::tls::load_certs(&c.ca).expect("ca") {
+            roots.add(cert).expect("add root");
+        }
+    }
+    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match (certs, client_auth) {
+        (Some(c), true) => b
+            .with_client_auth_cert(cae_proxy::tls::load_certs(&c.client_cert).expect("cert"), cae_proxy::tls::load_key(&c.client_key).expect("key"))
+            .expect("client auth"),
+        _ => b.with_no_client_auth(),
+    }
+}
+
+fn build(tls: rustls::ClientConfig, h2_only: bool) -> TestClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let https = if h2_only { b.enable_http2().wrap_connector(http) } else { b.enable_http1().wrap_connector(http) };
+    Client::builder(TokioExecutor::new()).http2_only(h2_only).build(https)
+}
+
+/// Plain HTTP/1.1 client (also speaks https with no trusted roots: use `tls_client`).
+pub fn client() -> TestClient {
+    build(tls_config(None, false), false)
+}
+
+/// HTTPS client trusting the test CA; `h2` selects HTTP/2 by ALPN, else HTTP/1.1.
+pub fn tls_client(certs: &Certs, h2: bool, client_auth: bool) -> TestClient {
+    build(tls_config(Some(certs), client_auth), h2)
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn send(c: &TestClient, method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    try_send(c, method, url, headers, body).await.unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+pub async fn try_send(c: &TestClient, method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply, String> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req)).await.map_err(|_| "timed out".to_string())?.map_err(|e| cae_proxy::fetch::error_chain(&e))?;
+    let version = resp.version();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply { status: parts.status, headers: parts.headers, body, version })
+}
+
+pub async fn get(c: &TestClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(c, Method::GET, url, headers, Bytes::new()).await
+}
+
+/// Raw bytes over a plain TCP connection; returns what the server sent until it closed or `wait` passed.
+pub async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}
