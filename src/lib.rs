@@ -6,4 +6,5 @@
 //! - [`store`]: revocation / block / binding tables and their durable backends
 
 pub mod config;
+pub mod dev;
 pub mod store;

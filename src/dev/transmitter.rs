@@ -1,0 +1,1 @@
+//! `DevTransmitter`: placeholder.
