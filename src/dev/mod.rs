@@ -17,7 +17,7 @@ pub mod upstream;
 
 pub use issuer::{DevIssuer, IssuerOptions};
 pub use keys::{KeyAlg, SigningKey};
-// pub use transmitter::{DevTransmitter, TransmitterOptions};
+pub use transmitter::{DevTransmitter, TransmitterOptions};
 // pub use upstream::EchoUpstream;
 
 use std::convert::Infallible;
@@ -232,4 +232,34 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .into_iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v)
+}
+
+/// Sends one HTTP/1.1 request with a fresh hyper-util client (plain `http` only) and reads the
+/// whole answer: `(status, headers, body)`.
+pub async fn http_request(
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), DevError> {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder
+        .body(Full::new(body.into()))
+        .map_err(|e| DevError::Http(format!("building request to {url}: {e}")))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| DevError::Http(format!("request to {url}: {e}")))?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| DevError::Http(format!("reading answer from {url}: {e}")))?
+        .to_bytes();
+    Ok((parts.status.as_u16(), parts.headers, body))
 }
