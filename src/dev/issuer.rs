@@ -773,4 +773,130 @@ mod tests {
         assert_eq!(r.alg, Some(KeyAlg::Es256));
         assert!(parse_token_request(false, br#"{"alg":"HS256"}"#).is_err());
     }
+
+    #[tokio::test]
+    async fn serves_discovery_jwks_and_tokens() {
+        use crate::dev::http_request;
+        let issuer = DevIssuer::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            IssuerOptions {
+                jwks_max_age: 42,
+                ..IssuerOptions::default()
+            },
+        )
+        .unwrap();
+        let base = issuer.issuer_url();
+        assert_eq!(base, format!("http://127.0.0.1:{}", issuer.addr().port()));
+
+        let (s, _, b) = http_request(Method::GET, &issuer.discovery_url(), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(s, 200);
+        let d: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(d["issuer"], base);
+        assert_eq!(d["jwks_uri"], issuer.jwks_url());
+        assert_eq!(d["authorization_endpoint"], format!("{base}/authorize"));
+        assert_eq!(d["token_endpoint"], format!("{base}/token"));
+
+        let (s, h, b) = http_request(Method::GET, &issuer.jwks_url(), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(h["cache-control"], "max-age=42");
+        let jwks: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(issuer.jwks_fetches(), 1);
+
+        // JSON token request honouring an nbf claims request (unpadded base64).
+        let body = json!({
+            "sub": "alice",
+            "claims": {"ipaddr": "10.1.2.3", "scp": "read"},
+            "claims_request": "eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNzAwMDAwMDAwIn19fQ",
+            "lifetime_secs": 600,
+            "alg": "ES256"
+        });
+        let (s, _, b) = http_request(
+            Method::POST,
+            &format!("{base}/token"),
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200);
+        let t: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(t["token_type"], "Bearer");
+        let token = t["access_token"].as_str().unwrap();
+        let (h, p) = crate::dev::keys::decode_unverified(token).unwrap();
+        assert_eq!(h["alg"], "ES256");
+        assert_eq!(p["sub"], "alice");
+        assert_eq!(p["ipaddr"], "10.1.2.3");
+        assert!(p["iat"].as_i64().unwrap() >= 1_700_000_000);
+        assert_eq!(p["exp"].as_i64().unwrap() - p["iat"].as_i64().unwrap(), 600);
+        // The ES256 key was added to the JWKS; the token verifies with it.
+        let es = issuer
+            .keys()
+            .into_iter()
+            .find(|k| k.kid() == h["kid"])
+            .unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        v.set_audience(&[issuer.options().audience.as_str()]);
+        v.set_issuer(&[base.as_str()]);
+        jsonwebtoken::decode::<Value>(token, &es.decoding_key().unwrap(), &v).unwrap();
+
+        // Form request, as curl sends it.
+        let (s, _, b) = http_request(
+            Method::POST,
+            &format!("{base}/token"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "sub=bob&scp=read&claims=eyJhY2Nlc3NfdG9rZW4iOnsiYWNycyI6eyJlc3NlbnRpYWwiOnRydWUsInZhbHVlIjoiYzEifX19",
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200);
+        let t: Value = serde_json::from_slice(&b).unwrap();
+        let (h, p) =
+            crate::dev::keys::decode_unverified(t["access_token"].as_str().unwrap()).unwrap();
+        assert_eq!(h["alg"], "RS256");
+        assert_eq!(p["acrs"], json!(["c1"]));
+        assert_eq!(p["xms_cc"], json!(["cp1"]));
+
+        let (s, _, _) = http_request(
+            Method::POST,
+            &format!("{base}/token"),
+            &[("content-type", "application/json")],
+            r#"{"claims_request":"%%%"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 400);
+
+        // Rotation and removal.
+        let old = issuer.signing_key().kid().to_string();
+        let kid = issuer.rotate(KeyAlg::Rs256);
+        assert_eq!(issuer.signing_key().kid(), kid);
+        let (h, _) = crate::dev::keys::decode_unverified(&issuer.mint("c", json!({}))).unwrap();
+        assert_eq!(h["kid"], kid);
+        assert!(issuer.remove_key(&old));
+        assert!(!issuer.remove_key(&old));
+        assert!(issuer.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["kid"] != old));
+
+        // Outage.
+        issuer.set_available(false);
+        let (s, _, _) = http_request(Method::GET, &issuer.jwks_url(), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(s, 503);
+        issuer.set_available(true);
+
+        // Dropping stops the server.
+        let url = issuer.jwks_url();
+        drop(issuer);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(http_request(Method::GET, &url, &[], "").await.is_err());
+    }
 }

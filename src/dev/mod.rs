@@ -18,7 +18,7 @@ pub mod upstream;
 pub use issuer::{DevIssuer, IssuerOptions};
 pub use keys::{KeyAlg, SigningKey};
 pub use transmitter::{DevTransmitter, TransmitterOptions};
-// pub use upstream::EchoUpstream;
+pub use upstream::EchoUpstream;
 
 use std::convert::Infallible;
 use std::future::Future;
