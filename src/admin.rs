@@ -23,19 +23,29 @@ const MAX_BODY: usize = 64 * 1024;
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<ProxyBody> {
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<ProxyBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 /// Entry point for the admin listener.
-pub async fn handle(shared: Arc<Shared>, _conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    _conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let rid = crate::proxy::headers::request_id(req.headers());
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -46,16 +56,25 @@ pub async fn handle(shared: Arc<Shared>, _conn: Arc<ConnInfo>, req: Request<Inco
             if missing.is_empty() {
                 json_response(StatusCode::OK, json!({"ready": true}))
             } else {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "missing": missing}))
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"ready": false, "missing": missing}),
+                )
             }
         }
         (&Method::GET, "/metrics") => {
             refresh_gauges(&shared);
-            text(StatusCode::OK, shared.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            text(
+                StatusCode::OK,
+                shared.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
         }
         _ => match authorize(&shared, &req) {
             Err(r) => *r,
-            Ok(()) => api(&shared, req, &rid).await.unwrap_or_else(|(status, msg)| json_error(status, error_code(status), &msg, &rid)),
+            Ok(()) => api(&shared, req, &rid)
+                .await
+                .unwrap_or_else(|(status, msg)| json_error(status, error_code(status), &msg, &rid)),
         },
     };
     tracing::info!(target: "access", listener = "admin", method = %method, path = %path, status = resp.status().as_u16(), request_id = %rid);
@@ -76,13 +95,26 @@ fn error_code(s: StatusCode) -> &'static str {
 /// Bearer secret check (constant time) when one is configured.
 fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<ProxyBody>>> {
     let snap = shared.snapshot.load();
-    let Some(secret) = snap.config.admin.as_ref().and_then(|a| a.token.as_ref()) else { return Ok(()) };
-    let presented = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let Some(secret) = snap.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     if secret.matches(presented.as_bytes()) {
         return Ok(());
     }
-    let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized", "message": "the admin API needs the configured bearer token"}));
-    r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"cae-proxy-admin\""));
+    let mut r = json_response(
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "unauthorized", "message": "the admin API needs the configured bearer token"}),
+    );
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"cae-proxy-admin\""),
+    );
     Err(Box::new(r))
 }
 
@@ -115,12 +147,22 @@ async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     let bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {MAX_BODY} bytes or was cut short")))?
+        .map_err(|_| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body exceeds {MAX_BODY} bytes or was cut short"),
+            )
+        })?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
-async fn api(shared: &Arc<Shared>, req: Request<Incoming>, rid: &str) -> Result<Response<ProxyBody>, ApiError> {
+async fn api(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    rid: &str,
+) -> Result<Response<ProxyBody>, ApiError> {
     let now = now_secs();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -133,52 +175,101 @@ async fn api(shared: &Arc<Shared>, req: Request<Incoming>, rid: &str) -> Result<
         }
         (Method::GET, "/admin/stats") => {
             let s = shared.store.tables().stats();
-            return Ok(json_response(StatusCode::OK, json!({"revocations": s.revocations, "blocks": s.blocks, "bindings": s.bindings, "backend": shared.store.backend_name()})));
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"revocations": s.revocations, "blocks": s.blocks, "bindings": s.bindings, "backend": shared.store.backend_name()}),
+            ));
         }
-        (Method::GET, p) if p.starts_with("/admin/entries/") => return list(shared, &p["/admin/entries/".len()..], &query),
+        (Method::GET, p) if p.starts_with("/admin/entries/") => {
+            return list(shared, &p["/admin/entries/".len()..], &query)
+        }
         (Method::POST, "/admin/revoke") => {
             let b: KeyBody = body_json(req).await?;
-            Change::Revoke { key: b.key.normalized(), at: b.at.unwrap_or(now) }
+            Change::Revoke {
+                key: b.key.normalized(),
+                at: b.at.unwrap_or(now),
+            }
         }
         (Method::POST, "/admin/block") => {
             let b: KeyBody = body_json(req).await?;
-            Change::Block { key: b.key.normalized(), at: b.at.unwrap_or(now) }
+            Change::Block {
+                key: b.key.normalized(),
+                at: b.at.unwrap_or(now),
+            }
         }
         (Method::POST, "/admin/unblock") => {
             let b: KeyBody = body_json(req).await?;
-            Change::Unblock { key: b.key.normalized(), at: b.at.unwrap_or(now) }
+            Change::Unblock {
+                key: b.key.normalized(),
+                at: b.at.unwrap_or(now),
+            }
         }
         (Method::POST, "/admin/bind") => {
             let b: BindBody = body_json(req).await?;
             let mut nets = Vec::new();
             for n in &b.nets {
-                nets.push(crate::config::parse_net(n).ok_or((StatusCode::BAD_REQUEST, format!("{n:?} is not an IP address or CIDR")))?);
+                nets.push(crate::config::parse_net(n).ok_or((
+                    StatusCode::BAD_REQUEST,
+                    format!("{n:?} is not an IP address or CIDR"),
+                ))?);
             }
             if nets.is_empty() {
-                return Err((StatusCode::BAD_REQUEST, "nets must not be empty (use /admin/unbind)".into()));
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "nets must not be empty (use /admin/unbind)".into(),
+                ));
             }
-            Change::Bind { key: b.key.normalized(), nets, at: b.at.unwrap_or(now) }
+            Change::Bind {
+                key: b.key.normalized(),
+                nets,
+                at: b.at.unwrap_or(now),
+            }
         }
         (Method::POST, "/admin/unbind") => {
             let b: KeyBody = body_json(req).await?;
-            Change::Unbind { key: b.key.normalized(), at: b.at.unwrap_or(now) }
+            Change::Unbind {
+                key: b.key.normalized(),
+                at: b.at.unwrap_or(now),
+            }
         }
         (Method::POST, "/admin/delete") => {
             let b: DeleteBody = body_json(req).await?;
-            Change::Delete { table: b.table, key: b.key.normalized() }
+            Change::Delete {
+                table: b.table,
+                key: b.key.normalized(),
+            }
         }
-        (_, "/reload" | "/admin/stats" | "/admin/revoke" | "/admin/block" | "/admin/unblock" | "/admin/bind" | "/admin/unbind" | "/admin/delete") => {
-            return Err((StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path".into()))
+        (
+            _,
+            "/reload" | "/admin/stats" | "/admin/revoke" | "/admin/block" | "/admin/unblock"
+            | "/admin/bind" | "/admin/unbind" | "/admin/delete",
+        ) => {
+            return Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this path".into(),
+            ))
         }
-        _ => return Err((StatusCode::NOT_FOUND, "no admin endpoint at this path".into())),
+        _ => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "no admin endpoint at this path".into(),
+            ))
+        }
     };
     let t0 = std::time::Instant::now();
     shared
         .store
-        .commit(Batch { changes: vec![change.clone()], set_id: None, now })
+        .commit(Batch {
+            changes: vec![change.clone()],
+            set_id: None,
+            now,
+        })
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
-    shared.metrics.store_write_duration.observe(t0.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .store_write_duration
+        .observe(t0.elapsed().as_secs_f64());
     tracing::info!(request_id = rid, change = ?change_summary(&change), "admin change stored");
     Ok(json_response(StatusCode::OK, json!({"stored": change})))
 }
@@ -188,7 +279,9 @@ fn change_summary(c: &Change) -> String {
         Change::Revoke { key, at } => format!("revoke {} at {at}", key.kind_name()),
         Change::Block { key, at } => format!("block {} at {at}", key.kind_name()),
         Change::Unblock { key, at } => format!("unblock {} at {at}", key.kind_name()),
-        Change::Bind { key, nets, at } => format!("bind {} to {} nets at {at}", key.kind_name(), nets.len()),
+        Change::Bind { key, nets, at } => {
+            format!("bind {} to {} nets at {at}", key.kind_name(), nets.len())
+        }
         Change::Unbind { key, at } => format!("unbind {} at {at}", key.kind_name()),
         Change::Delete { table, key } => format!("delete {} from {table:?}", key.kind_name()),
     }
@@ -199,22 +292,58 @@ fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<ProxyBody>
         "revocations" => TableName::Revocations,
         "blocks" => TableName::Blocks,
         "bindings" => TableName::Bindings,
-        _ => return Err((StatusCode::NOT_FOUND, "tables are revocations, blocks and bindings".into())),
+        _ => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "tables are revocations, blocks and bindings".into(),
+            ))
+        }
     };
     let mut search = None;
     let (mut offset, mut limit) = (0usize, 100usize);
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let v = url::form_urlencoded::parse(format!("v={v}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+        let v = url::form_urlencoded::parse(format!("v={v}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
         match k {
             "search" => search = Some(v),
-            "offset" => offset = v.parse().map_err(|_| (StatusCode::BAD_REQUEST, "offset must be a number".to_string()))?,
-            "limit" => limit = v.parse::<usize>().map_err(|_| (StatusCode::BAD_REQUEST, "limit must be a number".to_string()))?.min(1000),
-            _ => return Err((StatusCode::BAD_REQUEST, format!("unknown query parameter {k:?}"))),
+            "offset" => {
+                offset = v.parse().map_err(|_| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "offset must be a number".to_string(),
+                    )
+                })?
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        (
+                            StatusCode::BAD_REQUEST,
+                            "limit must be a number".to_string(),
+                        )
+                    })?
+                    .min(1000)
+            }
+            _ => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {k:?}"),
+                ))
+            }
         }
     }
-    let (total, entries) = shared.store.tables().list(table, search.as_deref(), offset, limit);
-    Ok(json_response(StatusCode::OK, json!({"total": total, "offset": offset, "entries": entries})))
+    let (total, entries) = shared
+        .store
+        .tables()
+        .list(table, search.as_deref(), offset, limit);
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"total": total, "offset": offset, "entries": entries}),
+    ))
 }
 
 /// Scrape-time gauges: table sizes, key-set fetch counters and ages.
@@ -222,15 +351,32 @@ fn refresh_gauges(shared: &Shared) {
     use crate::metrics::{NameLabel, TableLabel};
     let m = &shared.metrics;
     let s = shared.store.tables().stats();
-    m.table_entries.get_or_create(&TableLabel { table: "revocations" }).set(s.revocations as i64);
-    m.table_entries.get_or_create(&TableLabel { table: "blocks" }).set(s.blocks as i64);
-    m.table_entries.get_or_create(&TableLabel { table: "bindings" }).set(s.bindings as i64);
+    m.table_entries
+        .get_or_create(&TableLabel {
+            table: "revocations",
+        })
+        .set(s.revocations as i64);
+    m.table_entries
+        .get_or_create(&TableLabel { table: "blocks" })
+        .set(s.blocks as i64);
+    m.table_entries
+        .get_or_create(&TableLabel { table: "bindings" })
+        .set(s.bindings as i64);
     let now = now_secs() as f64;
     for ks in shared.key_sets() {
-        let l = NameLabel { name: ks.name.clone() };
-        m.key_fetches.get_or_create(&l).set(ks.stats.fetches.load(std::sync::atomic::Ordering::Relaxed) as i64);
-        m.key_fetch_failures.get_or_create(&l).set(ks.stats.failures.load(std::sync::atomic::Ordering::Relaxed) as i64);
-        let at = ks.stats.loaded_at.load(std::sync::atomic::Ordering::Relaxed);
+        let l = NameLabel {
+            name: ks.name.clone(),
+        };
+        m.key_fetches
+            .get_or_create(&l)
+            .set(ks.stats.fetches.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        m.key_fetch_failures
+            .get_or_create(&l)
+            .set(ks.stats.failures.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        let at = ks
+            .stats
+            .loaded_at
+            .load(std::sync::atomic::Ordering::Relaxed);
         if at > 0 {
             m.key_set_age.get_or_create(&l).set(now - at as f64);
         }

@@ -40,7 +40,9 @@ pub struct Fetcher {
 impl Fetcher {
     pub fn new() -> Fetcher {
         let roots = crate::tls::system_roots();
-        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -51,33 +53,72 @@ impl Fetcher {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Fetcher { client: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https) }
+        Fetcher {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(https),
+        }
     }
 
-    pub async fn get(&self, url: &str, headers: &[(&str, String)], timeout: Duration) -> Result<Fetched, FetchError> {
-        self.request(Method::GET, url, headers, Bytes::new(), timeout).await
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
+        self.request(Method::GET, url, headers, Bytes::new(), timeout)
+            .await
     }
 
     /// Sends a request and reads the whole (bounded) response within `timeout`.
-    pub async fn request(&self, method: Method, url: &str, headers: &[(&str, String)], body: Bytes, timeout: Duration) -> Result<Fetched, FetchError> {
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
         let uri: http::Uri = url.parse().map_err(|_| FetchError::Url(url.to_string()))?;
         let mut req = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
-            let v = HeaderValue::from_str(value).map_err(|_| FetchError::Url(format!("bad header value for {name}")))?;
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| FetchError::Url(format!("bad header value for {name}")))?;
             req = req.header(*name, v);
         }
-        let req = req.body(Full::new(body)).map_err(|e| FetchError::Url(e.to_string()))?;
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| FetchError::Url(e.to_string()))?;
         let work = async {
-            let resp = self.client.request(req).await.map_err(|e| FetchError::Connect { url: url.to_string(), reason: error_chain(&e) })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| FetchError::Connect {
+                    url: url.to_string(),
+                    reason: error_chain(&e),
+                })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|e| FetchError::Body { url: url.to_string(), reason: e.to_string() })?
+                .map_err(|e| FetchError::Body {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?
                 .to_bytes();
-            Ok(Fetched { status: parts.status, headers: parts.headers, body })
+            Ok(Fetched {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         };
-        tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout { url: url.to_string(), after: timeout })?
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| FetchError::Timeout {
+                url: url.to_string(),
+                after: timeout,
+            })?
     }
 }
 
@@ -104,7 +145,12 @@ pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(http::header::CACHE_CONTROL)?.to_str().ok()?;
     v.split(',').find_map(|d| {
         let d = d.trim();
-        let n = d.strip_prefix("max-age=").or_else(|| d.strip_prefix("s-maxage="))?;
-        n.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs)
+        let n = d
+            .strip_prefix("max-age=")
+            .or_else(|| d.strip_prefix("s-maxage="))?;
+        n.trim_matches('"')
+            .parse::<u64>()
+            .ok()
+            .map(Duration::from_secs)
     })
 }

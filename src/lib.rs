@@ -10,10 +10,12 @@
 //! - [`store`]: revocation / block / binding tables and their durable backends
 //! - [`admin`]: probes, metrics, reload and the admin API
 //! - [`fetch`]: outbound client for identity providers
+//! - [`dev`]: built-in development issuer, transmitter and echo upstream (demo, tests)
 
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod dev;
 pub mod fetch;
 pub mod metrics;
 pub mod proxy;
@@ -43,7 +45,11 @@ pub enum StartError {
     #[error("configuration cannot be applied: {0}")]
     Build(#[from] BuildError),
     #[error("cannot listen on {address} ({listener}): {source}")]
-    Bind { listener: String, address: SocketAddr, source: std::io::Error },
+    Bind {
+        listener: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Options of [`Proxy::start`] beyond the configuration itself.
@@ -70,25 +76,46 @@ impl Proxy {
         let durable: Arc<dyn Durable> = match &config.store.backend {
             StoreBackend::Redb(path) => {
                 let (p, ignore) = (path.clone(), config.store.ignore_corrupt);
-                Arc::new(tokio::task::spawn_blocking(move || RedbStore::open(&p, ignore)).await.map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })??)
+                Arc::new(
+                    tokio::task::spawn_blocking(move || RedbStore::open(&p, ignore))
+                        .await
+                        .map_err(|e| StoreError::Open {
+                            path: path.display().to_string(),
+                            reason: e.to_string(),
+                        })??,
+                )
             }
             StoreBackend::Memory => Arc::new(MemoryStore::default()),
         };
         let retention = config.store.retention.as_secs() as i64;
         let store = Arc::new(SignalStore::open(durable, retention, store::now_secs())?);
         tracing::info!(backend = store.backend_name(), entries = ?store.tables().stats(), "signal store open");
-        let shared = Arc::new(Shared::new(opts.config_path, store, config.server.token_cache_size, opts.on_reload));
+        let shared = Arc::new(Shared::new(
+            opts.config_path,
+            store,
+            config.server.token_cache_size,
+            opts.on_reload,
+        ));
         let snap = shared.build(config)?;
         let cfg = snap.config.clone();
         shared.install(snap);
 
-        let max_conns = u32::try_from(cfg.server.max_connections.saturating_add(64)).unwrap_or(u32::MAX);
+        let max_conns =
+            u32::try_from(cfg.server.max_connections.saturating_add(64)).unwrap_or(u32::MAX);
         let conns = Arc::new(Semaphore::new(max_conns as usize));
         let mut bound = Vec::new();
         let mut listeners = Vec::new();
         for l in &cfg.listeners {
-            let tcp = bind(l.address).map_err(|source| StartError::Bind { listener: l.name.clone(), address: l.address, source })?;
-            let addr = tcp.local_addr().map_err(|source| StartError::Bind { listener: l.name.clone(), address: l.address, source })?;
+            let tcp = bind(l.address).map_err(|source| StartError::Bind {
+                listener: l.name.clone(),
+                address: l.address,
+                source,
+            })?;
+            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
+                listener: l.name.clone(),
+                address: l.address,
+                source,
+            })?;
             tracing::info!(listener = %l.name, %addr, tls = l.tls.is_some(), role = ?l.role, "listening");
             listeners.push((l.name.clone(), addr));
             let role = match l.role {
@@ -99,23 +126,47 @@ impl Proxy {
         }
         let mut admin = None;
         if let Some(a) = &cfg.admin {
-            let tcp = bind(a.address).map_err(|source| StartError::Bind { listener: "admin".into(), address: a.address, source })?;
-            let addr = tcp.local_addr().map_err(|source| StartError::Bind { listener: "admin".into(), address: a.address, source })?;
+            let tcp = bind(a.address).map_err(|source| StartError::Bind {
+                listener: "admin".into(),
+                address: a.address,
+                source,
+            })?;
+            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
+                listener: "admin".into(),
+                address: a.address,
+                source,
+            })?;
             tracing::info!(listener = "admin", %addr, "listening");
             admin = Some(addr);
             bound.push((tcp, Arc::from("admin"), Role::Admin));
         }
         for (tcp, name, role) in bound {
-            tokio::spawn(server::accept_loop(tcp, name, role, shared.clone(), conns.clone(), shared.shutdown.subscribe()));
+            tokio::spawn(server::accept_loop(
+                tcp,
+                name,
+                role,
+                shared.clone(),
+                conns.clone(),
+                shared.shutdown.subscribe(),
+            ));
         }
         tokio::spawn(expiry_loop(shared.clone()));
         signals_wiring::start(&shared);
-        Ok(Proxy { shared, listeners, admin, conns, max_conns })
+        Ok(Proxy {
+            shared,
+            listeners,
+            admin,
+            conns,
+            max_conns,
+        })
     }
 
     /// The bound address of a listener by name.
     pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == listener).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
     }
 
     /// Bound addresses of every listener, in configuration order.
@@ -137,9 +188,14 @@ impl Proxy {
     pub async fn shutdown(self) -> bool {
         let grace = self.shared.snapshot.load().config.server.shutdown_grace;
         let _ = self.shared.shutdown.send(true);
-        let drained = tokio::time::timeout(grace, self.conns.acquire_many(self.max_conns)).await.is_ok();
+        let drained = tokio::time::timeout(grace, self.conns.acquire_many(self.max_conns))
+            .await
+            .is_ok();
         if !drained {
-            tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+            tracing::warn!(
+                ?grace,
+                "shutdown grace period over; closing remaining connections"
+            );
         }
         drained
     }

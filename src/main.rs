@@ -15,7 +15,11 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "cae-proxy", version, about = "Continuous Access Evaluation gateway")]
+#[command(
+    name = "cae-proxy",
+    version,
+    about = "Continuous Access Evaluation gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,12 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run {
-        #[arg(long, short, env = "CAE_PROXY_CONFIG", default_value = "config/cae-proxy.toml")]
+        #[arg(
+            long,
+            short,
+            env = "CAE_PROXY_CONFIG",
+            default_value = "config/cae-proxy.toml"
+        )]
         config: PathBuf,
         /// Log format override: json or text.
         #[arg(long)]
@@ -33,7 +42,12 @@ enum Command {
     },
     /// Validate a configuration file: prints every error with its TOML path.
     Check {
-        #[arg(long, short, env = "CAE_PROXY_CONFIG", default_value = "config/cae-proxy.toml")]
+        #[arg(
+            long,
+            short,
+            env = "CAE_PROXY_CONFIG",
+            default_value = "config/cae-proxy.toml"
+        )]
         config: PathBuf,
     },
 }
@@ -87,11 +101,21 @@ fn init_logging(format: LogFormat, override_fmt: Option<&str>, level: &str) -> F
     };
     let registry = tracing_subscriber::registry().with(filter);
     if json {
-        let layer = tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr);
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr);
         registry.with(layer).init();
     } else {
         let ansi = std::io::stderr().is_terminal();
-        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     }
     handle
 }
@@ -107,8 +131,16 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let handle = init_logging(config.server.log_format, log_format, &config.server.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.server.worker_threads).enable_all().build() {
+    let handle = init_logging(
+        config.server.log_format,
+        log_format,
+        &config.server.log_level,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -120,7 +152,10 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
             let _ = handle.reload(f);
         }
     });
-    let opts = StartOptions { config_path: Some(path.to_path_buf()), on_reload: Some(on_reload) };
+    let opts = StartOptions {
+        config_path: Some(path.to_path_buf()),
+        on_reload: Some(on_reload),
+    };
     runtime.block_on(async move {
         let proxy = match Proxy::start(config, opts).await {
             Ok(p) => p,

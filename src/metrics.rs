@@ -117,24 +117,96 @@ impl Metrics {
             open_connections: Family::default(),
             registry: Registry::default(),
         };
-        r.register("requests", "Requests by route, status, decision and deny reason", m.requests.clone());
-        r.register("request_duration_seconds", "Time from request head to response head", m.request_duration.clone());
-        r.register("upstream_duration_seconds", "Time waiting for the upstream response head", m.upstream_duration.clone());
-        r.register("token_validations", "Token validations by result and reason", m.token_validations.clone());
-        r.register("token_cache_hits", "Verified-token cache hits", m.token_cache_hits.clone());
-        r.register("token_cache_misses", "Verified-token cache misses", m.token_cache_misses.clone());
-        r.register("key_fetches", "JWKS fetches per key set (counter value)", m.key_fetches.clone());
-        r.register("key_fetch_failures", "Failed JWKS fetches per key set (counter value)", m.key_fetch_failures.clone());
-        r.register("key_set_age_seconds", "Age of the keys in use per key set", m.key_set_age.clone());
-        r.register("table_entries", "Entries in the revocation, block and binding tables", m.table_entries.clone());
-        r.register("sets_received", "Security event tokens received by transmitter, event type and result", m.sets_received.clone());
-        r.register("set_enforce_latency_seconds", "SET arrival to enforceable (durable and applied)", m.set_enforce_latency.clone());
-        r.register("set_event_lag_seconds", "SET event_timestamp to enforceable", m.set_event_lag.clone());
-        r.register("reloads", "Configuration reloads by result", m.reloads.clone());
-        r.register("config_generation", "Generation of the configuration in use", m.config_generation.clone());
-        r.register("store_write_duration_seconds", "Durable store commit latency", m.store_write_duration.clone());
-        r.register("upstream_errors", "Upstream failures by kind", m.upstream_errors.clone());
-        r.register("open_connections", "Open client connections per listener", m.open_connections.clone());
+        r.register(
+            "requests",
+            "Requests by route, status, decision and deny reason",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Time waiting for the upstream response head",
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "token_validations",
+            "Token validations by result and reason",
+            m.token_validations.clone(),
+        );
+        r.register(
+            "token_cache_hits",
+            "Verified-token cache hits",
+            m.token_cache_hits.clone(),
+        );
+        r.register(
+            "token_cache_misses",
+            "Verified-token cache misses",
+            m.token_cache_misses.clone(),
+        );
+        r.register(
+            "key_fetches",
+            "JWKS fetches per key set (counter value)",
+            m.key_fetches.clone(),
+        );
+        r.register(
+            "key_fetch_failures",
+            "Failed JWKS fetches per key set (counter value)",
+            m.key_fetch_failures.clone(),
+        );
+        r.register(
+            "key_set_age_seconds",
+            "Age of the keys in use per key set",
+            m.key_set_age.clone(),
+        );
+        r.register(
+            "table_entries",
+            "Entries in the revocation, block and binding tables",
+            m.table_entries.clone(),
+        );
+        r.register(
+            "sets_received",
+            "Security event tokens received by transmitter, event type and result",
+            m.sets_received.clone(),
+        );
+        r.register(
+            "set_enforce_latency_seconds",
+            "SET arrival to enforceable (durable and applied)",
+            m.set_enforce_latency.clone(),
+        );
+        r.register(
+            "set_event_lag_seconds",
+            "SET event_timestamp to enforceable",
+            m.set_event_lag.clone(),
+        );
+        r.register(
+            "reloads",
+            "Configuration reloads by result",
+            m.reloads.clone(),
+        );
+        r.register(
+            "config_generation",
+            "Generation of the configuration in use",
+            m.config_generation.clone(),
+        );
+        r.register(
+            "store_write_duration_seconds",
+            "Durable store commit latency",
+            m.store_write_duration.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "open_connections",
+            "Open client connections per listener",
+            m.open_connections.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 

@@ -27,7 +27,14 @@ pub enum Role {
 }
 
 /// Accepts connections until shutdown; each connection holds a permit of `conns`.
-pub async fn accept_loop(listener: TcpListener, name: Arc<str>, role: Role, shared: Arc<Shared>, conns: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    role: Role,
+    shared: Arc<Shared>,
+    conns: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
@@ -61,12 +68,31 @@ struct ConnGuard(Arc<Shared>, Arc<str>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.metrics.open_connections.get_or_create(&crate::metrics::ListenerLabel { listener: self.1.to_string() }).dec();
+        self.0
+            .metrics
+            .open_connections
+            .get_or_create(&crate::metrics::ListenerLabel {
+                listener: self.1.to_string(),
+            })
+            .dec();
     }
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, name: Arc<str>, role: Role, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    shared.metrics.open_connections.get_or_create(&crate::metrics::ListenerLabel { listener: name.to_string() }).inc();
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    name: Arc<str>,
+    role: Role,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    shared
+        .metrics
+        .open_connections
+        .get_or_create(&crate::metrics::ListenerLabel {
+            listener: name.to_string(),
+        })
+        .inc();
     let _guard = ConnGuard(shared.clone(), name.clone());
     let snap = shared.snapshot.load_full();
     let tls = match role {
@@ -76,22 +102,61 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, name: Ar
     let limits = snap.config.server.clone();
     drop(snap);
     let activity = Arc::new(Activity::new());
-    let info = Arc::new(ConnInfo { peer, tls: tls.is_some(), listener: name });
+    let info = Arc::new(ConnInfo {
+        peer,
+        tls: tls.is_some(),
+        listener: name,
+    });
     match tls {
         Some(cfg) => {
             let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
             match tokio::time::timeout(limits.header_read_timeout, accept).await {
-                Ok(Ok(stream)) => serve_io(ActivityIo { inner: stream, activity: activity.clone() }, info, role, shared, &limits, shutdown, activity).await,
+                Ok(Ok(stream)) => {
+                    serve_io(
+                        ActivityIo {
+                            inner: stream,
+                            activity: activity.clone(),
+                        },
+                        info,
+                        role,
+                        shared,
+                        &limits,
+                        shutdown,
+                        activity,
+                    )
+                    .await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        None => serve_io(ActivityIo { inner: tcp, activity: activity.clone() }, info, role, shared, &limits, shutdown, activity).await,
+        None => {
+            serve_io(
+                ActivityIo {
+                    inner: tcp,
+                    activity: activity.clone(),
+                },
+                info,
+                role,
+                shared,
+                &limits,
+                shutdown,
+                activity,
+            )
+            .await
+        }
     }
 }
 
-async fn serve_io<I>(io: I, info: Arc<ConnInfo>, role: Role, shared: Arc<Shared>, limits: &crate::config::Server, mut shutdown: watch::Receiver<bool>, activity: Arc<Activity>)
-where
+async fn serve_io<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    role: Role,
+    shared: Arc<Shared>,
+    limits: &crate::config::Server,
+    mut shutdown: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -160,11 +225,16 @@ struct Activity {
 
 impl Activity {
     fn new() -> Activity {
-        Activity { origin: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        Activity {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How long the connection has had no I/O and no request in flight.
@@ -201,7 +271,11 @@ struct ActivityIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -212,7 +286,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -228,7 +306,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();

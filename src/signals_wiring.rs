@@ -26,7 +26,12 @@ pub async fn handle(
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<crate::proxy::forward::ProxyBody>, std::convert::Infallible> {
     let id = crate::proxy::headers::request_id(req.headers());
-    Ok(crate::proxy::json_error(http::StatusCode::NOT_FOUND, "not_found", "no signals endpoint at this path", &id))
+    Ok(crate::proxy::json_error(
+        http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no signals endpoint at this path",
+        &id,
+    ))
 }
 
 /// Starts pollers and stream management for the configured transmitters.

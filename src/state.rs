@@ -66,7 +66,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config_path: Option<PathBuf>, store: Arc<SignalStore>, cache_size: usize, on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>) -> Shared {
+    pub fn new(
+        config_path: Option<PathBuf>,
+        store: Arc<SignalStore>,
+        cache_size: usize,
+        on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>,
+    ) -> Shared {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Shared {
             config_path,
@@ -89,7 +94,11 @@ impl Shared {
         let mut tls = HashMap::new();
         for l in &config.listeners {
             if let Some(t) = &l.tls {
-                let cfg = crate::tls::server_config(t).map_err(|source| BuildError::ListenerTls { listener: l.name.clone(), source })?;
+                let cfg =
+                    crate::tls::server_config(t).map_err(|source| BuildError::ListenerTls {
+                        listener: l.name.clone(),
+                        source,
+                    })?;
                 tls.insert(l.name.clone(), cfg);
             }
         }
@@ -104,7 +113,12 @@ impl Shared {
                 let client = match pool.get(u) {
                     Some(c) => c.clone(),
                     None => {
-                        let c = Arc::new(UpstreamClient::new(u).map_err(|source| BuildError::Upstream { upstream: name.clone(), source })?);
+                        let c = Arc::new(UpstreamClient::new(u).map_err(|source| {
+                            BuildError::Upstream {
+                                upstream: name.clone(),
+                                source,
+                            }
+                        })?);
                         pool.insert(u.clone(), c.clone());
                         c
                     }
@@ -121,17 +135,40 @@ impl Shared {
         let signals = crate::signals_wiring::build(self, &config);
         self.retain_key_sets(&config);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok(Snapshot { generation, router: Router::new(&config.routes), issuers, upstreams, tls, admin_tls, signals, config })
+        Ok(Snapshot {
+            generation,
+            router: Router::new(&config.routes),
+            issuers,
+            upstreams,
+            tls,
+            admin_tls,
+            signals,
+            config,
+        })
     }
 
     /// The key set for a source, created (and its refresher started) on first use.
-    pub fn key_set(self: &Arc<Self>, name: &str, source: &KeySource, issuer: &str, policy: &crate::config::KeyPolicy, min_rsa_bits: usize) -> Arc<KeySet> {
+    pub fn key_set(
+        self: &Arc<Self>,
+        name: &str,
+        source: &KeySource,
+        issuer: &str,
+        policy: &crate::config::KeyPolicy,
+        min_rsa_bits: usize,
+    ) -> Arc<KeySet> {
         let mut sets = self.key_sets.lock().unwrap_or_else(|p| p.into_inner());
         let id = (source.clone(), issuer.to_string());
         if let Some(k) = sets.get(&id) {
             return k.clone();
         }
-        let ks = Arc::new(KeySet::new(name, source.clone(), issuer, policy.clone(), min_rsa_bits, self.fetcher.clone()));
+        let ks = Arc::new(KeySet::new(
+            name,
+            source.clone(),
+            issuer,
+            policy.clone(),
+            min_rsa_bits,
+            self.fetcher.clone(),
+        ));
         sets.insert(id, ks.clone());
         tokio::spawn(refresher(Arc::downgrade(&ks), self.shutdown.subscribe()));
         ks
@@ -140,13 +177,25 @@ impl Shared {
     fn retain_key_sets(&self, config: &Config) {
         let mut sets = self.key_sets.lock().unwrap_or_else(|p| p.into_inner());
         sets.retain(|(src, iss), _| {
-            config.issuers.iter().any(|i| &i.keys == src && &i.issuer == iss) || config.transmitters.iter().any(|t| &t.keys == src && &t.issuer == iss)
+            config
+                .issuers
+                .iter()
+                .any(|i| &i.keys == src && &i.issuer == iss)
+                || config
+                    .transmitters
+                    .iter()
+                    .any(|t| &t.keys == src && &t.issuer == iss)
         });
     }
 
     /// All key sets in use (for metrics and readiness).
     pub fn key_sets(&self) -> Vec<Arc<KeySet>> {
-        self.key_sets.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.key_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Installs a snapshot.
@@ -159,23 +208,35 @@ impl Shared {
     /// Re-reads the configuration file and swaps the snapshot; on any error the old one stays.
     pub fn reload(self: &Arc<Self>) -> Result<u64, String> {
         let result = self.try_reload();
-        let label = crate::metrics::ResultLabels { result: if result.is_ok() { "ok" } else { "failed" }, reason: "" };
+        let label = crate::metrics::ResultLabels {
+            result: if result.is_ok() { "ok" } else { "failed" },
+            reason: "",
+        };
         self.metrics.reloads.get_or_create(&label).inc();
         match &result {
             Ok(g) => tracing::info!(generation = g, "configuration reloaded"),
-            Err(e) => tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving"),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving")
+            }
         }
         result
     }
 
     fn try_reload(self: &Arc<Self>) -> Result<u64, String> {
-        let path = self.config_path.as_ref().ok_or("this proxy was started without a configuration file")?;
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or("this proxy was started without a configuration file")?;
         let config = Config::load(path).map_err(|e| e.to_string().replace('\n', "; "))?;
         let old = self.snapshot.load();
         for l in &config.listeners {
             match old.config.listeners.iter().find(|o| o.name == l.name) {
-                Some(o) if o.address != l.address => tracing::warn!(listener = %l.name, old = %o.address, new = %l.address, "listener address changed: takes effect after a restart"),
-                None => tracing::warn!(listener = %l.name, "new listener: takes effect after a restart"),
+                Some(o) if o.address != l.address => {
+                    tracing::warn!(listener = %l.name, old = %o.address, new = %l.address, "listener address changed: takes effect after a restart")
+                }
+                None => {
+                    tracing::warn!(listener = %l.name, "new listener: takes effect after a restart")
+                }
                 _ => {}
             }
         }

@@ -21,7 +21,10 @@ pub enum TlsError {
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::Certs { path: path.display().to_string(), reason };
+    let err = |reason: String| TlsError::Certs {
+        path: path.display().to_string(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -33,13 +36,19 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key { path: path.display().to_string(), reason: e.to_string() })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(path)? {
-        roots.add(c).map_err(|e| TlsError::Certs { path: path.display().to_string(), reason: e.to_string() })?;
+        roots.add(c).map_err(|e| TlsError::Certs {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(roots)
 }
@@ -48,16 +57,26 @@ fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
 pub fn server_config(t: &Tls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = load_certs(&t.cert)?;
     let key = load_key(&t.key)?;
-    let builder = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
+    let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ]);
     let builder = match &t.client_ca {
         Some(ca) => {
             let v = WebPkiClientVerifier::builder(Arc::new(roots_from(ca)?));
-            let v = if t.client_auth_required { v } else { v.allow_unauthenticated() };
-            builder.with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+            let v = if t.client_auth_required {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -80,14 +99,19 @@ pub fn system_roots() -> RootCertStore {
 }
 
 /// Client config for an upstream: configured CA or system roots, optional client certificate.
-pub fn client_config(ca: Option<&Path>, client_cert: Option<(&Path, &Path)>) -> Result<rustls::ClientConfig, TlsError> {
+pub fn client_config(
+    ca: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let roots = match ca {
         Some(p) => roots_from(p)?,
         None => system_roots(),
     };
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     match client_cert {
-        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?).map_err(|e| TlsError::Config(e.to_string())),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| TlsError::Config(e.to_string())),
         None => Ok(builder.with_no_client_auth()),
     }
 }

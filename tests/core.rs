@@ -65,7 +65,10 @@ auth = "none"
     );
     let h = Harness::start_in(dir, &toml).await;
     let port = h.proxy.addr("tls").unwrap().port();
-    for (h2, version) in [(false, http::Version::HTTP_11), (true, http::Version::HTTP_2)] {
+    for (h2, version) in [
+        (false, http::Version::HTTP_11),
+        (true, http::Version::HTTP_2),
+    ] {
         let client = tls_client(&c, h2, false);
         let r = get(&client, &format!("https://localhost:{port}/hello?x=1"), &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -74,7 +77,10 @@ auth = "none"
         assert_eq!(echo["path"], "/hello");
         assert_eq!(echo["query"], "x=1");
         assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
-        assert_eq!(echo["headers"]["x-forwarded-host"], format!("localhost:{port}"));
+        assert_eq!(
+            echo["headers"]["x-forwarded-host"],
+            format!("localhost:{port}")
+        );
         assert_eq!(r.header("x-request-id").map(str::len), Some(32));
     }
 }
@@ -93,26 +99,62 @@ async fn mtls_listener_requires_a_client_certificate() {
     );
     let h = Harness::start_in(dir, &toml).await;
     let url = format!("https://localhost:{}/", h.proxy.addr("tls").unwrap().port());
-    assert!(try_send(&tls_client(&c, false, false), Method::GET, &url, &[], Bytes::new()).await.is_err());
-    assert_eq!(get(&tls_client(&c, false, true), &url, &[]).await.status, StatusCode::OK);
+    assert!(try_send(
+        &tls_client(&c, false, false),
+        Method::GET,
+        &url,
+        &[],
+        Bytes::new()
+    )
+    .await
+    .is_err());
+    assert_eq!(
+        get(&tls_client(&c, false, true), &url, &[]).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn error_answers_carry_json_bodies_with_the_request_id() {
     let up = upstream().await;
-    let h = Harness::start(&plain_config(&up.url(), "max_request_body = 1024", "request_timeout = \"300ms\"")).await;
+    let h = Harness::start(&plain_config(
+        &up.url(),
+        "max_request_body = 1024",
+        "request_timeout = \"300ms\"",
+    ))
+    .await;
     let c = client();
 
-    let r = get(&c, &h.url("public", "/x"), &[("host", "other.test"), ("x-request-id", "req-404")]).await;
+    let r = get(
+        &c,
+        &h.url("public", "/x"),
+        &[("host", "other.test"), ("x-request-id", "req-404")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.json(), serde_json::json!({"error": "no_route", "message": "no route matches this request", "request_id": "req-404"}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "no_route", "message": "no route matches this request", "request_id": "req-404"})
+    );
 
-    let r = send(&c, Method::POST, &h.url("public", "/upload"), &[("host", "app.test")], Bytes::from(vec![b'a'; 2048])).await;
+    let r = send(
+        &c,
+        Method::POST,
+        &h.url("public", "/upload"),
+        &[("host", "app.test")],
+        Bytes::from(vec![b'a'; 2048]),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.json()["error"], "body_too_large");
 
-    let r = get(&c, &h.url("public", "/slow?ms=3000"), &[("host", "a.app.test"), ("x-request-id", "req-504")]).await;
+    let r = get(
+        &c,
+        &h.url("public", "/slow?ms=3000"),
+        &[("host", "a.app.test"), ("x-request-id", "req-504")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.json()["error"], "upstream_timeout");
     assert_eq!(r.json()["request_id"], "req-504");
@@ -121,8 +163,16 @@ async fn error_answers_carry_json_bodies_with_the_request_id() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["error"], "bad_path");
 
-    let big = format!("GET / HTTP/1.1\r\nhost: app.test\r\nx-big: {}\r\n\r\n", "a".repeat(80 * 1024));
-    let out = raw(h.proxy.addr("public").unwrap(), big.as_bytes(), Duration::from_secs(5)).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: app.test\r\nx-big: {}\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
+    let out = raw(
+        h.proxy.addr("public").unwrap(),
+        big.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
 }
 
@@ -142,11 +192,25 @@ async fn hop_by_hop_headers_and_connection_named_headers_are_removed() {
     let up = upstream().await;
     let h = Harness::start(&plain_config(&up.url(), "", "")).await;
     let req = "GET /h HTTP/1.1\r\nhost: app.test\r\nconnection: keep-alive, x-private\r\nx-private: secret\r\nkeep-alive: timeout=5\r\nproxy-authorization: Basic Zm9v\r\nte: trailers\r\nx-kept: yes\r\n\r\n";
-    let out = raw(h.proxy.addr("public").unwrap(), req.as_bytes(), Duration::from_millis(500)).await;
+    let out = raw(
+        h.proxy.addr("public").unwrap(),
+        req.as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let seen = up.last_headers();
-    for gone in ["x-private", "keep-alive", "proxy-authorization", "te", "connection"] {
-        assert!(!seen.contains_key(gone), "{gone} reached the upstream: {seen:?}");
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "connection",
+    ] {
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} reached the upstream: {seen:?}"
+        );
     }
     assert_eq!(seen.get("x-kept").unwrap(), "yes");
 }
@@ -156,14 +220,39 @@ async fn forwarded_headers_are_believed_only_from_trusted_peers() {
     let up = upstream().await;
     // Untrusted peer: its X-Forwarded-* are replaced.
     let h = Harness::start(&plain_config(&up.url(), "", "")).await;
-    let r = get(&client(), &h.url("public", "/"), &[("host", "app.test"), ("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.test")]).await;
+    let r = get(
+        &client(),
+        &h.url("public", "/"),
+        &[
+            ("host", "app.test"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+        ],
+    )
+    .await;
     let e = r.json();
     assert_eq!(e["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(e["headers"]["x-forwarded-proto"], "http");
     assert_eq!(e["headers"]["x-forwarded-host"], "app.test");
     // Trusted peer (loopback): the chain is extended and the others are kept.
-    let h = Harness::start(&plain_config(&up.url(), "trusted_proxies = [\"127.0.0.0/8\"]", "")).await;
-    let r = get(&client(), &h.url("public", "/"), &[("host", "app.test"), ("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "api.example.com")]).await;
+    let h = Harness::start(&plain_config(
+        &up.url(),
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        "",
+    ))
+    .await;
+    let r = get(
+        &client(),
+        &h.url("public", "/"),
+        &[
+            ("host", "app.test"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.example.com"),
+        ],
+    )
+    .await;
     let e = r.json();
     assert_eq!(e["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(e["headers"]["x-forwarded-proto"], "https");
@@ -173,7 +262,11 @@ async fn forwarded_headers_are_believed_only_from_trusted_peers() {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -186,10 +279,17 @@ async fn a_64_mib_body_streams_both_ways_with_bounded_memory() {
     const CHUNK: usize = 64 * 1024;
     const CHUNKS: usize = 1024; // 64 MiB
     let before = rss_kib();
-    let stream = futures_util::stream::iter((0..CHUNKS).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![7u8; CHUNK])))));
+    let stream =
+        futures_util::stream::iter((0..CHUNKS).map(|_| {
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![7u8; CHUNK])))
+        }));
     let body = StreamBody::new(stream);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let req = http::Request::post(h.url("public", "/echo-body")).header("host", "app.test").body(body).unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = http::Request::post(h.url("public", "/echo-body"))
+        .header("host", "app.test")
+        .body(body)
+        .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body().into_data_stream();
@@ -203,7 +303,11 @@ async fn a_64_mib_body_streams_both_ways_with_bounded_memory() {
     }
     assert_eq!(total, CHUNK * CHUNKS);
     // Proxy, upstream and client share this process: 64 MiB buffered anywhere would show.
-    assert!(peak.saturating_sub(before) < 48 * 1024, "RSS grew by {} KiB", peak - before);
+    assert!(
+        peak.saturating_sub(before) < 48 * 1024,
+        "RSS grew by {} KiB",
+        peak - before
+    );
 }
 
 #[tokio::test]
@@ -211,18 +315,29 @@ async fn websocket_upgrade_round_trips() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream().await;
     let h = Harness::start(&plain_config(&up.url(), "", "")).await;
-    let mut s = tokio::net::TcpStream::connect(h.proxy.addr("public").unwrap()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(h.proxy.addr("public").unwrap())
+        .await
+        .unwrap();
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let req = format!("GET /ws HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: {key}\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
     s.write_all(b"ping through the tunnel").await.unwrap();
     let mut got = vec![0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&got, b"ping through the tunnel");
 }
 
@@ -259,7 +374,11 @@ async fn reload_under_load_switches_routing_without_failures_and_bad_files_keep_
     h.write_config("[server]\nidle_timeout = \"forever\"\n");
     let err = h.proxy.reload().unwrap_err();
     assert!(err.contains("server.idle_timeout"), "{err}");
-    assert_eq!(h.proxy.shared.snapshot.load().generation, g, "old snapshot keeps serving");
+    assert_eq!(
+        h.proxy.shared.snapshot.load().generation,
+        g,
+        "old snapshot keeps serving"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, 0);
     for l in load {
@@ -267,11 +386,21 @@ async fn reload_under_load_switches_routing_without_failures_and_bad_files_keep_
         ok += o;
         failed += f;
     }
-    assert_eq!(failed, 0, "{failed} requests failed during reloads ({ok} ok)");
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during reloads ({ok} ok)"
+    );
     assert!(a.requests() > 0 && b.requests() > 0);
     let before = a.requests();
-    assert_eq!(get(&client(), &url, &[("host", "app.test")]).await.status, StatusCode::OK);
-    assert_eq!(a.requests(), before + 1, "after the failed reload, routing still goes to a");
+    assert_eq!(
+        get(&client(), &url, &[("host", "app.test")]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.requests(),
+        before + 1,
+        "after the failed reload, routing still goes to a"
+    );
 }
 
 #[tokio::test]
@@ -283,14 +412,25 @@ async fn slowloris_clients_do_not_starve_a_normal_client() {
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\nx-a: ").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\nx-a: ")
+            .await
+            .unwrap();
         slow.push(s);
     }
-    let r = tokio::time::timeout(Duration::from_secs(2), get(&client(), &h.url("public", "/"), &[("host", "app.test")])).await.expect("served while slow clients hold connections");
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        get(&client(), &h.url("public", "/"), &[("host", "app.test")]),
+    )
+    .await
+    .expect("served while slow clients hold connections");
     assert_eq!(r.status, StatusCode::OK);
     // The header-read timeout closes the half-sent requests.
     let mut s = slow.pop().unwrap();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(6), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(6),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await;
     assert!(read.is_ok(), "a slow client was not disconnected");
 }

@@ -56,7 +56,9 @@ impl TokenCache {
             return None;
         }
         let found = {
-            let Ok(mut s) = self.shard(k).lock() else { return None };
+            let Ok(mut s) = self.shard(k).lock() else {
+                return None;
+            };
             match s.young.get(k) {
                 Some(p) => Some(p.clone()),
                 None => s.old.remove(k).inspect(|p| {
@@ -80,7 +82,9 @@ impl TokenCache {
         if self.per_generation == 0 {
             return;
         }
-        let Ok(mut s) = self.shard(&k).lock() else { return };
+        let Ok(mut s) = self.shard(&k).lock() else {
+            return;
+        };
         if s.young.len() >= self.per_generation {
             s.old = std::mem::take(&mut s.young);
         }
@@ -97,7 +101,10 @@ impl TokenCache {
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().filter_map(|s| s.lock().ok().map(|s| s.young.len() + s.old.len())).sum()
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.young.len() + s.old.len()))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,10 +120,22 @@ mod tests {
     fn bounded_and_expiring() {
         let c = TokenCache::new(64);
         for i in 0..1000 {
-            c.insert(key(&format!("t{i}")), Arc::new(Principal { exp: 100, ..Default::default() }));
+            c.insert(
+                key(&format!("t{i}")),
+                Arc::new(Principal {
+                    exp: 100,
+                    ..Default::default()
+                }),
+            );
         }
         assert!(c.len() <= 64, "{}", c.len());
-        c.insert(key("x"), Arc::new(Principal { exp: 100, ..Default::default() }));
+        c.insert(
+            key("x"),
+            Arc::new(Principal {
+                exp: 100,
+                ..Default::default()
+            }),
+        );
         assert!(c.get(&key("x"), 100, 0).is_some());
         assert!(c.get(&key("x"), 101, 0).is_none());
         assert!(c.get(&key("x"), 101, 5).is_some());

@@ -29,7 +29,9 @@ pub struct Challenge {
 
 /// Claims request asking for a token issued at or after `nbf` (minified JSON, standard base64).
 pub fn nbf_claims(nbf: i64) -> String {
-    encode_claims(&format!(r#"{{"access_token":{{"nbf":{{"essential":true,"value":"{nbf}"}}}}}}"#))
+    encode_claims(&format!(
+        r#"{{"access_token":{{"nbf":{{"essential":true,"value":"{nbf}"}}}}}}"#
+    ))
 }
 
 /// Claims request asking for an auth context in `acrs`.
@@ -44,7 +46,9 @@ fn encode_claims(json: &str) -> String {
 
 /// Keeps a parameter value quotable: printable ASCII without `"` or `\`.
 fn q(s: &str) -> String {
-    s.chars().filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\').collect()
+    s.chars()
+        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+        .collect()
 }
 
 fn bearer(params: &[(&str, &str)]) -> String {
@@ -63,7 +67,13 @@ fn bearer(params: &[(&str, &str)]) -> String {
 
 /// Maps a deny reason to its answer. No wildcard arm: a new reason must be mapped here.
 pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
-    let invalid = |desc: &str| bearer(&[("realm", ctx.realm), ("error", "invalid_token"), ("error_description", desc)]);
+    let invalid = |desc: &str| {
+        bearer(&[
+            ("realm", ctx.realm),
+            ("error", "invalid_token"),
+            ("error_description", desc),
+        ])
+    };
     let claims_challenge = |claims: &str| {
         let mut p = vec![("realm", ctx.realm)];
         if let Some(u) = ctx.authorization_uri {
@@ -74,52 +84,112 @@ pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
         bearer(&p)
     };
     // A CAE client gets a claims challenge; any other client must sign in again.
-    let cae = |claims: String, desc: &str| if ctx.cp1 { claims_challenge(&claims) } else { invalid(desc) };
+    let cae = |claims: String, desc: &str| {
+        if ctx.cp1 {
+            claims_challenge(&claims)
+        } else {
+            invalid(desc)
+        }
+    };
     let (status, header, code, message): (StatusCode, String, &'static str, String) = match reason {
-        DenyReason::MissingToken => (StatusCode::UNAUTHORIZED, bearer(&[("realm", ctx.realm)]), "MissingToken", "a bearer token is required".into()),
-        DenyReason::InvalidToken(e) => (StatusCode::UNAUTHORIZED, invalid(&e.to_string()), "InvalidAuthenticationToken", e.to_string()),
+        DenyReason::MissingToken => (
+            StatusCode::UNAUTHORIZED,
+            bearer(&[("realm", ctx.realm)]),
+            "MissingToken",
+            "a bearer token is required".into(),
+        ),
+        DenyReason::InvalidToken(e) => (
+            StatusCode::UNAUTHORIZED,
+            invalid(&e.to_string()),
+            "InvalidAuthenticationToken",
+            e.to_string(),
+        ),
         DenyReason::Revoked { revoked_at, .. } => {
             let desc = "the token was issued before a revocation of its subject, session or id";
-            (StatusCode::UNAUTHORIZED, cae(nbf_claims(*revoked_at), desc), "TokenIssuedBeforeRevocationTimestamp", desc.into())
+            (
+                StatusCode::UNAUTHORIZED,
+                cae(nbf_claims(*revoked_at), desc),
+                "TokenIssuedBeforeRevocationTimestamp",
+                desc.into(),
+            )
         }
         DenyReason::AccountBlocked { .. } => {
             let desc = "the account is disabled";
-            (StatusCode::UNAUTHORIZED, cae(nbf_claims(ctx.now), desc), "AccountBlocked", desc.into())
+            (
+                StatusCode::UNAUTHORIZED,
+                cae(nbf_claims(ctx.now), desc),
+                "AccountBlocked",
+                desc.into(),
+            )
         }
         DenyReason::IpNotAllowed { rule } => {
             let desc = match rule {
-                IpRule::TokenAddress => "the request comes from another address than the token was issued to",
+                IpRule::TokenAddress => {
+                    "the request comes from another address than the token was issued to"
+                }
                 IpRule::Binding => "the request address is not allowed for this session",
                 IpRule::Location => "the request address is outside the allowed locations",
             };
-            (StatusCode::UNAUTHORIZED, cae(nbf_claims(ctx.now), desc), "LocationConditionEvaluationSatisfied", desc.into())
+            (
+                StatusCode::UNAUTHORIZED,
+                cae(nbf_claims(ctx.now), desc),
+                "LocationConditionEvaluationSatisfied",
+                desc.into(),
+            )
         }
         DenyReason::AuthContextRequired { context } => {
             let desc = format!("authentication context {context} is required");
-            (StatusCode::UNAUTHORIZED, cae(acrs_claims(context), &desc), "InsufficientAuthenticationContext", desc)
+            (
+                StatusCode::UNAUTHORIZED,
+                cae(acrs_claims(context), &desc),
+                "InsufficientAuthenticationContext",
+                desc,
+            )
         }
-        DenyReason::StepUpRequired { acr_values, max_age } => {
+        DenyReason::StepUpRequired {
+            acr_values,
+            max_age,
+        } => {
             let desc = "a stronger or more recent authentication is required";
             let acr = acr_values.join(" ");
             let age = max_age.map(|m| m.to_string());
-            let mut p = vec![("error", "insufficient_user_authentication"), ("error_description", desc)];
+            let mut p = vec![
+                ("error", "insufficient_user_authentication"),
+                ("error_description", desc),
+            ];
             if !acr.is_empty() {
                 p.push(("acr_values", &acr));
             }
             if let Some(a) = &age {
                 p.push(("max_age", a));
             }
-            (StatusCode::UNAUTHORIZED, bearer(&p), "InsufficientUserAuthentication", desc.into())
+            (
+                StatusCode::UNAUTHORIZED,
+                bearer(&p),
+                "InsufficientUserAuthentication",
+                desc.into(),
+            )
         }
         DenyReason::InsufficientScope { scope } => (
             StatusCode::FORBIDDEN,
-            bearer(&[("realm", ctx.realm), ("error", "insufficient_scope"), ("scope", scope)]),
+            bearer(&[
+                ("realm", ctx.realm),
+                ("error", "insufficient_scope"),
+                ("scope", scope),
+            ]),
             "InsufficientScope",
             format!("the token lacks a required scope or role: {scope}"),
         ),
         DenyReason::ClaimNotAllowed { claim } => (
             StatusCode::FORBIDDEN,
-            bearer(&[("realm", ctx.realm), ("error", "insufficient_scope"), ("error_description", &format!("claim {claim} is not allowed"))]),
+            bearer(&[
+                ("realm", ctx.realm),
+                ("error", "insufficient_scope"),
+                (
+                    "error_description",
+                    &format!("claim {claim} is not allowed"),
+                ),
+            ]),
             "ClaimNotAllowed",
             format!("the token's {claim} claim is not allowed on this route"),
         ),
@@ -129,7 +199,12 @@ pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
         _ => "invalid_token",
     };
     let body = serde_json::json!({"error": error, "code": code, "message": message, "request_id": ctx.request_id}).to_string();
-    Challenge { status, www_authenticate: header, code, body }
+    Challenge {
+        status,
+        www_authenticate: header,
+        code,
+        body,
+    }
 }
 
 #[cfg(test)]
@@ -141,13 +216,28 @@ mod tests {
     fn vectors_from_protocols_md() {
         assert_eq!(nbf_claims(1604106651), "eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNjA0MTA2NjUxIn19fQ==");
         assert_eq!(nbf_claims(1700000000), "eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNzAwMDAwMDAwIn19fQ==");
-        assert_eq!(acrs_claims("c1"), "eyJhY2Nlc3NfdG9rZW4iOnsiYWNycyI6eyJlc3NlbnRpYWwiOnRydWUsInZhbHVlIjoiYzEifX19");
+        assert_eq!(
+            acrs_claims("c1"),
+            "eyJhY2Nlc3NfdG9rZW4iOnsiYWNycyI6eyJlc3NlbnRpYWwiOnRydWUsInZhbHVlIjoiYzEifX19"
+        );
     }
 
     #[test]
     fn revoked_cae_client_gets_claims_challenge() {
-        let ctx = ChallengeCtx { realm: "", authorization_uri: Some("https://login.example/authorize"), cp1: true, request_id: "r1", now: 5 };
-        let c = respond(&DenyReason::Revoked { by: crate::auth::decide::RevokedBy::Session, revoked_at: 1604106651 }, &ctx);
+        let ctx = ChallengeCtx {
+            realm: "",
+            authorization_uri: Some("https://login.example/authorize"),
+            cp1: true,
+            request_id: "r1",
+            now: 5,
+        };
+        let c = respond(
+            &DenyReason::Revoked {
+                by: crate::auth::decide::RevokedBy::Session,
+                revoked_at: 1604106651,
+            },
+            &ctx,
+        );
         assert_eq!(c.status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             c.www_authenticate,
@@ -156,21 +246,61 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&c.body).unwrap();
         assert_eq!(body["code"], "TokenIssuedBeforeRevocationTimestamp");
         assert_eq!(body["request_id"], "r1");
-        let legacy = respond(&DenyReason::Revoked { by: crate::auth::decide::RevokedBy::Session, revoked_at: 1 }, &ChallengeCtx { cp1: false, realm: "api", ..ctx });
-        assert!(legacy.www_authenticate.starts_with(r#"Bearer realm="api", error="invalid_token", error_description=""#), "{}", legacy.www_authenticate);
+        let legacy = respond(
+            &DenyReason::Revoked {
+                by: crate::auth::decide::RevokedBy::Session,
+                revoked_at: 1,
+            },
+            &ChallengeCtx {
+                cp1: false,
+                realm: "api",
+                ..ctx
+            },
+        );
+        assert!(
+            legacy
+                .www_authenticate
+                .starts_with(r#"Bearer realm="api", error="invalid_token", error_description=""#),
+            "{}",
+            legacy.www_authenticate
+        );
     }
 
     #[test]
     fn plain_answers() {
-        let ctx = ChallengeCtx { realm: "api", request_id: "r", ..Default::default() };
-        assert_eq!(respond(&DenyReason::MissingToken, &ctx).www_authenticate, r#"Bearer realm="api""#);
+        let ctx = ChallengeCtx {
+            realm: "api",
+            request_id: "r",
+            ..Default::default()
+        };
+        assert_eq!(
+            respond(&DenyReason::MissingToken, &ctx).www_authenticate,
+            r#"Bearer realm="api""#
+        );
         assert_eq!(
             respond(&DenyReason::InvalidToken(TokenError::Expired), &ctx).www_authenticate,
             r#"Bearer realm="api", error="invalid_token", error_description="the token is expired""#
         );
-        let s = respond(&DenyReason::InsufficientScope { scope: "a b".into() }, &ctx);
-        assert_eq!((s.status, s.www_authenticate.as_str()), (StatusCode::FORBIDDEN, r#"Bearer realm="api", error="insufficient_scope", scope="a b""#));
-        let st = respond(&DenyReason::StepUpRequired { acr_values: vec!["urn:mfa".into()], max_age: Some(300) }, &ctx);
+        let s = respond(
+            &DenyReason::InsufficientScope {
+                scope: "a b".into(),
+            },
+            &ctx,
+        );
+        assert_eq!(
+            (s.status, s.www_authenticate.as_str()),
+            (
+                StatusCode::FORBIDDEN,
+                r#"Bearer realm="api", error="insufficient_scope", scope="a b""#
+            )
+        );
+        let st = respond(
+            &DenyReason::StepUpRequired {
+                acr_values: vec!["urn:mfa".into()],
+                max_age: Some(300),
+            },
+            &ctx,
+        );
         assert_eq!(
             st.www_authenticate,
             r#"Bearer error="insufficient_user_authentication", error_description="a stronger or more recent authentication is required", acr_values="urn:mfa", max_age="300""#

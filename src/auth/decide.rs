@@ -4,7 +4,10 @@ use std::net::IpAddr;
 
 use crate::auth::token::{Principal, TokenError};
 use crate::config::{MatchMode, Route};
-use crate::store::keys::{encode_into, ANY_ISSUER, KIND_DEVICE, KIND_EMAIL, KIND_SESSION, KIND_SUBJECT, KIND_TENANT, KIND_TOKEN};
+use crate::store::keys::{
+    encode_into, ANY_ISSUER, KIND_DEVICE, KIND_EMAIL, KIND_SESSION, KIND_SUBJECT, KIND_TENANT,
+    KIND_TOKEN,
+};
 use crate::store::Tables;
 
 /// Which table entry revoked the token.
@@ -34,15 +37,31 @@ pub enum IpRule {
 pub enum DenyReason {
     MissingToken,
     InvalidToken(TokenError),
-    Revoked { by: RevokedBy, revoked_at: i64 },
-    AccountBlocked { since: i64 },
-    IpNotAllowed { rule: IpRule },
+    Revoked {
+        by: RevokedBy,
+        revoked_at: i64,
+    },
+    AccountBlocked {
+        since: i64,
+    },
+    IpNotAllowed {
+        rule: IpRule,
+    },
     /// Microsoft dialect: `acrs` must contain this auth context.
-    AuthContextRequired { context: String },
+    AuthContextRequired {
+        context: String,
+    },
     /// RFC 9470 dialect.
-    StepUpRequired { acr_values: Vec<String>, max_age: Option<u64> },
-    InsufficientScope { scope: String },
-    ClaimNotAllowed { claim: String },
+    StepUpRequired {
+        acr_values: Vec<String>,
+        max_age: Option<u64>,
+    },
+    InsufficientScope {
+        scope: String,
+    },
+    ClaimNotAllowed {
+        claim: String,
+    },
 }
 
 impl DenyReason {
@@ -66,14 +85,24 @@ impl DenyReason {
     pub fn is_cae(&self) -> bool {
         matches!(
             self,
-            DenyReason::Revoked { .. } | DenyReason::AccountBlocked { .. } | DenyReason::IpNotAllowed { .. } | DenyReason::AuthContextRequired { .. } | DenyReason::StepUpRequired { .. }
+            DenyReason::Revoked { .. }
+                | DenyReason::AccountBlocked { .. }
+                | DenyReason::IpNotAllowed { .. }
+                | DenyReason::AuthContextRequired { .. }
+                | DenyReason::StepUpRequired { .. }
         )
     }
 }
 
 /// Decides whether `p` may use `route` from `client_ip` at `now` (epoch seconds).
 /// Order: account block, revocation, IP rules, step-up, then scopes, roles and claim rules.
-pub fn decide(route: &Route, p: &Principal, tables: &Tables, client_ip: IpAddr, now: i64) -> Result<(), DenyReason> {
+pub fn decide(
+    route: &Route,
+    p: &Principal,
+    tables: &Tables,
+    client_ip: IpAddr,
+    now: i64,
+) -> Result<(), DenyReason> {
     let cae = &route.cae;
     let mut buf = String::with_capacity(128);
     let subjects: [Option<&str>; 2] = [p.sub.as_deref(), p.oid.as_deref()];
@@ -137,7 +166,9 @@ pub fn decide(route: &Route, p: &Principal, tables: &Tables, client_ip: IpAddr, 
 
     // IP rules, each only when the route asks for it.
     if cae.token_ip && p.ipaddr.is_some_and(|a| !same_ip(a, client_ip)) {
-        return Err(DenyReason::IpNotAllowed { rule: IpRule::TokenAddress });
+        return Err(DenyReason::IpNotAllowed {
+            rule: IpRule::TokenAddress,
+        });
     }
     if cae.signal_ip {
         let ip = client_ip.to_canonical();
@@ -145,33 +176,49 @@ pub fn decide(route: &Route, p: &Principal, tables: &Tables, client_ip: IpAddr, 
             if let Some(sid) = &p.sid {
                 encode_into(&mut buf, KIND_SESSION, iss, sid);
                 if tables.binding_allows(&buf, ip) == Some(false) {
-                    return Err(DenyReason::IpNotAllowed { rule: IpRule::Binding });
+                    return Err(DenyReason::IpNotAllowed {
+                        rule: IpRule::Binding,
+                    });
                 }
             }
             for s in subjects.iter().flatten() {
                 encode_into(&mut buf, KIND_SUBJECT, iss, s);
                 if tables.binding_allows(&buf, ip) == Some(false) {
-                    return Err(DenyReason::IpNotAllowed { rule: IpRule::Binding });
+                    return Err(DenyReason::IpNotAllowed {
+                        rule: IpRule::Binding,
+                    });
                 }
             }
         }
     }
     let ip = client_ip.to_canonical();
-    if cae.deny_locations.iter().any(|n| n.contains(&ip)) || (!cae.allow_locations.is_empty() && !cae.allow_locations.iter().any(|n| n.contains(&ip))) {
-        return Err(DenyReason::IpNotAllowed { rule: IpRule::Location });
+    if cae.deny_locations.iter().any(|n| n.contains(&ip))
+        || (!cae.allow_locations.is_empty() && !cae.allow_locations.iter().any(|n| n.contains(&ip)))
+    {
+        return Err(DenyReason::IpNotAllowed {
+            rule: IpRule::Location,
+        });
     }
 
     // Step-up.
     if let Some(ctx) = &cae.auth_context {
         if !p.acrs.iter().any(|a| a == ctx) {
-            return Err(DenyReason::AuthContextRequired { context: ctx.clone() });
+            return Err(DenyReason::AuthContextRequired {
+                context: ctx.clone(),
+            });
         }
     }
     if !cae.acr_values.is_empty() || cae.max_age.is_some() {
-        let acr_ok = cae.acr_values.is_empty() || p.acr.as_ref().is_some_and(|a| cae.acr_values.contains(a));
-        let age_ok = cae.max_age.is_none_or(|max| p.auth_time.is_some_and(|t| now - t <= max.as_secs() as i64));
+        let acr_ok =
+            cae.acr_values.is_empty() || p.acr.as_ref().is_some_and(|a| cae.acr_values.contains(a));
+        let age_ok = cae
+            .max_age
+            .is_none_or(|max| p.auth_time.is_some_and(|t| now - t <= max.as_secs() as i64));
         if !acr_ok || !age_ok {
-            return Err(DenyReason::StepUpRequired { acr_values: cae.acr_values.clone(), max_age: cae.max_age.map(|d| d.as_secs()) });
+            return Err(DenyReason::StepUpRequired {
+                acr_values: cae.acr_values.clone(),
+                max_age: cae.max_age.map(|d| d.as_secs()),
+            });
         }
     }
 
@@ -183,22 +230,36 @@ pub fn decide(route: &Route, p: &Principal, tables: &Tables, client_ip: IpAddr, 
         };
         let ok = match route.match_mode {
             MatchMode::Any => has(&route.scopes, &p.scopes) || has(&route.roles, &p.roles),
-            MatchMode::All => (route.scopes.is_empty() || has(&route.scopes, &p.scopes)) && (route.roles.is_empty() || has(&route.roles, &p.roles)),
+            MatchMode::All => {
+                (route.scopes.is_empty() || has(&route.scopes, &p.scopes))
+                    && (route.roles.is_empty() || has(&route.roles, &p.roles))
+            }
         };
         if !ok {
-            let scope = if route.scopes.is_empty() { route.roles.join(" ") } else { route.scopes.join(" ") };
+            let scope = if route.scopes.is_empty() {
+                route.roles.join(" ")
+            } else {
+                route.scopes.join(" ")
+            };
             return Err(DenyReason::InsufficientScope { scope });
         }
     }
     for rule in &route.claims {
         let ok = match p.claim(&rule.claim) {
             Some(serde_json::Value::String(s)) => rule.allowed.contains(s),
-            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str().is_some_and(|s| rule.allowed.iter().any(|x| x == s))),
-            Some(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) => rule.allowed.contains(&v.to_string()),
+            Some(serde_json::Value::Array(a)) => a.iter().any(|v| {
+                v.as_str()
+                    .is_some_and(|s| rule.allowed.iter().any(|x| x == s))
+            }),
+            Some(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) => {
+                rule.allowed.contains(&v.to_string())
+            }
             _ => false,
         };
         if !ok {
-            return Err(DenyReason::ClaimNotAllowed { claim: rule.claim.clone() });
+            return Err(DenyReason::ClaimNotAllowed {
+                claim: rule.claim.clone(),
+            });
         }
     }
     Ok(())
@@ -231,7 +292,10 @@ mod tests {
             identity_headers: vec![],
             forward_authorization: true,
             report_only: false,
-            cae: CaePolicy { revocation: true, ..Default::default() },
+            cae: CaePolicy {
+                revocation: true,
+                ..Default::default()
+            },
         }
     }
 
@@ -254,32 +318,75 @@ mod tests {
         let t = Tables::default();
         let r = route();
         assert_eq!(decide(&r, &principal(), &t, IP, 2000), Ok(()));
-        t.apply(&Change::Revoke { key: SubjectKey::Session { iss: "https://idp".into(), sid: "s1".into() }, at: 1500 });
-        assert_eq!(decide(&r, &principal(), &t, IP, 2000), Err(DenyReason::Revoked { by: RevokedBy::Session, revoked_at: 1500 }));
-        let fresh = Principal { iat: Some(1500), ..principal() };
+        t.apply(&Change::Revoke {
+            key: SubjectKey::Session {
+                iss: "https://idp".into(),
+                sid: "s1".into(),
+            },
+            at: 1500,
+        });
+        assert_eq!(
+            decide(&r, &principal(), &t, IP, 2000),
+            Err(DenyReason::Revoked {
+                by: RevokedBy::Session,
+                revoked_at: 1500
+            })
+        );
+        let fresh = Principal {
+            iat: Some(1500),
+            ..principal()
+        };
         assert_eq!(decide(&r, &fresh, &t, IP, 2000), Ok(()));
     }
 
     #[test]
     fn block_wins_over_fresh_tokens() {
         let t = Tables::default();
-        t.apply(&Change::Block { key: SubjectKey::Subject { iss: "*".into(), sub: "alice".into() }, at: 10 });
-        let fresh = Principal { iat: Some(99_999), ..principal() };
-        assert_eq!(decide(&route(), &fresh, &t, IP, 2000), Err(DenyReason::AccountBlocked { since: 10 }));
+        t.apply(&Change::Block {
+            key: SubjectKey::Subject {
+                iss: "*".into(),
+                sub: "alice".into(),
+            },
+            at: 10,
+        });
+        let fresh = Principal {
+            iat: Some(99_999),
+            ..principal()
+        };
+        assert_eq!(
+            decide(&route(), &fresh, &t, IP, 2000),
+            Err(DenyReason::AccountBlocked { since: 10 })
+        );
     }
 
     #[test]
     fn ip_rules_apply_only_when_asked() {
         let t = Tables::default();
         let mut r = route();
-        let p = Principal { ipaddr: Some("198.51.100.7".parse().unwrap()), ..principal() };
+        let p = Principal {
+            ipaddr: Some("198.51.100.7".parse().unwrap()),
+            ..principal()
+        };
         assert_eq!(decide(&r, &p, &t, IP, 2000), Ok(()));
         r.cae.token_ip = true;
-        assert_eq!(decide(&r, &p, &t, IP, 2000), Err(DenyReason::IpNotAllowed { rule: IpRule::TokenAddress }));
-        assert_eq!(decide(&r, &p, &t, "::ffff:198.51.100.7".parse().unwrap(), 2000), Ok(()));
+        assert_eq!(
+            decide(&r, &p, &t, IP, 2000),
+            Err(DenyReason::IpNotAllowed {
+                rule: IpRule::TokenAddress
+            })
+        );
+        assert_eq!(
+            decide(&r, &p, &t, "::ffff:198.51.100.7".parse().unwrap(), 2000),
+            Ok(())
+        );
         r.cae.token_ip = false;
         r.cae.allow_locations = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(decide(&r, &p, &t, IP, 2000), Err(DenyReason::IpNotAllowed { rule: IpRule::Location }));
+        assert_eq!(
+            decide(&r, &p, &t, IP, 2000),
+            Err(DenyReason::IpNotAllowed {
+                rule: IpRule::Location
+            })
+        );
     }
 
     #[test]
@@ -287,16 +394,40 @@ mod tests {
         let t = Tables::default();
         let mut r = route();
         r.cae.auth_context = Some("c1".into());
-        assert_eq!(decide(&r, &principal(), &t, IP, 2000), Err(DenyReason::AuthContextRequired { context: "c1".into() }));
-        let p = Principal { acrs: vec!["c1".into()], scopes: vec!["read".into()], ..principal() };
+        assert_eq!(
+            decide(&r, &principal(), &t, IP, 2000),
+            Err(DenyReason::AuthContextRequired {
+                context: "c1".into()
+            })
+        );
+        let p = Principal {
+            acrs: vec!["c1".into()],
+            scopes: vec!["read".into()],
+            ..principal()
+        };
         assert_eq!(decide(&r, &p, &t, IP, 2000), Ok(()));
         r.scopes = vec!["write".into()];
-        assert_eq!(decide(&r, &p, &t, IP, 2000), Err(DenyReason::InsufficientScope { scope: "write".into() }));
+        assert_eq!(
+            decide(&r, &p, &t, IP, 2000),
+            Err(DenyReason::InsufficientScope {
+                scope: "write".into()
+            })
+        );
         r.scopes = vec![];
         r.cae.acr_values = vec!["urn:mfa".into()];
         r.cae.max_age = Some(std::time::Duration::from_secs(60));
-        let stale = Principal { acr: Some("urn:mfa".into()), auth_time: Some(1000), ..p };
-        assert_eq!(decide(&r, &stale, &t, IP, 2000), Err(DenyReason::StepUpRequired { acr_values: vec!["urn:mfa".into()], max_age: Some(60) }));
+        let stale = Principal {
+            acr: Some("urn:mfa".into()),
+            auth_time: Some(1000),
+            ..p
+        };
+        assert_eq!(
+            decide(&r, &stale, &t, IP, 2000),
+            Err(DenyReason::StepUpRequired {
+                acr_values: vec!["urn:mfa".into()],
+                max_age: Some(60)
+            })
+        );
         assert_eq!(decide(&r, &stale, &t, IP, 1050), Ok(()));
     }
 }

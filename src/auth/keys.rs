@@ -51,7 +51,11 @@ pub struct VerifyKey {
 
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyKey").field("kid", &self.kid).field("family", &self.family).field("alg", &self.alg).finish()
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("alg", &self.alg)
+            .finish()
     }
 }
 
@@ -88,7 +92,11 @@ pub enum KeyError {
     #[error("{url} returned an invalid document: {reason}")]
     Document { url: String, reason: String },
     #[error("discovery at {url} names issuer {found:?}, expected {expected:?}")]
-    IssuerMismatch { url: String, found: String, expected: String },
+    IssuerMismatch {
+        url: String,
+        found: String,
+        expected: String,
+    },
     #[error("cannot read {path}: {reason}")]
     File { path: String, reason: String },
     #[error("key set has no usable signing key")]
@@ -120,7 +128,14 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    pub fn new(name: &str, source: KeySource, expected_issuer: &str, policy: KeyPolicy, min_rsa_bits: usize, fetcher: Fetcher) -> KeySet {
+    pub fn new(
+        name: &str,
+        source: KeySource,
+        expected_issuer: &str,
+        policy: KeyPolicy,
+        min_rsa_bits: usize,
+        fetcher: Fetcher,
+    ) -> KeySet {
         KeySet {
             name: name.to_string(),
             source,
@@ -179,9 +194,13 @@ impl KeySet {
                 tracing::info!(keys = %self.name, count = keys.keys.len(), "loaded verification keys");
                 self.current.store(Arc::new(keys));
                 self.loaded.store(true, Ordering::Release);
-                self.stats.loaded_at.store(crate::store::now_secs() as u64, Ordering::Relaxed);
+                self.stats
+                    .loaded_at
+                    .store(crate::store::now_secs() as u64, Ordering::Relaxed);
                 let p = &self.policy;
-                Ok(max_age.unwrap_or(p.refresh_interval).clamp(p.min_refresh, p.max_refresh.max(p.min_refresh)))
+                Ok(max_age
+                    .unwrap_or(p.refresh_interval)
+                    .clamp(p.min_refresh, p.max_refresh.max(p.min_refresh)))
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +213,10 @@ impl KeySet {
         let timeout = Duration::from_secs(10);
         match &self.source {
             KeySource::JwksFile(path) => {
-                let text = tokio::fs::read(path).await.map_err(|e| KeyError::File { path: path.display().to_string(), reason: e.to_string() })?;
+                let text = tokio::fs::read(path).await.map_err(|e| KeyError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
                 Ok((self.parse_jwks(&text, &path.display().to_string())?, None))
             }
             KeySource::JwksUri(url) => {
@@ -203,20 +225,40 @@ impl KeySet {
             }
             KeySource::Discovery(url) => {
                 let (body, _) = self.get_ok(url, timeout).await?;
-                let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| KeyError::Document { url: url.clone(), reason: e.to_string() })?;
-                let issuer = doc.get("issuer").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| KeyError::Document {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let issuer = doc
+                    .get("issuer")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string();
                 let norm = |s: &str| s.strip_suffix('/').unwrap_or(s).to_string();
-                if !self.expected_issuer.contains("{tenantid}") && norm(&issuer) != norm(&self.expected_issuer) {
-                    return Err(KeyError::IssuerMismatch { url: url.clone(), found: issuer, expected: self.expected_issuer.clone() });
+                if !self.expected_issuer.contains("{tenantid}")
+                    && norm(&issuer) != norm(&self.expected_issuer)
+                {
+                    return Err(KeyError::IssuerMismatch {
+                        url: url.clone(),
+                        found: issuer,
+                        expected: self.expected_issuer.clone(),
+                    });
                 }
                 let jwks_uri = doc
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
-                    .ok_or_else(|| KeyError::Document { url: url.clone(), reason: "no jwks_uri".into() })?
+                    .ok_or_else(|| KeyError::Document {
+                        url: url.clone(),
+                        reason: "no jwks_uri".into(),
+                    })?
                     .to_string();
                 let (body, age) = self.get_ok(&jwks_uri, timeout).await?;
                 let mut keys = self.parse_jwks(&body, &jwks_uri)?;
-                keys.authorization_endpoint = doc.get("authorization_endpoint").and_then(|v| v.as_str()).map(str::to_string);
+                keys.authorization_endpoint = doc
+                    .get("authorization_endpoint")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
                 keys.discovered_issuer = Some(issuer);
                 keys.discovery = Some(doc);
                 Ok((keys, age))
@@ -224,10 +266,20 @@ impl KeySet {
         }
     }
 
-    async fn get_ok(&self, url: &str, timeout: Duration) -> Result<(bytes::Bytes, Option<Duration>), KeyError> {
-        let r = self.fetcher.get(url, &[("accept", "application/json".into())], timeout).await?;
+    async fn get_ok(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<(bytes::Bytes, Option<Duration>), KeyError> {
+        let r = self
+            .fetcher
+            .get(url, &[("accept", "application/json".into())], timeout)
+            .await?;
         if !r.status.is_success() {
-            return Err(KeyError::Status { url: url.to_string(), status: r.status.as_u16() });
+            return Err(KeyError::Status {
+                url: url.to_string(),
+                status: r.status.as_u16(),
+            });
         }
         Ok((r.body, fetch::max_age(&r.headers)))
     }
@@ -244,7 +296,10 @@ pub fn parse_jwks(body: &[u8], from: &str, min_rsa_bits: usize) -> Result<Keys, 
     struct Raw {
         keys: Vec<serde_json::Value>,
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| KeyError::Document { url: from.to_string(), reason: e.to_string() })?;
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| KeyError::Document {
+        url: from.to_string(),
+        reason: e.to_string(),
+    })?;
     let mut keys = Keys::default();
     for v in raw.keys {
         match key_from_jwk(v, min_rsa_bits) {
@@ -271,8 +326,13 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
     }
     let family = match &jwk.algorithm {
         AlgorithmParameters::RSA(p) => {
-            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p.n.trim_end_matches('=')).map_err(|e| e.to_string())?;
-            let bits = n.iter().position(|b| *b != 0).map_or(0, |i| (n.len() - i) * 8);
+            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.n.trim_end_matches('='))
+                .map_err(|e| e.to_string())?;
+            let bits = n
+                .iter()
+                .position(|b| *b != 0)
+                .map_or(0, |i| (n.len() - i) * 8);
             if bits < min_rsa_bits {
                 return Err(format!("RSA key of {bits} bits is below {min_rsa_bits}"));
             }
@@ -283,7 +343,9 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
             EllipticCurve::P384 => KeyFamily::P384,
             _ => return Err("unsupported curve".into()),
         },
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => KeyFamily::Ed25519,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            KeyFamily::Ed25519
+        }
         _ => return Err("symmetric or unsupported key type".into()),
     };
     let alg = match jwk.common.key_algorithm {
@@ -296,7 +358,12 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
         }
     }
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
-    Ok(VerifyKey { kid: jwk.common.key_id.clone(), family, alg, decoding })
+    Ok(VerifyKey {
+        kid: jwk.common.key_id.clone(),
+        family,
+        alg,
+        decoding,
+    })
 }
 
 fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
@@ -333,12 +400,21 @@ mod tests {
         assert!(k.family.fits(Algorithm::ES256));
         assert!(!k.family.fits(Algorithm::RS256));
         assert!(keys.get(Some("h")).is_none());
-        assert!(keys.get(None).is_some(), "one key: a kid-less token may use it");
+        assert!(
+            keys.get(None).is_some(),
+            "one key: a kid-less token may use it"
+        );
     }
 
     #[test]
     fn empty_or_broken_sets_are_errors() {
-        assert!(matches!(parse_jwks(br#"{"keys":[]}"#, "t", 2048), Err(KeyError::NoKeys)));
-        assert!(matches!(parse_jwks(b"nope", "t", 2048), Err(KeyError::Document { .. })));
+        assert!(matches!(
+            parse_jwks(br#"{"keys":[]}"#, "t", 2048),
+            Err(KeyError::NoKeys)
+        ));
+        assert!(matches!(
+            parse_jwks(b"nope", "t", 2048),
+            Err(KeyError::Document { .. })
+        ));
     }
 }

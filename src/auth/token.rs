@@ -136,8 +136,15 @@ pub struct IssuerRt {
 
 impl IssuerRt {
     pub fn new(cfg: config::Issuer, keys: Arc<KeySet>) -> IssuerRt {
-        let template = cfg.issuer.split_once("{tenantid}").map(|(a, b)| (a.to_string(), b.to_string()));
-        IssuerRt { cfg, keys, template }
+        let template = cfg
+            .issuer
+            .split_once("{tenantid}")
+            .map(|(a, b)| (a.to_string(), b.to_string()));
+        IssuerRt {
+            cfg,
+            keys,
+            template,
+        }
     }
 
     /// Whether a token `iss` belongs to this issuer.
@@ -147,13 +154,20 @@ impl IssuerRt {
             Some((pre, post)) => iss
                 .strip_prefix(pre.as_str())
                 .and_then(|rest| rest.strip_suffix(post.as_str()))
-                .is_some_and(|tenant| !tenant.is_empty() && !tenant.contains('/') && self.cfg.tenants.iter().any(|t| t == tenant || t == "*")),
+                .is_some_and(|tenant| {
+                    !tenant.is_empty()
+                        && !tenant.contains('/')
+                        && self.cfg.tenants.iter().any(|t| t == tenant || t == "*")
+                }),
         }
     }
 
     /// `authorization_uri` for challenges: configured, else from discovery.
     pub fn authorization_uri(&self) -> Option<String> {
-        self.cfg.authorization_uri.clone().or_else(|| self.keys.keys().authorization_endpoint.clone())
+        self.cfg
+            .authorization_uri
+            .clone()
+            .or_else(|| self.keys.keys().authorization_endpoint.clone())
     }
 }
 
@@ -179,16 +193,27 @@ impl Issuers {
 
 /// Takes the bearer token from the request: exactly one `Authorization: Bearer …` header.
 /// Returns `Ok(None)` when there is no token at all.
-pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>, max_bytes: usize) -> Result<Option<&'a str>, TokenError> {
-    if query.is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("access_token"))) {
+pub fn bearer<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+    max_bytes: usize,
+) -> Result<Option<&'a str>, TokenError> {
+    if query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.split('=').next() == Some("access_token"))
+    }) {
         return Err(TokenError::TokenInQuery);
     }
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
-    let Some(v) = values.next() else { return Ok(None) };
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
     if values.next().is_some() {
         return Err(TokenError::MultipleAuthorization);
     }
-    let v = v.to_str().map_err(|_| TokenError::Malformed("non-ASCII Authorization header"))?;
+    let v = v
+        .to_str()
+        .map_err(|_| TokenError::Malformed("non-ASCII Authorization header"))?;
     let (scheme, token) = v.split_once(' ').ok_or(TokenError::NotBearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(TokenError::NotBearer);
@@ -210,33 +235,46 @@ struct Unverified {
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed("a segment is not base64url"))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed("a segment is not base64url"))
 }
 
 /// Structural checks and the unverified `iss`, before any key is looked at.
 pub fn inspect(token: &str) -> Result<(jsonwebtoken::Header, String), TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(TokenError::Malformed("a JWT has exactly three segments"));
     };
     if h.is_empty() || p.is_empty() || s.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
     let header_json = b64(h)?;
-    let raw_header: Value = serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed("header is not JSON"))?;
-    if raw_header.get("typ").and_then(Value::as_str).is_some_and(|t| {
-        let t = t.to_ascii_lowercase();
-        t == "secevent+jwt" || t == "application/secevent+jwt"
-    }) {
+    let raw_header: Value = serde_json::from_slice(&header_json)
+        .map_err(|_| TokenError::Malformed("header is not JSON"))?;
+    if raw_header
+        .get("typ")
+        .and_then(Value::as_str)
+        .is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t == "secevent+jwt" || t == "application/secevent+jwt"
+        })
+    {
         return Err(TokenError::SecurityEventToken);
     }
     match raw_header.get("alg").and_then(Value::as_str) {
         None => return Err(TokenError::Malformed("no alg")),
-        Some(a) if a.eq_ignore_ascii_case("none") || a.starts_with("HS") => return Err(TokenError::AlgorithmNotAllowed),
+        Some(a) if a.eq_ignore_ascii_case("none") || a.starts_with("HS") => {
+            return Err(TokenError::AlgorithmNotAllowed)
+        }
         Some(_) => {}
     }
-    let header: jsonwebtoken::Header = serde_json::from_value(raw_header).map_err(|_| TokenError::AlgorithmNotAllowed)?;
-    let payload: Unverified = serde_json::from_slice(&b64(p)?).map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
+    let header: jsonwebtoken::Header =
+        serde_json::from_value(raw_header).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+    let payload: Unverified = serde_json::from_slice(&b64(p)?)
+        .map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
     if payload.events.is_some() {
         return Err(TokenError::SecurityEventToken);
     }
@@ -256,7 +294,11 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
     if !issuer.keys.is_loaded() {
         return Err(TokenError::KeysUnavailable);
     }
-    let key = issuer.keys.get_or_refetch(header.kid.as_deref()).await.ok_or(TokenError::UnknownKey)?;
+    let key = issuer
+        .keys
+        .get_or_refetch(header.kid.as_deref())
+        .await
+        .ok_or(TokenError::UnknownKey)?;
     if !key.family.fits(header.alg) || key.alg.is_some_and(|a| a != header.alg) {
         return Err(TokenError::KeyMismatch);
     }
@@ -266,20 +308,30 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
     v.set_required_spec_claims(&["exp", "aud"]);
     v.validate_nbf = true;
     v.reject_tokens_expiring_in_less_than = 0;
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &v).map_err(|e| match e.kind() {
-        ErrorKind::InvalidSignature => TokenError::BadSignature,
-        ErrorKind::ExpiredSignature => TokenError::Expired,
-        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-        ErrorKind::InvalidAudience => TokenError::WrongAudience,
-        ErrorKind::MissingRequiredClaim(c) if c == "exp" => TokenError::MissingClaim("exp"),
-        ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim("aud"),
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::AlgorithmNotAllowed,
-        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => TokenError::KeyMismatch,
-        _ => TokenError::Malformed("claims are invalid"),
-    })?;
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &v).map_err(
+        |e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidAudience => TokenError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(c) if c == "exp" => TokenError::MissingClaim("exp"),
+            ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim("aud"),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                TokenError::AlgorithmNotAllowed
+            }
+            ErrorKind::InvalidKeyFormat
+            | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidEcdsaKey => TokenError::KeyMismatch,
+            _ => TokenError::Malformed("claims are invalid"),
+        },
+    )?;
     let claims = data.claims;
     let leeway = cfg.leeway.as_secs() as i64;
-    let int = |name: &str| claims.get(name).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+    let int = |name: &str| {
+        claims
+            .get(name)
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+    };
     let exp = int("exp").ok_or(TokenError::MissingClaim("exp"))?;
     // jsonwebtoken compares with its own clock; check against ours too (tests drive `now`).
     if exp + leeway < now {
@@ -293,7 +345,9 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
         return Err(TokenError::IssuedInFuture);
     }
     if let Some(max) = cfg.max_lifetime {
-        let start = iat.or_else(|| int("nbf")).ok_or(TokenError::MissingClaim("iat"))?;
+        let start = iat
+            .or_else(|| int("nbf"))
+            .ok_or(TokenError::MissingClaim("iat"))?;
         if exp - start > max.as_secs() as i64 + leeway {
             return Err(TokenError::LifetimeTooLong);
         }
@@ -301,12 +355,27 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
     Ok(principal(issuer, iss, header, exp, iat, claims))
 }
 
-fn principal(issuer: &IssuerRt, iss: String, header: jsonwebtoken::Header, exp: i64, iat: Option<i64>, claims: Map<String, Value>) -> Principal {
+fn principal(
+    issuer: &IssuerRt,
+    iss: String,
+    header: jsonwebtoken::Header,
+    exp: i64,
+    iat: Option<i64>,
+    claims: Map<String, Value>,
+) -> Principal {
     let s = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
     let list = |name: &str| -> Vec<String> {
         match claims.get(name) {
-            Some(Value::String(v)) => v.split(' ').filter(|x| !x.is_empty()).map(str::to_string).collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            Some(Value::String(v)) => v
+                .split(' ')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
             _ => Vec::new(),
         }
     };
@@ -358,24 +427,52 @@ mod tests {
         h.insert("authorization", "bearer abc".parse().unwrap());
         assert_eq!(bearer(&h, None, 100), Ok(Some("abc")));
         assert_eq!(bearer(&h, None, 2), Err(TokenError::TooLarge));
-        assert_eq!(bearer(&h, Some("a=1&access_token=x"), 100), Err(TokenError::TokenInQuery));
+        assert_eq!(
+            bearer(&h, Some("a=1&access_token=x"), 100),
+            Err(TokenError::TokenInQuery)
+        );
         h.append("authorization", "Bearer def".parse().unwrap());
-        assert_eq!(bearer(&h, None, 100), Err(TokenError::MultipleAuthorization));
+        assert_eq!(
+            bearer(&h, None, 100),
+            Err(TokenError::MultipleAuthorization)
+        );
     }
 
     #[test]
     fn inspect_refuses_structural_attacks() {
         let claims = enc(&serde_json::json!({"iss": "https://i", "sub": "a"}));
         let t = |h: Value| format!("{}.{}.c2ln", enc(&h), claims);
-        assert_eq!(inspect(&t(serde_json::json!({"alg": "none"}))).unwrap_err(), TokenError::AlgorithmNotAllowed);
-        assert_eq!(inspect(&t(serde_json::json!({"alg": "HS256"}))).unwrap_err(), TokenError::AlgorithmNotAllowed);
-        assert_eq!(inspect(&t(serde_json::json!({"alg": "RS256", "typ": "secevent+jwt"}))).unwrap_err(), TokenError::SecurityEventToken);
-        assert_eq!(inspect(&t(serde_json::json!({"alg": "XX1"}))).unwrap_err(), TokenError::AlgorithmNotAllowed);
+        assert_eq!(
+            inspect(&t(serde_json::json!({"alg": "none"}))).unwrap_err(),
+            TokenError::AlgorithmNotAllowed
+        );
+        assert_eq!(
+            inspect(&t(serde_json::json!({"alg": "HS256"}))).unwrap_err(),
+            TokenError::AlgorithmNotAllowed
+        );
+        assert_eq!(
+            inspect(&t(
+                serde_json::json!({"alg": "RS256", "typ": "secevent+jwt"})
+            ))
+            .unwrap_err(),
+            TokenError::SecurityEventToken
+        );
+        assert_eq!(
+            inspect(&t(serde_json::json!({"alg": "XX1"}))).unwrap_err(),
+            TokenError::AlgorithmNotAllowed
+        );
         assert!(matches!(inspect("a.b"), Err(TokenError::Malformed(_))));
         assert!(matches!(inspect("a.b.c.d"), Err(TokenError::Malformed(_))));
-        let set = format!("{}.{}.c2ln", enc(&serde_json::json!({"alg": "RS256"})), enc(&serde_json::json!({"iss": "x", "events": {}})));
+        let set = format!(
+            "{}.{}.c2ln",
+            enc(&serde_json::json!({"alg": "RS256"})),
+            enc(&serde_json::json!({"iss": "x", "events": {}}))
+        );
         assert_eq!(inspect(&set).unwrap_err(), TokenError::SecurityEventToken);
         let (h, iss) = inspect(&t(serde_json::json!({"alg": "RS256", "kid": "k"}))).unwrap();
-        assert_eq!((h.alg, h.kid.as_deref(), iss.as_str()), (Algorithm::RS256, Some("k"), "https://i"));
+        assert_eq!(
+            (h.alg, h.kid.as_deref(), iss.as_str()),
+            (Algorithm::RS256, Some("k"), "https://i")
+        );
     }
 }

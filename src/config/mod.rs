@@ -38,7 +38,10 @@ impl Config {
     /// Reads, parses and validates a file; every error is reported with its TOML path.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::one(ConfigError::new("", format!("cannot read {}: {e}", path.display())))
+            ConfigErrors::one(ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base)
@@ -50,7 +53,11 @@ impl Config {
             server: validate::default_server(),
             listeners: Vec::new(),
             admin: None,
-            store: Store { backend: StoreBackend::Memory, retention: DEFAULT_RETENTION, ignore_corrupt: false },
+            store: Store {
+                backend: StoreBackend::Memory,
+                retention: DEFAULT_RETENTION,
+                ignore_corrupt: false,
+            },
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
             issuers: Vec::new(),
@@ -60,7 +67,8 @@ impl Config {
 
     /// Parses TOML text; relative file paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let raw: FileConfig = toml::from_str(text).map_err(|e| ConfigErrors::one(validate::toml_error(&e)))?;
+        let raw: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigErrors::one(validate::toml_error(&e)))?;
         validate::validate(raw, base)
     }
 }

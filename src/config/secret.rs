@@ -67,6 +67,9 @@ mod tests {
     #[test]
     fn env_reference_missing_is_an_error() {
         let err = Secret::resolve("env:CAE_PROXY_TEST_SURELY_UNSET", Path::new(".")).unwrap_err();
-        assert_eq!(err, "environment variable CAE_PROXY_TEST_SURELY_UNSET is not set");
+        assert_eq!(
+            err,
+            "environment variable CAE_PROXY_TEST_SURELY_UNSET is not set"
+        );
     }
 }

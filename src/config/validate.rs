@@ -21,7 +21,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -59,7 +62,15 @@ impl fmt::Display for ConfigErrors {
 
 pub(super) fn toml_error(e: &toml::de::Error) -> ConfigError {
     let msg = e.message().trim().to_string();
-    ConfigError::new("", format!("invalid TOML: {msg}{}", e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default()))
+    ConfigError::new(
+        "",
+        format!(
+            "invalid TOML: {msg}{}",
+            e.span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default()
+        ),
+    )
 }
 
 /// Collects errors while converting.
@@ -95,7 +106,10 @@ impl Check<'_> {
         for (i, s) in v.iter().enumerate() {
             match parse_net(s) {
                 Some(n) => out.push(n),
-                None => self.err(format!("{path}[{i}]"), format!("{s:?} is not an IP address or CIDR")),
+                None => self.err(
+                    format!("{path}[{i}]"),
+                    format!("{s:?} is not an IP address or CIDR"),
+                ),
             }
         }
         out
@@ -125,7 +139,10 @@ impl Check<'_> {
             Ok(u) if u.scheme() == "https" => {}
             Ok(u) if u.scheme() == "http" => {
                 if !allow_http && !is_loopback_host(u.host_str().unwrap_or("")) {
-                    self.err(path, format!("{v:?} must use https (or set allow_insecure_http = true)"));
+                    self.err(
+                        path,
+                        format!("{v:?} must use https (or set allow_insecure_http = true)"),
+                    );
                 }
             }
             Ok(_) => self.err(path, format!("{v:?} must be an http(s) URL")),
@@ -133,15 +150,29 @@ impl Check<'_> {
         }
     }
 
-    fn algorithms(&mut self, path: &str, v: &Option<Vec<String>>, allowed: &[&str]) -> Vec<jsonwebtoken::Algorithm> {
+    fn algorithms(
+        &mut self,
+        path: &str,
+        v: &Option<Vec<String>>,
+        allowed: &[&str],
+    ) -> Vec<jsonwebtoken::Algorithm> {
         let Some(list) = v else {
             return vec![jsonwebtoken::Algorithm::RS256];
         };
         let mut out = Vec::new();
         for (i, a) in list.iter().enumerate() {
-            match (allowed.contains(&a.as_str()), jsonwebtoken::Algorithm::from_str(a)) {
+            match (
+                allowed.contains(&a.as_str()),
+                jsonwebtoken::Algorithm::from_str(a),
+            ) {
                 (true, Ok(alg)) => out.push(alg),
-                _ => self.err(format!("{path}[{i}]"), format!("algorithm {a:?} is not allowed (one of {})", allowed.join(", "))),
+                _ => self.err(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "algorithm {a:?} is not allowed (one of {})",
+                        allowed.join(", ")
+                    ),
+                ),
             }
         }
         if out.is_empty() && !list.is_empty() {
@@ -153,7 +184,14 @@ impl Check<'_> {
         out
     }
 
-    fn key_source(&mut self, path: &str, discovery: &Option<String>, jwks_uri: &Option<String>, jwks_file: &Option<String>, allow_http: bool) -> KeySource {
+    fn key_source(
+        &mut self,
+        path: &str,
+        discovery: &Option<String>,
+        jwks_uri: &Option<String>,
+        jwks_file: &Option<String>,
+        allow_http: bool,
+    ) -> KeySource {
         match (discovery, jwks_uri, jwks_file) {
             (Some(d), None, None) => {
                 self.url(&format!("{path}.discovery"), d, allow_http);
@@ -163,9 +201,14 @@ impl Check<'_> {
                 self.url(&format!("{path}.jwks_uri"), u, allow_http);
                 KeySource::JwksUri(u.clone())
             }
-            (None, None, Some(f)) => KeySource::JwksFile(self.file(&format!("{path}.jwks_file"), f)),
+            (None, None, Some(f)) => {
+                KeySource::JwksFile(self.file(&format!("{path}.jwks_file"), f))
+            }
             _ => {
-                self.err(path, "exactly one of discovery, jwks_uri or jwks_file is required");
+                self.err(
+                    path,
+                    "exactly one of discovery, jwks_uri or jwks_file is required",
+                );
                 KeySource::JwksUri(String::new())
             }
         }
@@ -176,14 +219,20 @@ impl Check<'_> {
             None | Some("required") => true,
             Some("optional") => false,
             Some(o) => {
-                self.err(format!("{path}.client_auth"), format!("{o:?} must be \"required\" or \"optional\""));
+                self.err(
+                    format!("{path}.client_auth"),
+                    format!("{o:?} must be \"required\" or \"optional\""),
+                );
                 true
             }
         };
         Tls {
             cert: self.file(&format!("{path}.cert"), &t.cert),
             key: self.file(&format!("{path}.key"), &t.key),
-            client_ca: t.client_ca.as_ref().map(|c| self.file(&format!("{path}.client_ca"), c)),
+            client_ca: t
+                .client_ca
+                .as_ref()
+                .map(|c| self.file(&format!("{path}.client_ca"), c)),
             client_auth_required: required,
         }
     }
@@ -192,41 +241,75 @@ impl Check<'_> {
 /// Parses `10.0.0.0/8`, `192.0.2.1` (as /32) or `::1`.
 pub fn parse_net(s: &str) -> Option<IpNet> {
     let s = s.trim();
-    IpNet::from_str(s).ok().or_else(|| std::net::IpAddr::from_str(s).ok().map(IpNet::from))
+    IpNet::from_str(s)
+        .ok()
+        .or_else(|| std::net::IpAddr::from_str(s).ok().map(IpNet::from))
 }
 
 /// Loopback hosts may use plain http for keys (protocols.md §1).
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost") || std::net::IpAddr::from_str(h).map(|ip| ip.is_loopback()).unwrap_or(false)
+    h.eq_ignore_ascii_case("localhost")
+        || std::net::IpAddr::from_str(h)
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
-const TOKEN_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
-const SET_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"];
+const TOKEN_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+const SET_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+];
 
 /// Server settings when the file has no `[server]` table.
 pub(super) fn default_server() -> Server {
-    let mut c = Check { errors: Vec::new(), base: Path::new(".") };
+    let mut c = Check {
+        errors: Vec::new(),
+        base: Path::new("."),
+    };
     server(&mut c, &ServerFile::default())
 }
 
 fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
     Server {
-        worker_threads: s.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        shutdown_grace: c.duration("server.shutdown_grace", &s.shutdown_grace, Duration::from_secs(30)),
-        header_read_timeout: c.duration("server.header_read_timeout", &s.header_read_timeout, Duration::from_secs(10)),
-        idle_timeout: c.duration("server.idle_timeout", &s.idle_timeout, Duration::from_secs(60)),
+        worker_threads: s.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        shutdown_grace: c.duration(
+            "server.shutdown_grace",
+            &s.shutdown_grace,
+            Duration::from_secs(30),
+        ),
+        header_read_timeout: c.duration(
+            "server.header_read_timeout",
+            &s.header_read_timeout,
+            Duration::from_secs(10),
+        ),
+        idle_timeout: c.duration(
+            "server.idle_timeout",
+            &s.idle_timeout,
+            Duration::from_secs(60),
+        ),
         max_connections: s.max_connections.unwrap_or(10_000),
         max_h2_streams: s.max_h2_streams.unwrap_or(256),
         max_header_bytes: s.max_header_bytes.unwrap_or(64 * 1024),
         max_request_body: s.max_request_body.unwrap_or(64 * 1024 * 1024),
-        trusted_proxies: c.nets("server.trusted_proxies", s.trusted_proxies.as_deref().unwrap_or(&[])),
+        trusted_proxies: c.nets(
+            "server.trusted_proxies",
+            s.trusted_proxies.as_deref().unwrap_or(&[]),
+        ),
         log_format: match s.log_format.as_deref() {
             None | Some("auto") => LogFormat::Auto,
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
             Some(o) => {
-                c.err("server.log_format", format!("{o:?} must be \"json\", \"text\" or \"auto\""));
+                c.err(
+                    "server.log_format",
+                    format!("{o:?} must be \"json\", \"text\" or \"auto\""),
+                );
                 LogFormat::Auto
             }
         },
@@ -238,7 +321,10 @@ fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
 }
 
 pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErrors> {
-    let mut c = Check { errors: Vec::new(), base };
+    let mut c = Check {
+        errors: Vec::new(),
+        base,
+    };
     let server = server(&mut c, &raw.server);
     if server.max_connections == 0 {
         c.err("server.max_connections", "must be at least 1");
@@ -247,7 +333,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         c.err("server.max_header_bytes", "must be at least 1024");
     }
     if tracing_subscriber::EnvFilter::try_new(&server.log_level).is_err() {
-        c.err("server.log_level", format!("{:?} is not a valid log filter", server.log_level));
+        c.err(
+            "server.log_level",
+            format!("{:?} is not a valid log filter", server.log_level),
+        );
     }
 
     // Listeners.
@@ -260,12 +349,18 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         let p = format!("listener[{i}]");
         let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
         if !names.insert(name.clone()) {
-            c.err(format!("{p}.name"), format!("duplicate listener name {name:?}"));
+            c.err(
+                format!("{p}.name"),
+                format!("duplicate listener name {name:?}"),
+            );
         }
         let address = match SocketAddr::from_str(&l.address) {
             Ok(a) => a,
             Err(_) => {
-                c.err(format!("{p}.address"), format!("{:?} is not an address like 0.0.0.0:8443", l.address));
+                c.err(
+                    format!("{p}.address"),
+                    format!("{:?} is not an address like 0.0.0.0:8443", l.address),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         };
@@ -273,12 +368,20 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             None | Some("proxy") => ListenerRole::Proxy,
             Some("signals") => ListenerRole::Signals,
             Some(o) => {
-                c.err(format!("{p}.role"), format!("{o:?} must be \"proxy\" or \"signals\""));
+                c.err(
+                    format!("{p}.role"),
+                    format!("{o:?} must be \"proxy\" or \"signals\""),
+                );
                 ListenerRole::Proxy
             }
         };
         let tls = l.tls.as_ref().map(|t| c.tls(&format!("{p}.tls"), t));
-        listeners.push(Listener { name, address, role, tls });
+        listeners.push(Listener {
+            name,
+            address,
+            role,
+            tls,
+        });
     }
 
     let admin = raw.admin.as_ref().map(|a| Admin {
@@ -300,7 +403,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             (None | Some("redb"), None) => StoreBackend::Redb(PathBuf::from(DEFAULT_STORE_PATH)),
             (Some("memory"), _) => StoreBackend::Memory,
             (Some(o), _) => {
-                c.err("store.backend", format!("{o:?} must be \"redb\" or \"memory\""));
+                c.err(
+                    "store.backend",
+                    format!("{o:?} must be \"redb\" or \"memory\""),
+                );
                 StoreBackend::Memory
             }
         },
@@ -313,14 +419,24 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
     for (name, u) in &raw.upstreams {
         let p = format!("upstreams.{name}");
         let url = match http::Uri::from_str(&u.url) {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => uri,
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() =>
+            {
+                uri
+            }
             _ => {
-                c.err(format!("{p}.url"), format!("{:?} must be an http:// or https:// URL", u.url));
+                c.err(
+                    format!("{p}.url"),
+                    format!("{:?} must be an http:// or https:// URL", u.url),
+                );
                 http::Uri::from_static("http://invalid")
             }
         };
         let client_cert = match (&u.client_cert, &u.client_key) {
-            (Some(cert), Some(key)) => Some((c.file(&format!("{p}.client_cert"), cert), c.file(&format!("{p}.client_key"), key))),
+            (Some(cert), Some(key)) => Some((
+                c.file(&format!("{p}.client_cert"), cert),
+                c.file(&format!("{p}.client_key"), key),
+            )),
             (None, None) => None,
             _ => {
                 c.err(&p, "client_cert and client_key go together");
@@ -332,9 +448,21 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             Upstream {
                 name: name.clone(),
                 url,
-                connect_timeout: c.duration(&format!("{p}.connect_timeout"), &u.connect_timeout, Duration::from_secs(5)),
-                request_timeout: c.duration(&format!("{p}.request_timeout"), &u.request_timeout, Duration::from_secs(60)),
-                idle_timeout: c.duration(&format!("{p}.idle_timeout"), &u.idle_timeout, Duration::from_secs(90)),
+                connect_timeout: c.duration(
+                    &format!("{p}.connect_timeout"),
+                    &u.connect_timeout,
+                    Duration::from_secs(5),
+                ),
+                request_timeout: c.duration(
+                    &format!("{p}.request_timeout"),
+                    &u.request_timeout,
+                    Duration::from_secs(60),
+                ),
+                idle_timeout: c.duration(
+                    &format!("{p}.idle_timeout"),
+                    &u.idle_timeout,
+                    Duration::from_secs(90),
+                ),
                 ca: u.ca.as_ref().map(|f| c.file(&format!("{p}.ca"), f)),
                 client_cert,
             },
@@ -347,14 +475,23 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
     for (i, is) in raw.issuers.iter().enumerate() {
         let p = format!("issuer[{i}]");
         if !issuer_names.insert(is.name.clone()) {
-            c.err(format!("{p}.name"), format!("duplicate issuer name {:?}", is.name));
+            c.err(
+                format!("{p}.name"),
+                format!("duplicate issuer name {:?}", is.name),
+            );
         }
         let allow_http = is.allow_insecure_http.unwrap_or(false);
         if is.issuer.contains("{tenantid}") && is.tenants.is_empty() {
-            c.err(format!("{p}.tenants"), "a {tenantid} issuer template needs an allow-list of tenants");
+            c.err(
+                format!("{p}.tenants"),
+                "a {tenantid} issuer template needs an allow-list of tenants",
+            );
         }
         if is.audiences.is_empty() {
-            c.err(format!("{p}.audiences"), "at least one audience is required");
+            c.err(
+                format!("{p}.audiences"),
+                "at least one audience is required",
+            );
         }
         for (key, v) in [("authorization_uri", &is.authorization_uri)] {
             if let Some(u) = v {
@@ -366,7 +503,14 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             issuer: is.issuer.clone(),
             tenants: is.tenants.clone(),
             keys: c.key_source(&p, &is.discovery, &is.jwks_uri, &is.jwks_file, allow_http),
-            key_policy: key_policy(&mut c, &p, &is.refresh_interval, &is.min_refresh, &is.max_refresh, &is.unknown_kid_cooldown),
+            key_policy: key_policy(
+                &mut c,
+                &p,
+                &is.refresh_interval,
+                &is.min_refresh,
+                &is.max_refresh,
+                &is.unknown_kid_cooldown,
+            ),
             audiences: is.audiences.clone(),
             algorithms: c.algorithms(&format!("{p}.algorithms"), &is.algorithms, TOKEN_ALGS),
             leeway: c.duration(&format!("{p}.leeway"), &is.leeway, Duration::from_secs(60)),
@@ -384,10 +528,16 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         let p = format!("route[{i}]");
         let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
         if !route_names.insert(name.clone()) {
-            c.err(format!("{p}.name"), format!("duplicate route name {name:?}"));
+            c.err(
+                format!("{p}.name"),
+                format!("duplicate route name {name:?}"),
+            );
         }
         if !upstreams.contains_key(&r.upstream) {
-            c.err(format!("{p}.upstream"), format!("no [upstreams.{}] is defined", r.upstream));
+            c.err(
+                format!("{p}.upstream"),
+                format!("no [upstreams.{}] is defined", r.upstream),
+            );
         }
         let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
         if !path_prefix.starts_with('/') {
@@ -408,7 +558,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         for (j, m) in r.methods.iter().enumerate() {
             match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => methods.push(m),
-                Err(_) => c.err(format!("{p}.methods[{j}]"), format!("{m:?} is not an HTTP method")),
+                Err(_) => c.err(
+                    format!("{p}.methods[{j}]"),
+                    format!("{m:?} is not an HTTP method"),
+                ),
             }
         }
         let auth = match r.auth.as_deref() {
@@ -416,23 +569,35 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             Some("optional") => AuthMode::Optional,
             Some("none") => AuthMode::None,
             Some(o) => {
-                c.err(format!("{p}.auth"), format!("{o:?} must be \"required\", \"optional\" or \"none\""));
+                c.err(
+                    format!("{p}.auth"),
+                    format!("{o:?} must be \"required\", \"optional\" or \"none\""),
+                );
                 AuthMode::Required
             }
         };
         if auth != AuthMode::None && raw.issuers.is_empty() {
-            c.err(format!("{p}.auth"), "the route requires tokens but no [[issuer]] is configured");
+            c.err(
+                format!("{p}.auth"),
+                "the route requires tokens but no [[issuer]] is configured",
+            );
         }
         for (j, iname) in r.issuers.iter().enumerate() {
             if !issuer_names.contains(iname) {
-                c.err(format!("{p}.issuers[{j}]"), format!("no issuer named {iname:?}"));
+                c.err(
+                    format!("{p}.issuers[{j}]"),
+                    format!("no issuer named {iname:?}"),
+                );
             }
         }
         let match_mode = match r.match_mode.as_deref() {
             None | Some("any") => MatchMode::Any,
             Some("all") => MatchMode::All,
             Some(o) => {
-                c.err(format!("{p}.match_mode"), format!("{o:?} must be \"any\" or \"all\""));
+                c.err(
+                    format!("{p}.match_mode"),
+                    format!("{o:?} must be \"any\" or \"all\""),
+                );
                 MatchMode::Any
             }
         };
@@ -442,17 +607,26 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
                 (Some(e), None) => vec![e.clone()],
                 (None, Some(l)) if !l.is_empty() => l.clone(),
                 _ => {
-                    c.err(format!("{p}.claims[{j}]"), "exactly one of equals or one_of (non-empty) is required");
+                    c.err(
+                        format!("{p}.claims[{j}]"),
+                        "exactly one of equals or one_of (non-empty) is required",
+                    );
                     Vec::new()
                 }
             };
-            claims.push(ClaimRule { claim: cr.claim.clone(), allowed });
+            claims.push(ClaimRule {
+                claim: cr.claim.clone(),
+                allowed,
+            });
         }
         let mut identity_headers = Vec::new();
         for (h, claim) in &r.identity_headers {
             match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
                 Ok(name) => identity_headers.push((name, claim.clone())),
-                Err(_) => c.err(format!("{p}.identity_headers.{h}"), "not a valid header name"),
+                Err(_) => c.err(
+                    format!("{p}.identity_headers.{h}"),
+                    "not a valid header name",
+                ),
             }
         }
         let ca = &r.cae;
@@ -468,7 +642,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         };
         if let Some(ctx) = &cae.auth_context {
             if ctx.is_empty() || !ctx.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                c.err(format!("{p}.cae.auth_context"), "must be an auth context id such as \"c1\"");
+                c.err(
+                    format!("{p}.cae.auth_context"),
+                    "must be an auth context id such as \"c1\"",
+                );
             }
         }
         routes.push(Route {
@@ -498,11 +675,17 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         let p = format!("transmitter[{i}]");
         let allow_http = t.allow_insecure_http.unwrap_or(false);
         if t.audiences.is_empty() {
-            c.err(format!("{p}.audiences"), "at least one audience (our receiver id) is required");
+            c.err(
+                format!("{p}.audiences"),
+                "at least one audience (our receiver id) is required",
+            );
         }
         if let Some(ti) = &t.token_issuer {
             if !issuer_names.contains(ti) {
-                c.err(format!("{p}.token_issuer"), format!("no issuer named {ti:?}"));
+                c.err(
+                    format!("{p}.token_issuer"),
+                    format!("no issuer named {ti:?}"),
+                );
             }
         }
         let push = t.push.as_ref().map(|pu| {
@@ -510,9 +693,16 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
                 c.err(format!("{p}.push.path"), "must start with /");
             }
             if !push_paths.insert(pu.path.clone()) {
-                c.err(format!("{p}.push.path"), format!("path {:?} is used by another transmitter", pu.path));
+                c.err(
+                    format!("{p}.push.path"),
+                    format!("path {:?} is used by another transmitter", pu.path),
+                );
             }
-            Push { path: pu.path.clone(), authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization), max_body: pu.max_body.unwrap_or(64 * 1024) }
+            Push {
+                path: pu.path.clone(),
+                authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization),
+                max_body: pu.max_body.unwrap_or(64 * 1024),
+            }
         });
         let poll = t.poll.as_ref().map(|po| {
             c.url(&format!("{p}.poll.endpoint"), &po.endpoint, allow_http);
@@ -521,8 +711,16 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
                 authorization: c.secret(&format!("{p}.poll.authorization"), &po.authorization),
                 max_events: po.max_events.unwrap_or(100),
                 long_poll: po.long_poll.unwrap_or(true),
-                interval: c.duration(&format!("{p}.poll.interval"), &po.interval, Duration::from_secs(5)),
-                timeout: c.duration(&format!("{p}.poll.timeout"), &po.timeout, Duration::from_secs(30)),
+                interval: c.duration(
+                    &format!("{p}.poll.interval"),
+                    &po.interval,
+                    Duration::from_secs(5),
+                ),
+                timeout: c.duration(
+                    &format!("{p}.poll.timeout"),
+                    &po.timeout,
+                    Duration::from_secs(30),
+                ),
             }
         });
         let stream = t.stream.as_ref().map(|s| StreamMgmt {
@@ -530,7 +728,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
                 "push" => Delivery::Push,
                 "poll" => Delivery::Poll,
                 o => {
-                    c.err(format!("{p}.stream.delivery"), format!("{o:?} must be \"push\" or \"poll\""));
+                    c.err(
+                        format!("{p}.stream.delivery"),
+                        format!("{o:?} must be \"push\" or \"poll\""),
+                    );
                     Delivery::Push
                 }
             },
@@ -547,7 +748,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             c.err(&p, "a transmitter needs push, poll or stream delivery");
         }
         if stream.is_some() && t.discovery.is_none() {
-            c.err(format!("{p}.stream"), "stream management needs discovery (the transmitter's ssf-configuration URL)");
+            c.err(
+                format!("{p}.stream"),
+                "stream management needs discovery (the transmitter's ssf-configuration URL)",
+            );
         }
         transmitters.push(Transmitter {
             name: t.name.clone(),
@@ -560,7 +764,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             risk_revoke_level: match t.risk_revoke_level.as_deref() {
                 None => RiskLevel::High,
                 Some(l) => RiskLevel::parse(l).unwrap_or_else(|| {
-                    c.err(format!("{p}.risk_revoke_level"), format!("{l:?} must be low, medium or high"));
+                    c.err(
+                        format!("{p}.risk_revoke_level"),
+                        format!("{l:?} must be low, medium or high"),
+                    );
                     RiskLevel::High
                 }),
             },
@@ -570,23 +777,56 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             stream,
         });
     }
-    if !transmitters.iter().all(|t| t.push.is_none()) && !listeners.iter().any(|l| l.role == ListenerRole::Signals) {
-        c.err("listener", "a transmitter uses push but no listener has role = \"signals\"");
+    if !transmitters.iter().all(|t| t.push.is_none())
+        && !listeners.iter().any(|l| l.role == ListenerRole::Signals)
+    {
+        c.err(
+            "listener",
+            "a transmitter uses push but no listener has role = \"signals\"",
+        );
     }
 
     if c.errors.is_empty() {
-        Ok(Config { server, listeners, admin, store, upstreams, routes, issuers, transmitters })
+        Ok(Config {
+            server,
+            listeners,
+            admin,
+            store,
+            upstreams,
+            routes,
+            issuers,
+            transmitters,
+        })
     } else {
         Err(ConfigErrors(c.errors))
     }
 }
 
-fn key_policy(c: &mut Check<'_>, p: &str, refresh: &Option<String>, min: &Option<String>, max: &Option<String>, cooldown: &Option<String>) -> KeyPolicy {
+fn key_policy(
+    c: &mut Check<'_>,
+    p: &str,
+    refresh: &Option<String>,
+    min: &Option<String>,
+    max: &Option<String>,
+    cooldown: &Option<String>,
+) -> KeyPolicy {
     KeyPolicy {
-        refresh_interval: c.duration(&format!("{p}.refresh_interval"), refresh, Duration::from_secs(3600)),
+        refresh_interval: c.duration(
+            &format!("{p}.refresh_interval"),
+            refresh,
+            Duration::from_secs(3600),
+        ),
         min_refresh: c.duration(&format!("{p}.min_refresh"), min, Duration::from_secs(300)),
-        max_refresh: c.duration(&format!("{p}.max_refresh"), max, Duration::from_secs(86_400)),
-        unknown_kid_cooldown: c.duration(&format!("{p}.unknown_kid_cooldown"), cooldown, Duration::from_secs(30)),
+        max_refresh: c.duration(
+            &format!("{p}.max_refresh"),
+            max,
+            Duration::from_secs(86_400),
+        ),
+        unknown_kid_cooldown: c.duration(
+            &format!("{p}.unknown_kid_cooldown"),
+            cooldown,
+            Duration::from_secs(30),
+        ),
     }
 }
 
@@ -610,14 +850,24 @@ mod tests {
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["server.idle_timeout", "server.trusted_proxies[1]", "listener[0].address", "route[0].upstream", "route[0].auth", "route[0].auth"]
+            [
+                "server.idle_timeout",
+                "server.trusted_proxies[1]",
+                "listener[0].address",
+                "route[0].upstream",
+                "route[0].auth",
+                "route[0].auth"
+            ]
         );
     }
 
     #[test]
     fn unknown_keys_are_errors() {
         let err = Config::parse("[server]\nreport_onyl = true\n", Path::new(".")).unwrap_err();
-        assert!(err.to_string().contains("unknown field `report_onyl`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `report_onyl`"),
+            "{err}"
+        );
     }
 
     #[test]

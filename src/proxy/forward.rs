@@ -53,14 +53,26 @@ impl UpstreamClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
-        let tls = tls::client_config(cfg.ca.as_deref(), cfg.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let tls = tls::client_config(
+            cfg.ca.as_deref(),
+            cfg.client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        )?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.idle_timeout)
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
             .build(https);
-        Ok(UpstreamClient { cfg: cfg.clone(), client })
+        Ok(UpstreamClient {
+            cfg: cfg.clone(),
+            client,
+        })
     }
 
     /// Sends the request and waits for the response head within the request timeout.

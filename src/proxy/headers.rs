@@ -31,7 +31,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
             h.remove(&n);
         }
     }
-    for n in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHORIZATION, &PROXY_AUTHENTICATE, &TE, &TRAILER, &TRANSFER_ENCODING] {
+    for n in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+    ] {
         h.remove(n);
     }
     h.remove(CONNECTION);
@@ -45,7 +53,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 /// Whether the request asks for a protocol upgrade (WebSocket).
 pub fn wants_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(UPGRADE)
-        && h.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && h.get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The client address: the peer, or — when the peer is a trusted proxy — the right-most
@@ -70,7 +82,8 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, server: &Server) -> IpAddr {
             .flat_map(|v| v.split([',', ';']))
             .filter_map(|p| {
                 let (k, v) = p.trim().split_once('=')?;
-                k.eq_ignore_ascii_case("for").then(|| parse_addr(v.trim_matches('"')))?
+                k.eq_ignore_ascii_case("for")
+                    .then(|| parse_addr(v.trim_matches('"')))?
             })
             .collect();
     }
@@ -92,13 +105,24 @@ pub fn parse_addr(s: &str) -> Option<IpAddr> {
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         return Some(sa.ip());
     }
-    s.strip_prefix('[').and_then(|r| r.split(']').next()).and_then(|ip| ip.parse().ok())
+    s.strip_prefix('[')
+        .and_then(|r| r.split(']').next())
+        .and_then(|ip| ip.parse().ok())
 }
 
 /// Sets `X-Forwarded-For/Proto/Host`, keeping incoming values only from a trusted peer.
-pub fn set_forwarded(h: &mut HeaderMap, peer: IpAddr, trusted_peer: bool, proto: &'static str, host: Option<&str>) {
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    trusted_peer: bool,
+    proto: &'static str,
+    host: Option<&str>,
+) {
     let peer_s = peer.to_canonical().to_string();
-    let xff = match (trusted_peer, h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())) {
+    let xff = match (
+        trusted_peer,
+        h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+    ) {
         (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
         _ => peer_s,
     };
@@ -137,8 +161,12 @@ mod tests {
     use crate::config::Config;
 
     fn server(trusted: &str) -> Server {
-        let text = format!("[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
-        Config::parse(&text, std::path::Path::new(".")).unwrap().server
+        let text = format!(
+            "[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\naddress = \"127.0.0.1:0\"\n"
+        );
+        Config::parse(&text, std::path::Path::new("."))
+            .unwrap()
+            .server
     }
 
     #[test]
@@ -159,17 +187,47 @@ mod tests {
     fn forwarded_for_only_from_trusted_peers() {
         let s = server("\"10.0.0.0/8\"");
         let mut h = HeaderMap::new();
-        h.insert(&X_FORWARDED_FOR, "203.0.113.9, 198.51.100.1, 10.1.1.1".parse().unwrap());
-        assert_eq!(client_ip("192.0.2.7".parse().unwrap(), &h, &s), "192.0.2.7".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip("10.0.0.2".parse().unwrap(), &h, &s), "198.51.100.1".parse::<IpAddr>().unwrap());
+        h.insert(
+            &X_FORWARDED_FOR,
+            "203.0.113.9, 198.51.100.1, 10.1.1.1".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip("192.0.2.7".parse().unwrap(), &h, &s),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("10.0.0.2".parse().unwrap(), &h, &s),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
         let mut f = HeaderMap::new();
-        f.insert(http::header::FORWARDED, "for=\"[2001:db8::1]:443\";proto=https".parse().unwrap());
-        assert_eq!(client_ip("10.0.0.2".parse().unwrap(), &f, &s), "2001:db8::1".parse::<IpAddr>().unwrap());
+        f.insert(
+            http::header::FORWARDED,
+            "for=\"[2001:db8::1]:443\";proto=https".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip("10.0.0.2".parse().unwrap(), &f, &s),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
 
         let mut out = h.clone();
-        set_forwarded(&mut out, "192.0.2.7".parse().unwrap(), false, "https", Some("api.example.com"));
+        set_forwarded(
+            &mut out,
+            "192.0.2.7".parse().unwrap(),
+            false,
+            "https",
+            Some("api.example.com"),
+        );
         assert_eq!(out[&X_FORWARDED_FOR], "192.0.2.7");
-        set_forwarded(&mut h, "10.0.0.2".parse().unwrap(), true, "https", Some("api.example.com"));
-        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 198.51.100.1, 10.1.1.1, 10.0.0.2");
+        set_forwarded(
+            &mut h,
+            "10.0.0.2".parse().unwrap(),
+            true,
+            "https",
+            Some("api.example.com"),
+        );
+        assert_eq!(
+            h[&X_FORWARDED_FOR],
+            "203.0.113.9, 198.51.100.1, 10.1.1.1, 10.0.0.2"
+        );
     }
 }

@@ -16,10 +16,10 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::auth::cache;
 use crate::auth::challenge::{self, ChallengeCtx};
 use crate::auth::decide::{self, DenyReason};
 use crate::auth::token::{self, Principal};
-use crate::auth::cache;
 use crate::config::{AuthMode, Route};
 use crate::metrics::{RequestLabels, ResultLabels, RouteLabel};
 use crate::state::{Shared, Snapshot};
@@ -62,25 +62,40 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ProxyError::BadPath => (StatusCode::BAD_REQUEST, "bad_path"),
-            ProxyError::BodyTooLarge | ProxyError::Forward(ForwardError::BodyTooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ProxyError::BodyTooLarge | ProxyError::Forward(ForwardError::BodyTooLarge) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ProxyError::Forward(ForwardError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            ProxyError::Forward(ForwardError::Connect(_) | ForwardError::Upstream(_)) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+            ProxyError::Forward(ForwardError::Timeout(_)) => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+            }
+            ProxyError::Forward(ForwardError::Connect(_) | ForwardError::Upstream(_)) => {
+                (StatusCode::BAD_GATEWAY, "upstream_unavailable")
+            }
         }
     }
 }
 
 /// A JSON error response naming the request id.
-pub fn json_error(status: StatusCode, error: &str, message: &str, request_id: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({"error": error, "message": message, "request_id": request_id}).to_string();
+pub fn json_error(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": error, "message": message, "request_id": request_id})
+        .to_string();
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {
-    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 fn empty() -> ProxyBody {
@@ -88,20 +103,34 @@ fn empty() -> ProxyBody {
 }
 
 /// Entry point for the proxy listeners.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let snap = shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let host = authority(&req).map(str::to_string);
-    let mut out = Outcome { route: None, decision: "none", reason: "", upstream_status: None, client_ip: conn.peer.ip() };
+    let mut out = Outcome {
+        route: None,
+        decision: "none",
+        reason: "",
+        upstream_status: None,
+        client_ip: conn.peer.ip(),
+    };
     let mut resp = match inner(&shared, &snap, &conn, req, &request_id, &mut out).await {
         Ok(r) => r,
         Err(e) => {
             let (status, code) = e.status();
             if let ProxyError::Forward(f) = &e {
-                shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind: f.kind() }).inc();
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&crate::metrics::KindLabel { kind: f.kind() })
+                    .inc();
             }
             tracing::warn!(request_id = %request_id, error = %e, "request failed");
             out.reason = code;
@@ -115,8 +144,19 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
     let elapsed = start.elapsed();
     let route = out.route.clone().unwrap_or_default();
     let m = &shared.metrics;
-    m.requests.get_or_create(&RequestLabels { route: route.clone(), status, decision: out.decision, reason: out.reason }).inc();
-    m.request_duration.get_or_create(&RouteLabel { route: route.clone() }).observe(elapsed.as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            status,
+            decision: out.decision,
+            reason: out.reason,
+        })
+        .inc();
+    m.request_duration
+        .get_or_create(&RouteLabel {
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "access",
         request_id = %request_id,
@@ -137,25 +177,49 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
 }
 
 fn authority(req: &Request<Incoming>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
 }
 
-async fn inner(shared: &Arc<Shared>, snap: &Snapshot, conn: &ConnInfo, req: Request<Incoming>, request_id: &str, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+async fn inner(
+    shared: &Arc<Shared>,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &str,
+    out: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let server = &snap.config.server;
     if route::has_dot_segment(req.uri().path()) {
         return Err(ProxyError::BadPath);
     }
-    let route = snap.router.find(authority(&req), req.uri().path(), req.method()).ok_or(ProxyError::NoRoute)?.clone();
+    let route = snap
+        .router
+        .find(authority(&req), req.uri().path(), req.method())
+        .ok_or(ProxyError::NoRoute)?
+        .clone();
     out.route = Some(route.name.clone());
     out.client_ip = headers::client_ip(conn.peer.ip(), req.headers(), server);
-    if req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > server.max_request_body) {
+    if req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > server.max_request_body)
+    {
         return Err(ProxyError::BodyTooLarge);
     }
 
     let now = crate::store::now_secs();
     let principal = match authenticate(shared, snap, &route, &req, out.client_ip, now).await {
         Ok(p) => {
-            out.decision = if route.auth == AuthMode::None { "none" } else { "allow" };
+            out.decision = if route.auth == AuthMode::None {
+                "none"
+            } else {
+                "allow"
+            };
             p
         }
         Err((reason, p)) => {
@@ -167,17 +231,42 @@ async fn inner(shared: &Arc<Shared>, snap: &Snapshot, conn: &ConnInfo, req: Requ
                 p
             } else {
                 out.decision = "deny";
-                return Ok(deny(snap, &route, &reason, p.as_deref(), &req, request_id, now));
+                return Ok(deny(
+                    snap,
+                    &route,
+                    &reason,
+                    p.as_deref(),
+                    &req,
+                    request_id,
+                    now,
+                ));
             }
         }
     };
-    forward(shared, snap, conn, &route, principal.as_deref(), req, request_id, out).await
+    forward(
+        shared,
+        snap,
+        conn,
+        &route,
+        principal.as_deref(),
+        req,
+        request_id,
+        out,
+    )
+    .await
 }
 
 type Denied = (DenyReason, Option<Arc<Principal>>);
 
 /// Token extraction, validation (or cache hit) and the CAE decision.
-async fn authenticate(shared: &Shared, snap: &Snapshot, route: &Route, req: &Request<Incoming>, client_ip: std::net::IpAddr, now: i64) -> Result<Option<Arc<Principal>>, Denied> {
+async fn authenticate(
+    shared: &Shared,
+    snap: &Snapshot,
+    route: &Route,
+    req: &Request<Incoming>,
+    client_ip: std::net::IpAddr,
+    now: i64,
+) -> Result<Option<Arc<Principal>>, Denied> {
     if route.auth == AuthMode::None {
         return Ok(None);
     }
@@ -188,7 +277,12 @@ async fn authenticate(shared: &Shared, snap: &Snapshot, route: &Route, req: &Req
         Ok(None) if route.auth == AuthMode::Optional => return Ok(None),
         Ok(None) => return Err((DenyReason::MissingToken, None)),
         Err(e) => {
-            m.token_validations.get_or_create(&ResultLabels { result: "invalid", reason: e.reason() }).inc();
+            m.token_validations
+                .get_or_create(&ResultLabels {
+                    result: "invalid",
+                    reason: e.reason(),
+                })
+                .inc();
             return Err((DenyReason::InvalidToken(e), None));
         }
     };
@@ -202,20 +296,33 @@ async fn authenticate(shared: &Shared, snap: &Snapshot, route: &Route, req: &Req
             m.token_cache_misses.inc();
             match token::validate(token, &snap.issuers, now).await {
                 Ok(p) => {
-                    m.token_validations.get_or_create(&ResultLabels { result: "valid", reason: "" }).inc();
+                    m.token_validations
+                        .get_or_create(&ResultLabels {
+                            result: "valid",
+                            reason: "",
+                        })
+                        .inc();
                     let p = Arc::new(p);
                     shared.cache.insert(key, p.clone());
                     p
                 }
                 Err(e) => {
-                    m.token_validations.get_or_create(&ResultLabels { result: "invalid", reason: e.reason() }).inc();
+                    m.token_validations
+                        .get_or_create(&ResultLabels {
+                            result: "invalid",
+                            reason: e.reason(),
+                        })
+                        .inc();
                     return Err((DenyReason::InvalidToken(e), None));
                 }
             }
         }
     };
     if !route.issuers.is_empty() && !route.issuers.iter().any(|i| **i == *principal.issuer) {
-        return Err((DenyReason::InvalidToken(token::TokenError::IssuerNotAllowed), Some(principal)));
+        return Err((
+            DenyReason::InvalidToken(token::TokenError::IssuerNotAllowed),
+            Some(principal),
+        ));
     }
     match decide::decide(route, &principal, shared.store.tables(), client_ip, now) {
         Ok(()) => Ok(Some(principal)),
@@ -223,8 +330,19 @@ async fn authenticate(shared: &Shared, snap: &Snapshot, route: &Route, req: &Req
     }
 }
 
-fn deny(snap: &Snapshot, route: &Route, reason: &DenyReason, p: Option<&Principal>, req: &Request<Incoming>, request_id: &str, now: i64) -> Response<ProxyBody> {
-    let issuer = p.and_then(|p| snap.issuers.by_name(&p.issuer)).or_else(|| route.issuers.first().and_then(|n| snap.issuers.by_name(n))).or_else(|| snap.issuers.list.first());
+fn deny(
+    snap: &Snapshot,
+    route: &Route,
+    reason: &DenyReason,
+    p: Option<&Principal>,
+    req: &Request<Incoming>,
+    request_id: &str,
+    now: i64,
+) -> Response<ProxyBody> {
+    let issuer = p
+        .and_then(|p| snap.issuers.by_name(&p.issuer))
+        .or_else(|| route.issuers.first().and_then(|n| snap.issuers.by_name(n)))
+        .or_else(|| snap.issuers.list.first());
     let auth_uri = issuer.and_then(|i| i.authorization_uri());
     let ctx = ChallengeCtx {
         realm: issuer.and_then(|i| i.cfg.realm.as_deref()).unwrap_or(""),
@@ -242,7 +360,10 @@ fn deny(snap: &Snapshot, route: &Route, reason: &DenyReason, p: Option<&Principa
         h.insert(WWW_AUTHENTICATE, v);
     }
     if req.headers().contains_key(http::header::ORIGIN) {
-        h.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate"));
+        h.insert(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("WWW-Authenticate"),
+        );
     }
     r
 }
@@ -251,21 +372,41 @@ fn deny(snap: &Snapshot, route: &Route, reason: &DenyReason, p: Option<&Principa
 pub fn claim_header(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect::<Vec<_>>().join(","),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward(shared: &Shared, snap: &Snapshot, conn: &ConnInfo, route: &Route, principal: Option<&Principal>, mut req: Request<Incoming>, request_id: &str, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+async fn forward(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    route: &Route,
+    principal: Option<&Principal>,
+    mut req: Request<Incoming>,
+    request_id: &str,
+    out: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let server = &snap.config.server;
-    let upstream = snap.upstreams.get(&route.upstream).ok_or(ProxyError::NoRoute)?;
+    let upstream = snap
+        .upstreams
+        .get(&route.upstream)
+        .ok_or(ProxyError::NoRoute)?;
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let host = authority(&req).map(str::to_string);
 
     // Target: upstream scheme + authority + base path + (stripped) path + query.
-    let path = if route.strip_prefix { route::strip(&route.path_prefix, req.uri().path()) } else { req.uri().path().to_string() };
+    let path = if route.strip_prefix {
+        route::strip(&route.path_prefix, req.uri().path())
+    } else {
+        req.uri().path().to_string()
+    };
     let base = upstream.cfg.url.path().trim_end_matches('/');
     let pq = match req.uri().query() {
         Some(q) => format!("{base}{path}?{q}"),
@@ -273,7 +414,14 @@ async fn forward(shared: &Shared, snap: &Snapshot, conn: &ConnInfo, route: &Rout
     };
     let uri = Uri::builder()
         .scheme(upstream.cfg.url.scheme_str().unwrap_or("http"))
-        .authority(upstream.cfg.url.authority().map(|a| a.as_str()).unwrap_or(""))
+        .authority(
+            upstream
+                .cfg
+                .url
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or(""),
+        )
         .path_and_query(pq)
         .build()
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
@@ -286,7 +434,11 @@ async fn forward(shared: &Shared, snap: &Snapshot, conn: &ConnInfo, route: &Rout
     }
     if let Some(p) = principal {
         for (name, claim) in &route.identity_headers {
-            if let Some(v) = p.claim(claim).map(claim_header).and_then(|s| HeaderValue::from_str(&s).ok()) {
+            if let Some(v) = p
+                .claim(claim)
+                .map(claim_header)
+                .and_then(|s| HeaderValue::from_str(&s).ok())
+            {
                 h.insert(name.clone(), v);
             }
         }
@@ -295,14 +447,26 @@ async fn forward(shared: &Shared, snap: &Snapshot, conn: &ConnInfo, route: &Rout
         h.remove(http::header::AUTHORIZATION);
     }
     let trusted = server.is_trusted(conn.peer.ip().to_canonical());
-    headers::set_forwarded(&mut h, conn.peer.ip(), trusted, if conn.tls { "https" } else { "http" }, host.as_deref());
+    headers::set_forwarded(
+        &mut h,
+        conn.peer.ip(),
+        trusted,
+        if conn.tls { "https" } else { "http" },
+        host.as_deref(),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(&headers::X_REQUEST_ID, v);
     }
 
     let method = req.method().clone();
     let incoming = req.into_body();
-    let body: ProxyBody = if upgrade { empty() } else { Limited::new(incoming, server.max_request_body as usize).map_err(BoxError::from).boxed() };
+    let body: ProxyBody = if upgrade {
+        empty()
+    } else {
+        Limited::new(incoming, server.max_request_body as usize)
+            .map_err(BoxError::from)
+            .boxed()
+    };
     let mut up = Request::new(body);
     *up.method_mut() = method;
     *up.uri_mut() = uri;
@@ -311,7 +475,13 @@ async fn forward(shared: &Shared, snap: &Snapshot, conn: &ConnInfo, route: &Rout
 
     let t0 = Instant::now();
     let result = upstream.send(up).await;
-    shared.metrics.upstream_duration.get_or_create(&RouteLabel { route: route.name.clone() }).observe(t0.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .upstream_duration
+        .get_or_create(&RouteLabel {
+            route: route.name.clone(),
+        })
+        .observe(t0.elapsed().as_secs_f64());
     let mut resp = result?;
     out.upstream_status = Some(resp.status().as_u16());
 
@@ -331,5 +501,8 @@ async fn forward(shared: &Shared, snap: &Snapshot, conn: &ConnInfo, route: &Rout
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, switching);
-    Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
 }

@@ -12,15 +12,24 @@ pub struct Router {
 
 impl Router {
     pub fn new(routes: &[Route]) -> Router {
-        Router { routes: routes.iter().cloned().map(Arc::new).collect() }
+        Router {
+            routes: routes.iter().cloned().map(Arc::new).collect(),
+        }
     }
 
     /// The best route for a request. `host` may carry a port; it is compared case-insensitively.
-    pub fn find(&self, host: Option<&str>, path: &str, method: &http::Method) -> Option<&Arc<Route>> {
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &http::Method,
+    ) -> Option<&Arc<Route>> {
         let host = host.map(strip_port).unwrap_or("");
         let mut best: Option<((u8, usize), &Arc<Route>)> = None;
         for r in &self.routes {
-            let Some(h) = host_score(&r.hosts, host) else { continue };
+            let Some(h) = host_score(&r.hosts, host) else {
+                continue;
+            };
             if !prefix_matches(&r.path_prefix, path) {
                 continue;
             }
@@ -38,9 +47,18 @@ impl Router {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
     }
-    host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+    host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
 }
 
 /// 3 = exact host, 2 = suffix, 1 = route without hosts; `None` = no match.
@@ -52,7 +70,13 @@ fn host_score(patterns: &[HostPattern], host: &str) -> Option<u8> {
     for p in patterns {
         let s = match p {
             HostPattern::Exact(h) if h.eq_ignore_ascii_case(host) => 3,
-            HostPattern::Suffix(sfx) if host.len() > sfx.len() && host[host.len() - sfx.len()..].eq_ignore_ascii_case(sfx) && host.is_char_boundary(host.len() - sfx.len()) => 2,
+            HostPattern::Suffix(sfx)
+                if host.len() > sfx.len()
+                    && host[host.len() - sfx.len()..].eq_ignore_ascii_case(sfx)
+                    && host.is_char_boundary(host.len() - sfx.len()) =>
+            {
+                2
+            }
             _ => continue,
         };
         best = best.max(Some(s));
@@ -70,7 +94,9 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The path sent upstream when the route strips its prefix.
 pub fn strip(prefix: &str, path: &str) -> String {
-    let rest = path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path);
+    let rest = path
+        .strip_prefix(prefix.trim_end_matches('/'))
+        .unwrap_or(path);
     if rest.starts_with('/') {
         rest.to_string()
     } else {
@@ -125,19 +151,42 @@ mod tests {
             upstream = "u"
             auth = "none"
         "#;
-        Router::new(&Config::parse(text, std::path::Path::new(".")).unwrap().routes)
+        Router::new(
+            &Config::parse(text, std::path::Path::new("."))
+                .unwrap()
+                .routes,
+        )
     }
 
     #[test]
     fn picks_most_specific_host_then_longest_prefix() {
         let r = router();
-        let name = |h: Option<&str>, p: &str, m: http::Method| r.find(h, p, &m).map(|r| r.name.clone());
-        assert_eq!(name(None, "/api/v2/x", http::Method::GET).as_deref(), Some("api-v2-get"));
-        assert_eq!(name(None, "/api/v2/x", http::Method::POST).as_deref(), Some("api"));
-        assert_eq!(name(None, "/apix", http::Method::GET).as_deref(), Some("any"));
-        assert_eq!(name(Some("API.example.com:443"), "/api", http::Method::GET).as_deref(), Some("exact"));
-        assert_eq!(name(Some("b.example.com"), "/api", http::Method::GET).as_deref(), Some("wild"));
-        assert_eq!(name(Some("example.com"), "/api", http::Method::GET).as_deref(), Some("api"));
+        let name =
+            |h: Option<&str>, p: &str, m: http::Method| r.find(h, p, &m).map(|r| r.name.clone());
+        assert_eq!(
+            name(None, "/api/v2/x", http::Method::GET).as_deref(),
+            Some("api-v2-get")
+        );
+        assert_eq!(
+            name(None, "/api/v2/x", http::Method::POST).as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            name(None, "/apix", http::Method::GET).as_deref(),
+            Some("any")
+        );
+        assert_eq!(
+            name(Some("API.example.com:443"), "/api", http::Method::GET).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            name(Some("b.example.com"), "/api", http::Method::GET).as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            name(Some("example.com"), "/api", http::Method::GET).as_deref(),
+            Some("api")
+        );
     }
 
     #[test]

@@ -52,10 +52,21 @@ impl SubjectKey {
     /// Builds a key, normalising issuer and e-mail.
     pub fn normalized(self) -> SubjectKey {
         match self {
-            SubjectKey::Subject { iss, sub } => SubjectKey::Subject { iss: normalize_iss(&iss).to_string(), sub },
-            SubjectKey::Session { iss, sid } => SubjectKey::Session { iss: normalize_iss(&iss).to_string(), sid },
-            SubjectKey::Token { iss, jti } => SubjectKey::Token { iss: normalize_iss(&iss).to_string(), jti },
-            SubjectKey::Email { email } => SubjectKey::Email { email: email.to_lowercase() },
+            SubjectKey::Subject { iss, sub } => SubjectKey::Subject {
+                iss: normalize_iss(&iss).to_string(),
+                sub,
+            },
+            SubjectKey::Session { iss, sid } => SubjectKey::Session {
+                iss: normalize_iss(&iss).to_string(),
+                sid,
+            },
+            SubjectKey::Token { iss, jti } => SubjectKey::Token {
+                iss: normalize_iss(&iss).to_string(),
+                jti,
+            },
+            SubjectKey::Email { email } => SubjectKey::Email {
+                email: email.to_lowercase(),
+            },
             k => k,
         }
     }
@@ -69,7 +80,9 @@ impl SubjectKey {
             SubjectKey::Token { iss, jti } => encode_into(&mut buf, KIND_TOKEN, iss, jti),
             SubjectKey::Tenant { tid } => encode_into(&mut buf, KIND_TENANT, "", tid),
             SubjectKey::Device { id } => encode_into(&mut buf, KIND_DEVICE, "", id),
-            SubjectKey::Email { email } => encode_into(&mut buf, KIND_EMAIL, "", &email.to_lowercase()),
+            SubjectKey::Email { email } => {
+                encode_into(&mut buf, KIND_EMAIL, "", &email.to_lowercase())
+            }
         }
         buf.into_boxed_str()
     }
@@ -110,15 +123,28 @@ mod tests {
 
     #[test]
     fn encode_round_trips_and_normalises() {
-        let k = SubjectKey::Subject { iss: "https://idp.example.com/".into(), sub: "a\u{1f}b".into() };
+        let k = SubjectKey::Subject {
+            iss: "https://idp.example.com/".into(),
+            sub: "a\u{1f}b".into(),
+        };
         let enc = k.encode();
         assert_eq!(&*enc, "u\u{1f}https://idp.example.com\u{1f}a\u{1f}b");
         assert_eq!(
             SubjectKey::decode(&enc),
-            Some(SubjectKey::Subject { iss: "https://idp.example.com".into(), sub: "a\u{1f}b".into() })
+            Some(SubjectKey::Subject {
+                iss: "https://idp.example.com".into(),
+                sub: "a\u{1f}b".into()
+            })
         );
-        let e = SubjectKey::Email { email: "Jane@Example.COM".into() };
-        assert_eq!(SubjectKey::decode(&e.encode()), Some(SubjectKey::Email { email: "jane@example.com".into() }));
+        let e = SubjectKey::Email {
+            email: "Jane@Example.COM".into(),
+        };
+        assert_eq!(
+            SubjectKey::decode(&e.encode()),
+            Some(SubjectKey::Email {
+                email: "jane@example.com".into()
+            })
+        );
         assert_eq!(SubjectKey::decode("x"), None);
     }
 }

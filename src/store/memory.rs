@@ -13,7 +13,10 @@ pub struct MemoryStore {
 
 impl Durable for MemoryStore {
     fn commit(&self, batch: &Batch) -> Result<CommitOutcome, StoreError> {
-        let mut g = self.inner.lock().map_err(|_| StoreError::Write("memory store poisoned".into()))?;
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Write("memory store poisoned".into()))?;
         if let Some(id) = &batch.set_id {
             if !g.1.insert(id.clone()) {
                 return Ok(CommitOutcome::Duplicate);
@@ -24,7 +27,12 @@ impl Durable for MemoryStore {
     }
 
     fn load(&self) -> Result<Vec<Change>, StoreError> {
-        Ok(self.inner.lock().map_err(|_| StoreError::Read("memory store poisoned".into()))?.0.clone())
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Read("memory store poisoned".into()))?
+            .0
+            .clone())
     }
 
     fn purge(&self, _before: i64) -> Result<usize, StoreError> {

@@ -25,15 +25,34 @@ pub use tables::{BlockState, TableStats, Tables};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
     /// Tokens of `key` issued before `at` (epoch seconds) are refused.
-    Revoke { key: SubjectKey, at: i64 },
+    Revoke {
+        key: SubjectKey,
+        at: i64,
+    },
     /// Every token of `key` is refused until an unblock with a later event time.
-    Block { key: SubjectKey, at: i64 },
-    Unblock { key: SubjectKey, at: i64 },
+    Block {
+        key: SubjectKey,
+        at: i64,
+    },
+    Unblock {
+        key: SubjectKey,
+        at: i64,
+    },
     /// Tokens of `key` may only be used from `nets`.
-    Bind { key: SubjectKey, nets: Vec<IpNet>, at: i64 },
-    Unbind { key: SubjectKey, at: i64 },
+    Bind {
+        key: SubjectKey,
+        nets: Vec<IpNet>,
+        at: i64,
+    },
+    Unbind {
+        key: SubjectKey,
+        at: i64,
+    },
     /// Operator removal of an entry from one table.
-    Delete { table: TableName, key: SubjectKey },
+    Delete {
+        table: TableName,
+        key: SubjectKey,
+    },
 }
 
 /// The three tables, as named in the admin API.
@@ -96,13 +115,21 @@ pub struct SignalStore {
 
 impl SignalStore {
     /// Opens the store and rebuilds the tables from it.
-    pub fn open(durable: Arc<dyn Durable>, retention_secs: i64, now: i64) -> Result<SignalStore, StoreError> {
+    pub fn open(
+        durable: Arc<dyn Durable>,
+        retention_secs: i64,
+        now: i64,
+    ) -> Result<SignalStore, StoreError> {
         let tables = Tables::default();
         for change in durable.load()? {
             tables.apply(&change);
         }
         tables.expire(now - retention_secs);
-        Ok(SignalStore { tables, durable, retention_secs })
+        Ok(SignalStore {
+            tables,
+            durable,
+            retention_secs,
+        })
     }
 
     /// Makes the batch durable, then enforceable. Returns `Duplicate` for a SET seen before.

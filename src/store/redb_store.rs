@@ -27,21 +27,40 @@ impl RedbStore {
     pub fn open(path: &Path, ignore_corrupt: bool) -> Result<RedbStore, StoreError> {
         let p = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: p.clone(), reason: e.to_string() })?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
         }
-        let opened = Database::create(path).map_err(|e| e.to_string()).and_then(|db| {
-            let store = RedbStore { db, path: path.to_path_buf() };
-            store.init().map(|_| store)
-        });
+        let opened = Database::create(path)
+            .map_err(|e| e.to_string())
+            .and_then(|db| {
+                let store = RedbStore {
+                    db,
+                    path: path.to_path_buf(),
+                };
+                store.init().map(|_| store)
+            });
         match opened {
             Ok(s) => Ok(s),
             Err(reason) if ignore_corrupt => {
                 let aside = path.with_extension(format!("corrupt-{}", super::now_secs()));
                 tracing::error!(store = %p, %reason, moved_to = %aside.display(), "store is unreadable; starting empty because store.ignore_corrupt = true");
-                std::fs::rename(path, &aside).map_err(|e| StoreError::Open { path: p.clone(), reason: e.to_string() })?;
-                let db = Database::create(path).map_err(|e| StoreError::Open { path: p.clone(), reason: e.to_string() })?;
-                let store = RedbStore { db, path: path.to_path_buf() };
-                store.init().map_err(|reason| StoreError::Open { path: p, reason })?;
+                std::fs::rename(path, &aside).map_err(|e| StoreError::Open {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                let db = Database::create(path).map_err(|e| StoreError::Open {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                let store = RedbStore {
+                    db,
+                    path: path.to_path_buf(),
+                };
+                store
+                    .init()
+                    .map_err(|reason| StoreError::Open { path: p, reason })?;
                 Ok(store)
             }
             Err(reason) => Err(StoreError::Corrupt { path: p, reason }),
@@ -98,7 +117,10 @@ impl Durable for RedbStore {
                     }
                     Change::Block { key, at } | Change::Unblock { key, at } => {
                         let k = key.encode();
-                        let new = BlockState { blocked: matches!(change, Change::Block { .. }), at: *at };
+                        let new = BlockState {
+                            blocked: matches!(change, Change::Block { .. }),
+                            at: *at,
+                        };
                         let old = blocks.get(&*k).map_err(w)?.map(|v| {
                             let (blocked, at) = v.value();
                             BlockState { blocked, at }
@@ -106,8 +128,22 @@ impl Durable for RedbStore {
                         let m = merge_block(old, new);
                         blocks.insert(&*k, (m.blocked, m.at)).map_err(w)?;
                     }
-                    Change::Bind { key, nets, at } => write_binding(&mut binds, key, Binding { nets: nets.clone(), at: *at })?,
-                    Change::Unbind { key, at } => write_binding(&mut binds, key, Binding { nets: Vec::new(), at: *at })?,
+                    Change::Bind { key, nets, at } => write_binding(
+                        &mut binds,
+                        key,
+                        Binding {
+                            nets: nets.clone(),
+                            at: *at,
+                        },
+                    )?,
+                    Change::Unbind { key, at } => write_binding(
+                        &mut binds,
+                        key,
+                        Binding {
+                            nets: Vec::new(),
+                            at: *at,
+                        },
+                    )?,
                     Change::Delete { table, key } => {
                         let k = key.encode();
                         match table {
@@ -126,22 +162,35 @@ impl Durable for RedbStore {
     fn load(&self) -> Result<Vec<Change>, StoreError> {
         let txn = self.db.begin_read().map_err(r)?;
         let mut out = Vec::new();
-        let decode = |k: &str| SubjectKey::decode(k).ok_or_else(|| StoreError::Read(format!("undecodable key {k:?}")));
+        let decode = |k: &str| {
+            SubjectKey::decode(k).ok_or_else(|| StoreError::Read(format!("undecodable key {k:?}")))
+        };
         for row in txn.open_table(REVOCATIONS).map_err(r)?.iter().map_err(r)? {
             let (k, v) = row.map_err(r)?;
-            out.push(Change::Revoke { key: decode(k.value())?, at: v.value() });
+            out.push(Change::Revoke {
+                key: decode(k.value())?,
+                at: v.value(),
+            });
         }
         for row in txn.open_table(BLOCKS).map_err(r)?.iter().map_err(r)? {
             let (k, v) = row.map_err(r)?;
             let (blocked, at) = v.value();
             let key = decode(k.value())?;
-            out.push(if blocked { Change::Block { key, at } } else { Change::Unblock { key, at } });
+            out.push(if blocked {
+                Change::Block { key, at }
+            } else {
+                Change::Unblock { key, at }
+            });
         }
         for row in txn.open_table(BINDINGS).map_err(r)?.iter().map_err(r)? {
             let (k, v) = row.map_err(r)?;
             let (nets, at) = v.value();
             let nets: Vec<ipnet::IpNet> = serde_json::from_str(nets).map_err(r)?;
-            out.push(Change::Bind { key: decode(k.value())?, nets, at });
+            out.push(Change::Bind {
+                key: decode(k.value())?,
+                nets,
+                at,
+            });
         }
         Ok(out)
     }
@@ -156,7 +205,9 @@ impl Durable for RedbStore {
             removed += (n - rev.len().map_err(w)?) as usize;
             let mut blocks = txn.open_table(BLOCKS).map_err(w)?;
             let n = blocks.len().map_err(w)?;
-            blocks.retain(|_, (blocked, at)| blocked || at >= before).map_err(w)?;
+            blocks
+                .retain(|_, (blocked, at)| blocked || at >= before)
+                .map_err(w)?;
             removed += (n - blocks.len().map_err(w)?) as usize;
             let mut binds = txn.open_table(BINDINGS).map_err(w)?;
             let n = binds.len().map_err(w)?;
@@ -174,11 +225,18 @@ impl Durable for RedbStore {
     }
 }
 
-fn write_binding(t: &mut redb::Table<&str, (&str, i64)>, key: &SubjectKey, new: Binding) -> Result<(), StoreError> {
+fn write_binding(
+    t: &mut redb::Table<&str, (&str, i64)>,
+    key: &SubjectKey,
+    new: Binding,
+) -> Result<(), StoreError> {
     let k = key.encode();
     let old = t.get(&*k).map_err(w)?.map(|v| {
         let (nets, at) = v.value();
-        Binding { nets: serde_json::from_str(nets).unwrap_or_default(), at }
+        Binding {
+            nets: serde_json::from_str(nets).unwrap_or_default(),
+            at,
+        }
     });
     if let Some(m) = merge_binding(old.as_ref(), new) {
         if m.nets.is_empty() {
@@ -193,7 +251,9 @@ fn write_binding(t: &mut redb::Table<&str, (&str, i64)>, key: &SubjectKey, new: 
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").field("path", &self.path).finish()
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -202,7 +262,10 @@ mod tests {
     use super::*;
 
     fn user(s: &str) -> SubjectKey {
-        SubjectKey::Subject { iss: "https://idp".into(), sub: s.into() }
+        SubjectKey::Subject {
+            iss: "https://idp".into(),
+            sub: s.into(),
+        }
     }
 
     #[test]
@@ -211,16 +274,50 @@ mod tests {
         let path = dir.path().join("s.redb");
         {
             let s = RedbStore::open(&path, false).unwrap();
-            let b = Batch { changes: vec![Change::Revoke { key: user("a"), at: 10 }], set_id: Some(("https://t/".into(), "j1".into())), now: 10 };
+            let b = Batch {
+                changes: vec![Change::Revoke {
+                    key: user("a"),
+                    at: 10,
+                }],
+                set_id: Some(("https://t/".into(), "j1".into())),
+                now: 10,
+            };
             assert_eq!(s.commit(&b).unwrap(), CommitOutcome::Committed);
             assert_eq!(s.commit(&b).unwrap(), CommitOutcome::Duplicate);
-            s.commit(&Batch { changes: vec![Change::Block { key: user("b"), at: 5 }], ..Default::default() }).unwrap();
+            s.commit(&Batch {
+                changes: vec![Change::Block {
+                    key: user("b"),
+                    at: 5,
+                }],
+                ..Default::default()
+            })
+            .unwrap();
         }
         let s = RedbStore::open(&path, false).unwrap();
         let loaded = s.load().unwrap();
-        assert_eq!(loaded, vec![Change::Revoke { key: user("a"), at: 10 }, Change::Block { key: user("b"), at: 5 }]);
-        let b = Batch { changes: vec![], set_id: Some(("https://t".into(), "j1".into())), now: 11 };
-        assert_eq!(s.commit(&b).unwrap(), CommitOutcome::Duplicate, "issuer slash is normalised");
+        assert_eq!(
+            loaded,
+            vec![
+                Change::Revoke {
+                    key: user("a"),
+                    at: 10
+                },
+                Change::Block {
+                    key: user("b"),
+                    at: 5
+                }
+            ]
+        );
+        let b = Batch {
+            changes: vec![],
+            set_id: Some(("https://t".into(), "j1".into())),
+            now: 11,
+        };
+        assert_eq!(
+            s.commit(&b).unwrap(),
+            CommitOutcome::Duplicate,
+            "issuer slash is normalised"
+        );
     }
 
     #[test]

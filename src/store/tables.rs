@@ -70,10 +70,34 @@ impl Tables {
                 let old = self.revocations.get(&k).map(|v| *v);
                 self.revocations.insert(k, merge_revoke(old, *at));
             }
-            Change::Block { key, at } => self.set_block(key, BlockState { blocked: true, at: *at }),
-            Change::Unblock { key, at } => self.set_block(key, BlockState { blocked: false, at: *at }),
-            Change::Bind { key, nets, at } => self.set_binding(key, Binding { nets: nets.clone(), at: *at }),
-            Change::Unbind { key, at } => self.set_binding(key, Binding { nets: Vec::new(), at: *at }),
+            Change::Block { key, at } => self.set_block(
+                key,
+                BlockState {
+                    blocked: true,
+                    at: *at,
+                },
+            ),
+            Change::Unblock { key, at } => self.set_block(
+                key,
+                BlockState {
+                    blocked: false,
+                    at: *at,
+                },
+            ),
+            Change::Bind { key, nets, at } => self.set_binding(
+                key,
+                Binding {
+                    nets: nets.clone(),
+                    at: *at,
+                },
+            ),
+            Change::Unbind { key, at } => self.set_binding(
+                key,
+                Binding {
+                    nets: Vec::new(),
+                    at: *at,
+                },
+            ),
             Change::Delete { table, key } => {
                 let k = key.encode();
                 match table {
@@ -87,7 +111,10 @@ impl Tables {
 
     fn set_block(&self, key: &SubjectKey, new: BlockState) {
         let k = key.encode();
-        let mut entry = self.blocks.entry(k).or_insert(BlockState { blocked: false, at: i64::MIN });
+        let mut entry = self.blocks.entry(k).or_insert(BlockState {
+            blocked: false,
+            at: i64::MIN,
+        });
         *entry = merge_block(Some(*entry), new);
     }
 
@@ -124,7 +151,8 @@ impl Tables {
         let n = self.len_all();
         self.revocations.retain(|_, at| *at >= before);
         self.blocks.retain(|_, b| b.blocked || b.at >= before);
-        self.bindings.retain(|_, b| b.at >= before && !b.nets.is_empty());
+        self.bindings
+            .retain(|_, b| b.at >= before && !b.nets.is_empty());
         n - self.len_all()
     }
 
@@ -133,11 +161,21 @@ impl Tables {
     }
 
     pub fn stats(&self) -> TableStats {
-        TableStats { revocations: self.revocations.len(), blocks: self.blocks.len(), bindings: self.bindings.len() }
+        TableStats {
+            revocations: self.revocations.len(),
+            blocks: self.blocks.len(),
+            bindings: self.bindings.len(),
+        }
     }
 
     /// Entries of one table whose key contains `search` (case-sensitive), sorted by key, paginated.
-    pub fn list(&self, table: TableName, search: Option<&str>, offset: usize, limit: usize) -> (usize, Vec<serde_json::Value>) {
+    pub fn list(
+        &self,
+        table: TableName,
+        search: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<serde_json::Value>) {
         let mut rows: Vec<(Box<str>, serde_json::Value)> = match table {
             TableName::Revocations => self.revocations.iter().map(|e| (e.key().clone(), serde_json::json!({ "revoked_at": *e.value() }))).collect(),
             TableName::Blocks => self.blocks.iter().map(|e| (e.key().clone(), serde_json::json!({ "blocked": e.blocked, "at": e.at }))).collect(),
@@ -173,14 +211,23 @@ mod tests {
     use super::*;
 
     fn user(s: &str) -> SubjectKey {
-        SubjectKey::Subject { iss: "https://idp".into(), sub: s.into() }
+        SubjectKey::Subject {
+            iss: "https://idp".into(),
+            sub: s.into(),
+        }
     }
 
     #[test]
     fn revocation_keeps_latest_time() {
         let t = Tables::default();
-        t.apply(&Change::Revoke { key: user("a"), at: 200 });
-        t.apply(&Change::Revoke { key: user("a"), at: 100 });
+        t.apply(&Change::Revoke {
+            key: user("a"),
+            at: 200,
+        });
+        t.apply(&Change::Revoke {
+            key: user("a"),
+            at: 100,
+        });
         assert_eq!(t.revoked_at(&user("a").encode()), Some(200));
     }
 
@@ -188,24 +235,56 @@ mod tests {
     fn late_block_does_not_undo_newer_unblock_and_ties_block() {
         let t = Tables::default();
         let k = user("a").encode();
-        t.apply(&Change::Unblock { key: user("a"), at: 300 });
-        t.apply(&Change::Block { key: user("a"), at: 200 });
+        t.apply(&Change::Unblock {
+            key: user("a"),
+            at: 300,
+        });
+        t.apply(&Change::Block {
+            key: user("a"),
+            at: 200,
+        });
         assert_eq!(t.blocked_since(&k), None);
-        t.apply(&Change::Block { key: user("a"), at: 300 });
+        t.apply(&Change::Block {
+            key: user("a"),
+            at: 300,
+        });
         assert_eq!(t.blocked_since(&k), Some(300));
-        t.apply(&Change::Unblock { key: user("a"), at: 300 });
+        t.apply(&Change::Unblock {
+            key: user("a"),
+            at: 300,
+        });
         assert_eq!(t.blocked_since(&k), Some(300));
     }
 
     #[test]
     fn expiry_keeps_blocks_and_fresh_entries() {
         let t = Tables::default();
-        t.apply(&Change::Revoke { key: user("old"), at: 10 });
-        t.apply(&Change::Revoke { key: user("new"), at: 1000 });
-        t.apply(&Change::Block { key: user("blocked"), at: 10 });
-        t.apply(&Change::Bind { key: user("old"), nets: vec!["10.0.0.0/8".parse().unwrap()], at: 10 });
+        t.apply(&Change::Revoke {
+            key: user("old"),
+            at: 10,
+        });
+        t.apply(&Change::Revoke {
+            key: user("new"),
+            at: 1000,
+        });
+        t.apply(&Change::Block {
+            key: user("blocked"),
+            at: 10,
+        });
+        t.apply(&Change::Bind {
+            key: user("old"),
+            nets: vec!["10.0.0.0/8".parse().unwrap()],
+            at: 10,
+        });
         assert_eq!(t.expire(500), 2);
-        assert_eq!(t.stats(), TableStats { revocations: 1, blocks: 1, bindings: 0 });
+        assert_eq!(
+            t.stats(),
+            TableStats {
+                revocations: 1,
+                blocks: 1,
+                bindings: 0
+            }
+        );
     }
 
     #[test]
@@ -213,12 +292,31 @@ mod tests {
         let t = Tables::default();
         let k = user("a").encode();
         assert_eq!(t.binding_allows(&k, "10.1.2.3".parse().unwrap()), None);
-        t.apply(&Change::Bind { key: user("a"), nets: vec!["10.0.0.0/8".parse().unwrap()], at: 5 });
-        assert_eq!(t.binding_allows(&k, "10.1.2.3".parse().unwrap()), Some(true));
-        assert_eq!(t.binding_allows(&k, "192.0.2.1".parse().unwrap()), Some(false));
-        t.apply(&Change::Unbind { key: user("a"), at: 4 });
-        assert_eq!(t.binding_allows(&k, "192.0.2.1".parse().unwrap()), Some(false));
-        t.apply(&Change::Unbind { key: user("a"), at: 6 });
+        t.apply(&Change::Bind {
+            key: user("a"),
+            nets: vec!["10.0.0.0/8".parse().unwrap()],
+            at: 5,
+        });
+        assert_eq!(
+            t.binding_allows(&k, "10.1.2.3".parse().unwrap()),
+            Some(true)
+        );
+        assert_eq!(
+            t.binding_allows(&k, "192.0.2.1".parse().unwrap()),
+            Some(false)
+        );
+        t.apply(&Change::Unbind {
+            key: user("a"),
+            at: 4,
+        });
+        assert_eq!(
+            t.binding_allows(&k, "192.0.2.1".parse().unwrap()),
+            Some(false)
+        );
+        t.apply(&Change::Unbind {
+            key: user("a"),
+            at: 6,
+        });
         assert_eq!(t.binding_allows(&k, "192.0.2.1".parse().unwrap()), None);
     }
 }

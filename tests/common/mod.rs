@@ -25,7 +25,9 @@ pub struct Harness {
 
 /// Binds a loopback listener on a free port.
 pub async fn listener() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0")
 }
 
 impl Harness {
@@ -37,30 +39,64 @@ impl Harness {
 
     pub async fn start_in(dir: tempfile::TempDir, toml: &str) -> Harness {
         let config_path = dir.path().join("cae-proxy.toml");
-        std::fs::write(&config_path, toml.replace("{dir}", &dir.path().display().to_string())).expect("write config");
-        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let proxy = Proxy::start(config, StartOptions { config_path: Some(config_path.clone()), on_reload: None }).await.expect("proxy starts");
-        Harness { dir, config_path, proxy }
+        std::fs::write(
+            &config_path,
+            toml.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .expect("write config");
+        let config =
+            Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let proxy = Proxy::start(
+            config,
+            StartOptions {
+                config_path: Some(config_path.clone()),
+                on_reload: None,
+            },
+        )
+        .await
+        .expect("proxy starts");
+        Harness {
+            dir,
+            config_path,
+            proxy,
+        }
     }
 
     /// Rewrites the configuration file (for reload tests).
     pub fn write_config(&self, toml: &str) {
-        std::fs::write(&self.config_path, toml.replace("{dir}", &self.dir.path().display().to_string())).expect("write config");
+        std::fs::write(
+            &self.config_path,
+            toml.replace("{dir}", &self.dir.path().display().to_string()),
+        )
+        .expect("write config");
     }
 
     pub fn url(&self, listener: &str, path: &str) -> String {
-        format!("http://{}{path}", self.proxy.addr(listener).expect("listener exists"))
+        format!(
+            "http://{}{path}",
+            self.proxy.addr(listener).expect("listener exists")
+        )
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.proxy.admin_addr().expect("admin listener"))
+        format!(
+            "http://{}{path}",
+            self.proxy.admin_addr().expect("admin listener")
+        )
     }
 
     /// Waits (bounded) until `/readyz` says ready: keys loaded, streams verified.
     pub async fn wait_ready(&self) {
         let c = client();
         for _ in 0..500 {
-            let r = send(&c, Method::GET, &self.admin_url("/readyz"), &[], Bytes::new()).await;
+            let r = send(
+                &c,
+                Method::GET,
+                &self.admin_url("/readyz"),
+                &[],
+                Bytes::new(),
+            )
+            .await;
             if r.status == StatusCode::OK {
                 return;
             }
@@ -84,13 +120,20 @@ pub fn certs(dir: &std::path::Path) -> Certs {
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "cae-proxy test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cae-proxy test CA");
     let ca = ca_params.self_signed(&ca_key).expect("ca cert");
     let key = KeyPair::generate().expect("server key");
-    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params").signed_by(&key, &ca, &ca_key).expect("server cert");
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server cert");
     let ckey = KeyPair::generate().expect("client key");
     let mut cparams = CertificateParams::new(Vec::<String>::new()).expect("params");
-    cparams.distinguished_name.push(DnType::CommonName, "test client");
+    cparams
+        .distinguished_name
+        .push(DnType::CommonName, "test client");
     let ccert = cparams.signed_by(&ckey, &ca, &ca_key).expect("client cert");
     let w = |name: &str, pem: String| {
         let p = dir.join(name);
@@ -116,7 +159,10 @@ fn tls_config(certs: Option<&Certs>, client_auth: bool) -> rustls::ClientConfig 
     let b = rustls::ClientConfig::builder().with_root_certificates(roots);
     match (certs, client_auth) {
         (Some(c), true) => b
-            .with_client_auth_cert(cae_proxy::tls::load_certs(&c.client_cert).expect("cert"), cae_proxy::tls::load_key(&c.client_key).expect("key"))
+            .with_client_auth_cert(
+                cae_proxy::tls::load_certs(&c.client_cert).expect("cert"),
+                cae_proxy::tls::load_key(&c.client_key).expect("key"),
+            )
             .expect("client auth"),
         _ => b.with_no_client_auth(),
     }
@@ -125,9 +171,17 @@ fn tls_config(certs: Option<&Certs>, client_auth: bool) -> rustls::ClientConfig 
 fn build(tls: rustls::ClientConfig, h2_only: bool) -> TestClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-    let https = if h2_only { b.enable_http2().wrap_connector(http) } else { b.enable_http1().wrap_connector(http) };
-    Client::builder(TokioExecutor::new()).http2_only(h2_only).build(https)
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let https = if h2_only {
+        b.enable_http2().wrap_connector(http)
+    } else {
+        b.enable_http1().wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .http2_only(h2_only)
+        .build(https)
 }
 
 /// Plain HTTP/1.1 client (also speaks https with no trusted roots: use `tls_client`).
@@ -155,7 +209,8 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -163,21 +218,43 @@ impl Reply {
     }
 }
 
-pub async fn send(c: &TestClient, method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
-    try_send(c, method, url, headers, body).await.unwrap_or_else(|e| panic!("{url}: {e}"))
+pub async fn send(
+    c: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    try_send(c, method, url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
-pub async fn try_send(c: &TestClient, method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply, String> {
+pub async fn try_send(
+    c: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req)).await.map_err(|_| "timed out".to_string())?.map_err(|e| cae_proxy::fetch::error_chain(&e))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| cae_proxy::fetch::error_chain(&e))?;
     let version = resp.version();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Reply { status: parts.status, headers: parts.headers, body, version })
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version,
+    })
 }
 
 pub async fn get(c: &TestClient, url: &str, headers: &[(&str, &str)]) -> Reply {

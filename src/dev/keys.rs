@@ -1,0 +1,398 @@
+//! Development signing keys (RS256 / ES256, generated fresh with aws-lc-rs), their public JWKs,
+//! and helpers that build well-formed or deliberately forged compact JWS for tests.
+
+use std::fmt;
+use std::str::FromStr;
+
+use aws_lc_rs::encoding::{AsBigEndian, AsDer, EcPublicKeyUncompressedBin};
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use serde_json::{json, Value};
+
+use super::DevError;
+
+/// Signature algorithms the dev keys support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit key.
+    Rs256,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+}
+
+impl KeyAlg {
+    /// The JOSE name (`RS256`, `ES256`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlg::Rs256 => "RS256",
+            KeyAlg::Es256 => "ES256",
+        }
+    }
+
+    /// The jsonwebtoken algorithm.
+    pub fn jwt_algorithm(self) -> Algorithm {
+        match self {
+            KeyAlg::Rs256 => Algorithm::RS256,
+            KeyAlg::Es256 => Algorithm::ES256,
+        }
+    }
+}
+
+impl fmt::Display for KeyAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyAlg {
+    type Err = DevError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "RS256" => Ok(KeyAlg::Rs256),
+            "ES256" => Ok(KeyAlg::Es256),
+            other => Err(DevError::Invalid(format!(
+                "unsupported algorithm {other:?} (RS256 or ES256)"
+            ))),
+        }
+    }
+}
+
+/// A private signing key with its `kid` and public JWK.
+#[derive(Clone)]
+pub struct SigningKey {
+    kid: String,
+    alg: KeyAlg,
+    encoding_key: EncodingKey,
+    jwk: Value,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn crypto_err(what: &str) -> impl FnOnce(aws_lc_rs::error::Unspecified) -> DevError + '_ {
+    move |_| DevError::Crypto(what.to_string())
+}
+
+/// Wraps PKCS#8 DER in PEM, the only form in which jsonwebtoken accepts a PKCS#8 RSA key.
+fn pkcs8_pem(der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
+impl SigningKey {
+    /// Generates a fresh key with a random `kid`.
+    pub fn generate(alg: KeyAlg) -> Result<Self, DevError> {
+        let kid = format!(
+            "dev-{}-{}",
+            alg.as_str().to_ascii_lowercase(),
+            super::random_id(8)
+        );
+        Self::generate_with_kid(alg, &kid)
+    }
+
+    /// Generates a fresh key with the given `kid`.
+    pub fn generate_with_kid(alg: KeyAlg, kid: &str) -> Result<Self, DevError> {
+        let (encoding_key, key_members) = match alg {
+            KeyAlg::Rs256 => {
+                let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(crypto_err("RSA key generation"))?;
+                let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair)
+                    .map_err(crypto_err("RSA PKCS#8 export"))?;
+                let encoding_key = EncodingKey::from_rsa_pem(pkcs8_pem(der.as_ref()).as_bytes())?;
+                let public = pair.public_key();
+                let members = json!({
+                    "kty": "RSA",
+                    "n": b64url(public.modulus().big_endian_without_leading_zero()),
+                    "e": b64url(public.exponent().big_endian_without_leading_zero()),
+                });
+                (encoding_key, members)
+            }
+            KeyAlg::Es256 => {
+                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                    .map_err(crypto_err("EC key generation"))?;
+                let der = pair.to_pkcs8v1().map_err(crypto_err("EC PKCS#8 export"))?;
+                let encoding_key = EncodingKey::from_ec_der(der.as_ref());
+                let point: EcPublicKeyUncompressedBin = pair
+                    .public_key()
+                    .as_be_bytes()
+                    .map_err(crypto_err("EC public key export"))?;
+                let point = point.as_ref();
+                // Uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
+                if point.len() != 65 || point[0] != 4 {
+                    return Err(DevError::Crypto("unexpected EC point encoding".into()));
+                }
+                let members = json!({
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "x": b64url(&point[1..33]),
+                    "y": b64url(&point[33..65]),
+                });
+                (encoding_key, members)
+            }
+        };
+        let mut jwk = key_members;
+        if let Value::Object(map) = &mut jwk {
+            map.insert("kid".into(), Value::String(kid.to_string()));
+            map.insert("use".into(), Value::String("sig".into()));
+            map.insert("alg".into(), Value::String(alg.as_str().into()));
+        }
+        Ok(SigningKey {
+            kid: kid.to_string(),
+            alg,
+            encoding_key,
+            jwk,
+        })
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The algorithm this key signs with.
+    pub fn alg(&self) -> KeyAlg {
+        self.alg
+    }
+
+    /// The private key for `jsonwebtoken::encode`.
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding_key
+    }
+
+    /// The public JWK (`kty`, `kid`, `use`, `alg`, and `n`,`e` or `crv`,`x`,`y`).
+    pub fn public_jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    /// The public key as a jsonwebtoken `DecodingKey` (handy to check tokens in tests).
+    pub fn decoding_key(&self) -> Result<DecodingKey, DevError> {
+        let member = |name: &str| {
+            self.jwk
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| DevError::Crypto(format!("JWK without {name}")))
+        };
+        Ok(match self.alg {
+            KeyAlg::Rs256 => DecodingKey::from_rsa_components(member("n")?, member("e")?)?,
+            KeyAlg::Es256 => DecodingKey::from_ec_components(member("x")?, member("y")?)?,
+        })
+    }
+
+    /// Signs `claims` with a header `{"typ":"JWT","alg":…,"kid":…}` merged with `header_overrides`
+    /// (an object; a member set to `null` is removed, e.g. `{"kid":null}`).
+    pub fn sign(&self, header_overrides: Option<Value>, claims: &Value) -> String {
+        let mut header = json!({"typ": "JWT", "alg": self.alg.as_str(), "kid": self.kid});
+        if let (Some(Value::Object(overrides)), Value::Object(map)) =
+            (header_overrides, &mut header)
+        {
+            for (k, v) in overrides {
+                if v.is_null() {
+                    map.remove(&k);
+                } else {
+                    map.insert(k, v);
+                }
+            }
+        }
+        self.sign_raw(&header, claims)
+    }
+
+    /// Encodes `header_json` verbatim and signs with this key, whatever the header says.
+    pub fn sign_raw(&self, header_json: &Value, claims: &Value) -> String {
+        let message = format!(
+            "{}.{}",
+            b64url(header_json.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        // Signing with a key generated and checked in-process cannot fail short of an aws-lc bug.
+        #[allow(clippy::expect_used)]
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &self.encoding_key,
+            self.alg.jwt_algorithm(),
+        )
+        .expect("signing with a freshly generated dev key");
+        format!("{message}.{signature}")
+    }
+}
+
+/// A token with `alg: none` (the header is given `"alg":"none"` unless it has an `alg`) and an
+/// empty signature: `header.payload.`
+pub fn unsigned_token(header: &Value, claims: &Value) -> String {
+    let mut header = header.clone();
+    if let Value::Object(map) = &mut header {
+        map.entry("alg")
+            .or_insert_with(|| Value::String("none".into()));
+    }
+    format!(
+        "{}.{}.",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    )
+}
+
+/// An HS256 token signed with `secret` (the header gets `"alg":"HS256"` unless it has an `alg`),
+/// e.g. for the "HMAC with the public key as secret" attack.
+pub fn hs256_token(secret: &[u8], header: &Value, claims: &Value) -> String {
+    let mut header = header.clone();
+    if let Value::Object(map) = &mut header {
+        map.entry("alg")
+            .or_insert_with(|| Value::String("HS256".into()));
+    }
+    let message = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let key = EncodingKey::from_secret(secret);
+    // HMAC accepts any key length; the aws-lc provider does not fail on it.
+    #[allow(clippy::expect_used)]
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256)
+        .expect("HMAC signing");
+    format!("{message}.{signature}")
+}
+
+/// Decodes the header and payload of a compact JWS without checking anything (tests only need).
+pub fn decode_unverified(token: &str) -> Result<(Value, Value), DevError> {
+    let mut parts = token.split('.');
+    let mut part = |what: &str| -> Result<Value, DevError> {
+        let raw = parts
+            .next()
+            .ok_or_else(|| DevError::Invalid(format!("token without {what}")))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(raw)
+            .map_err(|e| DevError::Invalid(format!("{what} is not base64url: {e}")))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    };
+    let header = part("header")?;
+    let payload = part("payload")?;
+    Ok((header, payload))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::Validation;
+
+    fn verify(key: &SigningKey, token: &str) -> Value {
+        let mut validation = Validation::new(key.alg().jwt_algorithm());
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        jsonwebtoken::decode::<Value>(token, &key.decoding_key().unwrap(), &validation)
+            .unwrap()
+            .claims
+    }
+
+    #[test]
+    fn rsa_jwk_has_the_right_members() {
+        let key = SigningKey::generate(KeyAlg::Rs256).unwrap();
+        let jwk = key.public_jwk();
+        assert_eq!(jwk["kty"], "RSA");
+        assert_eq!(jwk["kid"], key.kid());
+        assert_eq!(jwk["use"], "sig");
+        assert_eq!(jwk["alg"], "RS256");
+        assert_eq!(jwk["e"], "AQAB");
+        let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+        assert_eq!(n.len(), 256);
+        assert!(jwk.get("crv").is_none());
+        // jsonwebtoken accepts it as a JWK.
+        let parsed: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).unwrap();
+        DecodingKey::from_jwk(&parsed).unwrap();
+    }
+
+    #[test]
+    fn ec_jwk_has_the_right_members() {
+        let key = SigningKey::generate(KeyAlg::Es256).unwrap();
+        let jwk = key.public_jwk();
+        assert_eq!(jwk["kty"], "EC");
+        assert_eq!(jwk["crv"], "P-256");
+        assert_eq!(jwk["use"], "sig");
+        assert_eq!(jwk["alg"], "ES256");
+        assert_eq!(jwk["kid"], key.kid());
+        for m in ["x", "y"] {
+            let v = URL_SAFE_NO_PAD.decode(jwk[m].as_str().unwrap()).unwrap();
+            assert_eq!(v.len(), 32);
+        }
+        assert!(jwk.get("n").is_none());
+        let parsed: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).unwrap();
+        DecodingKey::from_jwk(&parsed).unwrap();
+    }
+
+    #[test]
+    fn sign_sets_header_and_verifies() {
+        for alg in [KeyAlg::Rs256, KeyAlg::Es256] {
+            let key = SigningKey::generate(alg).unwrap();
+            let claims = json!({"sub": "alice", "n": 1});
+            let token = key.sign(
+                Some(json!({"typ": "at+jwt", "jku": "http://evil"})),
+                &claims,
+            );
+            let (header, payload) = decode_unverified(&token).unwrap();
+            assert_eq!(header["alg"], alg.as_str());
+            assert_eq!(header["kid"], key.kid());
+            assert_eq!(header["typ"], "at+jwt");
+            assert_eq!(header["jku"], "http://evil");
+            assert_eq!(payload, claims);
+            assert_eq!(verify(&key, &token), claims);
+
+            let token = key.sign(Some(json!({"kid": null})), &claims);
+            let (header, _) = decode_unverified(&token).unwrap();
+            assert!(header.get("kid").is_none());
+        }
+    }
+
+    #[test]
+    fn sign_raw_keeps_the_header_verbatim() {
+        let key = SigningKey::generate(KeyAlg::Rs256).unwrap();
+        let header = json!({"alg": "HS256", "kid": "other"});
+        let token = key.sign_raw(&header, &json!({"a": 1}));
+        let (h, _) = decode_unverified(&token).unwrap();
+        assert_eq!(h, header);
+        assert_eq!(token.split('.').count(), 3);
+    }
+
+    #[test]
+    fn unsigned_and_hmac_tokens() {
+        let t = unsigned_token(&json!({"typ": "JWT"}), &json!({"sub": "x"}));
+        assert!(t.ends_with('.'));
+        let (h, p) = decode_unverified(&t).unwrap();
+        assert_eq!(h["alg"], "none");
+        assert_eq!(p["sub"], "x");
+
+        let t = hs256_token(b"secret", &json!({"kid": "k"}), &json!({"sub": "x"}));
+        let (h, _) = decode_unverified(&t).unwrap();
+        assert_eq!(h["alg"], "HS256");
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        jsonwebtoken::decode::<Value>(&t, &DecodingKey::from_secret(b"secret"), &validation)
+            .unwrap();
+    }
+
+    #[test]
+    fn key_alg_parses() {
+        assert_eq!("rs256".parse::<KeyAlg>().unwrap(), KeyAlg::Rs256);
+        assert_eq!("ES256".parse::<KeyAlg>().unwrap(), KeyAlg::Es256);
+        assert!("HS256".parse::<KeyAlg>().is_err());
+    }
+}
