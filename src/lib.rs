@@ -58,7 +58,7 @@ pub struct StartOptions {
     /// The file SIGHUP and `POST /reload` re-read.
     pub config_path: Option<PathBuf>,
     /// Called after every successful reload (the binary changes the log level here).
-    pub on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>,
+    pub on_reload: Option<state::ReloadHook>,
 }
 
 /// A running proxy: listeners bound, background tasks started.

@@ -45,6 +45,9 @@ pub enum BuildError {
     Upstream { upstream: String, source: TlsError },
 }
 
+/// Called with the new configuration after each successful reload.
+pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
+
 /// Identity of a key source, so a reload reuses keys already fetched.
 type KeySetId = (KeySource, String);
 
@@ -61,7 +64,7 @@ pub struct Shared {
     upstreams: Mutex<HashMap<Upstream, Arc<UpstreamClient>>>,
     generation: AtomicU64,
     /// Called after each successful reload (log level changes).
-    pub on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>,
+    pub on_reload: Option<ReloadHook>,
     pub signals: crate::signals_wiring::SignalsShared,
 }
 
@@ -70,7 +73,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         store: Arc<SignalStore>,
         cache_size: usize,
-        on_reload: Option<Box<dyn Fn(&Config) + Send + Sync>>,
+        on_reload: Option<ReloadHook>,
     ) -> Shared {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Shared {

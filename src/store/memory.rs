@@ -5,10 +5,13 @@ use std::sync::Mutex;
 
 use super::{Batch, Change, CommitOutcome, Durable, StoreError};
 
+/// `(iss, jti)` of a SET.
+type SetId = (String, String);
+
 /// Keeps changes in memory only; nothing survives a restart.
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<(Vec<Change>, HashSet<(String, String)>)>,
+    inner: Mutex<(Vec<Change>, HashSet<SetId>)>,
 }
 
 impl Durable for MemoryStore {
