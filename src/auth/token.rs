@@ -248,7 +248,7 @@ pub fn inspect(token: &str) -> Result<(jsonwebtoken::Header, String), TokenError
     else {
         return Err(TokenError::Malformed("a JWT has exactly three segments"));
     };
-    if h.is_empty() || p.is_empty() || s.is_empty() {
+    if h.is_empty() || p.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
     let header_json = b64(h)?;
@@ -273,6 +273,9 @@ pub fn inspect(token: &str) -> Result<(jsonwebtoken::Header, String), TokenError
     }
     let header: jsonwebtoken::Header =
         serde_json::from_value(raw_header).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+    if s.is_empty() {
+        return Err(TokenError::Malformed("empty segment"));
+    }
     let payload: Unverified = serde_json::from_slice(&b64(p)?)
         .map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
     if payload.events.is_some() {

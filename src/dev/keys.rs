@@ -78,7 +78,7 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-fn b64url(bytes: &[u8]) -> String {
+pub fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
