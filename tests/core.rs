@@ -1,5 +1,7 @@
 //! Gateway core end to end: TLS h1/h2, routing answers, limits, header rules, streaming, upgrades, reload.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

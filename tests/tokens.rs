@@ -1,6 +1,8 @@
 //! Bearer token validation end to end: a real issuer (discovery + JWKS over HTTP), attacks, rotation,
 //! outages, unknown-kid floods, scopes/roles/claim rules and identity headers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
