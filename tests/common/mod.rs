@@ -274,3 +274,131 @@ pub async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> 
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// The real binary, started with a configuration file; its JSON log tells the bound addresses.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addrs: std::collections::HashMap<String, std::net::SocketAddr>,
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Starts `cae-proxy run` and waits (bounded) until `expect` listeners logged their address.
+    pub fn start(config: &std::path::Path, expect: usize) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"))
+            .args([
+                "run",
+                "--config",
+                &config.display().to_string(),
+                "--log-format",
+                "json",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cae-proxy");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = std::collections::HashMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while addrs.len() < expect {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!(
+                    "cae-proxy did not report {expect} listeners; log: {:?}",
+                    lines.lock().unwrap()
+                );
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "listening" {
+                let name = v["listener"].as_str().unwrap_or_default().to_string();
+                let addr = v["addr"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .expect("addr field");
+                addrs.insert(name, addr);
+            }
+        }
+        Binary {
+            child,
+            addrs,
+            stderr: lines,
+        }
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[listener])
+    }
+
+    /// Waits (bounded) until the admin listener's `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let c = client();
+        for _ in 0..500 {
+            if let Ok(r) = try_send(
+                &c,
+                Method::GET,
+                &self.url("admin", "/readyz"),
+                &[],
+                Bytes::new(),
+            )
+            .await
+            {
+                if r.status == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("cae-proxy never became ready; log: {:?}", self.log());
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe_kill(self.child.id() as i32, sig);
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects; pid is our own child.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
