@@ -13,6 +13,7 @@
 //! - [`dev`]: built-in development issuer, transmitter and echo upstream (demo, tests)
 
 pub mod admin;
+pub mod admin_client;
 pub mod auth;
 pub mod config;
 pub mod dev;

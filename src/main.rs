@@ -50,6 +50,32 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Revoke tokens issued before now (or --at) through a running proxy's admin API.
+    Revoke(AdminArgs),
+    /// Block an account: every token of the subject is refused until unblocked.
+    Block(AdminArgs),
+    /// Lift an account block.
+    Unblock(AdminArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// subject, session, token, tenant, device or email
+    kind: String,
+    /// The sub, sid, jti, tid, device id or e-mail address.
+    value: String,
+    /// Issuer the subject, session or token belongs to ("*" = any).
+    #[arg(long)]
+    iss: Option<String>,
+    /// Event time, epoch seconds (default: now).
+    #[arg(long)]
+    at: Option<i64>,
+    /// Admin listener URL.
+    #[arg(long, default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// Admin bearer token.
+    #[arg(long, env = "CAE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +83,36 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format.as_deref()),
+        Command::Revoke(a) => admin_call("revoke", a),
+        Command::Block(a) => admin_call("block", a),
+        Command::Unblock(a) => admin_call("unblock", a),
+    }
+}
+
+fn admin_call(action: &str, a: AdminArgs) -> ExitCode {
+    use cae_proxy::admin_client;
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let key = admin_client::key(&a.kind, &a.value, a.iss.as_deref())
+                    .map_err(|e| e.to_string())?;
+                admin_client::call(&a.admin, a.admin_token.as_deref(), action, key, a.at)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+    match result {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{action} failed: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

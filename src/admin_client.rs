@@ -1,0 +1,92 @@
+//! Client side of the admin API, for the `cae-proxy revoke|block|unblock` commands.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::json;
+
+use crate::fetch::{FetchError, Fetcher};
+use crate::store::SubjectKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the admin API answered {status}: {body}")]
+    Refused { status: u16, body: String },
+}
+
+/// Builds the key named on the command line: `subject`, `session`, `token` (need `iss`),
+/// `tenant`, `device`, `email`.
+pub fn key(kind: &str, value: &str, iss: Option<&str>) -> Result<SubjectKey, AdminClientError> {
+    let iss = || {
+        iss.map(str::to_string).ok_or_else(|| {
+            AdminClientError::Usage(format!(
+                "--iss is required for a {kind} (use \"*\" for any issuer)"
+            ))
+        })
+    };
+    Ok(match kind {
+        "subject" => SubjectKey::Subject {
+            iss: iss()?,
+            sub: value.into(),
+        },
+        "session" => SubjectKey::Session {
+            iss: iss()?,
+            sid: value.into(),
+        },
+        "token" => SubjectKey::Token {
+            iss: iss()?,
+            jti: value.into(),
+        },
+        "tenant" => SubjectKey::Tenant { tid: value.into() },
+        "device" => SubjectKey::Device { id: value.into() },
+        "email" => SubjectKey::Email {
+            email: value.into(),
+        },
+        other => {
+            return Err(AdminClientError::Usage(format!(
+                "unknown kind {other:?}: subject, session, token, tenant, device or email"
+            )))
+        }
+    })
+}
+
+/// POSTs `{"key": …, "at": …}` to `/admin/<action>` and returns the answer body.
+pub async fn call(
+    admin: &str,
+    token: Option<&str>,
+    action: &str,
+    key: SubjectKey,
+    at: Option<i64>,
+) -> Result<String, AdminClientError> {
+    let mut body = json!({ "key": key });
+    if let Some(at) = at {
+        body["at"] = json!(at);
+    }
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(t) = token {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    let url = format!("{}/admin/{action}", admin.trim_end_matches('/'));
+    let r = Fetcher::new()
+        .request(
+            Method::POST,
+            &url,
+            &headers,
+            Bytes::from(body.to_string()),
+            Duration::from_secs(10),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    if !r.status.is_success() {
+        return Err(AdminClientError::Refused {
+            status: r.status.as_u16(),
+            body: text,
+        });
+    }
+    Ok(text)
+}
