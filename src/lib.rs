@@ -10,3 +10,4 @@ pub mod store;
 pub mod auth;
 pub mod fetch;
 pub mod tls;
+pub mod signals;
