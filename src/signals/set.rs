@@ -73,7 +73,7 @@ pub enum SetError {
     SymmetricAlgorithm(String),
     #[error("algorithm {0} is not allowed for this transmitter")]
     AlgorithmNotAllowed(String),
-    #[error("no key of the transmitter matches kid {0:?}")]
+    #[error("no key of the transmitter matches {}", kid_text(.0.as_deref()))]
     UnknownKey(Option<String>),
     #[error("the key does not fit algorithm {0:?}")]
     KeyMismatch(Algorithm),
@@ -83,6 +83,13 @@ pub enum SetError {
     WrongIssuer,
     #[error("the SET audience does not name this receiver")]
     WrongAudience,
+}
+
+fn kid_text(kid: Option<&str>) -> String {
+    match kid {
+        Some(k) => format!("kid {:?}", k.chars().take(64).collect::<String>()),
+        None => "a SET without kid".to_string(),
+    }
 }
 
 impl SetError {
