@@ -2,6 +2,7 @@
 //! stream management. Meets the rest of the proxy only through [`crate::store::SignalStore`].
 
 pub mod events;
+pub mod poll;
 pub mod push;
 pub mod set;
 pub mod subject;

@@ -16,8 +16,8 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::events::{self, EventPolicy, Plan, StreamStatus, StreamUpdate, VerificationState};
-use super::set::{self, ErrCode, SetError, SetPolicy};
-use crate::auth::keys::KeySet;
+use super::set::{self, ErrCode, SetError, SetPolicy, ValidSet};
+use crate::auth::keys::{KeySet, VerifyKey};
 use crate::config::{Secret, Transmitter};
 use crate::store::{Batch, CommitOutcome, SignalStore, StoreError};
 
@@ -129,6 +129,8 @@ pub struct TransmitterRt {
     verified_at: AtomicI64,
     stream: Mutex<StreamState>,
     poll_target: ArcSwapOption<PollTarget>,
+    /// Single-flight gate and time of the last unknown-`kid` refetch.
+    refetch: tokio::sync::Mutex<Option<Instant>>,
     pub counters: Counters,
     pub freshness: Freshness,
 }
@@ -157,6 +159,7 @@ impl TransmitterRt {
             verified_at: AtomicI64::new(0),
             stream: Mutex::new(StreamState::default()),
             poll_target: ArcSwapOption::empty(),
+            refetch: tokio::sync::Mutex::new(None),
             counters: Counters::default(),
             freshness: Freshness::default(),
         }
@@ -253,6 +256,37 @@ impl TransmitterRt {
 
     pub fn poll_target(&self) -> Option<Arc<PollTarget>> {
         self.poll_target.load_full()
+    }
+
+    /// The key for `kid`; on a miss, one JWKS refetch shared by concurrent callers and at most
+    /// once per `unknown_kid_cooldown`. (Same contract as `KeySet::get_or_refetch`, whose future
+    /// is not `Send` because it holds a raw pointer across an await.)
+    pub async fn key(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
+        if let Some(k) = self.keys.keys().get(kid) {
+            return Some(k);
+        }
+        let before = Arc::as_ptr(&self.keys.keys()) as usize;
+        let cooldown = self.cfg.load().key_policy.unknown_kid_cooldown;
+        {
+            let mut last = self.refetch.lock().await;
+            let unchanged = Arc::as_ptr(&self.keys.keys()) as usize == before;
+            if unchanged && last.is_none_or(|t| t.elapsed() >= cooldown) {
+                *last = Some(Instant::now());
+                if let Err(e) = self.keys.refresh().await {
+                    tracing::warn!(target: "cae_proxy::signals", keys = %self.keys.name, error = %e, "refetch for an unknown kid failed; keeping the last good keys");
+                }
+            }
+        }
+        self.keys.keys().get(kid)
+    }
+
+    /// Verifies a SET with this transmitter's keys and policy (async only for the key lookup).
+    pub async fn verify(&self, compact: &str, now: i64) -> Result<ValidSet, SetError> {
+        let policy = SetPolicy::from(self.cfg().as_ref());
+        let set = set::parse_unverified(compact)?;
+        set::allowed_alg(&set.alg, &policy)?;
+        let key = self.key(set.kid.as_deref()).await;
+        set::verify_with_key(set, key.as_deref(), &policy, now)
     }
 }
 
@@ -412,7 +446,7 @@ async fn process_inner(
         .find_map(|e| e.subject.as_ref())
         .map(subject_hash);
     set::allowed_alg(&unverified.alg, &policy)?;
-    let key = rt.keys.get_or_refetch(unverified.kid.as_deref()).await;
+    let key = rt.key(unverified.kid.as_deref()).await;
     if key.is_none() && !rt.keys.is_loaded() {
         return Err(ProcessError::KeysUnavailable);
     }
@@ -606,7 +640,7 @@ where
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{KeyPolicy, KeySource, Push, RiskLevel};
     use crate::signals::testkit::{Signer, AUD, ISS};
@@ -658,7 +692,7 @@ mod tests {
         Arc::new(TransmitterRt::new(cfg, keys, None))
     }
 
-    struct Failing;
+    pub(crate) struct Failing;
     impl Durable for Failing {
         fn commit(&self, _: &Batch) -> Result<CommitOutcome, StoreError> {
             Err(StoreError::Write("disk full".into()))
@@ -959,6 +993,36 @@ mod tests {
             (503, vec![("retry-after".into(), "5".into())], "")
         );
         assert_eq!(rt.counters.unavailable.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refetches_the_jwks_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = Signer::rsa();
+        let rt = runtime(dir.path(), &rsa).await;
+        let store =
+            Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
+        // The transmitter rotates in an EC key after we loaded its JWKS.
+        let ec = Signer::ec();
+        let both = json!({"keys": [rsa.jwks()["keys"][0].clone(), ec.jwks()["keys"][0].clone()]});
+        std::fs::write(dir.path().join("jwks.json"), both.to_string()).unwrap();
+        let r = handle_push(
+            &rt,
+            &store,
+            good(&ec.sign(&claims("k-1", revoke_events()))),
+            1,
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        // Within the cooldown a second unknown kid does not refetch.
+        let fetches = rt.keys.stats.fetches.load(Ordering::Relaxed);
+        let t = crate::signals::testkit::sign_raw(
+            &rsa,
+            &json!({"alg":"RS256","kid":"later"}),
+            &claims("k-2", revoke_events()),
+        );
+        assert_eq!(handle_push(&rt, &store, good(&t), 1).await.status(), 400);
+        assert_eq!(rt.keys.stats.fetches.load(Ordering::Relaxed), fetches);
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Security Event Token verification (RFC 8417, SSF §4) in the order of protocols.md §3: structure,
 //! `typ`, claims, events and subject (`invalid_request`), then signature (`invalid_key`), `iss`
-//! (`invalid_issuer`) and `aud` (`invalid_audience`). Pure: keys and `now` are parameters; the one
-//! async helper only looks the key up through [`KeySet::get_or_refetch`].
+//! (`invalid_issuer`) and `aud` (`invalid_audience`). Pure: keys and `now` are parameters. The async
+//! key lookup (unknown `kid` → one shared JWKS refetch) is `TransmitterRt::verify` in `push.rs`.
 
 use base64::Engine;
 use jsonwebtoken::Algorithm;
@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::events::EventType;
 use super::subject::{Subject, SubjectError};
-use crate::auth::keys::{KeySet, Keys, VerifyKey};
+use crate::auth::keys::{Keys, VerifyKey};
 use crate::config::Transmitter;
 use crate::store::keys::normalize_iss;
 
@@ -424,20 +424,6 @@ pub fn verify_set(
     let set = parse_unverified(compact)?;
     allowed_alg(&set.alg, policy)?;
     let key = keys.get(set.kid.as_deref());
-    verify_with_key(set, key.as_deref(), policy, now)
-}
-
-/// Verifies a SET, refetching the transmitter's JWKS once (single-flight) on an unknown `kid`.
-pub async fn verify_set_with(
-    compact: &str,
-    keys: &KeySet,
-    policy: &SetPolicy,
-    now: i64,
-) -> Result<ValidSet, SetError> {
-    let set = parse_unverified(compact)?;
-    // Refuse a forbidden algorithm before any network work.
-    allowed_alg(&set.alg, policy)?;
-    let key = keys.get_or_refetch(set.kid.as_deref()).await;
     verify_with_key(set, key.as_deref(), policy, now)
 }
 
