@@ -5,6 +5,7 @@ pub mod events;
 pub mod poll;
 pub mod push;
 pub mod set;
+pub mod stream;
 pub mod subject;
 
 #[cfg(test)]
