@@ -974,6 +974,46 @@ pub(crate) mod tests {
         assert_eq!(store.tables().stats(), before);
     }
 
+    /// Compile-time check: the proxy spawns these inside hyper services.
+    #[allow(dead_code)]
+    fn futures_are_send(
+        rt: &TransmitterRt,
+        store: &Arc<SignalStore>,
+        req: Request<hyper::body::Incoming>,
+    ) {
+        fn send<T: Send>(_: T) {}
+        send(handle_push(rt, store, req, 0));
+        send(rt.verify("x", 0));
+    }
+
+    #[tokio::test]
+    async fn freshness_observer_sees_committed_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Signer::rsa();
+        let rt = runtime(dir.path(), &s).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        rt.freshness
+            .set_observer(Box::new(move |f: &FreshnessSample| {
+                sink.lock()
+                    .unwrap()
+                    .push((f.transmitter.clone(), f.delivery, f.event_lag_ms))
+            }));
+        let store =
+            Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
+        let set = s.sign(&claims("fr-1", revoke_events()));
+        assert_eq!(handle_push(&rt, &store, good(&set), 1).await.status(), 202);
+        assert_eq!(handle_push(&rt, &store, good(&set), 1).await.status(), 202);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "duplicates are not samples");
+        assert_eq!((seen[0].0.as_str(), seen[0].1), ("tx", DeliveryKind::Push));
+        assert!(seen[0].2 > 0, "event 1_700_000_000 lies in the past");
+        assert_eq!(
+            rt.freshness.last_event_lag_ms.load(Ordering::Relaxed),
+            seen[0].2
+        );
+    }
+
     #[tokio::test]
     async fn store_failure_is_503_with_retry_after() {
         let dir = tempfile::tempdir().unwrap();
