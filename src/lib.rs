@@ -8,6 +8,7 @@
 //! - [`proxy`]: the pipeline (route → token → decide → forward or challenge)
 //! - [`auth`]: keys, token validation, verified-token cache, pure decision, challenges
 //! - [`store`]: revocation / block / binding tables and their durable backends
+//! - [`signals`]: SSF receiver: SET verification, CAEP/RISC events, push, poll, stream management
 //! - [`admin`]: probes, metrics, reload and the admin API
 //! - [`fetch`]: outbound client for identity providers
 //! - [`dev`]: built-in development issuer, transmitter and echo upstream (demo, tests)
@@ -21,6 +22,7 @@ pub mod fetch;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod signals;
 pub mod signals_wiring;
 pub mod state;
 pub mod store;

@@ -1,0 +1,484 @@
+//! RFC 8936 poll client: one task per polled transmitter. Long polls (`returnImmediately: false`)
+//! for up to `maxEvents` SETs, acknowledges only SETs that are durably committed, reports invalid
+//! ones in `setErrs`, polls again at once while `moreAvailable`, backs off with jitter on errors
+//! (a transmitter restart is just an error that passes) and stops as soon as shutdown fires.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use serde::{Deserialize, Serialize};
+
+use super::push::{process_set, DeliveryKind, ProcessError, TransmitterRt};
+use crate::config::Secret;
+use crate::fetch::{FetchError, Fetcher};
+use crate::store::SignalStore;
+
+const DEFAULT_MAX_EVENTS: u32 = 100;
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A long poll answered faster than this with no SETs: the transmitter does not hold requests.
+const LONG_POLL_MIN: Duration = Duration::from_secs(1);
+
+/// An entry of `setErrs` (RFC 8936 §2.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetErr {
+    pub err: String,
+    pub description: String,
+}
+
+/// Acknowledgements and errors not yet delivered to the transmitter.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub ack: Vec<String>,
+    pub set_errs: BTreeMap<String, SetErr>,
+}
+
+#[derive(Serialize)]
+struct PollRequest<'a> {
+    #[serde(rename = "maxEvents")]
+    max_events: u32,
+    #[serde(rename = "returnImmediately")]
+    return_immediately: bool,
+    ack: &'a [String],
+    #[serde(rename = "setErrs", skip_serializing_if = "BTreeMap::is_empty")]
+    set_errs: &'a BTreeMap<String, SetErr>,
+}
+
+#[derive(Deserialize)]
+struct PollResponse {
+    #[serde(default)]
+    sets: BTreeMap<String, String>,
+    #[serde(default, rename = "moreAvailable")]
+    more_available: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("no poll endpoint is known yet")]
+    NoEndpoint,
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the transmitter answered HTTP {0}")]
+    Status(u16),
+    #[error("the poll response is not valid JSON: {0}")]
+    BadResponse(String),
+    #[error("SETs could not be stored: {0}")]
+    Unavailable(String),
+}
+
+/// What one poll returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollCycle {
+    pub received: usize,
+    pub committed: usize,
+    pub rejected: usize,
+    pub more_available: bool,
+}
+
+/// Resolved poll settings: configured `[poll]`, else what stream management supplied.
+struct Settings {
+    endpoint: String,
+    authorization: Option<Secret>,
+    max_events: u32,
+    long_poll: bool,
+    interval: Duration,
+    timeout: Duration,
+}
+
+fn settings(rt: &TransmitterRt) -> Option<Settings> {
+    let cfg = rt.cfg();
+    let target = rt.poll_target();
+    match (&cfg.poll, target) {
+        (Some(p), t) => Some(Settings {
+            endpoint: p.endpoint.clone(),
+            authorization: p
+                .authorization
+                .clone()
+                .or_else(|| t.and_then(|t| t.authorization.clone())),
+            max_events: p.max_events,
+            long_poll: p.long_poll,
+            interval: p.interval,
+            timeout: p.timeout,
+        }),
+        (None, Some(t)) => Some(Settings {
+            endpoint: t.endpoint.clone(),
+            authorization: t.authorization.clone(),
+            max_events: DEFAULT_MAX_EVENTS,
+            long_poll: true,
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+        }),
+        (None, None) => None,
+    }
+}
+
+/// One poll: sends the pending acks/errors, processes the SETs returned. Pending entries are
+/// cleared only when the transmitter answered 200 (then they were delivered).
+pub async fn poll_once(
+    rt: &TransmitterRt,
+    store: &Arc<SignalStore>,
+    fetcher: &Fetcher,
+    pending: &mut Pending,
+) -> Result<PollCycle, PollError> {
+    let s = settings(rt).ok_or(PollError::NoEndpoint)?;
+    poll_with(rt, store, fetcher, pending, &s).await
+}
+
+async fn poll_with(
+    rt: &TransmitterRt,
+    store: &Arc<SignalStore>,
+    fetcher: &Fetcher,
+    pending: &mut Pending,
+    s: &Settings,
+) -> Result<PollCycle, PollError> {
+    rt.counters.polls.fetch_add(1, Ordering::Relaxed);
+    let body = serde_json::to_vec(&PollRequest {
+        max_events: s.max_events,
+        return_immediately: !s.long_poll,
+        ack: &pending.ack,
+        set_errs: &pending.set_errs,
+    })
+    .map_err(|e| PollError::BadResponse(e.to_string()))?;
+    let mut headers: Vec<(&str, String)> = vec![
+        ("content-type", "application/json".into()),
+        ("accept", "application/json".into()),
+    ];
+    if !pending.set_errs.is_empty() {
+        headers.push(("content-language", "en-US".into()));
+    }
+    if let Some(a) = &s.authorization {
+        headers.push(("authorization", a.expose().to_string()));
+    }
+    let resp = fetcher
+        .request(
+            Method::POST,
+            &s.endpoint,
+            &headers,
+            Bytes::from(body),
+            s.timeout,
+        )
+        .await?;
+    if resp.status != http::StatusCode::OK {
+        return Err(PollError::Status(resp.status.as_u16()));
+    }
+    let parsed: PollResponse =
+        serde_json::from_slice(&resp.body).map_err(|e| PollError::BadResponse(e.to_string()))?;
+    // The transmitter has our acknowledgements and errors now.
+    *pending = Pending::default();
+    let arrival = Instant::now();
+    let mut cycle = PollCycle {
+        received: parsed.sets.len(),
+        more_available: parsed.more_available,
+        ..PollCycle::default()
+    };
+    let mut failure = None;
+    for (jti, compact) in &parsed.sets {
+        match process_set(
+            rt,
+            store,
+            compact,
+            arrival,
+            crate::store::now_secs(),
+            DeliveryKind::Poll,
+        )
+        .await
+        {
+            Ok(_) => {
+                cycle.committed += 1;
+                pending.ack.push(jti.clone());
+            }
+            Err(e) => match e.err_code() {
+                Some((err, description)) => {
+                    cycle.rejected += 1;
+                    pending.set_errs.insert(
+                        jti.clone(),
+                        SetErr {
+                            err: err.to_string(),
+                            description,
+                        },
+                    );
+                }
+                // Not stored: neither acknowledged nor refused; it comes back later.
+                None => {
+                    failure = Some(match e {
+                        ProcessError::Store(se) => se.to_string(),
+                        other => other.to_string(),
+                    });
+                    break;
+                }
+            },
+        }
+    }
+    match failure {
+        Some(f) => Err(PollError::Unavailable(f)),
+        None => Ok(cycle),
+    }
+}
+
+/// Full-jitter-ish backoff: uniformly in [d/2, d].
+fn jittered(d: Duration) -> Duration {
+    let half = d / 2;
+    let extra = rand::random::<f64>() * half.as_secs_f64();
+    half + Duration::from_secs_f64(extra)
+}
+
+/// Sleeps `d` unless shutdown fires first; returns false on shutdown.
+async fn sleep_or_stop(d: Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
+/// Runs until `shutdown` turns true (or its sender is dropped). Settings are re-read every
+/// cycle, so a reload or a stream-supplied endpoint takes effect on the next poll.
+pub async fn run_poller(
+    rt: Arc<TransmitterRt>,
+    store: Arc<SignalStore>,
+    fetcher: Fetcher,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut pending = Pending::default();
+    let mut backoff = BACKOFF_START;
+    let name = rt.name();
+    tracing::info!(target: "cae_proxy::signals", transmitter = %name, "poller started");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let Some(s) = settings(&rt) else {
+            if !sleep_or_stop(DEFAULT_INTERVAL, &mut shutdown).await {
+                break;
+            }
+            continue;
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = poll_with(&rt, &store, &fetcher, &mut pending, &s) => r,
+            _ = shutdown.changed() => break,
+        };
+        let wait = match result {
+            Ok(c) => {
+                backoff = BACKOFF_START;
+                if c.more_available {
+                    Duration::ZERO
+                } else if !s.long_poll || (c.received == 0 && started.elapsed() < LONG_POLL_MIN) {
+                    s.interval
+                } else {
+                    Duration::ZERO
+                }
+            }
+            // A long poll that outlived our timeout just means nothing happened.
+            Err(PollError::Fetch(FetchError::Timeout { .. })) if s.long_poll => Duration::ZERO,
+            Err(e) => {
+                rt.counters.poll_failures.fetch_add(1, Ordering::Relaxed);
+                let w = jittered(backoff);
+                tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %e, retry_in = ?w, "poll failed");
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                w
+            }
+        };
+        if !wait.is_zero() && !sleep_or_stop(wait, &mut shutdown).await {
+            break;
+        }
+    }
+    if !pending.ack.is_empty() {
+        tracing::info!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), "poller stopped; committed SETs will be redelivered and deduplicated");
+    }
+    tracing::info!(target: "cae_proxy::signals", transmitter = %name, "poller stopped");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Poll;
+    use crate::signals::testkit::{Signer, AUD, ISS};
+    use crate::store::{MemoryStore, SubjectKey};
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use serde_json::{json, Value};
+    use std::sync::Mutex;
+
+    /// A scripted transmitter: answers each poll with the next scripted response, records bodies.
+    struct Script {
+        responses: Mutex<Vec<(u16, String)>>,
+        requests: Mutex<Vec<(Value, Option<String>)>>,
+    }
+
+    async fn serve(script: Arc<Script>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let script = script.clone();
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .map(|v| v.to_str().unwrap().to_string());
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            script
+                                .requests
+                                .lock()
+                                .unwrap()
+                                .push((serde_json::from_slice(&body).unwrap(), auth));
+                            let next = {
+                                let mut r = script.responses.lock().unwrap();
+                                if r.is_empty() {
+                                    None
+                                } else {
+                                    Some(r.remove(0))
+                                }
+                            };
+                            let (status, body) = match next {
+                                Some(x) => x,
+                                None => {
+                                    // Long poll with nothing to say: hold a while.
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    (200, r#"{"sets":{},"moreAvailable":false}"#.to_string())
+                                }
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}/poll")
+    }
+
+    fn set_json(s: &Signer, jti: &str, iss: &str) -> String {
+        s.sign(&json!({"iss": iss, "jti": jti, "iat": 1_700_000_000, "aud": AUD,
+            "sub_id": {"format":"email","email":"Jane@Example.com"},
+            "events": {"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {}}}))
+    }
+
+    #[tokio::test]
+    async fn acks_committed_reports_invalid_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Signer::rsa();
+        let rt = crate::signals::push::tests::runtime(dir.path(), &s).await;
+        let store =
+            Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
+        let first = json!({"sets": {"a-1": set_json(&s, "a-1", ISS), "bad-1": set_json(&s, "bad-1", "https://evil.example.com")}, "moreAvailable": true}).to_string();
+        let second =
+            json!({"sets": {"a-1": set_json(&s, "a-1", ISS)}, "moreAvailable": false}).to_string();
+        let script = Arc::new(Script {
+            responses: Mutex::new(vec![(200, first), (503, "{}".into()), (200, second)]),
+            requests: Mutex::new(Vec::new()),
+        });
+        let endpoint = serve(script.clone()).await;
+        let mut cfg = (*rt.cfg()).clone();
+        cfg.poll = Some(Poll {
+            endpoint,
+            authorization: Some(Secret::from_value("Bearer poll-secret")),
+            max_events: 10,
+            long_poll: true,
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(5),
+        });
+        rt.reconfigure(cfg, None);
+
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run_poller(rt.clone(), store.clone(), Fetcher::new(), rx));
+        // Wait for: first poll, the 503 (backoff), the redelivery, then at least one idle long poll.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while script.requests.lock().unwrap().len() < 4 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stopped = Instant::now();
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("poller stops promptly")
+            .unwrap();
+        assert!(stopped.elapsed() < Duration::from_secs(2));
+
+        let reqs = script.requests.lock().unwrap().clone();
+        assert!(reqs.len() >= 4, "{reqs:?}");
+        assert_eq!(
+            reqs[0].0,
+            json!({"maxEvents": 10, "returnImmediately": false, "ack": []})
+        );
+        assert_eq!(reqs[0].1.as_deref(), Some("Bearer poll-secret"));
+        let want_second = json!({"maxEvents": 10, "returnImmediately": false, "ack": ["a-1"],
+            "setErrs": {"bad-1": {"err": "invalid_issuer", "description": "the SET issuer is not the configured transmitter"}}});
+        assert_eq!(reqs[1].0, want_second);
+        // The 503 did not lose the acknowledgements: they are sent again.
+        assert_eq!(reqs[2].0, want_second);
+        // The redelivered a-1 (a duplicate) is acknowledged again.
+        assert_eq!(
+            reqs[3].0,
+            json!({"maxEvents": 10, "returnImmediately": false, "ack": ["a-1"]})
+        );
+        let key = SubjectKey::Email {
+            email: "jane@example.com".into(),
+        };
+        assert_eq!(
+            store.tables().blocked_since(&key.encode()),
+            Some(1_700_000_000)
+        );
+        assert_eq!(rt.counters.committed.load(Ordering::Relaxed), 1);
+        assert_eq!(rt.counters.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(rt.counters.poll_failures.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn no_endpoint_is_an_error_and_store_failure_keeps_sets_unacknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Signer::rsa();
+        let rt = crate::signals::push::tests::runtime(dir.path(), &s).await;
+        let store =
+            Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
+        let mut pending = Pending::default();
+        assert!(matches!(
+            poll_once(&rt, &store, &Fetcher::new(), &mut pending).await,
+            Err(PollError::NoEndpoint)
+        ));
+        // Stream-supplied target.
+        let script = Arc::new(Script {
+            responses: Mutex::new(vec![(
+                200,
+                json!({"sets": {"b-1": set_json(&s, "b-1", ISS)}}).to_string(),
+            )]),
+            requests: Mutex::new(Vec::new()),
+        });
+        let endpoint = serve(script.clone()).await;
+        rt.set_poll_target(Some(crate::signals::push::PollTarget {
+            endpoint,
+            authorization: None,
+        }));
+        let failing = Arc::new(
+            SignalStore::open(Arc::new(crate::signals::push::tests::Failing), 100_000, 0).unwrap(),
+        );
+        let r = poll_once(&rt, &failing, &Fetcher::new(), &mut pending).await;
+        assert!(matches!(r, Err(PollError::Unavailable(_))), "{r:?}");
+        assert_eq!(pending, Pending::default());
+        assert_eq!(
+            script.requests.lock().unwrap()[0].0,
+            json!({"maxEvents": 100, "returnImmediately": false, "ack": []})
+        );
+    }
+}
