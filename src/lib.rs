@@ -154,7 +154,6 @@ impl Proxy {
             ));
         }
         tokio::spawn(expiry_loop(shared.clone()));
-        signals_wiring::start(&shared);
         Ok(Proxy {
             shared,
             listeners,

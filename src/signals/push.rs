@@ -69,6 +69,9 @@ pub struct FreshnessSample {
     pub event_lag_ms: i64,
 }
 
+/// Callback for each SET's outcome (the metrics module installs one).
+pub type EventObserver = Box<dyn Fn(&SignalEvent<'_>) + Send + Sync>;
+
 /// Callback for freshness samples (the metrics module installs one).
 pub type FreshnessObserver = Box<dyn Fn(&FreshnessSample) + Send + Sync>;
 
@@ -129,8 +132,8 @@ pub struct TransmitterRt {
     verified_at: AtomicI64,
     stream: Mutex<StreamState>,
     poll_target: ArcSwapOption<PollTarget>,
-    /// Single-flight gate and time of the last unknown-`kid` refetch.
-    refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Called once per SET with what was logged (the metrics module installs one).
+    event_observer: ArcSwapOption<EventObserver>,
     pub counters: Counters,
     pub freshness: Freshness,
 }
@@ -159,10 +162,15 @@ impl TransmitterRt {
             verified_at: AtomicI64::new(0),
             stream: Mutex::new(StreamState::default()),
             poll_target: ArcSwapOption::empty(),
-            refetch: tokio::sync::Mutex::new(None),
+            event_observer: ArcSwapOption::empty(),
             counters: Counters::default(),
             freshness: Freshness::default(),
         }
+    }
+
+    /// Installs the per-SET observer (metrics).
+    pub fn set_event_observer(&self, f: EventObserver) {
+        self.event_observer.store(Some(Arc::new(f)));
     }
 
     /// Installs a reloaded configuration; states, status, counters survive.
@@ -259,25 +267,9 @@ impl TransmitterRt {
     }
 
     /// The key for `kid`; on a miss, one JWKS refetch shared by concurrent callers and at most
-    /// once per `unknown_kid_cooldown`. (Same contract as `KeySet::get_or_refetch`, whose future
-    /// is not `Send` because it holds a raw pointer across an await.)
+    /// once per `unknown_kid_cooldown` (`KeySet::get_or_refetch`).
     pub async fn key(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
-        if let Some(k) = self.keys.keys().get(kid) {
-            return Some(k);
-        }
-        let before = Arc::as_ptr(&self.keys.keys()) as usize;
-        let cooldown = self.cfg.load().key_policy.unknown_kid_cooldown;
-        {
-            let mut last = self.refetch.lock().await;
-            let unchanged = Arc::as_ptr(&self.keys.keys()) as usize == before;
-            if unchanged && last.is_none_or(|t| t.elapsed() >= cooldown) {
-                *last = Some(Instant::now());
-                if let Err(e) = self.keys.refresh().await {
-                    tracing::warn!(target: "cae_proxy::signals", keys = %self.keys.name, error = %e, "refetch for an unknown kid failed; keeping the last good keys");
-                }
-            }
-        }
-        self.keys.keys().get(kid)
+        self.keys.get_or_refetch(kid).await
     }
 
     /// Verifies a SET with this transmitter's keys and policy (async only for the key lookup).
@@ -418,6 +410,9 @@ pub async fn process_set(
         }
     }
     log.emit();
+    if let Some(f) = rt.event_observer.load().as_ref() {
+        f(&log);
+    }
     r
 }
 
