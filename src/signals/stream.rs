@@ -546,11 +546,14 @@ mod tests {
     use hyper::service::service_fn;
     use std::sync::Mutex;
 
+    /// (method, path, authorization, body) of each request the scripted transmitter saw.
+    type Logged = (String, String, Option<String>, String);
+
     #[derive(Default)]
     struct Tx {
         base: Mutex<String>,
         stream_iss: Mutex<Option<String>>,
-        log: Mutex<Vec<(String, String, Option<String>, String)>>,
+        log: Mutex<Vec<Logged>>,
         created: Mutex<bool>,
     }
 
