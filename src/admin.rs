@@ -77,7 +77,7 @@ pub async fn handle(
                 .unwrap_or_else(|(status, msg)| json_error(status, error_code(status), &msg, &rid)),
         },
     };
-    tracing::info!(target: "access", listener = "admin", method = %method, path = %path, status = resp.status().as_u16(), request_id = %rid);
+    tracing::debug!(target: "admin", method = %method, path = %path, status = resp.status().as_u16(), request_id = %rid);
     Ok(resp)
 }
 
