@@ -34,12 +34,12 @@ pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
 
 /// Fixed loopback addresses of `config/demo.toml` (the demo fails clearly when one is taken).
 pub const DEMO_ADDRS: [(&str, &str); 6] = [
-    ("proxy listener", "127.0.0.1:47080"),
-    ("signals listener", "127.0.0.1:47090"),
-    ("admin API", "127.0.0.1:47901"),
-    ("development issuer", "127.0.0.1:47101"),
-    ("development transmitter", "127.0.0.1:47102"),
-    ("echo upstream", "127.0.0.1:47103"),
+    ("proxy listener", "127.0.0.1:29080"),
+    ("signals listener", "127.0.0.1:29090"),
+    ("admin API", "127.0.0.1:29901"),
+    ("development issuer", "127.0.0.1:29101"),
+    ("development transmitter", "127.0.0.1:29102"),
+    ("echo upstream", "127.0.0.1:29103"),
 ];
 
 /// Exit code: a step failed or something could not start.
@@ -96,7 +96,7 @@ fn ports_in_use_message(ports: &[(String, SocketAddr)]) -> String {
         .collect::<Vec<_>>()
         .join("\n");
     format!(
-        "the demo needs these loopback ports, already in use by another process:\n{list}\n\
+        "the demo needs these loopback ports, but they are in use (by another process, or still held by a recently closed connection):\n{list}\n\
          stop that process (another `cae-proxy demo`?) or run `cae-proxy demo --config <file>` \
          with other ports"
     )
@@ -853,14 +853,14 @@ impl Demo {
         let upstream = bind("echo upstream", any).await?;
         let mut toml = DEMO_TOML.to_string();
         for (fixed, l) in [
-            ("127.0.0.1:47101", &issuer),
-            ("127.0.0.1:47102", &transmitter),
-            ("127.0.0.1:47103", &upstream),
+            ("127.0.0.1:29101", &issuer),
+            ("127.0.0.1:29102", &transmitter),
+            ("127.0.0.1:29103", &upstream),
         ] {
             let port = l.local_addr().map_err(DevError::Io)?.port();
             toml = toml.replace(fixed, &format!("127.0.0.1:{port}"));
         }
-        for fixed in ["127.0.0.1:47080", "127.0.0.1:47090", "127.0.0.1:47901"] {
+        for fixed in ["127.0.0.1:29080", "127.0.0.1:29090", "127.0.0.1:29901"] {
             toml = toml.replace(fixed, "127.0.0.1:0");
         }
         let config =
@@ -1777,41 +1777,42 @@ async fn stop_signal() -> Result<(), DemoError> {
     Ok(())
 }
 
-fn report_error(e: &DemoError) -> ExitCode {
+fn report_error(command: &str, e: &DemoError) -> ExitCode {
     let style = Style {
         color: std::io::stderr().is_terminal(),
     };
-    eprintln!("{} {e}", style.red("cae-proxy demo:"));
+    eprintln!("{} {e}", style.red(&format!("cae-proxy {command}:")));
     match e {
         DemoError::Config(_) => ExitCode::from(EXIT_CONFIG),
         _ => ExitCode::from(EXIT_FAILED),
     }
 }
 
-/// `cae-proxy demo [--once] [--config FILE]`: 0 when every step passed (and, without `--once`,
-/// after Ctrl-C); 1 when a step failed or something could not start; 2 for an invalid configuration.
+/// `cae-proxy demo [--once] [--config FILE]`. With `--once`: 0 when every step passed, 1 when a
+/// step failed. Without: 0 after Ctrl-C. Always 1 when something could not start (a port in use)
+/// and 2 for an invalid configuration.
 pub fn main_demo(once: bool, config: Option<&Path>) -> ExitCode {
     init_quiet_logging();
     let (text, base) = match config {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => (t, p.parent().unwrap_or(Path::new(".")).to_path_buf()),
             Err(e) => {
-                return report_error(&DemoError::Config(format!(
-                    "cannot read {}: {e}",
-                    p.display()
-                )))
+                return report_error(
+                    "demo",
+                    &DemoError::Config(format!("cannot read {}: {e}", p.display())),
+                )
             }
         },
         None => (DEMO_TOML.to_string(), std::path::PathBuf::from(".")),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return report_error(&e),
+        Err(e) => return report_error("demo", &e),
     };
     rt.block_on(async move {
         let demo = match Demo::start(&text, &base).await {
             Ok(d) => d,
-            Err(e) => return report_error(&e),
+            Err(e) => return report_error("demo", &e),
         };
         let style = Style::detect();
         let mut stdout = std::io::stdout();
@@ -1830,10 +1831,14 @@ pub fn main_demo(once: bool, config: Option<&Path>) -> ExitCode {
             let _ = stdout.flush();
             if let Err(e) = stop_signal().await {
                 demo.shutdown().await;
-                return report_error(&e);
+                return report_error("demo", &e);
             }
             println!();
             println!("stopping the demo");
+            // Stopped by the user: a clean shutdown (step failures were shown above).
+            let _ = stdout.flush();
+            demo.shutdown().await;
+            return ExitCode::SUCCESS;
         }
         let _ = stdout.flush();
         demo.shutdown().await;
@@ -1847,7 +1852,7 @@ pub enum DevCommand {
     /// Development identity provider (discovery, JWKS, /token honouring claims requests). NOT for production.
     Issuer {
         /// Address to listen on (loopback only unless --force-public).
-        #[arg(long, default_value = "127.0.0.1:47101")]
+        #[arg(long, default_value = "127.0.0.1:29101")]
         listen: SocketAddr,
         /// `aud` of every token.
         #[arg(long, default_value = "api://cae-demo")]
@@ -1859,7 +1864,7 @@ pub enum DevCommand {
     /// Development SSF transmitter (JWKS, stream management, push and poll delivery). NOT for production.
     Transmitter {
         /// Address to listen on (loopback only unless --force-public).
-        #[arg(long, default_value = "127.0.0.1:47102")]
+        #[arg(long, default_value = "127.0.0.1:29102")]
         listen: SocketAddr,
         /// `aud` of streams and SETs (the receiver's id).
         #[arg(long, default_value = "cae-proxy-demo")]
@@ -1873,22 +1878,18 @@ pub enum DevCommand {
     },
 }
 
-fn banner(out: &mut Out<'_>, what: &str, why: &str) {
-    let width = 76;
-    let border = "!".repeat(width);
-    let lines = [
-        format!("{what}: NOT FOR PRODUCTION"),
-        why.to_string(),
-        "Plain HTTP, throw-away keys, no authentication of callers.".to_string(),
-    ];
+fn banner(out: &mut Out<'_>, what: &str, why: &[&str]) {
+    let mut lines = vec![format!("{what}: NOT FOR PRODUCTION")];
+    lines.extend(why.iter().map(|l| l.to_string()));
+    let inner = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let border = "!".repeat(inner + 8);
     let b = out.s.red(&border);
     out.line(&b);
     for l in lines {
-        let pad = " ".repeat(width.saturating_sub(6 + l.chars().count()));
-        let l = out.s.red(&format!("!!  {l}{pad}!!"));
+        let pad = " ".repeat(inner - l.chars().count());
+        let l = out.s.red(&format!("!!  {l}{pad}  !!"));
         out.line(&l);
     }
-    let b = out.s.red(&border);
     out.line(&b);
 }
 
@@ -1929,7 +1930,10 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
             banner(
                 out,
                 "DEVELOPMENT ISSUER",
-                "It signs an access token for anyone who asks: no login, no client auth.",
+                &[
+                    "It signs an access token for anyone who asks: no login, no client auth.",
+                    "Plain HTTP, throw-away keys that change at every start.",
+                ],
             );
             public_note(out);
             out.blank();
@@ -1973,7 +1977,10 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
             banner(
                 out,
                 "DEVELOPMENT SSF TRANSMITTER",
-                "It pushes signed security events to any receiver you register.",
+                &[
+                    "It pushes signed security events to any receiver you register.",
+                    "Plain HTTP, throw-away keys that change at every start.",
+                ],
             );
             public_note(out);
             out.blank();
@@ -1996,7 +2003,7 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
                 ("# metadata and keys".to_string(),
                  format!("curl -s {}\ncurl -s {}", transmitter.configuration_url(), transmitter.jwks_url())),
                 ("# create a push stream to cae-proxy's signals listener (the demo's push path and secret)".to_string(),
-                 format!("curl -s {i}/ssf/stream{auth} -H 'content-type: application/json' -d '{{\"delivery\":{{\"method\":\"urn:ietf:rfc:8935\",\"endpoint_url\":\"http://127.0.0.1:47090/ssf/demo\",\"authorization_header\":\"Bearer demo-push-secret\"}},\"events_requested\":[\"https://schemas.openid.net/secevent/caep/event-type/session-revoked\"]}}'")),
+                 format!("curl -s {i}/ssf/stream{auth} -H 'content-type: application/json' -d '{{\"delivery\":{{\"method\":\"urn:ietf:rfc:8935\",\"endpoint_url\":\"http://127.0.0.1:29090/ssf/demo\",\"authorization_header\":\"Bearer demo-push-secret\"}},\"events_requested\":[\"https://schemas.openid.net/secevent/caep/event-type/session-revoked\"]}}'")),
                 ("# ask for a verification event (use the stream_id returned above)".to_string(),
                  format!("curl -i {i}/ssf/verify{auth} -H 'content-type: application/json' -d '{{\"stream_id\":\"STREAM_ID\",\"state\":\"hello\"}}'")),
                 ("# or a poll stream, then poll it (RFC 8936)".to_string(),
@@ -2030,7 +2037,7 @@ pub fn main_dev(cmd: DevCommand) -> ExitCode {
     init_quiet_logging();
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return report_error(&e),
+        Err(e) => return report_error("dev", &e),
     };
     rt.block_on(async move {
         let mut stdout = std::io::stdout();
@@ -2040,7 +2047,7 @@ pub fn main_dev(cmd: DevCommand) -> ExitCode {
         };
         match run_dev(cmd, &mut out).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => report_error(&e),
+            Err(e) => report_error("dev", &e),
         }
     })
 }
@@ -2057,9 +2064,9 @@ mod tests {
         for (_, addr) in DEMO_ADDRS {
             assert!(DEMO_TOML.contains(addr), "{addr} missing from demo.toml");
         }
-        assert_eq!(plan.issuer_addr.port(), 47101);
-        assert_eq!(plan.transmitter_addr.port(), 47102);
-        assert_eq!(plan.upstream_addr.port(), 47103);
+        assert_eq!(plan.issuer_addr.port(), 29101);
+        assert_eq!(plan.transmitter_addr.port(), 29102);
+        assert_eq!(plan.upstream_addr.port(), 29103);
         assert_eq!(plan.auth_context, "c1");
         assert_eq!(plan.api_path, "/api");
         assert_eq!(plan.admin_path, "/api/admin");
@@ -2100,12 +2107,12 @@ mod tests {
         let m = ports_in_use_message(&[
             (
                 "proxy listener \"public\"".into(),
-                "127.0.0.1:47080".parse().unwrap(),
+                "127.0.0.1:29080".parse().unwrap(),
             ),
-            ("admin API".into(), "127.0.0.1:47901".parse().unwrap()),
+            ("admin API".into(), "127.0.0.1:29901".parse().unwrap()),
         ]);
-        assert!(m.contains("127.0.0.1:47080 (proxy listener \"public\")"));
-        assert!(m.contains("127.0.0.1:47901 (admin API)"));
+        assert!(m.contains("127.0.0.1:29080 (proxy listener \"public\")"));
+        assert!(m.contains("127.0.0.1:29901 (admin API)"));
     }
 
     #[test]

@@ -43,13 +43,13 @@ async fn a_taken_port_is_named() {
         .await
         .expect("bind");
     let port = held.local_addr().expect("addr").port();
-    let mut toml = DEMO_TOML.replace("127.0.0.1:47080", &format!("127.0.0.1:{port}"));
+    let mut toml = DEMO_TOML.replace("127.0.0.1:29080", &format!("127.0.0.1:{port}"));
     for other in [
-        "127.0.0.1:47090",
-        "127.0.0.1:47901",
-        "127.0.0.1:47101",
-        "127.0.0.1:47102",
-        "127.0.0.1:47103",
+        "127.0.0.1:29090",
+        "127.0.0.1:29901",
+        "127.0.0.1:29101",
+        "127.0.0.1:29102",
+        "127.0.0.1:29103",
     ] {
         toml = toml.replace(other, "127.0.0.1:0");
     }
