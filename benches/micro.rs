@@ -66,8 +66,16 @@ fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let rs = SigningKey::generate(KeyAlg::Rs256).unwrap();
     let es = SigningKey::generate(KeyAlg::Es256).unwrap();
-    std::fs::write(dir.path().join("jwks.json"), json!({"keys": [rs.public_jwk(), es.public_jwk()]}).to_string()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        json!({"keys": [rs.public_jwk(), es.public_jwk()]}).to_string(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let config = Config::parse(&config_text(dir.path()), dir.path()).unwrap();
     let shared = rt.block_on(async {
         let store = Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 3600, 0).unwrap());
@@ -82,7 +90,13 @@ fn world() -> World {
         }
         shared
     });
-    World { rt, shared, rs, es, _dir: dir }
+    World {
+        rt,
+        shared,
+        rs,
+        es,
+        _dir: dir,
+    }
 }
 
 fn token(key: &SigningKey, sub: &str, now: i64) -> String {
@@ -107,13 +121,23 @@ fn principal(i: u64) -> Principal {
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok()).map(|p| p * 4096).unwrap_or(0)
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|p| p * 4096)
+        .unwrap_or(0)
 }
 
 fn filled_tables(n: u64) -> Tables {
     let t = Tables::default();
     for i in 0..n {
-        t.apply(&Change::Revoke { key: SubjectKey::Subject { iss: ISS.into(), sub: format!("revoked-user-{i:08}") }, at: 5_000 });
+        t.apply(&Change::Revoke {
+            key: SubjectKey::Subject {
+                iss: ISS.into(),
+                sub: format!("revoked-user-{i:08}"),
+            },
+            at: 5_000,
+        });
     }
     t
 }
@@ -123,54 +147,104 @@ fn benches(c: &mut Criterion) {
     let now = cae_proxy::store::now_secs();
     let snap = w.shared.snapshot.load_full();
 
-    let rs_tokens: Vec<String> = (0..64).map(|i| token(&w.rs, &format!("u{i}"), now)).collect();
-    let es_tokens: Vec<String> = (0..64).map(|i| token(&w.es, &format!("u{i}"), now)).collect();
+    let rs_tokens: Vec<String> = (0..64)
+        .map(|i| token(&w.rs, &format!("u{i}"), now))
+        .collect();
+    let es_tokens: Vec<String> = (0..64)
+        .map(|i| token(&w.es, &format!("u{i}"), now))
+        .collect();
     let mut i = 0usize;
     c.bench_function("token_validate_rs256_uncached", |b| {
         b.iter(|| {
             i = (i + 1) % rs_tokens.len();
-            black_box(w.rt.block_on(token::validate(&rs_tokens[i], &snap.issuers, now)).unwrap())
+            black_box(
+                w.rt.block_on(token::validate(&rs_tokens[i], &snap.issuers, now))
+                    .unwrap(),
+            )
         })
     });
     c.bench_function("token_validate_es256_uncached", |b| {
         b.iter(|| {
             i = (i + 1) % es_tokens.len();
-            black_box(w.rt.block_on(token::validate(&es_tokens[i], &snap.issuers, now)).unwrap())
+            black_box(
+                w.rt.block_on(token::validate(&es_tokens[i], &snap.issuers, now))
+                    .unwrap(),
+            )
         })
     });
     let cache = TokenCache::new(1000);
-    let p = Arc::new(w.rt.block_on(token::validate(&rs_tokens[0], &snap.issuers, now)).unwrap());
+    let p = Arc::new(
+        w.rt.block_on(token::validate(&rs_tokens[0], &snap.issuers, now))
+            .unwrap(),
+    );
     cache.insert(cache::key(&rs_tokens[0]), p);
-    c.bench_function("token_cache_hit", |b| b.iter(|| black_box(cache.get(&cache::key(black_box(&rs_tokens[0])), now, 0)).unwrap()));
+    c.bench_function("token_cache_hit", |b| {
+        b.iter(|| black_box(cache.get(&cache::key(black_box(&rs_tokens[0])), now, 0)).unwrap())
+    });
 
     let route = &snap.config.routes[0];
     let ip = "127.0.0.1".parse().unwrap();
     let empty = Tables::default();
     let pr = principal(7);
-    c.bench_function("decide_0_revocations", |b| b.iter(|| black_box(decide(route, black_box(&pr), &empty, ip, 2_000))));
+    c.bench_function("decide_0_revocations", |b| {
+        b.iter(|| black_box(decide(route, black_box(&pr), &empty, ip, 2_000)))
+    });
     let before = rss_bytes();
     let full = filled_tables(1_000_000);
     let per_entry = (rss_bytes().saturating_sub(before)) as f64 / 1_000_000.0;
     println!("memory per revocation entry: {per_entry:.0} bytes (RSS growth over 1,000,000 subject revocations)");
-    c.bench_function("decide_1m_revocations", |b| b.iter(|| black_box(decide(route, black_box(&pr), &full, ip, 2_000))));
-    let hit = Principal { sub: Some("revoked-user-00000042".into()), ..principal(42) };
-    c.bench_function("decide_1m_revocations_hit", |b| b.iter(|| black_box(decide(route, black_box(&hit), &full, ip, 2_000)).unwrap_err()));
+    c.bench_function("decide_1m_revocations", |b| {
+        b.iter(|| black_box(decide(route, black_box(&pr), &full, ip, 2_000)))
+    });
+    let hit = Principal {
+        sub: Some("revoked-user-00000042".into()),
+        ..principal(42)
+    };
+    c.bench_function("decide_1m_revocations_hit", |b| {
+        b.iter(|| black_box(decide(route, black_box(&hit), &full, ip, 2_000)).unwrap_err())
+    });
     drop(full);
 
-    let reason = DenyReason::Revoked { by: RevokedBy::Session, revoked_at: 1_604_106_651 };
-    let ctx = ChallengeCtx { realm: "", authorization_uri: Some("https://login.microsoftonline.com/common/oauth2/authorize"), cp1: true, request_id: "0123456789abcdef0123456789abcdef", now };
-    c.bench_function("challenge_claims_revoked", |b| b.iter(|| black_box(respond(black_box(&reason), &ctx))));
+    let reason = DenyReason::Revoked {
+        by: RevokedBy::Session,
+        revoked_at: 1_604_106_651,
+    };
+    let ctx = ChallengeCtx {
+        realm: "",
+        authorization_uri: Some("https://login.microsoftonline.com/common/oauth2/authorize"),
+        cp1: true,
+        request_id: "0123456789abcdef0123456789abcdef",
+        now,
+    };
+    c.bench_function("challenge_claims_revoked", |b| {
+        b.iter(|| black_box(respond(black_box(&reason), &ctx)))
+    });
 
     let tx = &snap.config.transmitters[0];
     let policy = cae_proxy::signals::set::SetPolicy::from(tx);
-    let keys = cae_proxy::auth::keys::parse_jwks(json!({"keys": [w.rs.public_jwk()]}).to_string().as_bytes(), "bench", 2048).unwrap();
+    let keys = cae_proxy::auth::keys::parse_jwks(
+        json!({"keys": [w.rs.public_jwk()]}).to_string().as_bytes(),
+        "bench",
+        2048,
+    )
+    .unwrap();
     let set = w.rs.sign(
         Some(json!({"typ": "secevent+jwt"})),
         &json!({"iss": "https://tx.bench.example", "jti": "j1", "iat": now, "aud": "cae-proxy",
             "sub_id": {"format": "complex", "session": {"format": "opaque", "id": "s1"}, "user": {"format": "iss_sub", "iss": ISS, "sub": "u1"}},
             "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {"event_timestamp": now}}}),
     );
-    c.bench_function("set_validate_rs256", |b| b.iter(|| black_box(cae_proxy::signals::set::verify_set(black_box(&set), &keys, &policy, now)).unwrap()));
+    c.bench_function("set_validate_rs256", |b| {
+        b.iter(|| {
+            black_box(cae_proxy::signals::set::verify_set(
+                black_box(&set),
+                &keys,
+                &policy,
+                now,
+            ))
+            .unwrap()
+        })
+    });
 
     let text = config_text(w._dir.path());
     c.bench_function("config_reload_build_and_swap", |b| {
@@ -180,7 +254,9 @@ fn benches(c: &mut Criterion) {
             w.shared.install(s);
         })
     });
-    c.bench_function("snapshot_load", |b| b.iter(|| black_box(w.shared.snapshot.load_full())));
+    c.bench_function("snapshot_load", |b| {
+        b.iter(|| black_box(w.shared.snapshot.load_full()))
+    });
 }
 
 criterion_group! {

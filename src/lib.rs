@@ -12,11 +12,13 @@
 //! - [`admin`]: probes, metrics, reload and the admin API
 //! - [`fetch`]: outbound client for identity providers
 //! - [`dev`]: built-in development issuer, transmitter and echo upstream (demo, tests)
+//! - [`demo`]: `cae-proxy demo` (narrated CAE walkthrough) and `cae-proxy dev issuer|transmitter`
 
 pub mod admin;
 pub mod admin_client;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod dev;
 pub mod fetch;
 pub mod metrics;

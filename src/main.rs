@@ -50,6 +50,20 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Show continuous access evaluation live on loopback (issuer, transmitter, upstream, proxy).
+    Demo {
+        /// Run the narrated steps once and exit: 0 when every step passed, else 1.
+        #[arg(long)]
+        once: bool,
+        /// Another demo configuration instead of the built-in config/demo.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Development servers on their own (NOT for production).
+    Dev {
+        #[command(subcommand)]
+        server: cae_proxy::demo::DevCommand,
+    },
     /// Revoke tokens issued before now (or --at) through a running proxy's admin API.
     Revoke(AdminArgs),
     /// Block an account: every token of the subject is refused until unblocked.
@@ -83,6 +97,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format.as_deref()),
+        Command::Demo { once, config } => cae_proxy::demo::main_demo(once, config.as_deref()),
+        Command::Dev { server } => cae_proxy::demo::main_dev(server),
         Command::Revoke(a) => admin_call("revoke", a),
         Command::Block(a) => admin_call("block", a),
         Command::Unblock(a) => admin_call("unblock", a),
