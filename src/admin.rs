@@ -95,7 +95,16 @@ fn error_code(s: StatusCode) -> &'static str {
 /// Bearer secret check (constant time) when one is configured.
 fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<ProxyBody>>> {
     let snap = shared.snapshot.load();
-    let Some(secret) = snap.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+    let Some(admin) = snap.config.admin.as_ref() else {
+        // [admin] was removed by a reload: the socket stays bound until a restart, but it
+        // serves no admin API any more (fail closed).
+        let r = json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "forbidden", "message": "the admin API is disabled by the current configuration"}),
+        );
+        return Err(Box::new(r));
+    };
+    let Some(secret) = admin.token.as_ref() else {
         return Ok(());
     };
     let presented = req
@@ -212,6 +221,15 @@ async fn api(
                     StatusCode::BAD_REQUEST,
                     format!("{n:?} is not an IP address or CIDR"),
                 ))?);
+            }
+            if !matches!(
+                b.key,
+                SubjectKey::Session { .. } | SubjectKey::Subject { .. }
+            ) {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "bindings apply to a session or a subject".into(),
+                ));
             }
             if nets.is_empty() {
                 return Err((

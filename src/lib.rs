@@ -42,6 +42,9 @@ use server::Role;
 use state::{BuildError, Shared};
 use store::{Durable, MemoryStore, RedbStore, SignalStore, StoreError};
 
+/// Concurrent connections the admin listener accepts, apart from `max_connections`.
+const ADMIN_CONNECTIONS: usize = 256;
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -127,7 +130,12 @@ impl Proxy {
                 ListenerRole::Proxy => Role::Proxy,
                 ListenerRole::Signals => Role::Signals,
             };
-            bound.push((tcp, Arc::<str>::from(l.name.as_str()), role));
+            bound.push((
+                tcp,
+                Arc::<str>::from(l.name.as_str()),
+                role,
+                l.tls.is_some(),
+            ));
         }
         let mut admin = None;
         if let Some(a) = &cfg.admin {
@@ -143,15 +151,24 @@ impl Proxy {
             })?;
             tracing::info!(listener = "admin", %addr, "listening");
             admin = Some(addr);
-            bound.push((tcp, Arc::from("admin"), Role::Admin));
+            bound.push((tcp, Arc::from("admin"), Role::Admin, a.tls.is_some()));
         }
-        for (tcp, name, role) in bound {
+        // The admin listener has its own connection budget, so a flood on the public port
+        // cannot starve the probes and get the process restarted.
+        let admin_conns = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+        for (tcp, name, role, tls) in bound {
+            let budget = if role == Role::Admin {
+                admin_conns.clone()
+            } else {
+                conns.clone()
+            };
             tokio::spawn(server::accept_loop(
                 tcp,
                 name,
                 role,
+                tls,
                 shared.clone(),
-                conns.clone(),
+                budget,
                 shared.shutdown.subscribe(),
             ));
         }

@@ -31,6 +31,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
     role: Role,
+    tls_required: bool,
     shared: Arc<Shared>,
     conns: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -56,7 +57,7 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let (name, shared, shutdown) = (name.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            serve_connection(tcp, peer, name, role, shared, shutdown).await;
+            serve_connection(tcp, peer, name, role, tls_required, shared, shutdown).await;
             drop(permit);
         });
     }
@@ -83,6 +84,7 @@ async fn serve_connection(
     peer: SocketAddr,
     name: Arc<str>,
     role: Role,
+    tls_required: bool,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -101,6 +103,12 @@ async fn serve_connection(
     };
     let limits = snap.config.server.clone();
     drop(snap);
+    if tls_required && tls.is_none() {
+        // The listener was bound with TLS; a reload that dropped its TLS section must not
+        // turn it into plain text (fail closed until a restart rebinds it).
+        tracing::error!(listener = %name, %peer, "listener has no TLS configuration any more; refusing the connection");
+        return;
+    }
     let activity = Arc::new(Activity::new());
     let info = Arc::new(ConnInfo {
         peer,

@@ -177,7 +177,13 @@ pub fn not_ready(s: &SignalsSnapshot) -> Vec<String> {
         if !rt.keys.is_loaded() {
             missing.push(format!("transmitter {} has no keys yet", rt.name()));
         }
-        if rt.cfg().stream.is_some() && !rt.stream_active() {
+        let verify = rt.cfg().stream.as_ref().is_some_and(|s| s.verify);
+        if verify && rt.verified_at().is_none() {
+            missing.push(format!(
+                "transmitter {} stream is not verified yet",
+                rt.name()
+            ));
+        } else if rt.cfg().stream.is_some() && !rt.stream_active() {
             let st = rt.stream_state();
             missing.push(format!(
                 "transmitter {} stream is not active ({})",

@@ -22,6 +22,9 @@ use crate::proxy::route::Router;
 use crate::store::SignalStore;
 use crate::tls::TlsError;
 
+/// Smallest RSA modulus accepted in an issuer's JWKS.
+pub const MIN_RSA_BITS: usize = 2048;
+
 /// Everything derived from one configuration file.
 pub struct Snapshot {
     pub generation: u64,
@@ -132,7 +135,7 @@ impl Shared {
         }
         let mut issuers = Issuers::default();
         for i in &config.issuers {
-            let keys = self.key_set(&i.name, &i.keys, &i.issuer, &i.key_policy, 0);
+            let keys = self.key_set(&i.name, &i.keys, &i.issuer, &i.key_policy, MIN_RSA_BITS);
             issuers.list.push(Arc::new(IssuerRt::new(i.clone(), keys)));
         }
         let signals = crate::signals_wiring::build(self, &config);

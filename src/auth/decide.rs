@@ -107,57 +107,21 @@ pub fn decide(
     let mut buf = String::with_capacity(128);
     let subjects: [Option<&str>; 2] = [p.sub.as_deref(), p.oid.as_deref()];
     if cae.revocation {
-        // Blocks: the account (subject, object id or e-mail) is refused whatever the token's age.
-        let mut blocked: Option<i64> = None;
-        for iss in [p.iss.as_str(), ANY_ISSUER] {
-            for s in subjects.iter().flatten() {
-                encode_into(&mut buf, KIND_SUBJECT, iss, s);
-                blocked = blocked.max(tables.blocked_since(&buf));
-            }
-        }
-        for e in &p.emails {
-            encode_into(&mut buf, KIND_EMAIL, "", e);
-            blocked = blocked.max(tables.blocked_since(&buf));
-        }
-        if let Some(since) = blocked {
-            return Err(DenyReason::AccountBlocked { since });
-        }
-
-        // Revocations: refused when issued before the recorded time. No `iat`: fail closed.
+        // Blocks: every token of a blocked key is refused whatever its age. Revocations:
+        // refused when issued before the recorded time (no `iat`: fail closed).
         let iat = p.iat.unwrap_or(i64::MIN);
+        let mut blocked: Option<i64> = None;
         let mut worst: Option<(i64, RevokedBy)> = None;
-        let mut check = |buf: &str, by: RevokedBy| {
-            if let Some(at) = tables.revoked_at(buf) {
+        for_each_key(p, &mut buf, |key, by| {
+            blocked = blocked.max(tables.blocked_since(key));
+            if let Some(at) = tables.revoked_at(key) {
                 if iat < at && worst.is_none_or(|(w, _)| at > w) {
                     worst = Some((at, by));
                 }
             }
-        };
-        for iss in [p.iss.as_str(), ANY_ISSUER] {
-            for s in subjects.iter().flatten() {
-                encode_into(&mut buf, KIND_SUBJECT, iss, s);
-                check(&buf, RevokedBy::Subject);
-            }
-            if let Some(sid) = &p.sid {
-                encode_into(&mut buf, KIND_SESSION, iss, sid);
-                check(&buf, RevokedBy::Session);
-            }
-            if let Some(jti) = &p.jti {
-                encode_into(&mut buf, KIND_TOKEN, iss, jti);
-                check(&buf, RevokedBy::Token);
-            }
-        }
-        if let Some(tid) = &p.tid {
-            encode_into(&mut buf, KIND_TENANT, "", tid);
-            check(&buf, RevokedBy::Tenant);
-        }
-        if let Some(d) = &p.device {
-            encode_into(&mut buf, KIND_DEVICE, "", d);
-            check(&buf, RevokedBy::Device);
-        }
-        for e in &p.emails {
-            encode_into(&mut buf, KIND_EMAIL, "", e);
-            check(&buf, RevokedBy::Email);
+        });
+        if let Some(since) = blocked {
+            return Err(DenyReason::AccountBlocked { since });
         }
         if let Some((revoked_at, by)) = worst {
             return Err(DenyReason::Revoked { by, revoked_at });
@@ -222,6 +186,11 @@ pub fn decide(
         }
     }
 
+    check_grants(route, p)
+}
+
+/// Scopes, roles and claim rules: checked even in report-only mode, which only relaxes CAE refusals.
+pub fn check_grants(route: &Route, p: &Principal) -> Result<(), DenyReason> {
     // Scopes and roles.
     if !route.scopes.is_empty() || !route.roles.is_empty() {
         let has = |want: &[String], have: &[String]| match route.match_mode {
@@ -263,6 +232,37 @@ pub fn decide(
         }
     }
     Ok(())
+}
+
+/// Calls `f` with every table key the principal can be named by: subject and object id, session
+/// and token id (each under the token's issuer and under "any issuer"), tenant, device, e-mails.
+fn for_each_key(p: &Principal, buf: &mut String, mut f: impl FnMut(&str, RevokedBy)) {
+    for iss in [p.iss.as_str(), ANY_ISSUER] {
+        for s in [p.sub.as_deref(), p.oid.as_deref()].into_iter().flatten() {
+            encode_into(buf, KIND_SUBJECT, iss, s);
+            f(buf, RevokedBy::Subject);
+        }
+        if let Some(sid) = &p.sid {
+            encode_into(buf, KIND_SESSION, iss, sid);
+            f(buf, RevokedBy::Session);
+        }
+        if let Some(jti) = &p.jti {
+            encode_into(buf, KIND_TOKEN, iss, jti);
+            f(buf, RevokedBy::Token);
+        }
+    }
+    if let Some(tid) = &p.tid {
+        encode_into(buf, KIND_TENANT, "", tid);
+        f(buf, RevokedBy::Tenant);
+    }
+    if let Some(d) = &p.device {
+        encode_into(buf, KIND_DEVICE, "", d);
+        f(buf, RevokedBy::Device);
+    }
+    for e in &p.emails {
+        encode_into(buf, KIND_EMAIL, "", e);
+        f(buf, RevokedBy::Email);
+    }
 }
 
 fn same_ip(a: IpAddr, b: IpAddr) -> bool {

@@ -253,6 +253,18 @@ impl KeySet {
                         reason: "no jwks_uri".into(),
                     })?
                     .to_string();
+                let scheme_ok = url::Url::parse(&jwks_uri).is_ok_and(|u| {
+                    u.scheme() == "https"
+                        || (u.scheme() == "http"
+                            && (self.policy.allow_insecure_http
+                                || crate::config::is_loopback_host(u.host_str().unwrap_or(""))))
+                });
+                if !scheme_ok {
+                    return Err(KeyError::Document {
+                        url: url.clone(),
+                        reason: format!("jwks_uri {jwks_uri:?} must use https"),
+                    });
+                }
                 let (body, age) = self.get_ok(&jwks_uri, timeout).await?;
                 let mut keys = self.parse_jwks(&body, &jwks_uri)?;
                 keys.authorization_endpoint = doc

@@ -264,6 +264,10 @@ pub fn inspect(token: &str) -> Result<(jsonwebtoken::Header, String), TokenError
     {
         return Err(TokenError::SecurityEventToken);
     }
+    if raw_header.get("crit").is_some() {
+        // RFC 7515 §4.1.11: we understand no extension, so a critical one must be refused.
+        return Err(TokenError::Malformed("unsupported critical header"));
+    }
     match raw_header.get("alg").and_then(Value::as_str) {
         None => return Err(TokenError::Malformed("no alg")),
         Some(a) if a.eq_ignore_ascii_case("none") || a.starts_with("HS") => {

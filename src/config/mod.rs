@@ -220,6 +220,8 @@ pub enum KeySource {
 
 #[derive(Debug, Clone)]
 pub struct KeyPolicy {
+    /// `http://` key URLs off loopback are allowed (discovery-supplied `jwks_uri` included).
+    pub allow_insecure_http: bool,
     pub refresh_interval: Duration,
     pub min_refresh: Duration,
     pub max_refresh: Duration,

@@ -506,6 +506,7 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             key_policy: key_policy(
                 &mut c,
                 &p,
+                allow_http,
                 &is.refresh_interval,
                 &is.min_refresh,
                 &is.max_refresh,
@@ -757,7 +758,7 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             name: t.name.clone(),
             issuer: t.issuer.clone(),
             keys: c.key_source(&p, &t.discovery, &t.jwks_uri, &t.jwks_file, allow_http),
-            key_policy: key_policy(&mut c, &p, &None, &None, &None, &None),
+            key_policy: key_policy(&mut c, &p, allow_http, &None, &None, &None, &None),
             audiences: t.audiences.clone(),
             algorithms: c.algorithms(&format!("{p}.algorithms"), &t.algorithms, SET_ALGS),
             min_rsa_bits: t.min_rsa_bits.unwrap_or(2048),
@@ -786,6 +787,40 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         );
     }
 
+    let mut seen = HashSet::new();
+    let signals_mtls = listeners
+        .iter()
+        .filter(|l| l.role == ListenerRole::Signals)
+        .all(|l| {
+            l.tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some() && t.client_auth_required)
+        });
+    for (i, t) in transmitters.iter().enumerate() {
+        if !seen.insert(t.name.clone()) {
+            c.err(
+                format!("transmitter[{i}].name"),
+                format!("duplicate transmitter name {:?}", t.name),
+            );
+        }
+        if t.push.as_ref().is_some_and(|p| p.authorization.is_none()) && !signals_mtls {
+            c.err(format!("transmitter[{i}].push.authorization"), "push needs an authorization secret unless every signals listener requires client certificates (mTLS)");
+        }
+    }
+    if let Some(a) = &admin {
+        if a.token.is_none()
+            && !a.address.ip().is_loopback()
+            && !a
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some() && t.client_auth_required)
+        {
+            c.err(
+                "admin.token",
+                "an admin listener off loopback needs a token or required client certificates",
+            );
+        }
+    }
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -805,12 +840,14 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
 fn key_policy(
     c: &mut Check<'_>,
     p: &str,
+    allow_insecure_http: bool,
     refresh: &Option<String>,
     min: &Option<String>,
     max: &Option<String>,
     cooldown: &Option<String>,
 ) -> KeyPolicy {
     KeyPolicy {
+        allow_insecure_http,
         refresh_interval: c.duration(
             &format!("{p}.refresh_interval"),
             refresh,

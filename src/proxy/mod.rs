@@ -225,6 +225,14 @@ async fn inner(
         Err((reason, p)) => {
             out.reason = reason.label();
             let report_only = reason.is_cae() && (route.report_only || server.report_only);
+            // Report-only relaxes CAE refusals only: scopes, roles and claim rules still hold.
+            let reason = match (report_only, p.as_deref()) {
+                (true, Some(principal)) => decide::check_grants(&route, principal)
+                    .err()
+                    .unwrap_or(reason),
+                _ => reason,
+            };
+            let report_only = report_only && reason.is_cae();
             if report_only {
                 out.decision = "report_only";
                 tracing::warn!(request_id, route = %route.name, reason = reason.label(), "report-only: this request would have been refused");
