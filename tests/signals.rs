@@ -475,7 +475,7 @@ async fn every_negative_vector_is_refused_with_its_err_and_nothing_is_applied() 
 
     // Transmitter authentication: missing or wrong Authorization, even for a valid SET.
     let valid = tx.sign_set(revoke());
-    for auth in [None, Some("Bearer wrong"), Some("bearer push-secret")] {
+    for auth in [None, Some("Bearer wrong"), Some("Bearer push-secret2")] {
         let r = push_raw(&s.h, "/ssf/tx", auth, Some(SECEVENT), &valid).await;
         assert_push_error(
             &r,
@@ -595,8 +595,19 @@ async fn every_tolerated_shape_is_accepted_and_takes_effect() {
         assert_eq!(r.status, StatusCode::ACCEPTED, "{name}: {}", r.text());
         assert!(r.body.is_empty(), "{name}");
     }
+    // `application/jwt` (parameters ignored) is accepted like `application/secevent+jwt`.
+    let r = push_raw(
+        &s.h,
+        "/ssf/tx",
+        Some(PUSH_AUTH),
+        Some("application/jwt; charset=utf-8"),
+        &tx.sign_set(change("ct-jwt")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
 
     let subs = [
+        "ct-jwt",
         "typ-jwt",
         "typ-media",
         "typ-none",
@@ -1006,6 +1017,7 @@ timeout = "5s"
     let s = Setup {
         h,
         idp,
+        // Not configured here; only to reuse the `Setup` helpers.
         es: DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap(),
         tx,
         _up: up,
@@ -1222,6 +1234,7 @@ events_requested = ["{CAEP}session-revoked", "{CAEP}credential-change"]
     let s = Setup {
         h,
         idp,
+        // Not configured here; only to reuse the `Setup` helpers.
         es: DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap(),
         tx,
         _up: up,
