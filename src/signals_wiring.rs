@@ -177,21 +177,24 @@ pub fn not_ready(s: &SignalsSnapshot) -> Vec<String> {
         if !rt.keys.is_loaded() {
             missing.push(format!("transmitter {} has no keys yet", rt.name()));
         }
-        let verify = rt.cfg().stream.as_ref().is_some_and(|s| s.verify);
-        if verify && rt.verified_at().is_none() {
-            missing.push(format!(
-                "transmitter {} stream is not verified yet",
-                rt.name()
-            ));
-        } else if rt.cfg().stream.is_some() && !rt.stream_active() {
+        // A managed stream counts once it exists, was verified (when asked) and is not paused.
+        if let Some(sm) = rt.cfg().stream.as_ref() {
             let st = rt.stream_state();
-            missing.push(format!(
-                "transmitter {} stream is not active ({})",
-                rt.name(),
-                st.status
-                    .map(|s| format!("{s:?}").to_lowercase())
-                    .unwrap_or_else(|| "not verified".into())
-            ));
+            let why = if st.stream_id.is_none() {
+                Some("not created".to_string())
+            } else if sm.verify && rt.verified_at().is_none() {
+                Some("not verified".to_string())
+            } else if !rt.stream_active() {
+                st.status.map(|s| format!("{s:?}").to_lowercase())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                missing.push(format!(
+                    "transmitter {} stream is not active ({why})",
+                    rt.name()
+                ));
+            }
         }
     }
     missing

@@ -20,5 +20,8 @@ fn every_shipped_configuration_validates() {
             n += 1;
         }
     }
-    assert!(n >= 4, "expected cae-proxy, sidecar, gateway and demo configurations, found {n}");
+    assert!(
+        n >= 4,
+        "expected cae-proxy, sidecar, gateway and demo configurations, found {n}"
+    );
 }
