@@ -650,6 +650,7 @@ pub(crate) mod tests {
             issuer: ISS.into(),
             keys: KeySource::JwksFile(path),
             key_policy: KeyPolicy {
+                allow_insecure_http: false,
                 refresh_interval: Duration::from_secs(300),
                 min_refresh: Duration::from_secs(1),
                 max_refresh: Duration::from_secs(3600),
