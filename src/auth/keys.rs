@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::{self as lc, ParsedPublicKey};
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -47,6 +48,73 @@ pub struct VerifyKey {
     /// The JWK's own `alg`, when it names one: the token must use exactly that.
     pub alg: Option<Algorithm>,
     pub decoding: DecodingKey,
+    /// Pre-parsed aws-lc-rs keys, one per algorithm this key may verify: parsing (and the RSA
+    /// Montgomery set-up) happens once per JWKS fetch instead of once per token.
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl VerifyKey {
+    /// Verifies a JWS signature over `signing_input` with this key for `alg`. `false` when the
+    /// algorithm does not fit the key or the signature is wrong.
+    pub fn verify(&self, alg: Algorithm, signing_input: &[u8], signature: &[u8]) -> bool {
+        self.verifiers
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, k)| k.verify_sig(signing_input, signature).is_ok())
+    }
+}
+
+/// The aws-lc-rs verification algorithm for a JWS `alg` (JWS ECDSA signatures are fixed r‖s).
+fn lc_alg(alg: Algorithm) -> Option<&'static dyn lc::VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &lc::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &lc::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &lc::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &lc::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &lc::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &lc::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &lc::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &lc::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &lc::ED25519,
+        _ => return None,
+    })
+}
+
+/// DER INTEGER of an unsigned big-endian number.
+fn der_uint(out: &mut Vec<u8>, bytes: &[u8]) {
+    let b = match bytes.iter().position(|x| *x != 0) {
+        Some(i) => &bytes[i..],
+        None => &[0u8][..],
+    };
+    let pad = b[0] & 0x80 != 0;
+    out.push(0x02);
+    der_len(out, b.len() + usize::from(pad));
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(b);
+}
+
+fn der_len(out: &mut Vec<u8>, n: usize) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let be = n.to_be_bytes();
+        let skip = be.iter().position(|x| *x != 0).unwrap_or(be.len() - 1);
+        out.push(0x80 | (be.len() - skip) as u8);
+        out.extend_from_slice(&be[skip..]);
+    }
+}
+
+/// PKCS#1 RSAPublicKey DER from the JWK's `n` and `e`.
+fn rsa_public_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    der_uint(&mut body, n);
+    der_uint(&mut body, e);
+    let mut out = vec![0x30];
+    der_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -369,12 +437,38 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
             return Err("key alg does not fit its type".into());
         }
     }
+    let b64 = |v: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.trim_end_matches('='))
+            .map_err(|e| e.to_string())
+    };
+    let public: Vec<u8> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => rsa_public_der(&b64(&p.n)?, &b64(&p.e)?),
+        AlgorithmParameters::EllipticCurve(p) => [vec![4u8], b64(&p.x)?, b64(&p.y)?].concat(),
+        AlgorithmParameters::OctetKeyPair(p) => b64(&p.x)?,
+        _ => return Err("unsupported key type".into()),
+    };
+    use Algorithm::*;
+    let mut verifiers = Vec::new();
+    for a in [
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ] {
+        if family.fits(a) && alg.is_none_or(|x| x == a) {
+            if let Some(la) = lc_alg(a) {
+                verifiers.push((
+                    a,
+                    ParsedPublicKey::new(la, &public).map_err(|e| format!("key rejected: {e}"))?,
+                ));
+            }
+        }
+    }
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
     Ok(VerifyKey {
         kid: jwk.common.key_id.clone(),
         family,
         alg,
         decoding,
+        verifiers,
     })
 }
 

@@ -67,6 +67,9 @@ pub struct SigningKey {
     alg: KeyAlg,
     encoding_key: EncodingKey,
     jwk: Value,
+    /// PKCS#8 private key and X.509 SubjectPublicKeyInfo, both DER (for saving and for peers).
+    pkcs8: Vec<u8>,
+    spki: Vec<u8>,
 }
 
 impl fmt::Debug for SigningKey {
@@ -86,16 +89,29 @@ fn crypto_err(what: &str) -> impl FnOnce(aws_lc_rs::error::Unspecified) -> DevEr
     move |_| DevError::Crypto(what.to_string())
 }
 
-/// Wraps PKCS#8 DER in PEM, the only form in which jsonwebtoken accepts a PKCS#8 RSA key.
-fn pkcs8_pem(der: &[u8]) -> String {
+/// Wraps DER in PEM with the given label.
+fn pem(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    let mut pem = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         pem.push_str(&String::from_utf8_lossy(chunk));
         pem.push('\n');
     }
-    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem.push_str(&format!("-----END {label}-----\n"));
     pem
+}
+
+/// Wraps PKCS#8 DER in PEM, the only form in which jsonwebtoken accepts a PKCS#8 RSA key.
+fn pkcs8_pem(der: &[u8]) -> String {
+    pem("PRIVATE KEY", der)
+}
+
+/// The DER inside a PEM block.
+fn pem_der(text: &str) -> Result<Vec<u8>, DevError> {
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD
+        .decode(b64.trim())
+        .map_err(|_| DevError::Invalid("not a PEM block".into()))
 }
 
 impl SigningKey {
@@ -111,12 +127,46 @@ impl SigningKey {
 
     /// Generates a fresh key with the given `kid`.
     pub fn generate_with_kid(alg: KeyAlg, kid: &str) -> Result<Self, DevError> {
-        let (encoding_key, key_members) = match alg {
+        let der = match alg {
             KeyAlg::Rs256 => {
                 let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
                     .map_err(crypto_err("RSA key generation"))?;
-                let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair)
-                    .map_err(crypto_err("RSA PKCS#8 export"))?;
+                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair)
+                    .map_err(crypto_err("RSA PKCS#8 export"))?
+                    .as_ref()
+                    .to_vec()
+            }
+            KeyAlg::Es256 => EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                .map_err(crypto_err("EC key generation"))?
+                .to_pkcs8v1()
+                .map_err(crypto_err("EC PKCS#8 export"))?
+                .as_ref()
+                .to_vec(),
+        };
+        Self::from_pkcs8(alg, kid, &der)
+    }
+
+    /// Loads a key saved with [`SigningKey::private_pem`].
+    pub fn from_private_pem(alg: KeyAlg, kid: &str, pem_text: &str) -> Result<Self, DevError> {
+        Self::from_pkcs8(alg, kid, &pem_der(pem_text)?)
+    }
+
+    /// The private key as PKCS#8 PEM (development and benchmarks only).
+    pub fn private_pem(&self) -> String {
+        pkcs8_pem(&self.pkcs8)
+    }
+
+    /// The public key as X.509 SubjectPublicKeyInfo PEM (what HAProxy's `jwt_verify` reads).
+    pub fn public_pem(&self) -> String {
+        pem("PUBLIC KEY", &self.spki)
+    }
+
+    fn from_pkcs8(alg: KeyAlg, kid: &str, pkcs8: &[u8]) -> Result<Self, DevError> {
+        let (encoding_key, key_members, spki) = match alg {
+            KeyAlg::Rs256 => {
+                let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8)
+                    .map_err(|_| DevError::Crypto("RSA PKCS#8 import".into()))?;
+                let der = pkcs8;
                 let encoding_key = EncodingKey::from_rsa_pem(pkcs8_pem(der.as_ref()).as_bytes())?;
                 let public = pair.public_key();
                 let members = json!({
@@ -124,13 +174,21 @@ impl SigningKey {
                     "n": b64url(public.modulus().big_endian_without_leading_zero()),
                     "e": b64url(public.exponent().big_endian_without_leading_zero()),
                 });
-                (encoding_key, members)
+                let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(public)
+                    .map_err(crypto_err("RSA public key export"))?
+                    .as_ref()
+                    .to_vec();
+                (encoding_key, members, spki)
             }
             KeyAlg::Es256 => {
-                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-                    .map_err(crypto_err("EC key generation"))?;
-                let der = pair.to_pkcs8v1().map_err(crypto_err("EC PKCS#8 export"))?;
-                let encoding_key = EncodingKey::from_ec_der(der.as_ref());
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                    .map_err(|_| DevError::Crypto("EC PKCS#8 import".into()))?;
+                let encoding_key = EncodingKey::from_ec_der(pkcs8);
+                let spki =
+                    AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(pair.public_key())
+                        .map_err(crypto_err("EC public key export"))?
+                        .as_ref()
+                        .to_vec();
                 let point: EcPublicKeyUncompressedBin = pair
                     .public_key()
                     .as_be_bytes()
@@ -146,7 +204,7 @@ impl SigningKey {
                     "x": b64url(&point[1..33]),
                     "y": b64url(&point[33..65]),
                 });
-                (encoding_key, members)
+                (encoding_key, members, spki)
             }
         };
         let mut jwk = key_members;
@@ -160,6 +218,8 @@ impl SigningKey {
             alg,
             encoding_key,
             jwk,
+            pkcs8: pkcs8.to_vec(),
+            spki,
         })
     }
 
@@ -394,5 +454,21 @@ mod tests {
         assert_eq!("rs256".parse::<KeyAlg>().unwrap(), KeyAlg::Rs256);
         assert_eq!("ES256".parse::<KeyAlg>().unwrap(), KeyAlg::Es256);
         assert!("HS256".parse::<KeyAlg>().is_err());
+    }
+
+    #[test]
+    fn keys_survive_a_pem_round_trip() {
+        for alg in [KeyAlg::Rs256, KeyAlg::Es256] {
+            let k = SigningKey::generate_with_kid(alg, "k1").unwrap();
+            assert!(k.public_pem().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+            let back = SigningKey::from_private_pem(alg, "k1", &k.private_pem()).unwrap();
+            assert_eq!(back.public_jwk(), k.public_jwk());
+            let t = back.sign(None, &json!({"sub": "a"}));
+            let mut v = jsonwebtoken::Validation::new(alg.jwt_algorithm());
+            v.required_spec_claims.clear();
+            v.validate_exp = false;
+            v.validate_aud = false;
+            jsonwebtoken::decode::<Value>(&t, &k.decoding_key().unwrap(), &v).unwrap();
+        }
     }
 }
