@@ -792,3 +792,64 @@ async fn a_replica_shut_down_gives_its_poll_lease_up_at_once() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_blocks_are_republished_so_a_replica_joining_after_trimming_learns_them() {
+    use cae_proxy::config::{RedisBackend, Secret, DEFAULT_RETENTION};
+    use cae_proxy::store::{Batch, Change, Durable, RedbStore, RedisLink, RedisStore, SubjectKey};
+    use std::sync::Arc;
+
+    let w = world(false, TransmitterOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedisBackend {
+        url: Secret::from_value(w.redis.url()),
+        key_prefix: w.prefix.clone(),
+        path: dir.path().join("state.redb"),
+        replica_id: Some("old-timer".into()),
+        timeout: Duration::from_secs(2),
+        poll_lease: Duration::from_secs(1),
+    };
+    let retention = DEFAULT_RETENTION.as_secs() as i64;
+    let store = RedisStore::new(
+        Arc::new(RedbStore::open(&cfg.path, false).unwrap()),
+        Arc::new(RedisLink::new(&cfg, "old-timer".into()).unwrap()),
+        retention,
+    );
+    let now = now_secs();
+    let key = SubjectKey::Subject {
+        iss: w.idp.issuer_url(),
+        sub: "ivan".into(),
+    };
+    // A block made three days ago; the log has long been trimmed past it.
+    store
+        .commit(&Batch {
+            changes: vec![Change::Block {
+                key: key.clone(),
+                at: now - 3 * 86_400,
+            }],
+            set_id: None,
+            now,
+        })
+        .unwrap();
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(format!("{}changes", w.prefix))
+        .arg("MINID")
+        .arg((now + 10) * 1000)
+        .query(&mut w.redis.conn())
+        .unwrap();
+    assert_eq!(xlen(&w), 0);
+
+    assert_eq!(store.republish_old_blocks(now).unwrap(), 1);
+    assert_eq!(
+        store.republish_old_blocks(now).unwrap(),
+        0,
+        "one re-publication per slot (a quarter of the retention) for the whole fleet"
+    );
+    assert_eq!(xlen(&w), 1);
+
+    let late = Replica::in_process(&w, "late", false).await;
+    late.wait_ready().await;
+    let r = late.call(&token(&w, "ivan")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert_eq!(r.json()["code"], "AccountBlocked", "{}", r.text());
+}

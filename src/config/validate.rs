@@ -985,6 +985,58 @@ mod tests {
     }
 
     #[test]
+    fn redis_store_keys_are_checked_and_the_url_never_echoed() {
+        let ok = Config::parse(
+            "[[listener]]\naddress = \"127.0.0.1:8080\"\n[store]\nbackend = \"redis\"\nredis_url = \"rediss://u:pw@redis:6380/0\"\npath = \"s.redb\"\nkey_prefix = \"gw:\"\npoll_lease = \"5s\"\n",
+            Path::new("/etc/cae"),
+        )
+        .unwrap();
+        let StoreBackend::Redis(r) = &ok.store.backend else {
+            panic!("{:?}", ok.store.backend)
+        };
+        assert_eq!(r.url.expose(), "rediss://u:pw@redis:6380/0");
+        assert_eq!(r.key_prefix, "gw:");
+        assert_eq!(r.path, Path::new("/etc/cae/s.redb"));
+        assert_eq!(r.poll_lease, Duration::from_secs(5));
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        assert!(!format!("{r:?}").contains("pw"), "{r:?}");
+
+        let err = Config::parse(
+            "[store]\nbackend = \"redis\"\nredis_url = \"http://u:secretpw@redis\"\nkey_prefix = \"\"\npoll_lease = \"10ms\"\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err
+            .0
+            .iter()
+            .map(|e| e.path.as_str())
+            .filter(|p| p.starts_with("store."))
+            .collect();
+        assert_eq!(
+            paths,
+            ["store.redis_url", "store.key_prefix", "store.poll_lease"]
+        );
+        assert!(!err.to_string().contains("secretpw"), "{err}");
+
+        let store_errs = |text: &str| -> Vec<String> {
+            let err = Config::parse(text, Path::new(".")).unwrap_err();
+            err.0
+                .iter()
+                .map(|e| e.path.clone())
+                .filter(|p| p.starts_with("store."))
+                .collect()
+        };
+        assert_eq!(
+            store_errs("[store]\nbackend = \"redis\"\n"),
+            ["store.redis_url"]
+        );
+        assert_eq!(
+            store_errs("[store]\nbackend = \"redb\"\nredis_url = \"redis://x\"\n"),
+            ["store.redis_url"]
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = Config::parse("[server]\nreport_onyl = true\n", Path::new(".")).unwrap_err();
         assert!(

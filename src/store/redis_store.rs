@@ -213,6 +213,25 @@ impl RedisLink {
         }
     }
 
+    /// Blocking: claims `<prefix><name>` for `secs` (`SET NX EX`); true if this replica got it.
+    pub fn claim_slot_blocking(&self, name: &str, secs: i64) -> Result<bool, StoreError> {
+        let key = format!("{}{name}", self.prefix);
+        self.with_conn(|c| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&self.replica)
+                .arg("NX")
+                .arg("EX")
+                .arg(secs.max(1))
+                .query::<Option<String>>(c)
+        })
+        .map(|r| r.is_some())
+        .map_err(|e| {
+            self.error("slot");
+            StoreError::FleetLog(describe(&e))
+        })
+    }
+
     /// Blocking: drops log entries older than `before_secs` (approximate, like the appends).
     pub fn trim_blocking(&self, before_secs: i64) -> Result<(), StoreError> {
         let stream = self.stream_key();
@@ -392,6 +411,37 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Account blocks never expire, but the log is trimmed after `store.retention`: a replica
+    /// that joins later (or was away longer) would never see an old block. So once per quarter
+    /// of the retention, one replica (a `SET NX EX` slot) appends the blocks older than half the
+    /// retention again, with their original event times (idempotent). Trimming is by entry id,
+    /// oldest first, so a later unblock is never trimmed before the re-published block.
+    /// Returns how many blocks were re-published.
+    pub fn republish_old_blocks(&self, now: i64) -> Result<usize, StoreError> {
+        let half = now - self.retention_secs / 2;
+        let slot = (self.retention_secs / 4).max(1);
+        if !self.link.claim_slot_blocking("republish-blocks", slot)? {
+            return Ok(0);
+        }
+        let old: Vec<Change> = self
+            .local
+            .load()?
+            .into_iter()
+            .filter(|c| matches!(c, Change::Block { at, .. } if *at < half))
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        self.link.append_blocking(&old, None, self.retention_secs)?;
+        tracing::info!(
+            blocks = old.len(),
+            "old account blocks re-published to the fleet log"
+        );
+        Ok(old.len())
+    }
+}
+
 impl Durable for RedisStore {
     /// Redis (dedupe + append, atomically) first, then the local copy; returns once both hold it.
     fn commit(&self, batch: &Batch) -> Result<CommitOutcome, StoreError> {
@@ -426,6 +476,9 @@ impl Durable for RedisStore {
         // Appends trim too; this keeps an idle log short. Failure is not fatal.
         if let Err(e) = self.link.trim_blocking(before) {
             tracing::debug!(error = %e, "fleet log trim skipped");
+        }
+        if let Err(e) = self.republish_old_blocks(before + self.retention_secs) {
+            tracing::warn!(error = %e, "re-publishing old account blocks failed; retried at the next expiry pass");
         }
         Ok(n)
     }
