@@ -8,6 +8,7 @@
 //! - [`proxy`]: the pipeline (route → token → decide → forward or challenge)
 //! - [`auth`]: keys, token validation, verified-token cache, pure decision, challenges
 //! - [`store`]: revocation / block / binding tables and their durable backends
+//! - [`fleet`]: fleet mode: replicas share changes through a Redis Stream (tailer, poll leases)
 //! - [`signals`]: SSF receiver: SET verification, CAEP/RISC events, push, poll, stream management
 //! - [`admin`]: probes, metrics, reload and the admin API
 //! - [`fetch`]: outbound client for identity providers
@@ -21,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod dev;
 pub mod fetch;
+pub mod fleet;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
@@ -81,6 +83,7 @@ pub struct Proxy {
 impl Proxy {
     /// Opens the store, builds the first snapshot, binds every listener and starts serving.
     pub async fn start(config: Config, opts: StartOptions) -> Result<Proxy, StartError> {
+        let mut fleet_parts = None;
         let durable: Arc<dyn Durable> = match &config.store.backend {
             StoreBackend::Redb(path) => {
                 let (p, ignore) = (path.clone(), config.store.ignore_corrupt);
@@ -94,6 +97,13 @@ impl Proxy {
                 )
             }
             StoreBackend::Memory => Arc::new(MemoryStore::default()),
+            StoreBackend::Redis(r) => {
+                let retention = config.store.retention.as_secs() as i64;
+                let (durable, parts) =
+                    fleet::open(r, config.store.ignore_corrupt, retention).await?;
+                fleet_parts = Some(parts);
+                durable
+            }
         };
         let retention = config.store.retention.as_secs() as i64;
         let store = Arc::new(SignalStore::open(durable, retention, store::now_secs())?);
@@ -104,6 +114,9 @@ impl Proxy {
             config.server.token_cache_size,
             opts.on_reload,
         ));
+        if let Some(parts) = fleet_parts {
+            let _ = shared.fleet.set(fleet::Fleet::start(&shared, parts));
+        }
         let snap = shared.build(config)?;
         let cfg = snap.config.clone();
         shared.install(snap);

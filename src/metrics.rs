@@ -56,6 +56,49 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub result: &'static str,
+}
+
+/// Fleet mode (`[store] backend = "redis"`) metrics; cheap clones sharing the registered series.
+#[derive(Clone, Debug)]
+pub struct FleetMetrics {
+    /// Redis failures by operation (`append`, `connect`, `read`, `lease`, `trim`, `decode`).
+    pub redis_errors: Family<OpLabel, Counter>,
+    /// Commits through the fleet log by result (`appended`, `duplicate`, `failed`).
+    pub commits: Family<OutcomeLabel, Counter>,
+    /// Fleet-log entries applied by this replica (its own included).
+    pub applied: Counter,
+    /// Entry time (in the log) to applied here, per entry.
+    pub replication_delay: Histogram,
+    /// Now minus the entry time of the last applied entry (refreshed at least every second).
+    pub last_applied_age: Gauge<f64, AtomicU64>,
+    /// 1 once the retained log was replayed since start.
+    pub caught_up: Gauge<i64, AtomicI64>,
+    /// 1 while this replica holds the poll lease of a transmitter.
+    pub poll_lease_held: Family<NameLabel, Gauge<i64, AtomicI64>>,
+}
+
+impl Default for FleetMetrics {
+    fn default() -> Self {
+        FleetMetrics {
+            redis_errors: Family::default(),
+            commits: Family::default(),
+            applied: Counter::default(),
+            replication_delay: latency(),
+            last_applied_age: Gauge::default(),
+            caught_up: Gauge::default(),
+            poll_lease_held: Family::default(),
+        }
+    }
+}
+
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
@@ -85,6 +128,7 @@ pub struct Metrics {
     pub store_write_duration: Histogram,
     pub upstream_errors: Family<KindLabel, Counter>,
     pub open_connections: Family<ListenerLabel, Gauge<i64, AtomicI64>>,
+    pub fleet: FleetMetrics,
 }
 
 impl Default for Metrics {
@@ -115,6 +159,7 @@ impl Metrics {
             store_write_duration: latency(),
             upstream_errors: Family::default(),
             open_connections: Family::default(),
+            fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -206,6 +251,42 @@ impl Metrics {
             "open_connections",
             "Open client connections per listener",
             m.open_connections.clone(),
+        );
+        let f = &m.fleet;
+        r.register(
+            "fleet_redis_errors",
+            "Fleet mode: Redis failures by operation",
+            f.redis_errors.clone(),
+        );
+        r.register(
+            "fleet_commits",
+            "Fleet mode: changes offered to the fleet log by result",
+            f.commits.clone(),
+        );
+        r.register(
+            "fleet_applied_entries",
+            "Fleet mode: fleet-log entries applied by this replica",
+            f.applied.clone(),
+        );
+        r.register(
+            "fleet_replication_delay_seconds",
+            "Fleet mode: time from an entry's append to its application here",
+            f.replication_delay.clone(),
+        );
+        r.register(
+            "fleet_last_applied_age_seconds",
+            "Fleet mode: age of the last fleet-log entry applied here",
+            f.last_applied_age.clone(),
+        );
+        r.register(
+            "fleet_caught_up",
+            "Fleet mode: 1 once the retained fleet log was replayed since start",
+            f.caught_up.clone(),
+        );
+        r.register(
+            "fleet_poll_lease_held",
+            "Fleet mode: 1 while this replica holds a transmitter's poll lease",
+            f.poll_lease_held.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -69,6 +69,8 @@ pub struct Shared {
     /// Called after each successful reload (log level changes).
     pub on_reload: Option<ReloadHook>,
     pub signals: crate::signals_wiring::SignalsShared,
+    /// Fleet mode (`[store] backend = "redis"`): the log tailer and poll leases.
+    pub fleet: OnceLock<Arc<crate::fleet::Fleet>>,
 }
 
 impl Shared {
@@ -92,6 +94,7 @@ impl Shared {
             generation: AtomicU64::new(0),
             on_reload,
             signals: Default::default(),
+            fleet: OnceLock::new(),
         }
     }
 
@@ -265,6 +268,7 @@ impl Shared {
             }
         }
         missing.extend(crate::signals_wiring::not_ready(&snap.signals));
+        missing.extend(self.fleet.get().and_then(|f| f.not_ready()));
         missing
     }
 }

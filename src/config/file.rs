@@ -89,13 +89,25 @@ pub struct AdminFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
-    /// `redb` (default) or `memory` (nothing survives a restart; tests and demo).
+    /// `redb` (default), `redis` (fleet mode: redb copy + Redis Stream) or `memory` (nothing
+    /// survives a restart; tests and demo).
     pub backend: Option<String>,
     pub path: Option<String>,
     /// How long a revocation is kept after its time (longest token lifetime + leeway).
     pub retention: Option<String>,
     /// Start with empty tables if the store is corrupt instead of refusing to start.
     pub ignore_corrupt: Option<bool>,
+    /// Fleet mode (`backend = "redis"`): `redis://` or `rediss://` (TLS) URL, as a secret
+    /// reference (`env:NAME`, `file:PATH` or literal) since it may carry a password.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key this fleet uses (default `cae:`); one prefix per fleet.
+    pub key_prefix: Option<String>,
+    /// This replica's name in the fleet log and in poll leases (default: host, pid, random).
+    pub replica_id: Option<String>,
+    /// Longest wait for Redis on the commit path before the change is refused (default 2s).
+    pub redis_timeout: Option<String>,
+    /// Lifetime of a poll lease not renewed (default 10s): takeover time when a poller dies.
+    pub poll_lease: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

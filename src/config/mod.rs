@@ -131,6 +131,27 @@ pub struct Admin {
 pub enum StoreBackend {
     Redb(PathBuf),
     Memory,
+    /// Fleet mode: changes go to a Redis Stream shared by every replica and to a local redb copy.
+    Redis(RedisBackend),
+}
+
+/// Default `store.key_prefix`.
+pub const DEFAULT_KEY_PREFIX: &str = "cae:";
+
+/// `[store] backend = "redis"` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisBackend {
+    /// `redis://` or `rediss://` URL (may hold a password: unprintable).
+    pub url: Secret,
+    pub key_prefix: String,
+    /// The embedded redb copy (start without Redis, resume cursor).
+    pub path: PathBuf,
+    /// Fixed replica name, else one is made at start.
+    pub replica_id: Option<String>,
+    /// Longest wait for Redis on the commit path.
+    pub timeout: Duration,
+    /// Poll lease lifetime without renewal.
+    pub poll_lease: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -397,15 +397,17 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
     });
 
     let st = &raw.store;
+    redis_keys_only_with_redis(&mut c, st);
     let store = Store {
         backend: match (st.backend.as_deref(), &st.path) {
+            (Some("redis"), _) => redis_backend(&mut c, st, base),
             (None | Some("redb"), Some(p)) => StoreBackend::Redb(base.join(p)),
             (None | Some("redb"), None) => StoreBackend::Redb(PathBuf::from(DEFAULT_STORE_PATH)),
             (Some("memory"), _) => StoreBackend::Memory,
             (Some(o), _) => {
                 c.err(
                     "store.backend",
-                    format!("{o:?} must be \"redb\" or \"memory\""),
+                    format!("{o:?} must be \"redb\", \"redis\" or \"memory\""),
                 );
                 StoreBackend::Memory
             }
@@ -837,6 +839,90 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
     }
 }
 
+/// `[store] backend = "redis"`: URL (a secret reference; never echoed in errors), prefix,
+/// embedded copy path and timings.
+fn redis_backend(c: &mut Check<'_>, st: &StoreFile, base: &Path) -> StoreBackend {
+    let url = match c.secret("store.redis_url", &st.redis_url) {
+        Some(u) => {
+            let scheme = url::Url::parse(u.expose()).map(|x| x.scheme().to_string());
+            match scheme.as_deref() {
+                Ok("redis" | "rediss") => {}
+                _ => c.err(
+                    "store.redis_url",
+                    "must be a redis:// or rediss:// (TLS) URL (value not shown: it may hold a password)",
+                ),
+            }
+            u
+        }
+        None => {
+            if st.redis_url.is_none() {
+                c.err("store.redis_url", "required with backend = \"redis\"");
+            }
+            Secret::from_value("")
+        }
+    };
+    let key_prefix = st
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+    if key_prefix.is_empty() || key_prefix.chars().any(|ch| ch.is_whitespace()) {
+        c.err(
+            "store.key_prefix",
+            "must be non-empty and without spaces (e.g. \"cae:\")",
+        );
+    }
+    if let Some(id) = &st.replica_id {
+        if id.is_empty() || id.len() > 128 || id.chars().any(|ch| ch.is_whitespace()) {
+            c.err(
+                "store.replica_id",
+                "must be 1 to 128 characters without spaces",
+            );
+        }
+    }
+    let timeout = c.duration(
+        "store.redis_timeout",
+        &st.redis_timeout,
+        Duration::from_secs(2),
+    );
+    if timeout.is_zero() {
+        c.err("store.redis_timeout", "must be more than zero");
+    }
+    let poll_lease = c.duration("store.poll_lease", &st.poll_lease, Duration::from_secs(10));
+    if poll_lease < Duration::from_millis(300) {
+        c.err("store.poll_lease", "must be at least 300ms");
+    }
+    StoreBackend::Redis(RedisBackend {
+        url,
+        key_prefix,
+        path: st
+            .path
+            .as_ref()
+            .map(|p| base.join(p))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH)),
+        replica_id: st.replica_id.clone(),
+        timeout,
+        poll_lease,
+    })
+}
+
+/// Redis keys given to another backend are a mistake (they would be silently ignored).
+fn redis_keys_only_with_redis(c: &mut Check<'_>, st: &StoreFile) {
+    if st.backend.as_deref() == Some("redis") {
+        return;
+    }
+    for (key, set) in [
+        ("redis_url", st.redis_url.is_some()),
+        ("key_prefix", st.key_prefix.is_some()),
+        ("replica_id", st.replica_id.is_some()),
+        ("redis_timeout", st.redis_timeout.is_some()),
+        ("poll_lease", st.poll_lease.is_some()),
+    ] {
+        if set {
+            c.err(format!("store.{key}"), "only used with backend = \"redis\"");
+        }
+    }
+}
+
 fn key_policy(
     c: &mut Check<'_>,
     p: &str,
@@ -895,6 +981,58 @@ mod tests {
                 "route[0].auth",
                 "route[0].auth"
             ]
+        );
+    }
+
+    #[test]
+    fn redis_store_keys_are_checked_and_the_url_never_echoed() {
+        let ok = Config::parse(
+            "[[listener]]\naddress = \"127.0.0.1:8080\"\n[store]\nbackend = \"redis\"\nredis_url = \"rediss://u:pw@redis:6380/0\"\npath = \"s.redb\"\nkey_prefix = \"gw:\"\npoll_lease = \"5s\"\n",
+            Path::new("/etc/cae"),
+        )
+        .unwrap();
+        let StoreBackend::Redis(r) = &ok.store.backend else {
+            panic!("{:?}", ok.store.backend)
+        };
+        assert_eq!(r.url.expose(), "rediss://u:pw@redis:6380/0");
+        assert_eq!(r.key_prefix, "gw:");
+        assert_eq!(r.path, Path::new("/etc/cae/s.redb"));
+        assert_eq!(r.poll_lease, Duration::from_secs(5));
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        assert!(!format!("{r:?}").contains("pw"), "{r:?}");
+
+        let err = Config::parse(
+            "[store]\nbackend = \"redis\"\nredis_url = \"http://u:secretpw@redis\"\nkey_prefix = \"\"\npoll_lease = \"10ms\"\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err
+            .0
+            .iter()
+            .map(|e| e.path.as_str())
+            .filter(|p| p.starts_with("store."))
+            .collect();
+        assert_eq!(
+            paths,
+            ["store.redis_url", "store.key_prefix", "store.poll_lease"]
+        );
+        assert!(!err.to_string().contains("secretpw"), "{err}");
+
+        let store_errs = |text: &str| -> Vec<String> {
+            let err = Config::parse(text, Path::new(".")).unwrap_err();
+            err.0
+                .iter()
+                .map(|e| e.path.clone())
+                .filter(|p| p.starts_with("store."))
+                .collect()
+        };
+        assert_eq!(
+            store_errs("[store]\nbackend = \"redis\"\n"),
+            ["store.redis_url"]
+        );
+        assert_eq!(
+            store_errs("[store]\nbackend = \"redb\"\nredis_url = \"redis://x\"\n"),
+            ["store.redis_url"]
         );
     }
 

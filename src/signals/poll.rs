@@ -24,6 +24,8 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A long poll answered faster than this with no SETs: the transmitter does not hold requests.
 const LONG_POLL_MIN: Duration = Duration::from_secs(1);
+/// Fleet mode: how often a replica without the poll lease checks whether it got it.
+const LEASE_RECHECK: Duration = Duration::from_millis(200);
 
 /// An entry of `setErrs` (RFC 8936 §2.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +254,13 @@ pub async fn run_poller(
         if *shutdown.borrow() {
             break;
         }
+        // Fleet mode: one replica polls a transmitter at a time (a lease in Redis).
+        if store.poll_gate().is_some_and(|g| !g.may_poll(&name)) {
+            if !sleep_or_stop(LEASE_RECHECK, &mut shutdown).await {
+                break;
+            }
+            continue;
+        }
         let Some(s) = settings(&rt) else {
             if !sleep_or_stop(DEFAULT_INTERVAL, &mut shutdown).await {
                 break;
@@ -290,6 +299,9 @@ pub async fn run_poller(
     }
     if !pending.ack.is_empty() {
         tracing::info!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), "poller stopped; committed SETs will be redelivered and deduplicated");
+    }
+    if let Some(g) = store.poll_gate() {
+        g.stopped(&name);
     }
     tracing::info!(target: "cae_proxy::signals", transmitter = %name, "poller stopped");
 }

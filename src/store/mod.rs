@@ -7,9 +7,10 @@
 pub mod keys;
 mod memory;
 mod redb_store;
+pub(crate) mod redis_store;
 mod tables;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use keys::SubjectKey;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use redis_store::{RedisLink, RedisStore};
 pub use tables::{BlockState, TableStats, Tables};
 
 /// One accepted change to the tables. Applying the same change twice is harmless (idempotent),
@@ -91,6 +93,19 @@ pub enum StoreError {
     Write(String),
     #[error("store read failed: {0}")]
     Read(String),
+    /// Fleet mode: the change could not be appended to the shared log (Redis unreachable, slow
+    /// or refusing); nothing was written anywhere, the sender should retry.
+    #[error("fleet log unavailable: {0}")]
+    FleetLog(String),
+}
+
+/// Decides whether this replica may poll a transmitter now (fleet mode: a lease in Redis, so one
+/// replica polls a given transmitter at a time). Without a gate every poller polls.
+pub trait PollGate: Send + Sync + 'static {
+    /// True while this replica holds the transmitter's lease; the first call registers interest.
+    fn may_poll(&self, transmitter: &str) -> bool;
+    /// The poller stopped: give the lease up so another replica takes over at once.
+    fn stopped(&self, transmitter: &str);
 }
 
 /// A durable backend. Calls block (disk or network): run them on the blocking pool.
@@ -111,6 +126,7 @@ pub struct SignalStore {
     tables: Tables,
     durable: Arc<dyn Durable>,
     retention_secs: i64,
+    poll_gate: OnceLock<Arc<dyn PollGate>>,
 }
 
 impl SignalStore {
@@ -129,6 +145,7 @@ impl SignalStore {
             tables,
             durable,
             retention_secs,
+            poll_gate: OnceLock::new(),
         })
     }
 
@@ -155,6 +172,16 @@ impl SignalStore {
         for c in changes {
             self.tables.apply(c);
         }
+    }
+
+    /// Installs the poll gate (fleet mode); only the first call has an effect.
+    pub fn set_poll_gate(&self, gate: Arc<dyn PollGate>) {
+        let _ = self.poll_gate.set(gate);
+    }
+
+    /// The poll gate, when pollers must coordinate with other replicas.
+    pub fn poll_gate(&self) -> Option<&Arc<dyn PollGate>> {
+        self.poll_gate.get()
     }
 
     pub fn tables(&self) -> &Tables {

@@ -14,6 +14,8 @@ const BLOCKS: TableDefinition<&str, (bool, i64)> = TableDefinition::new("blocks"
 const BINDINGS: TableDefinition<&str, (&str, i64)> = TableDefinition::new("bindings");
 /// `iss` + US + `jti` → arrival time, for redelivery deduplication
 const SETS_SEEN: TableDefinition<&str, i64> = TableDefinition::new("sets_seen");
+/// Small named values (fleet mode: the id of the last fleet-log entry applied here).
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// The redb-backed store. Every `commit` is one ACID transaction with immediate durability.
 pub struct RedbStore {
@@ -75,6 +77,7 @@ impl RedbStore {
             txn.open_table(BLOCKS).map_err(|e| e.to_string())?;
             txn.open_table(BINDINGS).map_err(|e| e.to_string())?;
             txn.open_table(SETS_SEEN).map_err(|e| e.to_string())?;
+            txn.open_table(META).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| e.to_string())?;
         self.load().map(|_| ()).map_err(|e| e.to_string())
@@ -93,9 +96,35 @@ fn r<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Read(e.to_string())
 }
 
-impl Durable for RedbStore {
-    fn commit(&self, batch: &Batch) -> Result<CommitOutcome, StoreError> {
+impl RedbStore {
+    /// A value of the `meta` table (fleet mode keeps its log cursor there).
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(r)?;
+        let t = txn.open_table(META).map_err(r)?;
+        let v = t.get(key).map_err(r)?.map(|v| v.value().to_string());
+        Ok(v)
+    }
+
+    /// [`Durable::commit`] that also sets `meta[key] = value` in the same transaction, so the
+    /// applied changes and the fleet-log cursor never disagree after a crash.
+    pub(crate) fn commit_with_meta(
+        &self,
+        batch: &Batch,
+        meta: Option<(&str, &str)>,
+    ) -> Result<CommitOutcome, StoreError> {
         let txn = self.db.begin_write().map_err(w)?;
+        if let Some((k, v)) = meta {
+            txn.open_table(META).map_err(w)?.insert(k, v).map_err(w)?;
+        }
+        self.write_batch(txn, batch)
+    }
+
+    /// Writes the batch (dedupe mark, merged table rows) in `txn` and commits it.
+    fn write_batch(
+        &self,
+        txn: redb::WriteTransaction,
+        batch: &Batch,
+    ) -> Result<CommitOutcome, StoreError> {
         {
             if let Some((iss, jti)) = &batch.set_id {
                 let mut seen = txn.open_table(SETS_SEEN).map_err(w)?;
@@ -157,6 +186,13 @@ impl Durable for RedbStore {
         }
         txn.commit().map_err(w)?;
         Ok(CommitOutcome::Committed)
+    }
+}
+
+impl Durable for RedbStore {
+    fn commit(&self, batch: &Batch) -> Result<CommitOutcome, StoreError> {
+        let txn = self.db.begin_write().map_err(w)?;
+        self.write_batch(txn, batch)
     }
 
     fn load(&self) -> Result<Vec<Change>, StoreError> {
