@@ -488,7 +488,8 @@ mod tests {
             enc(&serde_json::json!({"iss": "x", "events": {}}))
         );
         assert_eq!(inspect(&set).unwrap_err(), TokenError::SecurityEventToken);
-        let Inspected { header: h, iss, .. } = inspect(&t(serde_json::json!({"alg": "RS256", "kid": "k"}))).unwrap();
+        let Inspected { header: h, iss, .. } =
+            inspect(&t(serde_json::json!({"alg": "RS256", "kid": "k"}))).unwrap();
         assert_eq!(
             (h.alg, h.kid.as_deref(), iss.as_str()),
             (Algorithm::RS256, Some("k"), "https://i")

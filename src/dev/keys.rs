@@ -166,8 +166,7 @@ impl SigningKey {
             KeyAlg::Rs256 => {
                 let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8)
                     .map_err(|_| DevError::Crypto("RSA PKCS#8 import".into()))?;
-                let der = pkcs8;
-                let encoding_key = EncodingKey::from_rsa_pem(pkcs8_pem(der.as_ref()).as_bytes())?;
+                let encoding_key = EncodingKey::from_rsa_pem(pkcs8_pem(pkcs8).as_bytes())?;
                 let public = pair.public_key();
                 let members = json!({
                     "kty": "RSA",
