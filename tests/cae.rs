@@ -634,7 +634,14 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bounded wait until the slow request is in flight at the upstream.
+    for _ in 0..2000 {
+        if up.requests() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(up.requests(), 1, "the slow request reached the upstream");
     bin.signal(libc::SIGTERM);
     let r = slow.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");

@@ -366,10 +366,21 @@ async fn reload_under_load_switches_routing_without_failures_and_bad_files_keep_
         }));
     }
     for i in 0..10 {
-        let target = if i % 2 == 0 { b.url() } else { a.url() };
-        h.write_config(&plain_config(&target, "", ""));
+        let target = if i % 2 == 0 { &b } else { &a };
+        let before = target.requests();
+        h.write_config(&plain_config(&target.url(), "", ""));
         h.proxy.reload().expect("reload ok");
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Bounded wait until traffic reaches the newly routed upstream.
+        for _ in 0..3000 {
+            if target.requests() > before + 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            target.requests() > before + 5,
+            "routing did not switch after reload {i}"
+        );
     }
     h.write_config(&plain_config(&a.url(), "", ""));
     let g = h.proxy.reload().expect("reload ok");

@@ -381,12 +381,25 @@ async fn key_rotation_under_load_fails_no_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Progress is counted, not timed: each phase waits (bounded) for 20 more successful requests.
+    let wait_for = |target: usize| {
+        let ok = ok.clone();
+        async move {
+            for _ in 0..6000 {
+                if ok.load(Ordering::Relaxed) >= target {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("load made no progress");
+        }
+    };
+    wait_for(20).await;
     let old = s.idp.signing_key().kid().to_string();
     s.idp.rotate(KeyAlg::Rs256); // new kid appears: the first token with it triggers one refetch
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for(ok.load(Ordering::Relaxed) + 20).await;
     s.idp.remove_key(&old); // the old key is later removed
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for(ok.load(Ordering::Relaxed) + 20).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
