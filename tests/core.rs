@@ -447,3 +447,51 @@ async fn slowloris_clients_do_not_starve_a_normal_client() {
     .await;
     assert!(read.is_ok(), "a slow client was not disconnected");
 }
+
+#[tokio::test]
+async fn https_upstream_with_a_configured_ca_and_client_certificate() {
+    // The "upstream" is a second cae-proxy with a TLS listener that requires client certificates,
+    // in front of the echo server: real TLS and mTLS on the upstream side.
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    let inner_toml = format!(
+        "[server]\nlog_level = \"warn\"\n[[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[store]\nbackend = \"memory\"\n[upstreams.app]\nurl = \"{}\"\n[[route]]\nupstream = \"app\"\nauth = \"none\"\n",
+        c.cert.display(),
+        c.key.display(),
+        c.ca.display(),
+        up.url()
+    );
+    let inner = Harness::start(&inner_toml).await;
+    let port = inner.proxy.addr("tls").unwrap().port();
+    let outer = |client_cert: bool| {
+        let cert = if client_cert {
+            format!(
+                "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+                c.client_cert.display(),
+                c.client_key.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[server]\nlog_level = \"warn\"\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n[store]\nbackend = \"memory\"\n[upstreams.app]\nurl = \"https://localhost:{port}/base\"\nca = \"{}\"\n{cert}[[route]]\nupstream = \"app\"\nauth = \"none\"\n",
+            c.ca.display()
+        )
+    };
+    let with_cert = Harness::start(&outer(true)).await;
+    let r = get(&client(), &with_cert.url("public", "/x"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["path"],
+        "/base/x",
+        "the upstream URL's path is prepended"
+    );
+    let without = Harness::start(&outer(false)).await;
+    let r = get(&client(), &without.url("public", "/x"), &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_GATEWAY,
+        "the TLS upstream refuses a client without a certificate"
+    );
+}

@@ -316,3 +316,66 @@ async fn logs_are_json_lines_without_tokens() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_log_level() {
+    let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cae-proxy.toml");
+    let text =
+        config(&idp.issuer_url(), &up.url()).replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "log_level = \"info\"",
+            "log_level = \"warn,cae_proxy=info\"",
+        ),
+    )
+    .unwrap();
+    let bin = Binary::start(&cfg, 2);
+    bin.wait_ready().await;
+    let c = client();
+    let t = format!("Bearer {}", idp.mint("alice", json!({})));
+    get(&c, &bin.url("public", "/quiet"), &[("authorization", &t)]).await;
+    // The listeners are not rebound: keep the addresses the first start chose.
+    let fixed = text
+        .replacen(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"{}\"", bin.addrs["public"]),
+            1,
+        )
+        .replacen(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"{}\"", bin.addrs["admin"]),
+            1,
+        );
+    std::fs::write(&cfg, fixed).unwrap();
+    bin.signal(libc::SIGHUP);
+    let mut reloaded = false;
+    for _ in 0..500 {
+        let m = get(&c, &bin.url("admin", "/metrics"), &[]).await.text();
+        if m.contains("cae_reloads_total{result=\"ok\",reason=\"\"} 1") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reloaded, "SIGHUP reloaded the configuration");
+    get(&c, &bin.url("public", "/loud"), &[("authorization", &t)]).await;
+    let mut seen = false;
+    for _ in 0..500 {
+        let log = bin.log();
+        assert!(
+            !log.iter()
+                .any(|l| l.contains("/quiet") && l.contains("\"access\"")),
+            "no access line at warn"
+        );
+        if log.iter().any(|l| l.contains("\"path\":\"/loud\"")) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen, "after the reload to info, the access line is written");
+}
