@@ -9,6 +9,9 @@ use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, 
 use cae_proxy::config::{Config, LogFormat};
 use cae_proxy::{Proxy, StartOptions};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code: the configuration is invalid.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code: a runtime failure (bind, store, TLS material).
@@ -157,8 +160,14 @@ fn check(path: &Path) -> ExitCode {
 
 type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
-/// Installs the global subscriber: JSON lines unless stderr is a terminal (or as configured).
-fn init_logging(format: LogFormat, override_fmt: Option<&str>, level: &str) -> FilterHandle {
+/// Installs the global subscriber. Lines are written by a background thread (never by a request
+/// task); when that thread falls behind, loggers wait rather than drop lines. Keep the guard alive:
+/// dropping it flushes what is queued.
+fn init_logging(
+    format: LogFormat,
+    override_fmt: Option<&str>,
+    level: &str,
+) -> (FilterHandle, tracing_appender::non_blocking::WorkerGuard) {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
@@ -171,13 +180,16 @@ fn init_logging(format: LogFormat, override_fmt: Option<&str>, level: &str) -> F
             LogFormat::Auto => !std::io::stderr().is_terminal(),
         },
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         let layer = tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_writer(std::io::stderr);
+            .with_writer(writer);
         registry.with(layer).init();
     } else {
         let ansi = std::io::stderr().is_terminal();
@@ -185,11 +197,11 @@ fn init_logging(format: LogFormat, override_fmt: Option<&str>, level: &str) -> F
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .init();
     }
-    handle
+    (handle, guard)
 }
 
 fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
@@ -203,7 +215,7 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let handle = init_logging(
+    let (handle, _log_guard) = init_logging(
         config.server.log_format,
         log_format,
         &config.server.log_level,
