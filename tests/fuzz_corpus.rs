@@ -100,6 +100,11 @@ fn challenge() {
 }
 
 #[test]
+fn route() {
+    replay("route");
+}
+
+#[test]
 fn every_target_has_a_committed_corpus() {
     for (name, _) in cae_proxy::fuzzing::TARGETS {
         assert!(
