@@ -1632,8 +1632,11 @@ pub fn seed_route() -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// A target body: panics when a property breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the corpus replay and the seed writer.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("authorization", authorization),
     ("set_push", set_push),
     ("poll_response", poll_response),
