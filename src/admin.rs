@@ -127,7 +127,8 @@ fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Respons
     Err(Box::new(r))
 }
 
-type ApiError = (StatusCode, String);
+/// An admin API failure: status and message.
+pub type ApiError = (StatusCode, String);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,8 +153,8 @@ struct DeleteBody {
     key: SubjectKey,
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
+async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|_| {
@@ -162,59 +163,42 @@ async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
                 format!("the body exceeds {MAX_BODY} bytes or was cut short"),
             )
         })?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
+        .to_bytes())
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
-async fn api(
-    shared: &Arc<Shared>,
-    req: Request<Incoming>,
-    rid: &str,
-) -> Result<Response<ProxyBody>, ApiError> {
-    let now = now_secs();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let change = match (req.method().clone(), path.as_str()) {
-        (Method::POST, "/reload") => {
-            return match shared.reload() {
-                Ok(g) => Ok(json_response(StatusCode::OK, json!({"generation": g}))),
-                Err(e) => Err((StatusCode::BAD_REQUEST, e)),
-            }
-        }
-        (Method::GET, "/admin/stats") => {
-            let s = shared.store.tables().stats();
-            return Ok(json_response(
-                StatusCode::OK,
-                json!({"revocations": s.revocations, "blocks": s.blocks, "bindings": s.bindings, "backend": shared.store.backend_name()}),
-            ));
-        }
-        (Method::GET, p) if p.starts_with("/admin/entries/") => {
-            return list(shared, &p["/admin/entries/".len()..], &query)
-        }
-        (Method::POST, "/admin/revoke") => {
-            let b: KeyBody = body_json(req).await?;
+/// The table change a `POST` to one of the change endpoints (`/admin/revoke`, `/admin/block`,
+/// `/admin/unblock`, `/admin/bind`, `/admin/unbind`, `/admin/delete`) asks for. Pure: the
+/// body parsing the admin API does, apart from the HTTP exchange (fuzzed in `fuzz/`).
+pub fn change_from_body(path: &str, body: &[u8], now: i64) -> Result<Change, ApiError> {
+    Ok(match path {
+        "/admin/revoke" => {
+            let b: KeyBody = body_json(body)?;
             Change::Revoke {
                 key: b.key.normalized(),
                 at: b.at.unwrap_or(now),
             }
         }
-        (Method::POST, "/admin/block") => {
-            let b: KeyBody = body_json(req).await?;
+        "/admin/block" => {
+            let b: KeyBody = body_json(body)?;
             Change::Block {
                 key: b.key.normalized(),
                 at: b.at.unwrap_or(now),
             }
         }
-        (Method::POST, "/admin/unblock") => {
-            let b: KeyBody = body_json(req).await?;
+        "/admin/unblock" => {
+            let b: KeyBody = body_json(body)?;
             Change::Unblock {
                 key: b.key.normalized(),
                 at: b.at.unwrap_or(now),
             }
         }
-        (Method::POST, "/admin/bind") => {
-            let b: BindBody = body_json(req).await?;
+        "/admin/bind" => {
+            let b: BindBody = body_json(body)?;
             let mut nets = Vec::new();
             for n in &b.nets {
                 nets.push(crate::config::parse_net(n).ok_or((
@@ -243,20 +227,59 @@ async fn api(
                 at: b.at.unwrap_or(now),
             }
         }
-        (Method::POST, "/admin/unbind") => {
-            let b: KeyBody = body_json(req).await?;
+        "/admin/unbind" => {
+            let b: KeyBody = body_json(body)?;
             Change::Unbind {
                 key: b.key.normalized(),
                 at: b.at.unwrap_or(now),
             }
         }
-        (Method::POST, "/admin/delete") => {
-            let b: DeleteBody = body_json(req).await?;
+        "/admin/delete" => {
+            let b: DeleteBody = body_json(body)?;
             Change::Delete {
                 table: b.table,
                 key: b.key.normalized(),
             }
         }
+        _ => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "no admin endpoint at this path".into(),
+            ))
+        }
+    })
+}
+
+async fn api(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    rid: &str,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let now = now_secs();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let change = match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/reload") => {
+            return match shared.reload() {
+                Ok(g) => Ok(json_response(StatusCode::OK, json!({"generation": g}))),
+                Err(e) => Err((StatusCode::BAD_REQUEST, e)),
+            }
+        }
+        (Method::GET, "/admin/stats") => {
+            let s = shared.store.tables().stats();
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"revocations": s.revocations, "blocks": s.blocks, "bindings": s.bindings, "backend": shared.store.backend_name()}),
+            ));
+        }
+        (Method::GET, p) if p.starts_with("/admin/entries/") => {
+            return list(shared, &p["/admin/entries/".len()..], &query)
+        }
+        (
+            Method::POST,
+            "/admin/revoke" | "/admin/block" | "/admin/unblock" | "/admin/bind" | "/admin/unbind"
+            | "/admin/delete",
+        ) => change_from_body(&path, &body_bytes(req).await?, now)?,
         (
             _,
             "/reload" | "/admin/stats" | "/admin/revoke" | "/admin/block" | "/admin/unblock"

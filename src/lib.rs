@@ -23,6 +23,9 @@ pub mod demo;
 pub mod dev;
 pub mod fetch;
 pub mod fleet;
+/// Fuzz target bodies (`fuzz/`, `tests/fuzz_corpus.rs`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

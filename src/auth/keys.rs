@@ -293,54 +293,18 @@ impl KeySet {
             }
             KeySource::Discovery(url) => {
                 let (body, _) = self.get_ok(url, timeout).await?;
-                let doc: serde_json::Value =
-                    serde_json::from_slice(&body).map_err(|e| KeyError::Document {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let issuer = doc
-                    .get("issuer")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let norm = |s: &str| s.strip_suffix('/').unwrap_or(s).to_string();
-                if !self.expected_issuer.contains("{tenantid}")
-                    && norm(&issuer) != norm(&self.expected_issuer)
-                {
-                    return Err(KeyError::IssuerMismatch {
-                        url: url.clone(),
-                        found: issuer,
-                        expected: self.expected_issuer.clone(),
-                    });
-                }
-                let jwks_uri = doc
-                    .get("jwks_uri")
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| KeyError::Document {
-                        url: url.clone(),
-                        reason: "no jwks_uri".into(),
-                    })?
-                    .to_string();
-                let scheme_ok = url::Url::parse(&jwks_uri).is_ok_and(|u| {
-                    u.scheme() == "https"
-                        || (u.scheme() == "http"
-                            && (self.policy.allow_insecure_http
-                                || crate::config::is_loopback_host(u.host_str().unwrap_or(""))))
-                });
-                if !scheme_ok {
-                    return Err(KeyError::Document {
-                        url: url.clone(),
-                        reason: format!("jwks_uri {jwks_uri:?} must use https"),
-                    });
-                }
+                let d = parse_discovery(
+                    &body,
+                    url,
+                    &self.expected_issuer,
+                    self.policy.allow_insecure_http,
+                )?;
+                let jwks_uri = d.jwks_uri;
                 let (body, age) = self.get_ok(&jwks_uri, timeout).await?;
                 let mut keys = self.parse_jwks(&body, &jwks_uri)?;
-                keys.authorization_endpoint = doc
-                    .get("authorization_endpoint")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string);
-                keys.discovered_issuer = Some(issuer);
-                keys.discovery = Some(doc);
+                keys.authorization_endpoint = d.authorization_endpoint;
+                keys.discovered_issuer = Some(d.issuer);
+                keys.discovery = Some(d.doc);
                 Ok((keys, age))
             }
         }
@@ -368,6 +332,75 @@ impl KeySet {
     pub fn parse_jwks(&self, body: &[u8], from: &str) -> Result<Keys, KeyError> {
         parse_jwks(body, from, self.min_rsa_bits)
     }
+}
+
+/// What an OIDC or SSF discovery document contributes to a key set.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    /// The `issuer` the provider states (checked against the expected one).
+    pub issuer: String,
+    /// Where the keys are: `https`, or `http` on loopback or when allowed.
+    pub jwks_uri: String,
+    pub authorization_endpoint: Option<String>,
+    /// The whole document (SSF endpoints are read from it).
+    pub doc: serde_json::Value,
+}
+
+/// Parses and checks a discovery document fetched from `url` (pure; fuzzed): its `issuer` must
+/// be `expected_issuer` (unless that is a `{tenantid}` template) and its `jwks_uri` https.
+pub fn parse_discovery(
+    body: &[u8],
+    url: &str,
+    expected_issuer: &str,
+    allow_insecure_http: bool,
+) -> Result<Discovered, KeyError> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| KeyError::Document {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    let issuer = doc
+        .get("issuer")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let norm = |s: &str| s.strip_suffix('/').unwrap_or(s).to_string();
+    if !expected_issuer.contains("{tenantid}") && norm(&issuer) != norm(expected_issuer) {
+        return Err(KeyError::IssuerMismatch {
+            url: url.to_string(),
+            found: issuer,
+            expected: expected_issuer.to_string(),
+        });
+    }
+    let jwks_uri = doc
+        .get("jwks_uri")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| KeyError::Document {
+            url: url.to_string(),
+            reason: "no jwks_uri".into(),
+        })?
+        .to_string();
+    let scheme_ok = url::Url::parse(&jwks_uri).is_ok_and(|u| {
+        u.scheme() == "https"
+            || (u.scheme() == "http"
+                && (allow_insecure_http
+                    || crate::config::is_loopback_host(u.host_str().unwrap_or(""))))
+    });
+    if !scheme_ok {
+        return Err(KeyError::Document {
+            url: url.to_string(),
+            reason: format!("jwks_uri {jwks_uri:?} must use https"),
+        });
+    }
+    let authorization_endpoint = doc
+        .get("authorization_endpoint")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Ok(Discovered {
+        issuer,
+        jwks_uri,
+        authorization_endpoint,
+        doc,
+    })
 }
 
 /// Parses a JWKS document; invalid members are skipped with a log line, not fatal.

@@ -28,6 +28,10 @@ pub enum ForwardError {
     BodyTooLarge,
     #[error("the upstream connection failed: {0}")]
     Upstream(String),
+    /// The client's request body broke off or was malformed (bad chunked framing, oversize
+    /// trailers) while it was being forwarded: the client's fault, not the upstream's.
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
 }
 
 impl ForwardError {
@@ -37,6 +41,7 @@ impl ForwardError {
             ForwardError::Timeout(_) => "timeout",
             ForwardError::BodyTooLarge => "body_too_large",
             ForwardError::Upstream(_) => "protocol",
+            ForwardError::ClientBody(_) => "client_body",
         }
     }
 }
@@ -91,6 +96,12 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
     while let Some(s) = src {
         if s.is::<http_body_util::LengthLimitError>() {
             return ForwardError::BodyTooLarge;
+        }
+        // hyper's "error from user's Body stream": our request body, i.e. the client's.
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return ForwardError::ClientBody(crate::fetch::error_chain(s));
         }
         src = s.source();
     }

@@ -62,17 +62,21 @@ pub fn wants_upgrade(h: &HeaderMap) -> bool {
 
 /// The client address: the peer, or — when the peer is a trusted proxy — the right-most
 /// untrusted `X-Forwarded-For` (else `Forwarded: for=`) entry. Never a header from an untrusted peer.
+/// An entry that is not an address (`unknown`, an RFC 7239 obfuscated `_id`, garbage) ends the
+/// walk: nothing to its left was vouched for by a trusted hop, so the last trusted hop is used.
 pub fn client_ip(peer: IpAddr, h: &HeaderMap, server: &Server) -> IpAddr {
     let peer = peer.to_canonical();
     if !server.is_trusted(peer) {
         return peer;
     }
-    let mut chain: Vec<IpAddr> = h
+    let mut chain: Vec<Option<IpAddr>> = h
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|s| parse_addr(s.trim()))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_addr)
         .collect();
     if chain.is_empty() {
         chain = h
@@ -82,13 +86,17 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, server: &Server) -> IpAddr {
             .flat_map(|v| v.split([',', ';']))
             .filter_map(|p| {
                 let (k, v) = p.trim().split_once('=')?;
-                k.eq_ignore_ascii_case("for")
-                    .then(|| parse_addr(v.trim_matches('"')))?
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| parse_addr(v.trim().trim_matches('"')))
             })
             .collect();
     }
     let mut client = peer;
     for ip in chain.iter().rev() {
+        let Some(ip) = ip else {
+            break;
+        };
         client = ip.to_canonical();
         if !server.is_trusted(client) {
             break;
@@ -208,6 +216,22 @@ mod tests {
             client_ip("10.0.0.2".parse().unwrap(), &f, &s),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+        // A trusted hop that could not name the client (`unknown`, an obfuscated `_id`): the
+        // spoofable entries to its left are not believed.
+        for (name, value) in [
+            (&X_FORWARDED_FOR, "203.0.113.9, unknown"),
+            (&X_FORWARDED_FOR, "203.0.113.9, garbage, 10.1.1.1"),
+            (&http::header::FORWARDED, "for=203.0.113.9, for=_hidden"),
+            (
+                &http::header::FORWARDED,
+                "for=203.0.113.9, for=unknown;proto=https",
+            ),
+        ] {
+            let mut u = HeaderMap::new();
+            u.insert(name.clone(), value.parse().unwrap());
+            let got = client_ip("10.0.0.2".parse().unwrap(), &u, &s);
+            assert!(s.is_trusted(got), "{value}: {got} is a spoofable entry");
+        }
 
         let mut out = h.clone();
         set_forwarded(

@@ -53,6 +53,9 @@ enum ProxyError {
     BodyTooLarge,
     #[error("the request cannot be forwarded: {0}")]
     BadRequest(String),
+    /// Host or message framing that two parsers could read differently (request smuggling).
+    #[error("ambiguous request: {0}")]
+    Ambiguous(&'static str),
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
@@ -66,6 +69,10 @@ impl ProxyError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
             }
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ProxyError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_request"),
+            ProxyError::Forward(ForwardError::ClientBody(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_request_body")
+            }
             ProxyError::Forward(ForwardError::Timeout(_)) => {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
             }
@@ -112,6 +119,7 @@ pub async fn handle(
     let snap = shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
     let method = req.method().clone();
+    let version = req.version();
     let path = req.uri().path().to_string();
     let host = authority(&req).map(str::to_string);
     let mut out = Outcome {
@@ -125,7 +133,12 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             let (status, code) = e.status();
-            if let ProxyError::Forward(f) = &e {
+            if let ProxyError::Forward(
+                f @ (ForwardError::Connect(_)
+                | ForwardError::Timeout(_)
+                | ForwardError::Upstream(_)),
+            ) = &e
+            {
                 shared
                     .metrics
                     .upstream_errors
@@ -134,7 +147,13 @@ pub async fn handle(
             }
             tracing::warn!(request_id = %request_id, error = %e, "request failed");
             out.reason = code;
-            json_error(status, code, &e.to_string(), &request_id)
+            let mut r = json_error(status, code, &e.to_string(), &request_id);
+            if matches!(e, ProxyError::Ambiguous(_)) && version < Version::HTTP_2 {
+                // The rest of the stream cannot be trusted to start at a request boundary.
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
         }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -176,6 +195,52 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Requests whose target host or body framing two parsers could read differently are refused,
+/// never forwarded (RFC 9112 §3.2 and §6.3, RFC 9113 §8.3.1). hyper already refuses
+/// conflicting `Content-Length` values, obsolete line folding and bad header syntax; this adds the
+/// rules it leaves to the application.
+fn ambiguity<B>(req: &Request<B>) -> Option<&'static str> {
+    let h = req.headers();
+    let mut hosts = h.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => {
+            if let (Some(host), Some(auth)) = (host, req.uri().authority()) {
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(auth.as_str().as_bytes())
+                {
+                    return Some("the Host header disagrees with :authority");
+                }
+            }
+        }
+        Version::HTTP_11 if host.is_none() => {
+            return Some("an HTTP/1.1 request needs a Host header")
+        }
+        _ => {}
+    }
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@'));
+        if !valid {
+            return Some("the Host header is not a valid host");
+        }
+    }
+    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    if h.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
+        return Some("more than one Content-Length header");
+    }
+    None
+}
+
 fn authority(req: &Request<Incoming>) -> Option<&str> {
     req.uri()
         .authority()
@@ -192,6 +257,9 @@ async fn inner(
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let server = &snap.config.server;
+    if let Some(why) = ambiguity(&req) {
+        return Err(ProxyError::Ambiguous(why));
+    }
     if route::has_dot_segment(req.uri().path()) {
         return Err(ProxyError::BadPath);
     }

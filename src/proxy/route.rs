@@ -47,10 +47,9 @@ impl Router {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 1]);
+        // `[v6]:port` → `[v6]`. Without the closing bracket the host is taken as it is (slicing
+        // past its end here used to panic on `Host: [x`).
+        return host.find(']').map_or(host, |i| &host[..=i]);
     }
     host.rsplit_once(':').map_or(host, |(h, p)| {
         if p.bytes().all(|b| b.is_ascii_digit()) {
@@ -72,8 +71,8 @@ fn host_score(patterns: &[HostPattern], host: &str) -> Option<u8> {
             HostPattern::Exact(h) if h.eq_ignore_ascii_case(host) => 3,
             HostPattern::Suffix(sfx)
                 if host.len() > sfx.len()
-                    && host[host.len() - sfx.len()..].eq_ignore_ascii_case(sfx)
-                    && host.is_char_boundary(host.len() - sfx.len()) =>
+                    && host.is_char_boundary(host.len() - sfx.len())
+                    && host[host.len() - sfx.len()..].eq_ignore_ascii_case(sfx) =>
             {
                 2
             }
@@ -186,6 +185,23 @@ mod tests {
         assert_eq!(
             name(Some("example.com"), "/api", http::Method::GET).as_deref(),
             Some("api")
+        );
+        // Malformed hosts are not routed by a host pattern, and never panic.
+        assert_eq!(
+            name(Some("[abc"), "/", http::Method::GET).as_deref(),
+            Some("any")
+        );
+        assert_eq!(
+            name(Some("[::1]:8443"), "/", http::Method::GET).as_deref(),
+            Some("any")
+        );
+        assert_eq!(
+            name(Some("é.example.com"), "/", http::Method::GET).as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            name(Some("xéxample.com"), "/", http::Method::GET).as_deref(),
+            Some("any")
         );
     }
 

@@ -52,12 +52,19 @@ struct PollRequest<'a> {
     set_errs: &'a BTreeMap<String, SetErr>,
 }
 
-#[derive(Deserialize)]
-struct PollResponse {
+/// A transmitter's poll answer (RFC 8936 §2.3).
+#[derive(Debug, Deserialize)]
+pub struct PollResponse {
+    /// `jti` → compact SET.
     #[serde(default)]
-    sets: BTreeMap<String, String>,
+    pub sets: BTreeMap<String, String>,
     #[serde(default, rename = "moreAvailable")]
-    more_available: bool,
+    pub more_available: bool,
+}
+
+/// Parses a poll response body (pure, so it can be fuzzed apart from the HTTP exchange).
+pub fn parse_response(body: &[u8]) -> Result<PollResponse, PollError> {
+    serde_json::from_slice(body).map_err(|e| PollError::BadResponse(e.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +176,7 @@ async fn poll_with(
     if resp.status != http::StatusCode::OK {
         return Err(PollError::Status(resp.status.as_u16()));
     }
-    let parsed: PollResponse =
-        serde_json::from_slice(&resp.body).map_err(|e| PollError::BadResponse(e.to_string()))?;
+    let parsed = parse_response(&resp.body)?;
     // The transmitter has our acknowledgements and errors now.
     *pending = Pending::default();
     let arrival = Instant::now();
