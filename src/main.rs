@@ -220,11 +220,16 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
         log_format,
         &config.server.log_level,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.worker_threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: the current-thread scheduler (no work-stealing bookkeeping, no cross-thread
+    // wake-ups). Several: the multi-thread scheduler with that many workers.
+    let mut builder = if config.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.server.worker_threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
