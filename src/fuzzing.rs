@@ -924,21 +924,53 @@ pub fn ip(data: &[u8]) {
     if !server.is_trusted(canon) {
         assert_eq!(got, canon, "an untrusted peer's headers are ignored");
     } else if got != canon {
-        let named = [&xff, &fwd]
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).to_ascii_lowercase())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let found = named
-            .split([',', ';', ' ', '"', '=', '[', ']'])
-            .filter_map(|s| {
-                crate::proxy::headers::parse_addr(s.trim())
-                    .or_else(|| s.rsplit_once(':').and_then(|(a, _)| a.parse().ok()))
+        // The forwarding chain as the specification reads it: X-Forwarded-For entries, else the
+        // `for=` parameters of Forwarded; `None` for an entry that is not an address.
+        let text = |b: &[u8]| {
+            HeaderValue::from_bytes(b)
+                .ok()
+                .and_then(|v| v.to_str().ok().map(str::to_string))
+        };
+        let parse = crate::proxy::headers::parse_addr;
+        let mut chain: Vec<Option<IpAddr>> = text(&xff)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(parse)
+                    .collect()
             })
-            .any(|a: IpAddr| a.to_canonical() == got);
+            .unwrap_or_default();
+        if chain.is_empty() {
+            chain = text(&fwd)
+                .map(|v| {
+                    v.split([',', ';'])
+                        .filter_map(|p| {
+                            let (k, v) = p.trim().split_once('=')?;
+                            k.trim()
+                                .eq_ignore_ascii_case("for")
+                                .then(|| parse(v.trim().trim_matches('"')))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        // `got` must be an entry every hop to its right vouched for: only trusted addresses
+        // between it and the peer, and no entry that is not an address.
+        let mut vouched = false;
+        for e in chain.iter().rev() {
+            match e {
+                Some(a) if a.to_canonical() == got => {
+                    vouched = true;
+                    break;
+                }
+                Some(a) if server.is_trusted(a.to_canonical()) => continue,
+                _ => break,
+            }
+        }
         assert!(
-            found,
-            "client address {got} is neither the peer nor named in the headers"
+            vouched,
+            "client address {got} was not vouched for by trusted hops"
         );
     }
 }
