@@ -505,3 +505,25 @@ async fn tenant_templates_accept_listed_tenants_only() {
         "the token issuer is not trusted"
     );
 }
+
+#[tokio::test]
+async fn a_cached_token_stops_when_its_key_is_withdrawn() {
+    let s = setup().await;
+    let old_kid = s.idp.signing_key().kid().to_string();
+    let t = s.idp.mint("alice", json!({}));
+    assert_eq!(call(&s, "/api", &t).await.status, StatusCode::OK);
+    assert_eq!(
+        call(&s, "/api", &t).await.status,
+        StatusCode::OK,
+        "served from the cache"
+    );
+    // The provider rotates and withdraws the old key; a token with the new kid makes the proxy
+    // refetch the key set.
+    s.idp.rotate(KeyAlg::Rs256);
+    s.idp.remove_key(&old_kid);
+    assert_eq!(
+        call(&s, "/api", &s.idp.mint("bob", json!({}))).await.status,
+        StatusCode::OK
+    );
+    assert_invalid(&call(&s, "/api", &t).await, "the signing key is unknown");
+}

@@ -363,7 +363,14 @@ async fn authenticate(
         }
     };
     let key = cache::key(token);
-    let principal = match shared.cache.get(&key, now, 0) {
+    // A cached principal counts only while its signing key is still published: a key the
+    // provider removed (rotation, compromise) stops its cached tokens too.
+    let cached = shared.cache.get(&key, now, 0).filter(|p| {
+        snap.issuers
+            .by_name(&p.issuer)
+            .is_some_and(|i| i.keys.keys().get(p.kid.as_deref()).is_some())
+    });
+    let principal = match cached {
         Some(p) => {
             m.token_cache_hits.inc();
             p
