@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey};
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
 use crate::config::{KeyPolicy, KeySource};
 use crate::fetch::{self, FetchError, Fetcher};
@@ -47,7 +47,6 @@ pub struct VerifyKey {
     pub family: KeyFamily,
     /// The JWK's own `alg`, when it names one: the token must use exactly that.
     pub alg: Option<Algorithm>,
-    pub decoding: DecodingKey,
     /// Pre-parsed aws-lc-rs keys, one per algorithm this key may verify: parsing (and the RSA
     /// Montgomery set-up) happens once per JWKS fetch instead of once per token.
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
@@ -495,12 +494,10 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
             }
         }
     }
-    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
     Ok(VerifyKey {
         kid: jwk.common.key_id.clone(),
         family,
         alg,
-        decoding,
         verifiers,
     })
 }

@@ -386,14 +386,12 @@ pub fn verify_with_key(
     if set.signature.is_empty() {
         return Err(SetError::BadSignature);
     }
-    match jsonwebtoken::crypto::verify(
-        &set.signature,
-        set.signing_input.as_bytes(),
-        &key.decoding,
-        alg,
-    ) {
-        Ok(true) => {}
-        Ok(false) | Err(_) => return Err(SetError::BadSignature),
+    // The same pre-parsed aws-lc-rs verification as access tokens (`VerifyKey::verify`).
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&set.signature)
+        .map_err(|_| SetError::BadSignature)?;
+    if !key.verify(alg, set.signing_input.as_bytes(), &signature) {
+        return Err(SetError::BadSignature);
     }
     if normalize_iss(&set.claims.iss) != normalize_iss(&policy.issuer) {
         return Err(SetError::WrongIssuer);
