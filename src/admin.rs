@@ -47,6 +47,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let rid = crate::proxy::headers::request_id(req.headers());
+    let rid = rid.to_str().unwrap_or_default().to_string();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let resp = match (req.method(), path.as_str()) {

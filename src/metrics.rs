@@ -1,6 +1,7 @@
 //! Prometheus metrics: stable names, low-cardinality labels, one registry per proxy instance.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +12,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
+    /// Shared with the route's [`RouteMetrics`]: labelling a request allocates nothing.
+    pub route: Arc<String>,
     pub status: u16,
     /// `allow`, `deny`, `report_only` or `none` (no auth on the route / no route).
     pub decision: &'static str,
@@ -20,7 +22,39 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    pub route: String,
+    pub route: Arc<String>,
+}
+
+/// The metric handles of one route (or of "no route"), looked up once per configuration snapshot
+/// instead of once per request.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    pub route: Arc<String>,
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Handles registered in `m` under `route`.
+    pub fn new(m: &Metrics, route: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: Arc::new(route.to_string()),
+        };
+        RouteMetrics {
+            request_duration: m.request_duration.get_or_create(&label).clone(),
+            upstream_duration: m.upstream_duration.get_or_create(&label).clone(),
+            route: label.route,
+        }
+    }
+
+    /// Handles that no registry exports (routers built outside a running proxy).
+    pub fn detached(route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: Arc::new(route.to_string()),
+            request_duration: latency(),
+            upstream_duration: latency(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

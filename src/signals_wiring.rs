@@ -210,6 +210,7 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let Some(rt) = snap.signals.push.get(&path).cloned() else {
         let id = crate::proxy::headers::request_id(req.headers());
+        let id = id.to_str().unwrap_or_default().to_string();
         return Ok(crate::proxy::json_error(
             StatusCode::NOT_FOUND,
             "not_found",

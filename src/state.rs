@@ -146,7 +146,7 @@ impl Shared {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Snapshot {
             generation,
-            router: Router::new(&config.routes),
+            router: Router::with_metrics(&config.routes, &self.metrics),
             issuers,
             upstreams,
             tls,

@@ -527,3 +527,49 @@ async fn a_cached_token_stops_when_its_key_is_withdrawn() {
     );
     assert_invalid(&call(&s, "/api", &t).await, "the signing key is unknown");
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_repeating_its_token_still_sees_reloads_and_withdrawn_keys() {
+    let s = setup().await;
+    let c = client();
+    let url = s.h.url("public", "/api");
+    let t = s.idp.mint("alice", json!({}));
+    let auth = bearer(&t);
+    for _ in 0..3 {
+        let r = get(&c, &url, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    // A reload that stops accepting the token's audience applies to the open connection at once:
+    // the token the connection remembered is checked again, and refused.
+    let text = std::fs::read_to_string(&s.h.config_path).unwrap();
+    let narrowed = text.replace(
+        r#"audiences = ["api://cae-demo", "11111111-2222-3333-4444-555555555555"]"#,
+        r#"audiences = ["api://someone-else"]"#,
+    );
+    assert_ne!(text, narrowed);
+    s.h.write_config(&narrowed);
+    s.h.proxy.reload().unwrap();
+    assert_invalid(
+        &get(&c, &url, &[("authorization", &auth)]).await,
+        "the token audience is not accepted",
+    );
+    // Back to the original configuration: the same connection, the same token, accepted again;
+    // then the provider withdraws the signing key and the remembered token stops.
+    s.h.write_config(&text);
+    s.h.proxy.reload().unwrap();
+    assert_eq!(
+        get(&c, &url, &[("authorization", &auth)]).await.status,
+        StatusCode::OK
+    );
+    let old_kid = s.idp.signing_key().kid().to_string();
+    s.idp.rotate(KeyAlg::Rs256);
+    s.idp.remove_key(&old_kid);
+    assert_eq!(
+        call(&s, "/api", &s.idp.mint("bob", json!({}))).await.status,
+        StatusCode::OK
+    );
+    assert_invalid(
+        &get(&c, &url, &[("authorization", &auth)]).await,
+        "the signing key is unknown",
+    );
+}

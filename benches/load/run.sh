@@ -3,6 +3,8 @@
 # jwt_authn, side by side in one run, interleaved repetitions, loopback only. The server under test
 # is pinned to core 1; wrk and the upstream (nginx `return 200`) share core 0. Stops everything it
 # started. Usage: benches/load/run.sh [REPS] [SECONDS]   (defaults 3 and 5; total ≈ 4 + REPS × 1.2 min)
+# ONLY=REGEX runs only the cases whose "case server" matches (e.g. ONLY='repeated.*(nginx|cae)');
+# the push-latency and SIGHUP cases are named "push" and "sighup".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${1:-3}
@@ -223,6 +225,7 @@ PY
 
 run_case() { # case server rep mode(rs256|es256) tokens(repeat|rotate) [cache] [store]
   local case=$1 server=$2 rep=$3 alg=$4 tok=$5 cache=${6:-100000} store=${7:-none}
+  wanted "$case $server" || return 0
   local pg; pg=$(start_server "${server%-empty}" "$alg" "$cache" "$store")
   wait_port "$SUT"
   if [ "${server%-empty}" = cae-proxy ]; then
@@ -236,6 +239,8 @@ run_case() { # case server rep mode(rs256|es256) tokens(repeat|rotate) [cache] [
   fi
   stop "$pg"
 }
+
+wanted() { [[ "$1" =~ ${ONLY:-.} ]]; }
 
 echo "== $REPS interleaved repetitions, ${DUR}s each, $CONNS connections; results in $W"
 for rep in $(seq 1 "$REPS"); do
@@ -253,6 +258,9 @@ for rep in $(seq 1 "$REPS"); do
   run_case revocations-1m cae-proxy "$rep" rs256 repeat 100000 "$W/store-revoked.redb"
 done
 
+FRESH="not run"
+RELOADS=""
+if wanted "push cae-proxy"; then
 echo "== SET push → first refused request, under load (100 probes)"
 pg=$(start_server cae-proxy rs256 100000 none); wait_port "$SUT"
 for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.05; done
@@ -262,7 +270,9 @@ FRESH=$(taskset -c 0 target/release/examples/benchkit probe --dir "$W" --proxy "
 pkill -f "wrk -t1 -c$CONNS -d60s" || true
 stop "$pg"
 echo "$FRESH"
+fi
 
+if wanted "sighup cae-proxy"; then
 echo "== SIGHUP every second under load"
 pg=$(start_server cae-proxy rs256 100000 none); wait_port "$SUT"
 for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.05; done
@@ -270,6 +280,7 @@ for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$ADM/readyz" >/dev/null && 
 measure sighup-every-second cae-proxy 1 "$pg" -H "Authorization: Bearer $TOKEN_RS" "http://127.0.0.1:$SUT/"
 RELOADS=$(curl -fs "http://127.0.0.1:$ADM/metrics" | awk '/^cae_reloads_total\{result="ok"/{print $2}')
 stop "$pg"
+fi
 
 echo
 echo "## Results ($(date -u +%F), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"

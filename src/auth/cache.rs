@@ -46,6 +46,11 @@ impl TokenCache {
         }
     }
 
+    /// Whether the cache holds anything at all (`token_cache_size` > 0).
+    pub fn enabled(&self) -> bool {
+        self.per_generation > 0
+    }
+
     fn shard(&self, k: &Key) -> &Mutex<Shard> {
         &self.shards[k[0] as usize % SHARDS]
     }

@@ -112,7 +112,7 @@ pub fn decide(
         let iat = p.iat.unwrap_or(i64::MIN);
         let mut blocked: Option<i64> = None;
         let mut worst: Option<(i64, RevokedBy)> = None;
-        for_each_key(p, &mut buf, |key, by| {
+        for_each_key(p, tables, &mut buf, |key, by| {
             blocked = blocked.max(tables.blocked_since(key));
             if let Some(at) = tables.revoked_at(key) {
                 if iat < at && worst.is_none_or(|(w, _)| at > w) {
@@ -137,7 +137,11 @@ pub fn decide(
     if cae.signal_ip {
         let ip = client_ip.to_canonical();
         for iss in [p.iss.as_str(), ANY_ISSUER] {
-            if let Some(sid) = &p.sid {
+            if let Some(sid) = p
+                .sid
+                .as_ref()
+                .filter(|_| tables.may_bind(KIND_SESSION, iss))
+            {
                 encode_into(&mut buf, KIND_SESSION, iss, sid);
                 if tables.binding_allows(&buf, ip) == Some(false) {
                     return Err(DenyReason::IpNotAllowed {
@@ -145,7 +149,11 @@ pub fn decide(
                     });
                 }
             }
-            for s in subjects.iter().flatten() {
+            let subjects = subjects
+                .iter()
+                .flatten()
+                .filter(|_| tables.may_bind(KIND_SUBJECT, iss));
+            for s in subjects {
                 encode_into(&mut buf, KIND_SUBJECT, iss, s);
                 if tables.binding_allows(&buf, ip) == Some(false) {
                     return Err(DenyReason::IpNotAllowed {
@@ -236,32 +244,37 @@ pub fn check_grants(route: &Route, p: &Principal) -> Result<(), DenyReason> {
 
 /// Calls `f` with every table key the principal can be named by: subject and object id, session
 /// and token id (each under the token's issuer and under "any issuer"), tenant, device, e-mails.
-fn for_each_key(p: &Principal, buf: &mut String, mut f: impl FnMut(&str, RevokedBy)) {
+fn for_each_key(
+    p: &Principal,
+    tables: &Tables,
+    buf: &mut String,
+    mut f: impl FnMut(&str, RevokedBy),
+) {
+    let mut key = |kind: char, iss: &str, value: &str, by: RevokedBy| {
+        if tables.may_revoke(kind, iss) {
+            encode_into(buf, kind, iss, value);
+            f(buf, by);
+        }
+    };
     for iss in [p.iss.as_str(), ANY_ISSUER] {
         for s in [p.sub.as_deref(), p.oid.as_deref()].into_iter().flatten() {
-            encode_into(buf, KIND_SUBJECT, iss, s);
-            f(buf, RevokedBy::Subject);
+            key(KIND_SUBJECT, iss, s, RevokedBy::Subject);
         }
         if let Some(sid) = &p.sid {
-            encode_into(buf, KIND_SESSION, iss, sid);
-            f(buf, RevokedBy::Session);
+            key(KIND_SESSION, iss, sid, RevokedBy::Session);
         }
         if let Some(jti) = &p.jti {
-            encode_into(buf, KIND_TOKEN, iss, jti);
-            f(buf, RevokedBy::Token);
+            key(KIND_TOKEN, iss, jti, RevokedBy::Token);
         }
     }
     if let Some(tid) = &p.tid {
-        encode_into(buf, KIND_TENANT, "", tid);
-        f(buf, RevokedBy::Tenant);
+        key(KIND_TENANT, "", tid, RevokedBy::Tenant);
     }
     if let Some(d) = &p.device {
-        encode_into(buf, KIND_DEVICE, "", d);
-        f(buf, RevokedBy::Device);
+        key(KIND_DEVICE, "", d, RevokedBy::Device);
     }
     for e in &p.emails {
-        encode_into(buf, KIND_EMAIL, "", e);
-        f(buf, RevokedBy::Email);
+        key(KIND_EMAIL, "", e, RevokedBy::Email);
     }
 }
 

@@ -210,9 +210,11 @@ pub fn bearer<'a>(
     if values.next().is_some() {
         return Err(TokenError::MultipleAuthorization);
     }
-    let v = v
-        .to_str()
-        .map_err(|_| TokenError::Malformed("non-ASCII Authorization header"))?;
+    // ASCII check word-at-a-time (a token is long; `HeaderValue::to_str` goes byte by byte).
+    let v = std::str::from_utf8(v.as_bytes())
+        .ok()
+        .filter(|v| v.is_ascii())
+        .ok_or(TokenError::Malformed("non-ASCII Authorization header"))?;
     let (scheme, token) = v.split_once(' ').ok_or(TokenError::NotBearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(TokenError::NotBearer);

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -49,7 +50,25 @@ impl ForwardError {
 /// A pooled client for one upstream definition.
 pub struct UpstreamClient {
     pub cfg: Upstream,
+    /// The parts of every target URI and the `Host` header, built once instead of per request.
+    pub scheme: Scheme,
+    pub authority: Option<Authority>,
+    pub host: HeaderValue,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>,
+}
+
+/// `Host` for an upstream URL: its host, and its port unless it is the scheme's default.
+fn host_header(url: &http::Uri) -> HeaderValue {
+    let host = url.host().unwrap_or_default();
+    let default_port = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let text = match url.port_u16() {
+        Some(p) if p != default_port => format!("{host}:{p}"),
+        _ => host.to_string(),
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 impl UpstreamClient {
@@ -76,6 +95,9 @@ impl UpstreamClient {
             .build(https);
         Ok(UpstreamClient {
             cfg: cfg.clone(),
+            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: cfg.url.authority().cloned(),
+            host: host_header(&cfg.url),
             client,
         })
     }

@@ -19,12 +19,19 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// Removes hop-by-hop headers and those named in `Connection`. With `upgrade`, keeps
 /// `Connection: upgrade` and `Upgrade` so the upstream sees the handshake.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of ten removals.
+    if !upgrade && !h.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // `keep-alive`, the usual option, goes below anyway: no name to parse, nothing to collect.
     let named: Vec<HeaderName> = h
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         if !(upgrade && n == UPGRADE) {
@@ -48,6 +55,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     } else {
         h.remove(UPGRADE);
     }
+}
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1), plus the proxy credentials.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "connection"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
 }
 
 /// Whether the request asks for a protocol upgrade (WebSocket).
@@ -119,22 +142,26 @@ pub fn parse_addr(s: &str) -> Option<IpAddr> {
 }
 
 /// Sets `X-Forwarded-For/Proto/Host`, keeping incoming values only from a trusted peer.
+/// `peer_value` is the peer address as a header value (built once per connection).
 pub fn set_forwarded(
     h: &mut HeaderMap,
-    peer: IpAddr,
+    peer_value: &HeaderValue,
     trusted_peer: bool,
     proto: &'static str,
     host: Option<&str>,
 ) {
-    let peer_s = peer.to_canonical().to_string();
-    let xff = match (
-        trusted_peer,
-        h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
-        _ => peer_s,
+    let prev = trusted_peer
+        .then(|| h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()))
+        .flatten()
+        .filter(|p| !p.trim().is_empty());
+    let xff = match prev {
+        Some(prev) => {
+            let peer = peer_value.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {peer}")).ok()
+        }
+        None => Some(peer_value.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert(&X_FORWARDED_FOR, v);
     }
     if !(trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
@@ -152,15 +179,27 @@ pub fn set_forwarded(
     }
 }
 
+/// The peer address as an `X-Forwarded-For` entry.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// The incoming `X-Request-Id` when it is short printable ASCII, else a new random id.
-pub fn request_id(h: &HeaderMap) -> String {
-    if let Some(v) = h.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
-            return v.to_string();
+pub fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic) {
+            return v.clone();
         }
     }
-    let n: u128 = rand::random();
-    format!("{n:032x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: [u8; 16] = rand::random();
+    let mut id = [0u8; 32];
+    for (i, b) in n.iter().enumerate() {
+        id[2 * i] = HEX[usize::from(b >> 4)];
+        id[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -236,7 +275,7 @@ mod tests {
         let mut out = h.clone();
         set_forwarded(
             &mut out,
-            "192.0.2.7".parse().unwrap(),
+            &peer_value("192.0.2.7".parse().unwrap()),
             false,
             "https",
             Some("api.example.com"),
@@ -244,7 +283,7 @@ mod tests {
         assert_eq!(out[&X_FORWARDED_FOR], "192.0.2.7");
         set_forwarded(
             &mut h,
-            "10.0.0.2".parse().unwrap(),
+            &peer_value("10.0.0.2".parse().unwrap()),
             true,
             "https",
             Some("api.example.com"),

@@ -21,21 +21,64 @@ use crate::auth::challenge::{self, ChallengeCtx};
 use crate::auth::decide::{self, DenyReason};
 use crate::auth::token::{self, Principal};
 use crate::config::{AuthMode, Route};
-use crate::metrics::{RequestLabels, ResultLabels, RouteLabel};
+use crate::metrics::{RequestLabels, ResultLabels, RouteMetrics};
 use crate::state::{Shared, Snapshot};
 use forward::{BoxError, ForwardError, ProxyBody};
 
 /// What the server knows about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     pub listener: Arc<str>,
+    /// The peer address as an `X-Forwarded-For` value ([`headers::peer_value`]).
+    pub peer_value: HeaderValue,
+    /// The last token this connection presented and its principal. Keep-alive clients send the
+    /// same token on every request; a repeat skips hashing it for the shared cache.
+    pub last_token: std::sync::Mutex<Option<LastToken>>,
+}
+
+/// A verified token remembered by one connection, valid for one configuration generation (a
+/// reload empties the shared cache, and so invalidates these too).
+#[derive(Debug)]
+pub struct LastToken {
+    token: Box<str>,
+    principal: Arc<Principal>,
+    generation: u64,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, listener: Arc<str>) -> ConnInfo {
+        ConnInfo {
+            peer_value: headers::peer_value(peer.ip()),
+            peer,
+            tls,
+            listener,
+            last_token: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn remembered(&self, token: &str, generation: u64) -> Option<Arc<Principal>> {
+        let last = self.last_token.lock().ok()?;
+        last.as_ref()
+            .filter(|l| l.generation == generation && *l.token == *token)
+            .map(|l| l.principal.clone())
+    }
+
+    fn remember(&self, token: &str, principal: &Arc<Principal>, generation: u64) {
+        if let Ok(mut last) = self.last_token.lock() {
+            *last = Some(LastToken {
+                token: token.into(),
+                principal: principal.clone(),
+                generation,
+            });
+        }
+    }
 }
 
 /// Per-request facts for the access log and metrics.
-struct Outcome {
-    route: Option<String>,
+struct Outcome<'s> {
+    route: Option<&'s RouteMetrics>,
     decision: &'static str,
     reason: &'static str,
     upstream_status: Option<u16>,
@@ -118,10 +161,16 @@ pub async fn handle(
     let start = Instant::now();
     let snap = shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
-    let method = req.method().clone();
+    let rid = request_id.to_str().unwrap_or_default();
     let version = req.version();
-    let path = req.uri().path().to_string();
-    let host = authority(&req).map(str::to_string);
+    // What the access log needs of the request, copied only when the access log is on.
+    let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().to_string(),
+            authority(&req).map(str::to_string),
+        )
+    });
     let mut out = Outcome {
         route: None,
         decision: "none",
@@ -145,9 +194,9 @@ pub async fn handle(
                     .get_or_create(&crate::metrics::KindLabel { kind: f.kind() })
                     .inc();
             }
-            tracing::warn!(request_id = %request_id, error = %e, "request failed");
+            tracing::warn!(request_id = rid, error = %e, "request failed");
             out.reason = code;
-            let mut r = json_error(status, code, &e.to_string(), &request_id);
+            let mut r = json_error(status, code, &e.to_string(), rid);
             if matches!(e, ProxyError::Ambiguous(_)) && version < Version::HTTP_2 {
                 // The rest of the stream cannot be trusted to start at a request boundary.
                 r.headers_mut()
@@ -156,42 +205,40 @@ pub async fn handle(
             r
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(&headers::X_REQUEST_ID, v);
-    }
+    resp.headers_mut()
+        .insert(&headers::X_REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
-    let route = out.route.clone().unwrap_or_default();
-    let m = &shared.metrics;
-    m.requests
+    let rm = out.route.unwrap_or(&snap.router.unrouted);
+    shared
+        .metrics
+        .requests
         .get_or_create(&RequestLabels {
-            route: route.clone(),
+            route: rm.route.clone(),
             status,
             decision: out.decision,
             reason: out.reason,
         })
         .inc();
-    m.request_duration
-        .get_or_create(&RouteLabel {
-            route: route.clone(),
-        })
-        .observe(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "access",
-        request_id = %request_id,
-        method = %method,
-        host = host.as_deref().unwrap_or(""),
-        path = %path,
-        route = %route,
-        status,
-        upstream_status = out.upstream_status,
-        bytes = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        client_ip = %out.client_ip,
-        decision = out.decision,
-        reason = out.reason,
-        listener = %conn.listener,
-    );
+    rm.request_duration.observe(elapsed.as_secs_f64());
+    if let Some((method, path, host)) = access {
+        tracing::info!(
+            target: "access",
+            request_id = rid,
+            method = %method,
+            host = host.as_deref().unwrap_or(""),
+            path = %path,
+            route = %rm.route,
+            status,
+            upstream_status = out.upstream_status,
+            bytes = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            client_ip = %out.client_ip,
+            decision = out.decision,
+            reason = out.reason,
+            listener = %conn.listener,
+        );
+    }
     Ok(resp)
 }
 
@@ -248,14 +295,15 @@ fn authority(req: &Request<Incoming>) -> Option<&str> {
         .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
 }
 
-async fn inner(
+async fn inner<'s>(
     shared: &Arc<Shared>,
-    snap: &Snapshot,
+    snap: &'s Snapshot,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    request_id: &str,
-    out: &mut Outcome,
+    request_id: &HeaderValue,
+    out: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let rid = request_id.to_str().unwrap_or_default();
     let server = &snap.config.server;
     if let Some(why) = ambiguity(&req) {
         return Err(ProxyError::Ambiguous(why));
@@ -263,12 +311,12 @@ async fn inner(
     if route::has_dot_segment(req.uri().path()) {
         return Err(ProxyError::BadPath);
     }
-    let route = snap
+    let (route, route_metrics) = snap
         .router
-        .find(authority(&req), req.uri().path(), req.method())
-        .ok_or(ProxyError::NoRoute)?
-        .clone();
-    out.route = Some(route.name.clone());
+        .find_with_metrics(authority(&req), req.uri().path(), req.method())
+        .ok_or(ProxyError::NoRoute)?;
+    let route = route.clone();
+    out.route = Some(route_metrics);
     out.client_ip = headers::client_ip(conn.peer.ip(), req.headers(), server);
     if req
         .headers()
@@ -281,7 +329,7 @@ async fn inner(
     }
 
     let now = crate::store::now_secs();
-    let principal = match authenticate(shared, snap, &route, &req, out.client_ip, now).await {
+    let principal = match authenticate(shared, snap, conn, &route, &req, out.client_ip, now).await {
         Ok(p) => {
             out.decision = if route.auth == AuthMode::None {
                 "none"
@@ -303,27 +351,18 @@ async fn inner(
             let report_only = report_only && reason.is_cae();
             if report_only {
                 out.decision = "report_only";
-                tracing::warn!(request_id, route = %route.name, reason = reason.label(), "report-only: this request would have been refused");
+                tracing::warn!(request_id = rid, route = %route.name, reason = reason.label(), "report-only: this request would have been refused");
                 p
             } else {
                 out.decision = "deny";
-                return Ok(deny(
-                    snap,
-                    &route,
-                    &reason,
-                    p.as_deref(),
-                    &req,
-                    request_id,
-                    now,
-                ));
+                return Ok(deny(snap, &route, &reason, p.as_deref(), &req, rid, now));
             }
         }
     };
     forward(
-        shared,
         snap,
         conn,
-        &route,
+        (&route, route_metrics),
         principal.as_deref(),
         req,
         request_id,
@@ -338,6 +377,7 @@ type Denied = (DenyReason, Option<Arc<Principal>>);
 async fn authenticate(
     shared: &Shared,
     snap: &Snapshot,
+    conn: &ConnInfo,
     route: &Route,
     req: &Request<Incoming>,
     client_ip: std::net::IpAddr,
@@ -362,13 +402,25 @@ async fn authenticate(
             return Err((DenyReason::InvalidToken(e), None));
         }
     };
-    let key = cache::key(token);
-    // A cached principal counts only while its signing key is still published: a key the
-    // provider removed (rotation, compromise) stops its cached tokens too.
-    let cached = shared.cache.get(&key, now, 0).filter(|p| {
-        snap.issuers
-            .by_name(&p.issuer)
-            .is_some_and(|i| i.keys.keys().get(p.kid.as_deref()).is_some())
+    // A cached principal counts only until `exp` and while its signing key is still published:
+    // a key the provider removed (rotation, compromise) stops its cached tokens too.
+    let usable = |p: &Principal| {
+        p.exp >= now
+            && snap
+                .issuers
+                .by_name(&p.issuer)
+                .is_some_and(|i| i.keys.keys().get(p.kid.as_deref()).is_some())
+    };
+    let remembered = conn
+        .remembered(token, snap.generation)
+        .filter(|p| usable(p));
+    let cached = remembered.or_else(|| {
+        let p = shared
+            .cache
+            .get(&cache::key(token), now, 0)
+            .filter(|p| usable(p))?;
+        conn.remember(token, &p, snap.generation);
+        Some(p)
     });
     let principal = match cached {
         Some(p) => {
@@ -386,7 +438,10 @@ async fn authenticate(
                         })
                         .inc();
                     let p = Arc::new(p);
-                    shared.cache.insert(key, p.clone());
+                    if shared.cache.enabled() {
+                        shared.cache.insert(cache::key(token), p.clone());
+                        conn.remember(token, &p, snap.generation);
+                    }
                     p
                 }
                 Err(e) => {
@@ -464,16 +519,14 @@ pub fn claim_header(v: &Value) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn forward(
-    shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    route: &Route,
+    (route, route_metrics): (&Route, &RouteMetrics),
     principal: Option<&Principal>,
     mut req: Request<Incoming>,
-    request_id: &str,
-    out: &mut Outcome,
+    request_id: &HeaderValue,
+    out: &mut Outcome<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let server = &snap.config.server;
     let upstream = snap
@@ -484,34 +537,37 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let host = authority(&req).map(str::to_string);
 
-    // Target: upstream scheme + authority + base path + (stripped) path + query.
-    let path = if route.strip_prefix {
-        route::strip(&route.path_prefix, req.uri().path())
-    } else {
-        req.uri().path().to_string()
-    };
+    // Target: upstream scheme + authority + base path + (stripped) path + query. The common
+    // case (no base path, no stripping) reuses the request's own path and query as they are.
     let base = upstream.cfg.url.path().trim_end_matches('/');
-    let pq = match req.uri().query() {
-        Some(q) => format!("{base}{path}?{q}"),
-        None => format!("{base}{path}"),
+    let pq = match (
+        base.is_empty() && !route.strip_prefix,
+        req.uri().path_and_query(),
+    ) {
+        (true, Some(pq)) => pq.clone(),
+        _ => {
+            let path = if route.strip_prefix {
+                route::strip(&route.path_prefix, req.uri().path())
+            } else {
+                req.uri().path().to_string()
+            };
+            let pq = match req.uri().query() {
+                Some(q) => format!("{base}{path}?{q}"),
+                None => format!("{base}{path}"),
+            };
+            http::uri::PathAndQuery::try_from(pq)
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        }
     };
-    let uri = Uri::builder()
-        .scheme(upstream.cfg.url.scheme_str().unwrap_or("http"))
-        .authority(
-            upstream
-                .cfg
-                .url
-                .authority()
-                .map(|a| a.as_str())
-                .unwrap_or(""),
-        )
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(upstream.scheme.clone());
+    target.authority = upstream.authority.clone();
+    target.path_and_query = Some(pq);
+    let uri = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
 
     let mut h = std::mem::take(req.headers_mut());
     headers::strip_hop_by_hop(&mut h, upgrade);
-    h.remove(HOST);
+    h.insert(HOST, upstream.host.clone());
     for (name, _) in &route.identity_headers {
         h.remove(name);
     }
@@ -532,14 +588,12 @@ async fn forward(
     let trusted = server.is_trusted(conn.peer.ip().to_canonical());
     headers::set_forwarded(
         &mut h,
-        conn.peer.ip(),
+        &conn.peer_value,
         trusted,
         if conn.tls { "https" } else { "http" },
         host.as_deref(),
     );
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(&headers::X_REQUEST_ID, v);
-    }
+    h.insert(&headers::X_REQUEST_ID, request_id.clone());
 
     let method = req.method().clone();
     let incoming = req.into_body();
@@ -558,12 +612,8 @@ async fn forward(
 
     let t0 = Instant::now();
     let result = upstream.send(up).await;
-    shared
-        .metrics
+    route_metrics
         .upstream_duration
-        .get_or_create(&RouteLabel {
-            route: route.name.clone(),
-        })
         .observe(t0.elapsed().as_secs_f64());
     let mut resp = result?;
     out.upstream_status = Some(resp.status().as_u16());

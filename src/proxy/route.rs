@@ -3,18 +3,50 @@
 use std::sync::Arc;
 
 use crate::config::{HostPattern, Route};
+use crate::metrics::{Metrics, RouteMetrics};
 
-/// Compiled routes of one snapshot.
-#[derive(Default)]
+/// Compiled routes of one snapshot, each with its metric handles.
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    metrics: Vec<RouteMetrics>,
+    /// Handles for requests that match no route (label `route=""`).
+    pub unrouted: RouteMetrics,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router::new(&[])
+    }
 }
 
 impl Router {
+    /// A router whose metric handles no registry exports (tests, fuzzing).
     pub fn new(routes: &[Route]) -> Router {
+        Router::build(routes, RouteMetrics::detached)
+    }
+
+    /// A router whose metric handles are registered in `m`.
+    pub fn with_metrics(routes: &[Route], m: &Metrics) -> Router {
+        Router::build(routes, |name| RouteMetrics::new(m, name))
+    }
+
+    fn build(routes: &[Route], metrics: impl Fn(&str) -> RouteMetrics) -> Router {
         Router {
             routes: routes.iter().cloned().map(Arc::new).collect(),
+            metrics: routes.iter().map(|r| metrics(&r.name)).collect(),
+            unrouted: metrics(""),
         }
+    }
+
+    /// The best route for a request and its metric handles.
+    pub fn find_with_metrics(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &http::Method,
+    ) -> Option<(&Arc<Route>, &RouteMetrics)> {
+        let i = self.find_index(host, path, method)?;
+        Some((self.routes.get(i)?, self.metrics.get(i)?))
     }
 
     /// The best route for a request. `host` may carry a port; it is compared case-insensitively.
@@ -24,9 +56,13 @@ impl Router {
         path: &str,
         method: &http::Method,
     ) -> Option<&Arc<Route>> {
+        self.routes.get(self.find_index(host, path, method)?)
+    }
+
+    fn find_index(&self, host: Option<&str>, path: &str, method: &http::Method) -> Option<usize> {
         let host = host.map(strip_port).unwrap_or("");
-        let mut best: Option<((u8, usize), &Arc<Route>)> = None;
-        for r in &self.routes {
+        let mut best: Option<((u8, usize), usize)> = None;
+        for (i, r) in self.routes.iter().enumerate() {
             let Some(h) = host_score(&r.hosts, host) else {
                 continue;
             };
@@ -38,10 +74,10 @@ impl Router {
             }
             let score = (h, r.path_prefix.len());
             if best.as_ref().is_none_or(|(s, _)| score > *s) {
-                best = Some((score, r));
+                best = Some((score, i));
             }
         }
-        best.map(|(_, r)| r)
+        best.map(|(_, i)| i)
     }
 }
 
@@ -106,6 +142,10 @@ pub fn strip(prefix: &str, path: &str) -> String {
 /// Refuses dot segments (plain or percent-encoded): an upstream that normalises them would
 /// otherwise see a different path than the one the route was chosen for.
 pub fn has_dot_segment(path: &str) -> bool {
+    // Nearly every path holds none of the bytes any of these need.
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
     path.split('/').any(|seg| {
         let s = seg.to_ascii_lowercase().replace("%2e", ".");
         s == "." || s == ".."

@@ -24,7 +24,8 @@ pub enum SubjectKey {
     Email { email: String },
 }
 
-const SEP: char = '\u{1f}';
+/// Separates kind, issuer and value in an encoded key.
+pub const SEP: char = '\u{1f}';
 
 /// Trims one trailing slash: issuers compare equal with and without it.
 pub fn normalize_iss(iss: &str) -> &str {

@@ -2,10 +2,17 @@
 
 use std::net::IpAddr;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::keys::{
+    normalize_iss, ANY_ISSUER, KIND_DEVICE, KIND_EMAIL, KIND_SESSION, KIND_SUBJECT, KIND_TENANT,
+    KIND_TOKEN, SEP,
+};
 use super::{Change, SubjectKey, TableName};
 
 /// State of an account block: the latest block/unblock event time wins; on equal times, block.
@@ -30,13 +37,115 @@ pub struct TableStats {
     pub bindings: usize,
 }
 
+type Hasher = foldhash::fast::RandomState;
+
+/// Key classes: six kinds, each under a named issuer or under [`ANY_ISSUER`], plus one for keys
+/// that name no known kind.
+const CLASSES: usize = 13;
+
+/// The class of a key kind under an issuer.
+fn class_of(kind: char, iss: &str) -> usize {
+    let k = match kind {
+        KIND_SUBJECT => 0,
+        KIND_SESSION => 1,
+        KIND_TOKEN => 2,
+        KIND_TENANT => 3,
+        KIND_DEVICE => 4,
+        KIND_EMAIL => 5,
+        _ => return CLASSES - 1,
+    };
+    k * 2 + usize::from(normalize_iss(iss) == ANY_ISSUER)
+}
+
+/// The class of an encoded key (`kind SEP issuer SEP value`), in constant time.
+fn class(key: &str) -> usize {
+    let b = key.as_bytes();
+    let any = b.len() >= 4 && b[2] == ANY_ISSUER.as_bytes()[0] && b[3] == SEP as u8;
+    class_of(
+        b.first().map_or('\0', |&c| char::from(c)),
+        if any { ANY_ISSUER } else { "" },
+    )
+}
+
+/// One sharded map plus a count of its entries per key class, so that a request skips the
+/// probes of classes nothing was ever stored under (a table of session revocations costs no
+/// probe for tenant, device or "any issuer" keys). A count is raised before its entry is
+/// inserted and lowered after it is removed: it is never below the true count, so a skipped
+/// probe never misses an entry.
+struct Table<V> {
+    map: DashMap<Box<str>, V, Hasher>,
+    classes: [AtomicUsize; CLASSES],
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            map: DashMap::default(),
+            classes: std::array::from_fn(|_| AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl<V> Table<V> {
+    fn get(&self, key: &str) -> Option<dashmap::mapref::one::Ref<'_, Box<str>, V>> {
+        if self.classes[class(key)].load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.map.get(key)
+    }
+
+    /// Replaces the entry with `merge(old)`, atomically per key; `None` leaves it as it is.
+    fn upsert(&self, key: Box<str>, merge: impl FnOnce(Option<&V>) -> Option<V>) {
+        let c = class(&key);
+        match self.map.entry(key) {
+            Entry::Occupied(mut o) => {
+                if let Some(v) = merge(Some(o.get())) {
+                    o.insert(v);
+                }
+            }
+            Entry::Vacant(slot) => {
+                if let Some(v) = merge(None) {
+                    self.classes[c].fetch_add(1, Ordering::AcqRel);
+                    slot.insert(v);
+                }
+            }
+        }
+    }
+
+    fn remove(&self, key: &str) -> bool {
+        let gone = self.map.remove(key).is_some();
+        if gone {
+            self.classes[class(key)].fetch_sub(1, Ordering::AcqRel);
+        }
+        gone
+    }
+
+    fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+        self.map.retain(|k, v| {
+            let kept = keep(v);
+            if !kept {
+                self.classes[class(k)].fetch_sub(1, Ordering::AcqRel);
+            }
+            kept
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn holds_class(&self, c: usize) -> bool {
+        self.classes[c].load(Ordering::Acquire) > 0
+    }
+}
+
 /// Revocations (key → largest "issued before" time), blocks and bindings, keyed by
-/// [`SubjectKey::encode`]. Reads are one sharded-map lookup; no guard escapes a method.
+/// [`SubjectKey::encode`]. Reads are at most one sharded-map lookup; no guard escapes a method.
 #[derive(Default)]
 pub struct Tables {
-    revocations: DashMap<Box<str>, i64>,
-    blocks: DashMap<Box<str>, BlockState>,
-    bindings: DashMap<Box<str>, Binding>,
+    revocations: Table<i64>,
+    blocks: Table<BlockState>,
+    bindings: Table<Binding>,
 }
 
 /// Merge rule for revocations: keep the largest time.
@@ -62,68 +171,57 @@ pub fn merge_binding(old: Option<&Binding>, new: Binding) -> Option<Binding> {
 }
 
 impl Tables {
-    /// Applies one change with the shared merge rules.
+    /// Applies one change with the shared merge rules (atomically per key).
     pub fn apply(&self, change: &Change) {
+        let block = |blocked: bool, at: i64| {
+            let new = BlockState { blocked, at };
+            move |old: Option<&BlockState>| Some(merge_block(old.copied(), new))
+        };
         match change {
-            Change::Revoke { key, at } => {
-                let k = key.encode();
-                let old = self.revocations.get(&k).map(|v| *v);
-                self.revocations.insert(k, merge_revoke(old, *at));
-            }
-            Change::Block { key, at } => self.set_block(
-                key,
-                BlockState {
-                    blocked: true,
-                    at: *at,
-                },
-            ),
-            Change::Unblock { key, at } => self.set_block(
-                key,
-                BlockState {
-                    blocked: false,
-                    at: *at,
-                },
-            ),
-            Change::Bind { key, nets, at } => self.set_binding(
-                key,
-                Binding {
-                    nets: nets.clone(),
-                    at: *at,
-                },
-            ),
-            Change::Unbind { key, at } => self.set_binding(
-                key,
-                Binding {
-                    nets: Vec::new(),
-                    at: *at,
-                },
-            ),
+            Change::Revoke { key, at } => self
+                .revocations
+                .upsert(key.encode(), |old| Some(merge_revoke(old.copied(), *at))),
+            Change::Block { key, at } => self.blocks.upsert(key.encode(), block(true, *at)),
+            Change::Unblock { key, at } => self.blocks.upsert(key.encode(), block(false, *at)),
+            Change::Bind { key, nets, at } => self.bindings.upsert(key.encode(), |old| {
+                merge_binding(
+                    old,
+                    Binding {
+                        nets: nets.clone(),
+                        at: *at,
+                    },
+                )
+            }),
+            Change::Unbind { key, at } => self.bindings.upsert(key.encode(), |old| {
+                merge_binding(
+                    old,
+                    Binding {
+                        nets: Vec::new(),
+                        at: *at,
+                    },
+                )
+            }),
             Change::Delete { table, key } => {
                 let k = key.encode();
                 match table {
-                    TableName::Revocations => self.revocations.remove(&k).is_some(),
-                    TableName::Blocks => self.blocks.remove(&k).is_some(),
-                    TableName::Bindings => self.bindings.remove(&k).is_some(),
+                    TableName::Revocations => self.revocations.remove(&k),
+                    TableName::Blocks => self.blocks.remove(&k),
+                    TableName::Bindings => self.bindings.remove(&k),
                 };
             }
         }
     }
 
-    fn set_block(&self, key: &SubjectKey, new: BlockState) {
-        let k = key.encode();
-        let mut entry = self.blocks.entry(k).or_insert(BlockState {
-            blocked: false,
-            at: i64::MIN,
-        });
-        *entry = merge_block(Some(*entry), new);
+    /// Whether a revocation or a block may exist for keys of this kind under this issuer (false:
+    /// the caller need not even build the key).
+    pub fn may_revoke(&self, kind: char, iss: &str) -> bool {
+        let c = class_of(kind, iss);
+        self.revocations.holds_class(c) || self.blocks.holds_class(c)
     }
 
-    fn set_binding(&self, key: &SubjectKey, new: Binding) {
-        let k = key.encode();
-        let merged = merge_binding(self.bindings.get(&k).as_deref(), new);
-        if let Some(b) = merged {
-            self.bindings.insert(k, b);
-        }
+    /// Whether a binding may exist for keys of this kind under this issuer.
+    pub fn may_bind(&self, kind: char, iss: &str) -> bool {
+        self.bindings.holds_class(class_of(kind, iss))
     }
 
     /// "Issued before" time recorded for an encoded key.
@@ -149,10 +247,10 @@ impl Tables {
     /// Blocks stay until an explicit unblock. Returns how many entries were removed.
     pub fn expire(&self, before: i64) -> usize {
         let n = self.len_all();
-        self.revocations.retain(|_, at| *at >= before);
-        self.blocks.retain(|_, b| b.blocked || b.at >= before);
+        self.revocations.retain(|at| *at >= before);
+        self.blocks.retain(|b| b.blocked || b.at >= before);
         self.bindings
-            .retain(|_, b| b.at >= before && !b.nets.is_empty());
+            .retain(|b| b.at >= before && !b.nets.is_empty());
         n - self.len_all()
     }
 
@@ -177,10 +275,11 @@ impl Tables {
         limit: usize,
     ) -> (usize, Vec<serde_json::Value>) {
         let mut rows: Vec<(Box<str>, serde_json::Value)> = match table {
-            TableName::Revocations => self.revocations.iter().map(|e| (e.key().clone(), serde_json::json!({ "revoked_at": *e.value() }))).collect(),
-            TableName::Blocks => self.blocks.iter().map(|e| (e.key().clone(), serde_json::json!({ "blocked": e.blocked, "at": e.at }))).collect(),
+            TableName::Revocations => self.revocations.map.iter().map(|e| (e.key().clone(), serde_json::json!({ "revoked_at": *e.value() }))).collect(),
+            TableName::Blocks => self.blocks.map.iter().map(|e| (e.key().clone(), serde_json::json!({ "blocked": e.blocked, "at": e.at }))).collect(),
             TableName::Bindings => self
                 .bindings
+                .map
                 .iter()
                 .map(|e| (e.key().clone(), serde_json::json!({ "nets": e.nets.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "at": e.at })))
                 .collect(),
@@ -285,6 +384,59 @@ mod tests {
                 bindings: 0
             }
         );
+    }
+
+    #[test]
+    fn skipped_classes_never_hide_an_entry() {
+        let t = Tables::default();
+        let any = SubjectKey::Subject {
+            iss: ANY_ISSUER.into(),
+            sub: "a".into(),
+        };
+        let sid = SubjectKey::Session {
+            iss: "https://idp".into(),
+            sid: "s".into(),
+        };
+        assert_eq!(t.revoked_at(&any.encode()), None);
+        t.apply(&Change::Revoke {
+            key: any.clone(),
+            at: 5,
+        });
+        t.apply(&Change::Revoke {
+            key: sid.clone(),
+            at: 7,
+        });
+        assert_eq!(t.revoked_at(&any.encode()), Some(5));
+        assert_eq!(t.revoked_at(&sid.encode()), Some(7));
+        assert_eq!(t.revoked_at(&user("a").encode()), None);
+        // A second change to the same key does not count twice; a removal uncounts it.
+        t.apply(&Change::Revoke {
+            key: sid.clone(),
+            at: 9,
+        });
+        t.apply(&Change::Delete {
+            table: TableName::Revocations,
+            key: sid.clone(),
+        });
+        assert_eq!(
+            t.revocations.classes[class(&sid.encode())].load(Ordering::Relaxed),
+            0
+        );
+        t.apply(&Change::Revoke {
+            key: sid.clone(),
+            at: 3,
+        });
+        assert_eq!(t.revoked_at(&sid.encode()), Some(3));
+        assert_eq!(t.expire(6), 2);
+        assert_eq!(
+            t.revocations.classes[class(&sid.encode())].load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(
+            t.revocations.classes[class(&any.encode())].load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(t.revoked_at(&any.encode()), None);
     }
 
     #[test]
