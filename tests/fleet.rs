@@ -581,7 +581,20 @@ async fn redis_outage_keeps_serving_refuses_pushes_and_loses_no_acknowledged_cha
         .admin_post("/admin/revoke", json!({"key": subject(&w, "during-admin")}))
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
-    assert_served(&a, &token(&w, "during"), "a refused push changes nothing").await;
+    // Not acknowledged, yet enforced at once by the replica that received it (a revocation only
+    // narrows access: fail closed); the fleet learns of it when the SET is delivered again.
+    assert_refused(
+        &a,
+        &token(&w, "during"),
+        "a refused push still narrows its replica",
+    )
+    .await;
+    assert_served(
+        &b,
+        &token(&w, "during"),
+        "a refused push never reached the fleet log",
+    )
+    .await;
 
     // C restarted while Redis is down: starts from its embedded copy, not ready until caught up.
     c.kill();

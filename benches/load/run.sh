@@ -27,7 +27,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
 
 echo "== building cae-proxy (release) and generating keys, tokens, a store with 1,000,000 revocations"
-cargo build --release --quiet --bin cae-proxy --example benchkit
+cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
 BIN=target/release/cae-proxy
 target/release/examples/benchkit gen --dir "$W" --tokens 2000 --revocations 1000000 >/dev/null
 TOKEN_RS=$(cat "$W/token-rs256.txt")
@@ -192,6 +192,8 @@ start_server() { # server mode -> pgid
              start sut taskset -c 1 haproxy -f "$W/haproxy.cfg" -db ;;
     envoy) envoy_conf; start sut taskset -c 1 envoy -c "$W/envoy.yaml" --concurrency 1 -l error --base-id $RANDOM ;;
     cae-proxy) cae_conf "$3" "$4"; start sut taskset -c 1 "$BIN" run --config "$W/cae.toml" ;;
+    # The floor of our HTTP stack: the same hyper-util server, client and runtime, nothing else.
+    hyper-bare) start sut taskset -c 1 target/release/examples/bareproxy "127.0.0.1:$SUT" "http://127.0.0.1:$UP/" ;;
   esac
 }
 
@@ -245,6 +247,7 @@ wanted() { [[ "$1" =~ ${ONLY:-.} ]]; }
 echo "== $REPS interleaved repetitions, ${DUR}s each, $CONNS connections; results in $W"
 for rep in $(seq 1 "$REPS"); do
   run_case repeated-rs256 nginx "$rep" rs256 repeat
+  run_case repeated-rs256 hyper-bare "$rep" rs256 repeat
   run_case repeated-rs256 haproxy "$rep" rs256 repeat
   run_case repeated-rs256 envoy "$rep" rs256 repeat
   run_case repeated-rs256 cae-proxy "$rep" rs256 repeat

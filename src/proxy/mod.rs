@@ -414,11 +414,11 @@ async fn authenticate(
     let remembered = conn
         .remembered(token, snap.generation)
         .filter(|p| usable(p));
+    // The shared cache's key (a SHA-256 of the token), computed at most once per request.
+    let mut key = None;
     let cached = remembered.or_else(|| {
-        let p = shared
-            .cache
-            .get(&cache::key(token), now, 0)
-            .filter(|p| usable(p))?;
+        let k = key.insert(cache::key(token));
+        let p = shared.cache.get(k, now, 0).filter(|p| usable(p))?;
         conn.remember(token, &p, snap.generation);
         Some(p)
     });
@@ -439,7 +439,8 @@ async fn authenticate(
                         .inc();
                     let p = Arc::new(p);
                     if shared.cache.enabled() {
-                        shared.cache.insert(cache::key(token), p.clone());
+                        let k = key.unwrap_or_else(|| cache::key(token));
+                        shared.cache.insert(k, p.clone());
                         conn.remember(token, &p, snap.generation);
                     }
                     p

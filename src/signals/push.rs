@@ -1029,6 +1029,8 @@ pub(crate) mod tests {
             (503, vec![("retry-after".into(), "5".into())], "")
         );
         assert_eq!(rt.counters.unavailable.load(Ordering::Relaxed), 1);
+        // Not acknowledged, yet already enforced: a failed write never widens access.
+        assert_eq!(store.tables().stats().revocations, 1);
     }
 
     #[tokio::test]

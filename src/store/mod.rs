@@ -150,7 +150,19 @@ impl SignalStore {
     }
 
     /// Makes the batch durable, then enforceable. Returns `Duplicate` for a SET seen before.
+    ///
+    /// Changes that can only narrow access (revocations and blocks: their merges never undo a
+    /// later event) are enforced at once, before the durable write: a revoked token stops
+    /// without waiting for the fsync. The caller still acknowledges only after this returns
+    /// `Ok`; when the write fails, the narrowing stays in force (fail closed) until a restart,
+    /// and the unacknowledged SET is delivered again. Everything that can widen access
+    /// (unblock, unbind, bind, delete) is applied only once durable.
     pub async fn commit(self: &Arc<Self>, batch: Batch) -> Result<CommitOutcome, StoreError> {
+        for change in &batch.changes {
+            if matches!(change, Change::Revoke { .. } | Change::Block { .. }) {
+                self.tables.apply(change);
+            }
+        }
         let this = self.clone();
         let (outcome, batch) = tokio::task::spawn_blocking(move || {
             let r = this.durable.commit(&batch);
