@@ -45,15 +45,13 @@ impl RedbStore {
                 reason: e.to_string(),
             })?;
         }
-        let opened = create(path)
-            .map_err(|e| e.to_string())
-            .and_then(|db| {
-                let store = RedbStore {
-                    db,
-                    path: path.to_path_buf(),
-                };
-                store.init().map(|_| store)
-            });
+        let opened = create(path).map_err(|e| e.to_string()).and_then(|db| {
+            let store = RedbStore {
+                db,
+                path: path.to_path_buf(),
+            };
+            store.init().map(|_| store)
+        });
         match opened {
             Ok(s) => Ok(s),
             Err(reason) if ignore_corrupt => {
