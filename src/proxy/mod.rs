@@ -60,8 +60,17 @@ impl ConnInfo {
 
     fn remembered(&self, token: &str, generation: u64) -> Option<Arc<Principal>> {
         let last = self.last_token.lock().ok()?;
+        // Constant-time comparison: an intermediary may multiplex several users' requests over
+        // one connection, and the remembered token is another user's secret.
         last.as_ref()
-            .filter(|l| l.generation == generation && *l.token == *token)
+            .filter(|l| {
+                l.generation == generation
+                    && aws_lc_rs::constant_time::verify_slices_are_equal(
+                        l.token.as_bytes(),
+                        token.as_bytes(),
+                    )
+                    .is_ok()
+            })
             .map(|l| l.principal.clone())
     }
 
