@@ -158,10 +158,9 @@ impl SignalStore {
     /// and the unacknowledged SET is delivered again. Everything that can widen access
     /// (unblock, unbind, bind, delete) is applied only once durable.
     pub async fn commit(self: &Arc<Self>, batch: Batch) -> Result<CommitOutcome, StoreError> {
-        for change in &batch.changes {
-            if matches!(change, Change::Revoke { .. } | Change::Block { .. }) {
-                self.tables.apply(change);
-            }
+        let narrows = |c: &Change| matches!(c, Change::Revoke { .. } | Change::Block { .. });
+        for change in batch.changes.iter().filter(|c| narrows(c)) {
+            self.tables.apply(change);
         }
         let this = self.clone();
         let (outcome, batch) = tokio::task::spawn_blocking(move || {
@@ -172,7 +171,7 @@ impl SignalStore {
         .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?;
         let outcome = outcome?;
         if outcome == CommitOutcome::Committed {
-            for change in &batch.changes {
+            for change in batch.changes.iter().filter(|c| !narrows(c)) {
                 self.tables.apply(change);
             }
         }

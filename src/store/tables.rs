@@ -43,8 +43,8 @@ type Hasher = foldhash::fast::RandomState;
 /// that name no known kind.
 const CLASSES: usize = 13;
 
-/// The class of a key kind under an issuer.
-fn class_of(kind: char, iss: &str) -> usize {
+/// The class of a key kind, under a named issuer or under [`ANY_ISSUER`].
+fn class_of(kind: char, any_issuer: bool) -> usize {
     let k = match kind {
         KIND_SUBJECT => 0,
         KIND_SESSION => 1,
@@ -54,21 +54,18 @@ fn class_of(kind: char, iss: &str) -> usize {
         KIND_EMAIL => 5,
         _ => return CLASSES - 1,
     };
-    k * 2 + usize::from(normalize_iss(iss) == ANY_ISSUER)
+    k * 2 + usize::from(any_issuer)
 }
 
 /// The class of an encoded key (`kind SEP issuer SEP value`), in constant time.
 fn class(key: &str) -> usize {
     let b = key.as_bytes();
-    let any = b.len() >= 4 && b[2] == ANY_ISSUER.as_bytes()[0] && b[3] == SEP as u8;
-    class_of(
-        b.first().map_or('\0', |&c| char::from(c)),
-        if any { ANY_ISSUER } else { "" },
-    )
+    let any = b.get(2..4) == Some(&[ANY_ISSUER.as_bytes()[0], SEP as u8][..]);
+    class_of(b.first().map_or('\0', |&c| char::from(c)), any)
 }
 
-/// One sharded map plus a count of its entries per key class, so that a request skips the
-/// probes of classes nothing was ever stored under (a table of session revocations costs no
+/// One sharded map plus a count of its entries per key class, so that a request skips
+/// ([`Tables::may_revoke`], [`Tables::may_bind`]) the probes of classes nothing is stored under (a table of session revocations costs no
 /// probe for tenant, device or "any issuer" keys). A count is raised before its entry is
 /// inserted and lowered after it is removed: it is never below the true count, so a skipped
 /// probe never misses an entry.
@@ -87,13 +84,6 @@ impl<V> Default for Table<V> {
 }
 
 impl<V> Table<V> {
-    fn get(&self, key: &str) -> Option<dashmap::mapref::one::Ref<'_, Box<str>, V>> {
-        if self.classes[class(key)].load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        self.map.get(key)
-    }
-
     /// Replaces the entry with `merge(old)`, atomically per key; `None` leaves it as it is.
     fn upsert(&self, key: Box<str>, merge: impl FnOnce(Option<&V>) -> Option<V>) {
         let c = class(&key);
@@ -132,6 +122,10 @@ impl<V> Table<V> {
 
     fn len(&self) -> usize {
         self.map.len()
+    }
+
+    fn get(&self, key: &str) -> Option<dashmap::mapref::one::Ref<'_, Box<str>, V>> {
+        self.map.get(key)
     }
 
     fn holds_class(&self, c: usize) -> bool {
@@ -215,13 +209,14 @@ impl Tables {
     /// Whether a revocation or a block may exist for keys of this kind under this issuer (false:
     /// the caller need not even build the key).
     pub fn may_revoke(&self, kind: char, iss: &str) -> bool {
-        let c = class_of(kind, iss);
+        let c = class_of(kind, normalize_iss(iss) == ANY_ISSUER);
         self.revocations.holds_class(c) || self.blocks.holds_class(c)
     }
 
     /// Whether a binding may exist for keys of this kind under this issuer.
     pub fn may_bind(&self, kind: char, iss: &str) -> bool {
-        self.bindings.holds_class(class_of(kind, iss))
+        self.bindings
+            .holds_class(class_of(kind, normalize_iss(iss) == ANY_ISSUER))
     }
 
     /// "Issued before" time recorded for an encoded key.
