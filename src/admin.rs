@@ -65,11 +65,27 @@ pub async fn handle(
         }
         (&Method::GET, "/metrics") => {
             refresh_gauges(&shared);
-            text(
-                StatusCode::OK,
-                shared.metrics.encode(),
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
+            // Prometheus asks for OpenMetrics first; everything else (promtool, agents, curl)
+            // gets the classic text format.
+            let openmetrics = req
+                .headers()
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            if openmetrics {
+                text(
+                    StatusCode::OK,
+                    shared.metrics.encode(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            } else {
+                text(
+                    StatusCode::OK,
+                    shared.metrics.encode_prometheus(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            }
         }
         _ => match authorize(&shared, &req) {
             Err(r) => *r,
@@ -298,7 +314,6 @@ async fn api(
             ))
         }
     };
-    let t0 = std::time::Instant::now();
     shared
         .store
         .commit(Batch {
@@ -308,10 +323,6 @@ async fn api(
         })
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
-    shared
-        .metrics
-        .store_write_duration
-        .observe(t0.elapsed().as_secs_f64());
     tracing::info!(request_id = rid, change = ?change_summary(&change), "admin change stored");
     Ok(json_response(StatusCode::OK, json!({"stored": change})))
 }
@@ -388,9 +399,9 @@ fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<ProxyBody>
     ))
 }
 
-/// Scrape-time gauges: table sizes, key-set fetch counters and ages.
+/// Scrape-time gauges: table sizes (key sets are read by their own collector).
 fn refresh_gauges(shared: &Shared) {
-    use crate::metrics::{NameLabel, TableLabel};
+    use crate::metrics::TableLabel;
     let m = &shared.metrics;
     let s = shared.store.tables().stats();
     m.table_entries
@@ -404,23 +415,4 @@ fn refresh_gauges(shared: &Shared) {
     m.table_entries
         .get_or_create(&TableLabel { table: "bindings" })
         .set(s.bindings as i64);
-    let now = now_secs() as f64;
-    for ks in shared.key_sets() {
-        let l = NameLabel {
-            name: ks.name.clone(),
-        };
-        m.key_fetches
-            .get_or_create(&l)
-            .set(ks.stats.fetches.load(std::sync::atomic::Ordering::Relaxed) as i64);
-        m.key_fetch_failures
-            .get_or_create(&l)
-            .set(ks.stats.failures.load(std::sync::atomic::Ordering::Relaxed) as i64);
-        let at = ks
-            .stats
-            .loaded_at
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if at > 0 {
-            m.key_set_age.get_or_create(&l).set(now - at as f64);
-        }
-    }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::config::RedisBackend;
-use crate::metrics::{FleetMetrics, NameLabel};
+use crate::metrics::{FleetMetrics, TransmitterLabel};
 use crate::state::Shared;
 use crate::store::redis_store::{describe, now_ms, parse_id, LogEntry};
 use crate::store::{
@@ -328,8 +328,8 @@ impl Fleet {
         }
         self.metrics
             .poll_lease_held
-            .get_or_create(&NameLabel {
-                name: transmitter.to_string(),
+            .get_or_create(&TransmitterLabel {
+                transmitter: transmitter.to_string(),
             })
             .set(i64::from(after));
     }
@@ -437,8 +437,8 @@ impl PollGate for Fleet {
             .remove(transmitter);
         self.metrics
             .poll_lease_held
-            .get_or_create(&NameLabel {
-                name: transmitter.to_string(),
+            .get_or_create(&TransmitterLabel {
+                transmitter: transmitter.to_string(),
             })
             .set(0);
         if was.and_then(|l| l.held_until).is_none() {

@@ -117,6 +117,9 @@ impl Proxy {
             config.server.token_cache_size,
             opts.on_reload,
         ));
+        shared
+            .store
+            .set_write_timer(shared.metrics.store_write_duration.clone());
         if let Some(parts) = fleet_parts {
             let _ = shared.fleet.set(fleet::Fleet::start(&shared, parts));
         }

@@ -1,14 +1,18 @@
 //! Prometheus metrics: stable names, low-cardinality labels, one registry per proxy instance.
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::auth::keys::KeySet;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -86,6 +90,11 @@ pub struct SetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransmitterLabel {
+    pub transmitter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -116,7 +125,7 @@ pub struct FleetMetrics {
     /// 1 once the retained log was replayed since start.
     pub caught_up: Gauge<i64, AtomicI64>,
     /// 1 while this replica holds the poll lease of a transmitter.
-    pub poll_lease_held: Family<NameLabel, Gauge<i64, AtomicI64>>,
+    pub poll_lease_held: Family<TransmitterLabel, Gauge<i64, AtomicI64>>,
 }
 
 impl Default for FleetMetrics {
@@ -150,13 +159,12 @@ pub struct Metrics {
     pub token_validations: Family<ResultLabels, Counter>,
     pub token_cache_hits: Counter,
     pub token_cache_misses: Counter,
-    pub key_fetches: Family<NameLabel, Gauge<i64, AtomicI64>>,
-    pub key_fetch_failures: Family<NameLabel, Gauge<i64, AtomicI64>>,
-    pub key_set_age: Family<NameLabel, Gauge<f64, AtomicU64>>,
+    /// Key sets in use; their fetch counters and key age are read at scrape time.
+    pub key_sets: KeySetWatch,
     pub table_entries: Family<TableLabel, Gauge<i64, AtomicI64>>,
     pub sets_received: Family<SetLabels, Counter>,
-    pub set_enforce_latency: Family<NameLabel, Histogram, fn() -> Histogram>,
-    pub set_event_lag: Family<NameLabel, Histogram, fn() -> Histogram>,
+    pub set_enforce_latency: Family<TransmitterLabel, Histogram, fn() -> Histogram>,
+    pub set_event_lag: Family<TransmitterLabel, Histogram, fn() -> Histogram>,
     pub reloads: Family<ResultLabels, Counter>,
     pub config_generation: Gauge<i64, AtomicI64>,
     pub store_write_duration: Histogram,
@@ -181,9 +189,7 @@ impl Metrics {
             token_validations: Family::default(),
             token_cache_hits: Counter::default(),
             token_cache_misses: Counter::default(),
-            key_fetches: Family::default(),
-            key_fetch_failures: Family::default(),
-            key_set_age: Family::default(),
+            key_sets: KeySetWatch::default(),
             table_entries: Family::default(),
             sets_received: Family::default(),
             set_enforce_latency: Family::new_with_constructor(latency),
@@ -226,21 +232,7 @@ impl Metrics {
             "Verified-token cache misses",
             m.token_cache_misses.clone(),
         );
-        r.register(
-            "key_fetches",
-            "JWKS fetches per key set (counter value)",
-            m.key_fetches.clone(),
-        );
-        r.register(
-            "key_fetch_failures",
-            "Failed JWKS fetches per key set (counter value)",
-            m.key_fetch_failures.clone(),
-        );
-        r.register(
-            "key_set_age_seconds",
-            "Age of the keys in use per key set",
-            m.key_set_age.clone(),
-        );
+        r.register_collector(Box::new(m.key_sets.clone()));
         r.register(
             "table_entries",
             "Entries in the revocation, block and binding tables",
@@ -325,12 +317,124 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition (what Prometheus asks for first).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// The classic Prometheus text format 0.0.4, for scrapers and tools (`promtool check
+    /// metrics`, older Prometheus, most agents) that do not ask for OpenMetrics.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4. The two differ, for the metric types used
+/// here, only in that a counter family is named with its `_total` suffix and that there is no
+/// `# EOF` (nor `# UNIT`) line. `# HELP` precedes `# TYPE` in both.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut help: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = match kind {
+                "counter" if !name.ends_with("_total") => format!("{name}_total"),
+                _ => name.to_string(),
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map(|(_, t)| t).unwrap_or("");
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The key sets in use, tracked weakly: a key set dropped after a reload disappears from the
+/// exposition. Exports per key set name the fetch and failure counters the key set keeps and the
+/// age of the keys in use.
+#[derive(Clone, Default)]
+pub struct KeySetWatch(Arc<Mutex<Vec<Weak<KeySet>>>>);
+
+impl std::fmt::Debug for KeySetWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySetWatch")
+    }
+}
+
+impl KeySetWatch {
+    pub fn track(&self, ks: &Arc<KeySet>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(ks));
+    }
+
+    /// Per name: (fetches, failures, newest load time in epoch seconds, 0 = never).
+    fn totals(&self) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+        let mut sets = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        sets.retain(|w| w.strong_count() > 0);
+        let mut out = std::collections::BTreeMap::<String, (u64, u64, u64)>::new();
+        for ks in sets.iter().filter_map(Weak::upgrade) {
+            let e = out.entry(ks.name.clone()).or_default();
+            e.0 += ks.stats.fetches.load(Ordering::Relaxed);
+            e.1 += ks.stats.failures.load(Ordering::Relaxed);
+            e.2 = e.2.max(ks.stats.loaded_at.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
+impl Collector for KeySetWatch {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let totals = self.totals();
+        let now = crate::store::now_secs() as f64;
+        let mut fetches = encoder.encode_descriptor(
+            "key_fetches",
+            "Key set (JWKS) fetches per issuer or transmitter",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, (n, _, _)) in &totals {
+            let label = NameLabel { name: name.clone() };
+            ConstCounter::new(*n).encode(fetches.encode_family(&label)?)?;
+        }
+        let mut failures = encoder.encode_descriptor(
+            "key_fetch_failures",
+            "Failed key set fetches per issuer or transmitter (the last good keys keep serving)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, (_, n, _)) in &totals {
+            let label = NameLabel { name: name.clone() };
+            ConstCounter::new(*n).encode(failures.encode_family(&label)?)?;
+        }
+        let mut age = encoder.encode_descriptor(
+            "key_set_age_seconds",
+            "Seconds since the keys in use were loaded, per issuer or transmitter",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, (_, _, at)) in totals.iter().filter(|(_, t)| t.2 > 0) {
+            let label = NameLabel { name: name.clone() };
+            ConstGauge::new((now - *at as f64).max(0.0)).encode(age.encode_family(&label)?)?;
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::config::{Config, Delivery};
-use crate::metrics::{NameLabel, SetLabels};
+use crate::metrics::{SetLabels, TransmitterLabel};
 use crate::proxy::forward::{BoxError, ProxyBody};
 use crate::proxy::ConnInfo;
 use crate::signals::push::{self, TransmitterRt};
@@ -132,8 +132,8 @@ fn install_observers(shared: &Arc<Shared>, rt: &Arc<TransmitterRt>) {
     let weak = Arc::downgrade(shared);
     rt.freshness.set_observer(Box::new(move |s| {
         if let Some(shared) = weak.upgrade() {
-            let l = NameLabel {
-                name: s.transmitter.clone(),
+            let l = TransmitterLabel {
+                transmitter: s.transmitter.clone(),
             };
             shared
                 .metrics

@@ -179,6 +179,7 @@ impl Shared {
             self.fetcher.clone(),
         ));
         sets.insert(id, ks.clone());
+        self.metrics.key_sets.track(&ks);
         tokio::spawn(refresher(Arc::downgrade(&ks), self.shutdown.subscribe()));
         ks
     }

@@ -717,7 +717,7 @@ async fn the_poll_lease_moves_when_its_holder_is_killed() {
     assert_eq!(holder(&w).as_deref(), Some("a"));
     let m = b.metrics().await;
     assert_eq!(
-        metric(&m, r#"cae_fleet_poll_lease_held{name="poller"}"#),
+        metric(&m, r#"cae_fleet_poll_lease_held{transmitter="poller"}"#),
         0.0,
         "{m}"
     );
@@ -751,7 +751,7 @@ async fn the_poll_lease_moves_when_its_holder_is_killed() {
     .await;
     let m = b.metrics().await;
     assert_eq!(
-        metric(&m, r#"cae_fleet_poll_lease_held{name="poller"}"#),
+        metric(&m, r#"cae_fleet_poll_lease_held{transmitter="poller"}"#),
         1.0,
         "{m}"
     );

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
+use cae_proxy::dev::transmitter::{complex, iss_sub, DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
 use common::*;
 use http::{Method, StatusCode};
@@ -124,10 +125,6 @@ async fn metrics_parse_and_move_with_traffic() {
 
     let r = get(&c, &h.admin_url("/metrics"), &[]).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(
-        r.text().ends_with("# EOF\n"),
-        "OpenMetrics text ends with # EOF"
-    );
     let m = parse_metrics(&r.text());
     let req = |status: &str, decision: &str, reason: &str| {
         sample(
@@ -158,7 +155,7 @@ async fn metrics_parse_and_move_with_traffic() {
     );
     assert_eq!(sample(&m, "cae_token_cache_hits_total", &[]), Some(2.0));
     assert_eq!(
-        sample(&m, "cae_key_fetches", &[("name", "dev")]).map(|v| v >= 1.0),
+        sample(&m, "cae_key_fetches_total", &[("name", "dev")]).map(|v| v >= 1.0),
         Some(true)
     );
     assert_eq!(
@@ -188,6 +185,237 @@ async fn metrics_parse_and_move_with_traffic() {
         Some(1.0)
     );
     assert_eq!(sample(&m, "cae_config_generation", &[]), Some(2.0));
+}
+
+/// `promtool check metrics` from Debian's prometheus package, when it is installed; CI installs it
+/// and sets `CAE_REQUIRE_PROMTOOL=1` so that its absence fails there instead of skipping.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CAE_REQUIRE_PROMTOOL").is_none(),
+                "promtool is required here: {e}"
+            );
+            eprintln!(
+                "promtool not installed: the exposition was checked by prometheus-parse only"
+            );
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn every_metric_family_passes_promtool_and_moves() {
+    let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
+    // An upstream that refuses connections: a port that was free a moment ago.
+    let dead = {
+        let l = listener().await;
+        let a = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{a}")
+    };
+    let toml = config(&idp.issuer_url(), &up.url())
+        + &format!(
+            r#"
+[upstreams.gone]
+url = "{dead}"
+[[route]]
+name = "gone"
+path_prefix = "/gone"
+upstream = "gone"
+[[listener]]
+name = "signals"
+address = "127.0.0.1:0"
+role = "signals"
+[[transmitter]]
+name = "tx"
+issuer = "{iss}"
+jwks_uri = "{jwks}"
+audiences = ["cae-proxy"]
+[transmitter.push]
+path = "/ssf/tx"
+authorization = "Bearer push-secret"
+"#,
+            iss = tx.issuer_url(),
+            jwks = tx.jwks_url(),
+        );
+    let h = Harness::start(&toml).await;
+    h.wait_ready().await;
+    let c = client();
+    // Issued a minute ago: before the revocation below.
+    let iat = cae_proxy::dev::now_secs() - 60;
+    let bearer = format!(
+        "Bearer {}",
+        idp.mint("alice", json!({"sid": "s1", "iat": iat}))
+    );
+    let auth = [("authorization", bearer.as_str())];
+    assert_eq!(
+        get(&c, &h.url("public", "/x"), &auth).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&c, &h.url("public", "/gone/x"), &auth).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    // A SET pushed by the transmitter, and an admin write: both durable writes, both counted.
+    let set = tx.sign_set(DevTransmitter::session_revoked(
+        complex(&[
+            ("session", json!({"format": "opaque", "id": "s1"})),
+            ("user", iss_sub(&idp.issuer_url(), "alice")),
+        ]),
+        Some(cae_proxy::dev::now_secs() - 5),
+    ));
+    let r = send(
+        &c,
+        Method::POST,
+        &h.url("signals", "/ssf/tx"),
+        &[
+            ("authorization", "Bearer push-secret"),
+            ("content-type", "application/secevent+jwt"),
+        ],
+        Bytes::from(set),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let r = send(
+        &c,
+        Method::POST,
+        &h.admin_url("/admin/revoke"),
+        &[("content-type", "application/json")],
+        Bytes::from(
+            json!({"key": {"type": "subject", "iss": idp.issuer_url(), "sub": "bob"}}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        get(&c, &h.url("public", "/x"), &auth).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Without an Accept header: the classic text format, which promtool checks.
+    let r = get(&c, &h.admin_url("/metrics"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    assert!(!text.contains("# EOF"), "{text}");
+    promtool_check(&text);
+    for family in [
+        "# TYPE cae_requests_total counter",
+        "# TYPE cae_key_fetches_total counter",
+        "# TYPE cae_key_fetch_failures_total counter",
+        "# TYPE cae_key_set_age_seconds gauge",
+        "# TYPE cae_sets_received_total counter",
+        "# TYPE cae_store_write_duration_seconds histogram",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    let m = parse_metrics(&text);
+    let req = |route: &str, status: &str, reason: &str| {
+        sample(
+            &m,
+            "cae_requests_total",
+            &[("route", route), ("status", status), ("reason", reason)],
+        )
+    };
+    assert_eq!(req("api", "200", ""), Some(1.0));
+    assert_eq!(req("gone", "502", "upstream_unavailable"), Some(1.0));
+    assert_eq!(req("api", "401", "revoked"), Some(1.0));
+    assert_eq!(
+        sample(&m, "cae_upstream_errors_total", &[("kind", "connect")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "cae_sets_received_total",
+            &[("transmitter", "tx"), ("result", "committed")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "cae_set_enforce_latency_seconds",
+            &[("transmitter", "tx")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "cae_set_event_lag_seconds", &[("transmitter", "tx")]),
+        Some(1.0)
+    );
+    // The SET's commit and the admin write.
+    assert_eq!(
+        sample(&m, "cae_store_write_duration_seconds", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, "cae_table_entries", &[("table", "revocations")]),
+        Some(2.0)
+    );
+    for name in ["dev", "tx"] {
+        assert_eq!(
+            sample(&m, "cae_key_fetches_total", &[("name", name)]),
+            Some(1.0),
+            "{name}"
+        );
+        assert_eq!(
+            sample(&m, "cae_key_fetch_failures_total", &[("name", name)]),
+            Some(0.0),
+            "{name}"
+        );
+        assert!(sample(&m, "cae_key_set_age_seconds", &[("name", name)]).is_some());
+    }
+    assert_eq!(
+        sample(&m, "cae_open_connections", &[("listener", "public")]).map(|v| v >= 1.0),
+        Some(true)
+    );
+    assert_eq!(sample(&m, "cae_token_cache_misses_total", &[]), Some(1.0));
+
+    // Prometheus itself asks for OpenMetrics first and gets it.
+    let r = get(
+        &c,
+        &h.admin_url("/metrics"),
+        &[(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )],
+    )
+    .await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(r.text().ends_with("# EOF\n"));
+    assert!(r.text().contains("# TYPE cae_key_fetches counter\n"));
 }
 
 #[tokio::test]
@@ -233,17 +461,41 @@ async fn readiness_waits_for_keys_and_says_what_is_missing() {
 }
 
 #[tokio::test]
-async fn logs_are_json_lines_without_tokens() {
+async fn logs_are_json_lines_without_tokens_or_secrets() {
+    const ADMIN_SECRET: &str = "admin-s3cr3t-0123456789";
+    const PUSH_SECRET: &str = "push-s3cr3t-0123456789";
     let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
     let up = EchoUpstream::start(listener().await).unwrap();
+    let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cae-proxy.toml");
-    std::fs::write(
-        &cfg,
-        config(&idp.issuer_url(), &up.url()).replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let mut bin = Binary::start(&cfg, 2);
+    // No log_format: JSON is the default when standard output is not a terminal (here a pipe).
+    let toml = config(&idp.issuer_url(), &up.url())
+        .replace("{dir}", &dir.path().display().to_string())
+        .replace(
+            "[admin]\n",
+            &format!("[admin]\ntoken = \"{ADMIN_SECRET}\"\n"),
+        )
+        + &format!(
+            r#"
+[[listener]]
+name = "signals"
+address = "127.0.0.1:0"
+role = "signals"
+[[transmitter]]
+name = "tx"
+issuer = "{iss}"
+jwks_uri = "{jwks}"
+audiences = ["cae-proxy"]
+[transmitter.push]
+path = "/ssf/tx"
+authorization = "Bearer {PUSH_SECRET}"
+"#,
+            iss = tx.issuer_url(),
+            jwks = tx.jwks_url(),
+        );
+    std::fs::write(&cfg, toml).unwrap();
+    let mut bin = Binary::start(&cfg, 3);
     bin.wait_ready().await;
     let c = client();
     let good = idp.mint("alice", json!({}));
@@ -268,6 +520,75 @@ async fn logs_are_json_lines_without_tokens() {
         )
         .await;
     }
+    // Security events: one accepted, one with a wrong push secret, one forged (bad signature);
+    // admin calls with the right and a wrong token.
+    let set = tx.sign_set(DevTransmitter::session_revoked(
+        complex(&[
+            ("session", json!({"format": "opaque", "id": "s1"})),
+            ("user", iss_sub(&idp.issuer_url(), "alice")),
+        ]),
+        None,
+    ));
+    let forged = format!("{set}x");
+    let push = |auth: String, body: String| {
+        let c = c.clone();
+        let url = bin.url("signals", "/ssf/tx");
+        async move {
+            send(
+                &c,
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/secevent+jwt"),
+                ],
+                Bytes::from(body),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(
+        push(format!("Bearer {PUSH_SECRET}"), set.clone()).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        push("Bearer wrong-push-s3cr3t".into(), set.clone()).await,
+        StatusCode::BAD_REQUEST // RFC 8935: err authentication_failed
+    );
+    assert_eq!(
+        push(format!("Bearer {PUSH_SECRET}"), forged.clone()).await,
+        StatusCode::BAD_REQUEST
+    );
+    let revoke = json!({"key": {"type": "subject", "iss": idp.issuer_url(), "sub": "zed"}});
+    for (auth, want) in [
+        (format!("Bearer {ADMIN_SECRET}"), StatusCode::OK),
+        (
+            "Bearer wrong-admin-s3cr3t".to_string(),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let r = send(
+            &c,
+            Method::POST,
+            &bin.url("admin", "/admin/revoke"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from(revoke.to_string()),
+        )
+        .await;
+        assert_eq!(r.status, want, "{}", r.text());
+    }
+    let secrets = [
+        ADMIN_SECRET,
+        PUSH_SECRET,
+        "wrong-push-s3cr3t",
+        "wrong-admin-s3cr3t",
+        "s3cr3t-cookie",
+    ];
+    let sets = [set.clone(), forged];
     bin.signal(libc::SIGTERM);
     assert_eq!(
         tokio::task::spawn_blocking(move || (bin.wait(Duration::from_secs(10)), bin.log()))
@@ -282,7 +603,7 @@ async fn logs_are_json_lines_without_tokens() {
                         v["timestamp"].is_string() && v["level"].is_string(),
                         "{line}"
                     );
-                    if v["target"] == "access" {
+                    if v["target"] == "access" && v["path"] == "/p" {
                         access += 1;
                         for field in [
                             "request_id",
@@ -304,11 +625,21 @@ async fn logs_are_json_lines_without_tokens() {
                             "a token reached the log: {line}"
                         );
                     }
-                    assert!(
-                        !line.contains("s3cr3t-cookie"),
-                        "a cookie reached the log: {line}"
-                    );
+                    for t in &sets {
+                        let sig = t.rsplit('.').next().unwrap();
+                        assert!(
+                            !line.contains(t.as_str()) && !line.contains(sig),
+                            "a security event token reached the log: {line}"
+                        );
+                    }
+                    for s in secrets {
+                        assert!(!line.contains(s), "a secret reached the log: {line}");
+                    }
                 }
+                assert!(
+                    log.iter().any(|l| l.contains("security event")),
+                    "the accepted SET is logged (as a hash): {log:?}"
+                );
                 assert_eq!(access, 4);
                 c
             })

@@ -710,7 +710,10 @@ async fn same_set_twice_is_accepted_twice_and_applied_once() {
     assert_eq!(entries["total"], 1, "{entries}");
     // Only the first one is a freshness sample.
     assert_eq!(
-        metric(&m, r#"cae_set_enforce_latency_seconds_count{name="tx"}"#),
+        metric(
+            &m,
+            r#"cae_set_enforce_latency_seconds_count{transmitter="tx"}"#
+        ),
         1.0,
         "{m}"
     );
@@ -1365,7 +1368,10 @@ async fn pushes_record_enforcement_latency() {
     let s = setup().await;
     let m = metrics(&s.h).await;
     assert_eq!(
-        metric(&m, r#"cae_set_enforce_latency_seconds_count{name="tx"}"#),
+        metric(
+            &m,
+            r#"cae_set_enforce_latency_seconds_count{transmitter="tx"}"#
+        ),
         0.0,
         "{m}"
     );
@@ -1379,12 +1385,12 @@ async fn pushes_record_enforcement_latency() {
     for name in ["tx", "es"] {
         let n = metric(
             &m,
-            &format!(r#"cae_set_enforce_latency_seconds_count{{name="{name}"}}"#),
+            &format!(r#"cae_set_enforce_latency_seconds_count{{transmitter="{name}"}}"#),
         );
         assert!(n >= 1.0, "{name}: {m}");
         let lag = metric(
             &m,
-            &format!(r#"cae_set_event_lag_seconds_count{{name="{name}"}}"#),
+            &format!(r#"cae_set_event_lag_seconds_count{{transmitter="{name}"}}"#),
         );
         assert!(lag >= 1.0, "{name}: {m}");
     }

@@ -433,8 +433,9 @@ async fn when_the_provider_is_down_the_last_good_keys_keep_validating() {
     );
     let m = get(&client(), &s.h.admin_url("/metrics"), &[]).await.text();
     assert!(
-        m.lines()
-            .any(|l| l.starts_with("cae_key_fetch_failures{name=\"dev\"} ") && !l.ends_with(" 0")),
+        m.lines().any(
+            |l| l.starts_with("cae_key_fetch_failures_total{name=\"dev\"} ") && !l.ends_with(" 0")
+        ),
         "{m}"
     );
 }

@@ -127,6 +127,8 @@ pub struct SignalStore {
     durable: Arc<dyn Durable>,
     retention_secs: i64,
     poll_gate: OnceLock<Arc<dyn PollGate>>,
+    /// Observes each durable write (the store-write latency metric), once installed.
+    write_timer: OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl SignalStore {
@@ -146,6 +148,7 @@ impl SignalStore {
             durable,
             retention_secs,
             poll_gate: OnceLock::new(),
+            write_timer: OnceLock::new(),
         })
     }
 
@@ -164,7 +167,11 @@ impl SignalStore {
         }
         let this = self.clone();
         let (outcome, batch) = tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
             let r = this.durable.commit(&batch);
+            if let Some(h) = this.write_timer.get() {
+                h.observe(t0.elapsed().as_secs_f64());
+            }
             (r, batch)
         })
         .await
@@ -183,6 +190,11 @@ impl SignalStore {
         for c in changes {
             self.tables.apply(c);
         }
+    }
+
+    /// Installs the histogram that times every durable write; only the first call has an effect.
+    pub fn set_write_timer(&self, h: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.write_timer.set(h);
     }
 
     /// Installs the poll gate (fleet mode); only the first call has an effect.
