@@ -887,6 +887,8 @@ impl Demo {
             transmitter,
             TransmitterOptions {
                 audience: plan.transmitter_audience.clone(),
+                // `sub` in POST /dev/events names a user of the demo's issuer.
+                subject_issuer: Some(format!("http://{}", plan.issuer_addr)),
                 ..TransmitterOptions::default()
             },
         )?;
@@ -1702,45 +1704,58 @@ async fn step_f(
 // ---------------------------------------------------------------------------------------------
 // Interactive mode
 
-fn print_try_it(demo: &Demo, out: &mut Out<'_>) {
+/// The copy-paste commands printed after the narration (`cae-proxy demo` without `--once`).
+pub fn print_try_it(demo: &Demo, w: &mut dyn Write, style: Style) {
+    let out = &mut Out { w, s: style };
     let issuer = demo.issuer.issuer_url();
     let token_url = demo.issuer.token_url();
     let proxy = demo.proxy_url();
     let admin = demo.admin_url();
     let api = &demo.plan.api_path;
     let step_up = &demo.plan.admin_path;
+    let events = format!("{}/dev/events", demo.transmitter.issuer_url());
+    let push_to = match &demo.plan.push_authorization {
+        Some(a) => format!(
+            "{{\"endpoint_url\":\"{}\",\"authorization_header\":\"{a}\"}}",
+            demo.push_url()
+        ),
+        None => format!("{{\"endpoint_url\":\"{}\"}}", demo.push_url()),
+    };
     out.title("", "try it yourself (Ctrl-C stops the demo)");
     let cmds = [
         ("# a token for alice, session s1, issued to 127.0.0.1 (form-encoded, like an OAuth client)".to_string(),
          format!("TOKEN=$(curl -s {token_url} -d sub=alice -d sid=s1 -d ipaddr=127.0.0.1 -d xms_cc=cp1 | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')")),
         ("# call the API through the proxy (200, the echo shows the identity headers)".to_string(),
          format!("curl -i {proxy}{api}/orders -H \"Authorization: Bearer $TOKEN\"")),
-        ("# revoke session s1 through the admin API, then call again: 401 insufficient_claims".to_string(),
+        ("# revoke session s1 with a signed CAEP session-revoked SET: the transmitter signs it and\n# pushes it to the proxy's signals listener (202), then call again: 401 insufficient_claims".to_string(),
+         format!("curl -s {events} -H 'content-type: application/json' -d '{{\"event\":\"session-revoked\",\"sub\":\"alice\",\"sid\":\"s1\",\"push_to\":{push_to}}}'")),
+        ("# or revoke it through the admin API".to_string(),
          format!("curl -i {admin}/admin/revoke -H 'content-type: application/json' -d '{{\"key\":{{\"type\":\"session\",\"iss\":\"{issuer}\",\"sid\":\"s1\"}}}}'")),
         ("# answer the challenge: paste its claims value, get a new token, call again (200)".to_string(),
          format!("TOKEN=$(curl -s {token_url} -d sub=alice -d sid=s1 -d ipaddr=127.0.0.1 -d xms_cc=cp1 --data-urlencode claims=PASTE_CLAIMS | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')")),
         ("# step-up route: 401 with an acrs challenge; a token with -d acrs=c1 passes".to_string(),
          format!("curl -i {proxy}{step_up}/settings -H \"Authorization: Bearer $TOKEN\"")),
-        ("# block the account (RISC account-disabled equivalent), list revocations".to_string(),
+        ("# disable the account with a RISC account-disabled SET: every token of alice is refused until\n# an account-enabled event (or an unblock through the admin API)".to_string(),
+         format!("curl -s {events} -H 'content-type: application/json' -d '{{\"event\":\"account-disabled\",\"sub\":\"alice\",\"push_to\":{push_to}}}'")),
+        ("# or block it through the admin API; list the revocations made so far".to_string(),
          format!("curl -i {admin}/admin/block -H 'content-type: application/json' -d '{{\"key\":{{\"type\":\"subject\",\"iss\":\"{issuer}\",\"sub\":\"alice\"}}}}'\ncurl -s {admin}/admin/entries/revocations")),
         ("# the transmitter's SSF metadata and keys (the proxy verifies pushed SETs with them)".to_string(),
          format!("curl -s {}\ncurl -s {}", demo.transmitter.configuration_url(), demo.transmitter.jwks_url())),
     ];
-    for (comment, cmd) in cmds {
-        out.blank();
-        let c = out.s.dim(&comment);
-        out.line(&format!("  {c}"));
-        for l in cmd.lines() {
-            let l = out.s.cyan(l);
-            out.line(&format!("  {l}"));
-        }
-    }
+    print_commands(out, &cmds);
     out.blank();
-    out.explain(
-        "SET push by hand: the development transmitter has no endpoint that signs events on \
-         request; the narration above (step b.1) pushes a real signed SET to the signals \
-         listener. Revocations by curl go through the admin API.",
-    );
+    out.explain(&format!(
+        "POST {events} takes event = one of {}; sub (with iss, default the demo issuer), sid, \
+         device, tid or email, or a full RFC 9493 subject; event_timestamp; event_fields; \
+         push_to. It answers with the signed SET and each receiver's status.",
+        event_name_list()
+    ));
+}
+
+fn event_name_list() -> String {
+    crate::dev::emit::event_names()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1823,11 +1838,7 @@ pub fn main_demo(once: bool, config: Option<&Path>) -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         };
         if !once {
-            let mut out = Out {
-                w: &mut stdout,
-                s: style,
-            };
-            print_try_it(&demo, &mut out);
+            print_try_it(&demo, &mut stdout, style);
             let _ = stdout.flush();
             if let Err(e) = stop_signal().await {
                 demo.shutdown().await;
@@ -1869,9 +1880,13 @@ pub enum DevCommand {
         /// `aud` of streams and SETs (the receiver's id).
         #[arg(long, default_value = "cae-proxy-demo")]
         audience: String,
-        /// Require `Authorization: Bearer <this>` on every /ssf/ call.
+        /// Require `Authorization: Bearer <this>` on every /ssf/ and /dev/events call.
         #[arg(long)]
         management_token: Option<String>,
+        /// Issuer of the users that `sub` names in `POST /dev/events` (when a request gives no
+        /// `iss`): the development issuer's URL by default.
+        #[arg(long, default_value = "http://127.0.0.1:29101")]
+        subject_issuer: String,
         /// Allow a non-loopback address.
         #[arg(long)]
         force_public: bool,
@@ -1964,6 +1979,7 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
         DevCommand::Transmitter {
             audience,
             management_token,
+            subject_issuer,
             ..
         } => {
             let transmitter = DevTransmitter::start(
@@ -1971,6 +1987,7 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
                 TransmitterOptions {
                     audience: audience.clone(),
                     management_token: management_token.clone(),
+                    subject_issuer: Some(subject_issuer.clone()),
                     ..TransmitterOptions::default()
                 },
             )?;
@@ -1991,7 +2008,9 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
                 ("jwks", transmitter.jwks_url()),
                 ("streams", format!("{i}/ssf/stream")),
                 ("poll", transmitter.poll_url()),
+                ("events", format!("{i}/dev/events")),
                 ("audience", audience),
+                ("users of", subject_issuer),
             ] {
                 out.kv(k, &v);
             }
@@ -2000,6 +2019,10 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
                 None => String::new(),
             };
             let examples = [
+                ("# sign a CAEP session-revoked event and push it to cae-proxy's signals listener (the\n# demo's push path and secret); the answer holds the SET and the receiver's status".to_string(),
+                 format!("curl -s {i}/dev/events{auth} -H 'content-type: application/json' -d '{{\"event\":\"session-revoked\",\"sub\":\"alice\",\"sid\":\"s1\",\"push_to\":{{\"endpoint_url\":\"http://127.0.0.1:29090/ssf/demo\",\"authorization_header\":\"Bearer demo-push-secret\"}}}}'")),
+                (format!("# other events: {}\n# (or a full event-type URI); subject: sub (+ iss), sid, device, tid, email or \"subject\": {{…}};\n# without push_to the event goes to every enabled stream created below; \"deliver\":false only signs", event_name_list()),
+                 format!("curl -s {i}/dev/events{auth} -H 'content-type: application/json' -d '{{\"event\":\"account-disabled\",\"sub\":\"alice\",\"deliver\":false}}'")),
                 ("# metadata and keys".to_string(),
                  format!("curl -s {}\ncurl -s {}", transmitter.configuration_url(), transmitter.jwks_url())),
                 ("# create a push stream to cae-proxy's signals listener (the demo's push path and secret)".to_string(),
@@ -2017,16 +2040,23 @@ async fn run_dev(cmd: DevCommand, out: &mut Out<'_>) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn print_examples(out: &mut Out<'_>, examples: &[(String, String)]) {
-    for (comment, cmd) in examples {
+/// Copy-paste commands, each after its (dimmed) comment lines.
+fn print_commands(out: &mut Out<'_>, commands: &[(String, String)]) {
+    for (comment, cmd) in commands {
         out.blank();
-        let c = out.s.dim(comment);
-        out.line(&format!("  {c}"));
+        for l in comment.lines() {
+            let c = out.s.dim(l);
+            out.line(&format!("  {c}"));
+        }
         for l in cmd.lines() {
             let l = out.s.cyan(l);
             out.line(&format!("  {l}"));
         }
     }
+}
+
+fn print_examples(out: &mut Out<'_>, examples: &[(String, String)]) {
+    print_commands(out, examples);
     out.blank();
     let t = out.s.dim("Ctrl-C stops it.");
     out.line(&format!("  {t}"));

@@ -10,6 +10,7 @@
 //! - [`transmitter`]: [`DevTransmitter`], a Shared Signals transmitter (push and poll delivery).
 //! - [`upstream`]: [`EchoUpstream`], an upstream that echoes what it received.
 
+pub mod emit;
 pub mod issuer;
 pub mod keys;
 pub mod transmitter;

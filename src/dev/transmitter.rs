@@ -56,6 +56,9 @@ pub struct TransmitterOptions {
     pub alg: KeyAlg,
     /// Longest long poll (capped at 25 s).
     pub poll_wait: Duration,
+    /// Issuer of the users named by `sub` in `POST /dev/events` when the request gives no `iss`
+    /// (the development issuer's URL in `cae-proxy dev transmitter`).
+    pub subject_issuer: Option<String>,
 }
 
 impl Default for TransmitterOptions {
@@ -66,6 +69,7 @@ impl Default for TransmitterOptions {
             events_supported: Vec::new(),
             alg: KeyAlg::Rs256,
             poll_wait: MAX_POLL_WAIT,
+            subject_issuer: None,
         }
     }
 }
@@ -223,7 +227,12 @@ impl Inner {
         self.notify.notify_waiters();
     }
 
-    async fn push_and_record(&self, url: &str, authorization: Option<&str>, set: &str) {
+    async fn push_and_record(
+        &self,
+        url: &str,
+        authorization: Option<&str>,
+        set: &str,
+    ) -> PushRecord {
         let record = match push(url, authorization, set).await {
             Ok((status, _, body)) => PushRecord {
                 url: url.to_string(),
@@ -236,7 +245,67 @@ impl Inner {
                 body: e.to_string(),
             },
         };
-        lock(&self.pushes).push(record);
+        lock(&self.pushes).push(record.clone());
+        record
+    }
+
+    /// `POST /dev/events`: signs the described event and delivers it to every enabled stream
+    /// (push streams synchronously, so the answer carries each receiver's status) and to the
+    /// request's `push_to` endpoint.
+    async fn emit(&self, m: &Map<String, Value>) -> Response<DevBody> {
+        let r = match super::emit::parse(m, self.opts.subject_issuer.as_deref(), now_secs()) {
+            Ok(r) => r,
+            Err(e) => return bad_request(&e),
+        };
+        let set = self.sign_set(r.payload);
+        let mut delivered = Vec::new();
+        let pushed = |stream_id: Option<&str>, rec: PushRecord| {
+            let mut v = json!({"method": PUSH_METHOD, "endpoint_url": rec.url,
+                               "status": rec.status, "response": rec.body});
+            if let Some(id) = stream_id {
+                v["stream_id"] = json!(id);
+            }
+            v
+        };
+        if r.deliver {
+            let streams: Vec<(String, Stream)> = lock(&self.streams)
+                .iter()
+                .filter(|(_, s)| s.status == "enabled")
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect();
+            let mut queued = false;
+            for (id, s) in streams {
+                if s.delivery_method() == PUSH_METHOD {
+                    let url = s
+                        .config
+                        .pointer("/delivery/endpoint_url")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let auth = s
+                        .config
+                        .pointer("/delivery/authorization_header")
+                        .and_then(Value::as_str);
+                    let rec = self.push_and_record(url, auth, &set).await;
+                    delivered.push(pushed(Some(&id), rec));
+                } else {
+                    if !queued {
+                        self.queue(&set);
+                        queued = true;
+                    }
+                    delivered.push(json!({"method": POLL_METHOD, "stream_id": id, "queued": true}));
+                }
+            }
+        }
+        if let Some(p) = &r.push_to {
+            let rec = self
+                .push_and_record(&p.endpoint_url, p.authorization_header.as_deref(), &set)
+                .await;
+            delivered.push(pushed(None, rec));
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({"jti": set_jti(&set), "event": r.event_type, "set": set, "delivered": delivered}),
+        )
     }
 
     /// Delivers `set` by the stream's method (push in a task, or the poll queue).
@@ -367,7 +436,7 @@ impl Inner {
             }
             _ => {}
         }
-        if !path.starts_with("/ssf/") {
+        if !path.starts_with("/ssf/") && path != "/dev/events" {
             return not_found("no such endpoint");
         }
         if !self.authorized(req.headers()) {
@@ -403,6 +472,10 @@ impl Inner {
                 .or_else(|| query_param(query.as_deref(), "stream_id"))
         };
         match (&method, path.as_str()) {
+            (&Method::POST, "/dev/events") => match json_body() {
+                Ok(m) => self.emit(&m).await,
+                Err(e) => bad_request(&e),
+            },
             (&Method::POST, "/ssf/poll") => {
                 let m = match json_body() {
                     Ok(m) => m,
