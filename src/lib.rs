@@ -38,7 +38,6 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -255,10 +254,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// Drops expired revocations every minute, in memory and in the store.
 async fn expiry_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
+        // Read each time: a reload changes the period from the next pass on.
+        let every = shared.snapshot.load().config.store.expiry_interval;
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
         match shared.store.expire(store::now_secs()).await {

@@ -138,13 +138,14 @@ fn admin_call(action: &str, a: AdminArgs) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
+            let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
             println!(
-                "{}: ok ({} listeners, {} routes, {} issuers, {} transmitters)",
+                "{}: ok ({}, {}, {}, {})",
                 path.display(),
-                c.listeners.len(),
-                c.routes.len(),
-                c.issuers.len(),
-                c.transmitters.len()
+                n(c.listeners.len(), "listener"),
+                n(c.routes.len(), "route"),
+                n(c.issuers.len(), "issuer"),
+                n(c.transmitters.len(), "transmitter")
             );
             ExitCode::SUCCESS
         }

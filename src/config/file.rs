@@ -44,6 +44,9 @@ pub struct ServerFile {
     pub max_request_body: Option<u64>,
     /// CIDRs whose `X-Forwarded-*` / `Forwarded` headers are believed.
     pub trusted_proxies: Option<Vec<String>>,
+    /// The one header trusted proxies name the client in: `x-forwarded-for` (default) or
+    /// `forwarded` (RFC 7239).
+    pub client_ip_header: Option<String>,
     /// `json`, `text` or `auto` (JSON unless stderr is a terminal).
     pub log_format: Option<String>,
     /// tracing filter, e.g. `info` or `cae_proxy=debug`.
@@ -95,6 +98,8 @@ pub struct StoreFile {
     pub path: Option<String>,
     /// How long a revocation is kept after its time (longest token lifetime + leeway).
     pub retention: Option<String>,
+    /// How often the expiry pass runs (default 1m).
+    pub expiry_interval: Option<String>,
     /// Start with empty tables if the store is corrupt instead of refusing to start.
     pub ignore_corrupt: Option<bool>,
     /// Fleet mode (`backend = "redis"`): `redis://` or `rediss://` (TLS) URL, as a secret

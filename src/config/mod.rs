@@ -56,6 +56,7 @@ impl Config {
             store: Store {
                 backend: StoreBackend::Memory,
                 retention: DEFAULT_RETENTION,
+                expiry_interval: DEFAULT_EXPIRY_INTERVAL,
                 ignore_corrupt: false,
             },
             upstreams: BTreeMap::new(),
@@ -91,6 +92,7 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub max_request_body: u64,
     pub trusted_proxies: Vec<IpNet>,
+    pub client_ip_header: ClientIpHeader,
     pub log_format: LogFormat,
     pub log_level: String,
     pub report_only: bool,
@@ -135,6 +137,17 @@ pub enum StoreBackend {
     Redis(RedisBackend),
 }
 
+/// The header that trusted proxies name the client in. Only that one is read: reading both would
+/// let a client's own `X-Forwarded-For` decide when the proxy in front appends only `Forwarded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    XForwardedFor,
+    Forwarded,
+}
+
+/// Default `store.expiry_interval`.
+pub const DEFAULT_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Default `store.key_prefix`.
 pub const DEFAULT_KEY_PREFIX: &str = "cae:";
 
@@ -158,6 +171,8 @@ pub struct RedisBackend {
 pub struct Store {
     pub backend: StoreBackend,
     pub retention: Duration,
+    /// Period of the background pass that drops entries older than `retention`.
+    pub expiry_interval: Duration,
     pub ignore_corrupt: bool,
 }
 

@@ -301,6 +301,18 @@ fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
             "server.trusted_proxies",
             s.trusted_proxies.as_deref().unwrap_or(&[]),
         ),
+        client_ip_header: match s.client_ip_header.as_deref() {
+            None => ClientIpHeader::XForwardedFor,
+            Some(h) if h.eq_ignore_ascii_case("x-forwarded-for") => ClientIpHeader::XForwardedFor,
+            Some(h) if h.eq_ignore_ascii_case("forwarded") => ClientIpHeader::Forwarded,
+            Some(h) => {
+                c.err(
+                    "server.client_ip_header",
+                    format!("{h:?} must be \"x-forwarded-for\" or \"forwarded\""),
+                );
+                ClientIpHeader::XForwardedFor
+            }
+        },
         log_format: match s.log_format.as_deref() {
             None | Some("auto") => LogFormat::Auto,
             Some("json") => LogFormat::Json,
@@ -413,6 +425,17 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             }
         },
         retention: c.duration("store.retention", &st.retention, DEFAULT_RETENTION),
+        expiry_interval: {
+            let d = c.duration(
+                "store.expiry_interval",
+                &st.expiry_interval,
+                DEFAULT_EXPIRY_INTERVAL,
+            );
+            if d < Duration::from_secs(1) {
+                c.err("store.expiry_interval", "must be at least 1s");
+            }
+            d.max(Duration::from_secs(1))
+        },
         ignore_corrupt: st.ignore_corrupt.unwrap_or(false),
     };
 

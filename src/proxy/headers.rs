@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::Server;
+use crate::config::{ClientIpHeader, Server};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -84,7 +84,8 @@ pub fn wants_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// The client address: the peer, or — when the peer is a trusted proxy — the right-most
-/// untrusted `X-Forwarded-For` (else `Forwarded: for=`) entry. Never a header from an untrusted peer.
+/// untrusted entry of `server.client_ip_header` (`X-Forwarded-For`, or `Forwarded: for=`; the
+/// other header is ignored). Never a header from an untrusted peer.
 /// An entry that is not an address (`unknown`, an RFC 7239 obfuscated `_id`, garbage) ends the
 /// walk: nothing to its left was vouched for by a trusted hop, so the last trusted hop is used.
 pub fn client_ip(peer: IpAddr, h: &HeaderMap, server: &Server) -> IpAddr {
@@ -92,17 +93,17 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, server: &Server) -> IpAddr {
     if !server.is_trusted(peer) {
         return peer;
     }
-    let mut chain: Vec<Option<IpAddr>> = h
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(parse_addr)
-        .collect();
-    if chain.is_empty() {
-        chain = h
+    let chain: Vec<Option<IpAddr>> = match server.client_ip_header {
+        ClientIpHeader::XForwardedFor => h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(parse_addr)
+            .collect(),
+        ClientIpHeader::Forwarded => h
             .get_all(http::header::FORWARDED)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -113,8 +114,8 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, server: &Server) -> IpAddr {
                     .eq_ignore_ascii_case("for")
                     .then(|| parse_addr(v.trim().trim_matches('"')))
             })
-            .collect();
-    }
+            .collect(),
+    };
     let mut client = peer;
     for ip in chain.iter().rev() {
         let Some(ip) = ip else {
@@ -150,16 +151,27 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&str>,
 ) {
-    let prev = trusted_peer
-        .then(|| h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()))
-        .flatten()
-        .filter(|p| !p.trim().is_empty());
-    let xff = match prev {
-        Some(prev) => {
-            let peer = peer_value.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prev}, {peer}")).ok()
+    // Every incoming line, in order: several `X-Forwarded-For` lines are one list (RFC 9110
+    // §5.3), read the same way as `client_ip` reads them. Keeping only the first line would drop
+    // the entries the trusted hop added and pass the client's own claim on as the client.
+    let mut prev = String::new();
+    if trusted_peer {
+        for line in h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            prev.push_str(line);
+            prev.push_str(", ");
         }
-        None => Some(peer_value.clone()),
+    }
+    let xff = if prev.is_empty() {
+        Some(peer_value.clone())
+    } else {
+        prev.push_str(peer_value.to_str().unwrap_or_default());
+        HeaderValue::from_str(&prev).ok()
     };
     if let Some(v) = xff {
         h.insert(&X_FORWARDED_FOR, v);
@@ -251,9 +263,28 @@ mod tests {
             http::header::FORWARDED,
             "for=\"[2001:db8::1]:443\";proto=https".parse().unwrap(),
         );
+        let fs = Server {
+            client_ip_header: ClientIpHeader::Forwarded,
+            ..s.clone()
+        };
+        assert_eq!(
+            client_ip("10.0.0.2".parse().unwrap(), &f, &fs),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        // Only the configured header counts: with both present, the other one is ignored.
+        let mut both = f.clone();
+        both.insert(&X_FORWARDED_FOR, "198.51.100.1".parse().unwrap());
+        assert_eq!(
+            client_ip("10.0.0.2".parse().unwrap(), &both, &fs),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("10.0.0.2".parse().unwrap(), &both, &s),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(
             client_ip("10.0.0.2".parse().unwrap(), &f, &s),
-            "2001:db8::1".parse::<IpAddr>().unwrap()
+            "10.0.0.2".parse::<IpAddr>().unwrap()
         );
         // A trusted hop that could not name the client (`unknown`, an obfuscated `_id`): the
         // spoofable entries to its left are not believed.
@@ -268,7 +299,8 @@ mod tests {
         ] {
             let mut u = HeaderMap::new();
             u.insert(name.clone(), value.parse().unwrap());
-            let got = client_ip("10.0.0.2".parse().unwrap(), &u, &s);
+            let server = if *name == X_FORWARDED_FOR { &s } else { &fs };
+            let got = client_ip("10.0.0.2".parse().unwrap(), &u, server);
             assert!(s.is_trusted(got), "{value}: {got} is a spoofable entry");
         }
 

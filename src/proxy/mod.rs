@@ -348,7 +348,6 @@ async fn inner<'s>(
             p
         }
         Err((reason, p)) => {
-            out.reason = reason.label();
             let report_only = reason.is_cae() && (route.report_only || server.report_only);
             // Report-only relaxes CAE refusals only: scopes, roles and claim rules still hold.
             let reason = match (report_only, p.as_deref()) {
@@ -357,6 +356,8 @@ async fn inner<'s>(
                     .unwrap_or(reason),
                 _ => reason,
             };
+            // The reason of the answer actually given (a grant refusal replaces the relaxed one).
+            out.reason = reason.label();
             let report_only = report_only && reason.is_cae();
             if report_only {
                 out.decision = "report_only";
@@ -644,6 +645,9 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, switching);
+    // The upstream's HTTP version is a property of that hop only: an HTTP/1.0 upstream must not
+    // make the client's HTTP/1.1 connection answer in HTTP/1.0 and close after each response.
+    parts.version = Version::HTTP_11;
     Ok(Response::from_parts(
         parts,
         body.map_err(BoxError::from).boxed(),
