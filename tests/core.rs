@@ -190,6 +190,54 @@ async fn unreachable_upstream_is_a_502() {
 }
 
 #[tokio::test]
+async fn an_http_1_0_upstream_does_not_downgrade_the_client_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that speaks HTTP/1.0 and closes after each answer (python -m http.server).
+    let up = listener().await;
+    let url = format!("http://{}", up.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let h = Harness::start(&plain_config(&url, "", "")).await;
+    let mut c = tokio::net::TcpStream::connect(h.proxy.addr("public").unwrap())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed after: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn hop_by_hop_headers_and_connection_named_headers_are_removed() {
     let up = upstream().await;
     let h = Harness::start(&plain_config(&up.url(), "", "")).await;
