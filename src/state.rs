@@ -168,6 +168,7 @@ impl Shared {
         let mut sets = self.key_sets.lock().unwrap_or_else(|p| p.into_inner());
         let id = (source.clone(), issuer.to_string());
         if let Some(k) = sets.get(&id) {
+            k.update(policy);
             return k.clone();
         }
         let ks = Arc::new(KeySet::new(
@@ -293,6 +294,7 @@ impl Snapshot {
 async fn refresher(ks: std::sync::Weak<KeySet>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let Some(strong) = ks.upgrade() else { return };
     let name = strong.name.clone();
+    let wake = strong.wake_signal();
     drop(strong);
     let mut shutdown = shutdown;
     let mut backoff = std::time::Duration::from_millis(200);
@@ -316,6 +318,7 @@ async fn refresher(ks: std::sync::Weak<KeySet>, shutdown: tokio::sync::watch::Re
         drop(ks);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -858,3 +858,153 @@ cae = {{ auth_context = "c1" }}
         Some(r#"Bearer realm="""#)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Reload: the key file is read again, a new key policy applies at once
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rereads_the_jwks_file_and_applies_a_changed_key_policy() {
+    let rsa = SigningKey::generate_with_kid(KeyAlg::Es256, "unused").unwrap();
+    let a = TestKey::new(Algorithm::ES256, "reload-a", &rsa);
+    let b = TestKey::new(Algorithm::ES256, "reload-b", &rsa);
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.json");
+    write_atomic(&file, &jwks_doc(&[&a.jwk]));
+    let srv = JwksServer::start(vec![rsa.public_jwk().clone()], None).await;
+    let remote_iss = "https://remote.example.com";
+    let config = |cooldown: &str| {
+        format!(
+            "{}[[issuer]]\nname = \"file\"\nissuer = \"https://file.example.com\"\njwks_file = \"{{dir}}/keys.json\"\naudiences = [\"api://cae-demo\"]\nalgorithms = [\"ES256\"]\nrefresh_interval = \"1h\"\nunknown_kid_cooldown = \"1h\"\n[[issuer]]\nname = \"remote\"\nissuer = \"{remote_iss}\"\njwks_uri = \"{}\"\naudiences = [\"api://cae-demo\"]\nalgorithms = [\"ES256\"]\nrefresh_interval = \"1h\"\nunknown_kid_cooldown = \"{cooldown}\"\n[[route]]\nupstream = \"app\"\nidentity_headers = {{ \"x-user\" = \"sub\" }}\n",
+            base_toml(&up.url()),
+            srv.url()
+        )
+    };
+    let h = Harness::start_in(dir, &config("1h")).await;
+    h.wait_ready().await;
+    let ta = a.sign(&claims("https://file.example.com", "alice"));
+    assert_passed(&call(&h, "/", &ta).await, "alice", "file key a");
+
+    // Key a leaves the file, key b arrives. Nothing re-reads it for an hour; a reload does, as
+    // it re-reads certificate files.
+    write_atomic(&file, &jwks_doc(&[&b.jwk]));
+    assert_passed(
+        &call(&h, "/", &ta).await,
+        "alice",
+        "no re-read before the reload",
+    );
+    h.write_config(&config("1h"));
+    h.proxy.reload().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "key a, removed from the file, still validates after the reload",
+        || async { call(&h, "/", &ta).await.status == StatusCode::UNAUTHORIZED },
+    )
+    .await;
+    assert_invalid(&call(&h, "/", &ta).await, "the signing key is unknown");
+    let tb = b.sign(&claims("https://file.example.com", "bob"));
+    assert_passed(&call(&h, "/", &tb).await, "bob", "file key b");
+
+    // The remote issuer: an unknown kid refetches once, then the hour-long cooldown holds.
+    let unknown = |n: u32| {
+        let k = TestKey::new(Algorithm::ES256, &format!("stranger-{n}"), &rsa);
+        k.sign(&claims(remote_iss, "mallory"))
+    };
+    srv.wait_fetches(1, Duration::from_secs(10)).await;
+    let start = srv.fetches();
+    assert_invalid(
+        &call(&h, "/", &unknown(1)).await,
+        "the signing key is unknown",
+    );
+    assert_eq!(
+        srv.fetches(),
+        start + 1,
+        "one refetch for the first unknown kid"
+    );
+    assert_invalid(
+        &call(&h, "/", &unknown(2)).await,
+        "the signing key is unknown",
+    );
+    assert_eq!(srv.fetches(), start + 1, "none within the cooldown");
+
+    // A reload that shortens the cooldown applies at once (the key set is kept, its policy is
+    // replaced, and its refresher fetches on the new schedule).
+    h.write_config(&config("0s"));
+    h.proxy.reload().unwrap();
+    srv.wait_fetches(start + 2, Duration::from_secs(10)).await;
+    let after_reload = srv.fetches();
+    assert_invalid(
+        &call(&h, "/", &unknown(3)).await,
+        "the signing key is unknown",
+    );
+    assert_eq!(
+        srv.fetches(),
+        after_reload + 1,
+        "the new cooldown (0s) applies"
+    );
+    assert_invalid(
+        &call(&h, "/", &unknown(4)).await,
+        "the signing key is unknown",
+    );
+    assert_eq!(srv.fetches(), after_reload + 2);
+}
+
+#[tokio::test]
+async fn an_invalid_tokens_challenge_names_the_issuer_its_iss_names_when_the_route_accepts_it() {
+    let first = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let second = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let toml = format!(
+        r#"{base}
+[[issuer]]
+name = "first"
+issuer = "{i1}"
+jwks_uri = "{i1}/jwks"
+audiences = ["api://cae-demo"]
+realm = "first-realm"
+[[issuer]]
+name = "second"
+issuer = "{i2}"
+jwks_uri = "{i2}/jwks"
+audiences = ["api://cae-demo"]
+realm = "second-realm"
+[[route]]
+name = "both"
+path_prefix = "/both"
+upstream = "app"
+issuers = ["first", "second"]
+[[route]]
+name = "first-only"
+path_prefix = "/first"
+upstream = "app"
+issuers = ["first"]
+"#,
+        base = base_toml(&up.url()),
+        i1 = first.issuer_url(),
+        i2 = second.issuer_url(),
+    );
+    let h = Harness::start(&toml).await;
+    h.wait_ready().await;
+    let now = now_secs();
+    let expired = second.mint("bob", json!({"iat": now - 7200, "exp": now - 3600}));
+    // The route accepts the second issuer: its realm, although it is not the route's first.
+    assert_invalid_in(
+        &call(&h, "/both", &expired).await,
+        "second-realm",
+        "the token is expired",
+    );
+    // A route that does not accept it answers with its own first issuer.
+    assert_invalid_in(
+        &call(&h, "/first", &expired).await,
+        "first-realm",
+        "the token is expired",
+    );
+    // An unconfigured `iss` selects nothing.
+    let stranger = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    assert_invalid_in(
+        &call(&h, "/both", &stranger.mint("eve", json!({}))).await,
+        "first-realm",
+        "the token issuer is not trusted",
+    );
+}

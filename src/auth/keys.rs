@@ -185,9 +185,12 @@ pub struct KeySet {
     source: KeySource,
     /// Expected `issuer` in the discovery document (exact string after one trailing slash).
     expected_issuer: String,
-    policy: KeyPolicy,
+    /// Replaced by a reload that names the same source (see [`KeySet::update`]).
+    policy: ArcSwap<KeyPolicy>,
     min_rsa_bits: usize,
     current: ArcSwap<Keys>,
+    /// Wakes the refresher before its next scheduled fetch.
+    wake: Arc<tokio::sync::Notify>,
     loaded: std::sync::atomic::AtomicBool,
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     fetcher: Fetcher,
@@ -207,9 +210,10 @@ impl KeySet {
             name: name.to_string(),
             source,
             expected_issuer: expected_issuer.to_string(),
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             min_rsa_bits,
             current: ArcSwap::from_pointee(Keys::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
             loaded: Default::default(),
             last_refetch: tokio::sync::Mutex::new(None),
             fetcher,
@@ -219,6 +223,24 @@ impl KeySet {
 
     pub fn source(&self) -> &KeySource {
         &self.source
+    }
+
+    /// A reload named this key set again: its policy (refresh bounds, cooldown, https rule)
+    /// takes effect now, and a local `jwks_file` is read again at once (as TLS files are), as
+    /// is any source whose refresh schedule changed.
+    pub fn update(&self, policy: &KeyPolicy) {
+        let changed = **self.policy.load() != *policy;
+        if changed {
+            self.policy.store(Arc::new(policy.clone()));
+        }
+        if changed || matches!(self.source, KeySource::JwksFile(_)) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// What the refresher waits on besides its schedule.
+    pub fn wake_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     /// The current keys (lock-free).
@@ -241,7 +263,8 @@ impl KeySet {
             let mut last = self.last_refetch.lock().await;
             // Someone else refetched while we waited: look again without fetching.
             if Arc::as_ptr(&self.current.load_full()) as usize == before {
-                let due = last.is_none_or(|t| t.elapsed() >= self.policy.unknown_kid_cooldown);
+                let cooldown = self.policy.load().unknown_kid_cooldown;
+                let due = last.is_none_or(|t| t.elapsed() >= cooldown);
                 if due {
                     *last = Some(Instant::now());
                     if let Err(e) = self.refresh().await {
@@ -264,7 +287,7 @@ impl KeySet {
                 self.stats
                     .loaded_at
                     .store(crate::store::now_secs() as u64, Ordering::Relaxed);
-                let p = &self.policy;
+                let p = self.policy.load();
                 Ok(max_age
                     .unwrap_or(p.refresh_interval)
                     .clamp(p.min_refresh, p.max_refresh.max(p.min_refresh)))
@@ -296,7 +319,7 @@ impl KeySet {
                     &body,
                     url,
                     &self.expected_issuer,
-                    self.policy.allow_insecure_http,
+                    self.policy.load().allow_insecure_http,
                 )?;
                 let jwks_uri = d.jwks_uri;
                 let (body, age) = self.get_ok(&jwks_uri, timeout).await?;

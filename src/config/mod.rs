@@ -254,7 +254,7 @@ pub enum KeySource {
     JwksFile(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPolicy {
     /// `http://` key URLs off loopback are allowed (discovery-supplied `jwks_uri` included).
     pub allow_insecure_http: bool,

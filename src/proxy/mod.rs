@@ -488,8 +488,18 @@ fn deny(
     request_id: &str,
     now: i64,
 ) -> Response<ProxyBody> {
+    // The challenge names the issuer that should mint the next token: the token's own (verified,
+    // or for an invalid token the configured issuer its `iss` names, when the route accepts it:
+    // only a choice among configured issuers, so an unverified `iss` selects, never supplies),
+    // else the route's first.
+    let named = || {
+        let t = token::bearer(req.headers(), None, snap.config.server.max_token_bytes).ok()??;
+        let i = snap.issuers.find(&token::inspect(t).ok()?.iss)?;
+        (route.issuers.is_empty() || route.issuers.iter().any(|n| **n == i.cfg.name)).then_some(i)
+    };
     let issuer = p
         .and_then(|p| snap.issuers.by_name(&p.issuer))
+        .or_else(|| p.is_none().then(named).flatten())
         .or_else(|| route.issuers.first().and_then(|n| snap.issuers.by_name(n)))
         .or_else(|| snap.issuers.list.first());
     let auth_uri = issuer.and_then(|i| i.authorization_uri());
