@@ -55,8 +55,33 @@ pub fn key(kind: &str, value: &str, iss: Option<&str>) -> Result<SubjectKey, Adm
     })
 }
 
+/// The fetcher for an admin listener: system roots, or `ca` for a private CA; a client
+/// certificate when the listener requires one (`[admin.tls] client_ca`).
+pub fn fetcher(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Fetcher, AdminClientError> {
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(AdminClientError::Usage(
+                "--cert and --key go together".into(),
+            ))
+        }
+    };
+    if ca.is_none() && client.is_none() {
+        return Ok(Fetcher::new());
+    }
+    crate::tls::client_config(ca, client)
+        .map(Fetcher::with_tls)
+        .map_err(|e| AdminClientError::Usage(e.to_string()))
+}
+
 /// POSTs `{"key": …, "at": …}` to `/admin/<action>` and returns the answer body.
 pub async fn call(
+    fetcher: &Fetcher,
     admin: &str,
     token: Option<&str>,
     action: &str,
@@ -72,7 +97,7 @@ pub async fn call(
         headers.push(("authorization", format!("Bearer {t}")));
     }
     let url = format!("{}/admin/{action}", admin.trim_end_matches('/'));
-    let r = Fetcher::new()
+    let r = fetcher
         .request(
             Method::POST,
             &url,

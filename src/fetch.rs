@@ -40,9 +40,15 @@ pub struct Fetcher {
 impl Fetcher {
     pub fn new() -> Fetcher {
         let roots = crate::tls::system_roots();
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        Fetcher::with_tls(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A fetcher with its own TLS settings (a private CA, a client certificate).
+    pub fn with_tls(tls: rustls::ClientConfig) -> Fetcher {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(5)));

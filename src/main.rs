@@ -93,6 +93,15 @@ struct AdminArgs {
     /// Admin bearer token.
     #[arg(long, env = "CAE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// CA certificate(s) (PEM) of an https admin listener with a private CA.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Client certificate chain (PEM) for an admin listener that requires one; with --key.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -118,7 +127,11 @@ fn admin_call(action: &str, a: AdminArgs) -> ExitCode {
             rt.block_on(async {
                 let key = admin_client::key(&a.kind, &a.value, a.iss.as_deref())
                     .map_err(|e| e.to_string())?;
-                admin_client::call(&a.admin, a.admin_token.as_deref(), action, key, a.at)
+                let fetcher =
+                    admin_client::fetcher(a.cacert.as_deref(), a.cert.as_deref(), a.key.as_deref())
+                        .map_err(|e| e.to_string())?;
+                let token = a.admin_token.as_deref();
+                admin_client::call(&fetcher, &a.admin, token, action, key, a.at)
                     .await
                     .map_err(|e| e.to_string())
             })

@@ -990,6 +990,65 @@ async fn admin_api_behind_mtls_refuses_clients_without_a_trusted_certificate() {
         get(&with_cert, &stats_url, &[]).await.json()["revocations"],
         1
     );
+    // The CLI reaches it with the private CA and the client certificate; without the
+    // certificate the handshake fails and the CLI says so.
+    let admin = format!("https://localhost:{}", h.proxy.admin_addr().unwrap().port());
+    let cli = |extra: Vec<String>| {
+        let mut args: Vec<String> = ["block", "subject", "mia", "--iss", "*", "--admin", &admin]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"))
+                    .args(&args)
+                    .env_remove("CAE_ADMIN_TOKEN")
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let path = |p: &std::path::Path| p.display().to_string();
+    let out = cli(vec!["--cacert".into(), path(&c.ca)]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("block failed: "), "{err}");
+    let out = cli(vec![
+        "--cacert".into(),
+        path(&c.ca),
+        "--cert".into(),
+        path(&c.client_cert),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "block failed: --cert and --key go together\n"
+    );
+    let out = cli(vec![
+        "--cacert".into(),
+        path(&c.ca),
+        "--cert".into(),
+        path(&c.client_cert),
+        "--key".into(),
+        path(&c.client_key),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        stored["stored"]["key"],
+        json!({"type": "subject", "iss": "*", "sub": "mia"})
+    );
+    assert_eq!(get(&with_cert, &stats_url, &[]).await.json()["blocks"], 1);
     // The admin API is not on the public listener.
     let r = get(
         &client(),
