@@ -314,7 +314,7 @@ async fn token_ip_binding_named_locations_and_spoofed_forwarded_for() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.json()["message"],
-        "the request address is outside the allowed locations"
+        "the request address is not in a location this route allows"
     );
 }
 

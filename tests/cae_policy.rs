@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 const ADMIN: &str = "Bearer admin-secret";
 
 /// Message of every location / IP-binding refusal by a named location.
-const OUTSIDE_LOCATIONS: &str = "the request address is outside the allowed locations";
+const OUTSIDE_LOCATIONS: &str = "the request address is not in a location this route allows";
 /// Message of a refusal by a binding fed by signals or the admin API.
 const NOT_BOUND_HERE: &str = "the request address is not allowed for this session";
 

@@ -105,7 +105,8 @@ async fn azure_sdk_answers_claims_challenges_and_succeeds_on_retry() {
     let version = match azure_core_version(&python).await {
         Ok(v) => v,
         Err(why) => {
-            let hint = "install it with `python3 -m venv /tmp/azvenv && /tmp/azvenv/bin/pip install \
+            let hint =
+                "install it with `python3 -m venv /tmp/azvenv && /tmp/azvenv/bin/pip install \
                         azure-core requests` and set CAE_PYTHON=/tmp/azvenv/bin/python";
             if std::env::var("CAE_REQUIRE_INTEROP").as_deref() == Ok("1") {
                 panic!("CAE_REQUIRE_INTEROP=1 but {why}; {hint}");
@@ -126,7 +127,10 @@ async fn azure_sdk_answers_claims_challenges_and_succeeds_on_retry() {
         h.proxy.addr("public").expect("public listener").port()
     );
     let admin_url = h.admin_url("");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/azure_sdk_cae.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/azure_sdk_cae.py"
+    );
 
     let child = tokio::process::Command::new(&python)
         .arg(script)
@@ -247,9 +251,13 @@ async fn azure_sdk_answers_claims_challenges_and_succeeds_on_retry() {
         let wire = c["wire"].as_array().unwrap();
         assert_eq!(
             wire.iter().map(|w| w["status"].clone()).collect::<Vec<_>>(),
-            [401, 200, 200],
+            [401, 200],
             "{variant}/c: {report}"
         );
+        // The next call reuses the stepped-up token: no token request, one request.
+        assert_eq!(c["reuse"]["status"], 200, "{variant}/c: {report}");
+        assert_eq!(c["reuse"]["calls"], json!([]), "{variant}/c: {report}");
+        assert_eq!(c["reuse"]["wire"].as_array().unwrap().len(), 1);
         let challenge = wire[0]["www_authenticate"].as_str().unwrap();
         assert!(
             challenge.contains(r#"error="insufficient_claims""#)

@@ -128,7 +128,7 @@ pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
                     "the request comes from another address than the token was issued to"
                 }
                 IpRule::Binding => "the request address is not allowed for this session",
-                IpRule::Location => "the request address is outside the allowed locations",
+                IpRule::Location => "the request address is not in a location this route allows",
             };
             (
                 StatusCode::UNAUTHORIZED,

@@ -462,7 +462,21 @@ def run_variant(run, args, variant, credential_class, expected_method, session):
         except ValueError:
             body = {}
     upstream_acrs = (body.get("headers") or {}).get("x-user-acrs", "")
-    keep("c", r, calls, wire, expected_claims=expected_claims, upstream_acrs=upstream_acrs)
+    # And the policy keeps the stepped-up token: the next call needs no new token.
+    r2, calls2, wire2 = cae.get(stepup)
+    keep(
+        "c",
+        r,
+        calls,
+        wire,
+        expected_claims=expected_claims,
+        upstream_acrs=upstream_acrs,
+        reuse={
+            "status": r2.status_code,
+            "calls": [call_record(c) for c in calls2],
+            "wire": [wire_record(w) for w in wire2],
+        },
+    )
     expectations = [
         (len(wire) == 2, f"expected 2 requests on the wire (401, retry), got {len(wire)}"),
         (first.get("status") == 401, f"the first answer is 401, got {first.get('status')}"),
@@ -482,8 +496,6 @@ def run_variant(run, args, variant, credential_class, expected_method, session):
         (r.status_code == 200, f"expected 200 after the retry, got {r.status_code}: {r.text()[:300]}"),
         ("c1" in upstream_acrs, f"the upstream saw x-user-acrs c1, got {upstream_acrs!r}"),
     ]
-    # And the policy keeps the stepped-up token: the next call needs no new token.
-    r2, calls2, wire2 = cae.get(stepup)
     expectations += [
         (r2.status_code == 200, f"a second call got {r2.status_code}"),
         (len(calls2) == 0 and len(wire2) == 1, "a second call reuses the cached token"),
