@@ -116,6 +116,14 @@ async fn serve_connection(
             let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
             match tokio::time::timeout(limits.header_read_timeout, accept).await {
                 Ok(Ok(stream)) => {
+                    if let Some(leaf) = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                    {
+                        info.set_client_cert(leaf);
+                    }
                     serve_io(
                         ActivityIo {
                             inner: stream,

@@ -203,7 +203,7 @@ pub fn not_ready(s: &SignalsSnapshot) -> Vec<String> {
 /// Entry point for listeners with `role = "signals"`: the configured push paths.
 pub async fn handle(
     shared: Arc<Shared>,
-    _conn: Arc<ConnInfo>,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let snap = shared.snapshot.load_full();
@@ -219,7 +219,8 @@ pub async fn handle(
         ));
     };
     let t0 = std::time::Instant::now();
-    let resp = push::handle_push(&rt, &shared.store, req, crate::store::now_secs()).await;
+    let cert = conn.client_cert_sha256.get();
+    let resp = push::handle_push(&rt, &shared.store, req, cert, crate::store::now_secs()).await;
     tracing::info!(target: "access", listener = "signals", path = %path, transmitter = %rt.name(), status = resp.status().as_u16(), duration_ms = t0.elapsed().as_secs_f64() * 1000.0);
     Ok(resp.map(|b| {
         b.map_err(|e: Infallible| -> BoxError { match e {} })

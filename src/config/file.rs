@@ -244,6 +244,9 @@ pub struct PushFile {
     /// Expected `Authorization` header value (secret reference).
     pub authorization: Option<String>,
     pub max_body: Option<usize>,
+    /// SHA-256 fingerprints (hex, colons allowed) of the client certificates this transmitter
+    /// pushes with; another certificate is refused with `access_denied`.
+    pub client_cert_sha256: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

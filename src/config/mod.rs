@@ -304,6 +304,9 @@ pub struct Push {
     pub path: String,
     pub authorization: Option<Secret>,
     pub max_body: usize,
+    /// When not empty: the push must come over mTLS with one of these certificates (SHA-256 of
+    /// the DER leaf), which ties a client certificate to this transmitter.
+    pub client_cert_sha256: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone)]

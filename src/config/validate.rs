@@ -262,6 +262,20 @@ const SET_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
 ];
 
+/// `AB:CD:…` or `abcd…` (64 hex digits) as 32 bytes.
+fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    let hex: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
 /// Server settings when the file has no `[server]` table.
 pub(super) fn default_server() -> Server {
     let mut c = Check {
@@ -724,10 +738,23 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
                     format!("path {:?} is used by another transmitter", pu.path),
                 );
             }
+            let mut client_cert_sha256 = Vec::new();
+            for (j, f) in pu.client_cert_sha256.iter().flatten().enumerate() {
+                match parse_sha256(f) {
+                    Some(d) => client_cert_sha256.push(d),
+                    None => c.err(
+                        format!("{p}.push.client_cert_sha256[{j}]"),
+                        format!(
+                            "{f:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+                        ),
+                    ),
+                }
+            }
             Push {
                 path: pu.path.clone(),
                 authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization),
                 max_body: pu.max_body.unwrap_or(64 * 1024),
+                client_cert_sha256,
             }
         });
         let poll = t.poll.as_ref().map(|po| {
@@ -830,6 +857,16 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         }
         if t.push.as_ref().is_some_and(|p| p.authorization.is_none()) && !signals_mtls {
             c.err(format!("transmitter[{i}].push.authorization"), "push needs an authorization secret unless every signals listener requires client certificates (mTLS)");
+        }
+        if t.push
+            .as_ref()
+            .is_some_and(|p| !p.client_cert_sha256.is_empty())
+            && !signals_mtls
+        {
+            c.err(
+                format!("transmitter[{i}].push.client_cert_sha256"),
+                "needs every signals listener to require client certificates ([listener.tls] client_ca)",
+            );
         }
     }
     if let Some(a) = &admin {

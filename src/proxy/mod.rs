@@ -36,6 +36,8 @@ pub struct ConnInfo {
     /// The last token this connection presented and its principal. Keep-alive clients send the
     /// same token on every request; a repeat skips hashing it for the shared cache.
     pub last_token: std::sync::Mutex<Option<LastToken>>,
+    /// SHA-256 of the verified client certificate (mTLS listeners), set after the handshake.
+    pub client_cert_sha256: std::sync::OnceLock<[u8; 32]>,
 }
 
 /// A verified token remembered by one connection, valid for one configuration generation (a
@@ -55,7 +57,16 @@ impl ConnInfo {
             tls,
             listener,
             last_token: std::sync::Mutex::new(None),
+            client_cert_sha256: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the client certificate the TLS handshake verified (its DER leaf).
+    pub fn set_client_cert(&self, der: &[u8]) {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        let _ = self.client_cert_sha256.set(out);
     }
 
     fn remembered(&self, token: &str, generation: u64) -> Option<Arc<Principal>> {

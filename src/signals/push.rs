@@ -556,13 +556,16 @@ fn authenticated(expected: Option<&Secret>, headers: &HeaderMap) -> bool {
 }
 
 /// Handles one push request (RFC 8935 §2). Order: method, transmitter authentication (before
-/// anything is read or disclosed), content type (415), declared length (413), bounded read
-/// (413), verification and `state` (400), durable commit (503 on failure), then `202` with an
-/// empty body. A SET seen before is answered `202` again.
+/// anything is read or disclosed), the client certificate bound to the transmitter (400
+/// `access_denied`), content type (415), declared length (413), bounded read (413),
+/// verification and `state` (400), durable commit (503 on failure), then `202` with an empty
+/// body. A SET seen before is answered `202` again. `client_cert`: SHA-256 of the certificate
+/// the connection's mTLS handshake verified.
 pub async fn handle_push<B>(
     rt: &TransmitterRt,
     store: &Arc<SignalStore>,
     req: Request<B>,
+    client_cert: Option<&[u8; 32]>,
     now: i64,
 ) -> Response<Full<Bytes>>
 where
@@ -588,6 +591,23 @@ where
             ErrCode::AuthenticationFailed.as_str(),
             "the transmitter is not authenticated",
         );
+    }
+    if !push.client_cert_sha256.is_empty() {
+        let Some(cert) = client_cert else {
+            rt.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return error_response(
+                ErrCode::AuthenticationFailed.as_str(),
+                "a client certificate is required",
+            );
+        };
+        if !push.client_cert_sha256.iter().any(|pinned| pinned == cert) {
+            rt.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "cae_proxy::signals", transmitter = %cfg.name, "push with a client certificate not bound to this transmitter");
+            return error_response(
+                ErrCode::AccessDenied.as_str(),
+                "this client certificate may not send for this transmitter",
+            );
+        }
     }
     if !content_type_ok(&parts.headers) {
         return empty(StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -665,6 +685,7 @@ pub(crate) mod tests {
             risk_revoke_level: RiskLevel::High,
             token_issuer: None,
             push: Some(Push {
+                client_cert_sha256: Vec::new(),
                 path: "/ssf/push".into(),
                 authorization: Some(Secret::from_value("Bearer push-secret")),
                 max_body: 8 * 1024,
@@ -766,7 +787,7 @@ pub(crate) mod tests {
         let set = s.sign(&claims("p-1", revoke_events()));
 
         // Accepted: 202, empty body, no headers; the change is enforced.
-        let (st, h, b) = parts(handle_push(&rt, &store, good(&set), now).await).await;
+        let (st, h, b) = parts(handle_push(&rt, &store, good(&set), None, now).await).await;
         assert_eq!((st, h, b.as_str()), (202, vec![], ""));
         let key = SubjectKey::Subject {
             iss: "https://idp.example.com".into(),
@@ -780,7 +801,7 @@ pub(crate) mod tests {
         assert!(rt.freshness.last_commit_at.load(Ordering::Relaxed) > 0);
 
         // The same SET again: 202 again, applied once.
-        let (st, _, b) = parts(handle_push(&rt, &store, good(&set), now).await).await;
+        let (st, _, b) = parts(handle_push(&rt, &store, good(&set), None, now).await).await;
         assert_eq!((st, b.as_str()), (202, ""));
         assert_eq!(rt.counters.duplicates.load(Ordering::Relaxed), 1);
 
@@ -793,6 +814,7 @@ pub(crate) mod tests {
                 Some("application/JWT; charset=utf-8"),
                 Some("Bearer push-secret"),
             ),
+            None,
             now,
         )
         .await;
@@ -805,6 +827,7 @@ pub(crate) mod tests {
                     &rt,
                     &store,
                     req(&set, Some("application/secevent+jwt"), auth),
+                    None,
                     now,
                 )
                 .await,
@@ -828,6 +851,7 @@ pub(crate) mod tests {
                     &rt,
                     &store,
                     req(&set, Some("application/json"), Some("Bearer push-secret")),
+                    None,
                     now
                 )
                 .await
@@ -842,6 +866,7 @@ pub(crate) mod tests {
                     &rt,
                     &store,
                     req(&set, None, Some("Bearer push-secret")),
+                    None,
                     now
                 )
                 .await
@@ -852,14 +877,14 @@ pub(crate) mod tests {
         );
         let big = "a".repeat(9 * 1024);
         assert_eq!(
-            parts(handle_push(&rt, &store, good(&big), now).await).await,
+            parts(handle_push(&rt, &store, good(&big), None, now).await).await,
             (413, vec![], String::new())
         );
         // A declared length above the limit is refused before reading.
         let mut r = good("x");
         r.headers_mut()
             .insert("content-length", HeaderValue::from_static("100000"));
-        assert_eq!(handle_push(&rt, &store, r, now).await.status(), 413);
+        assert_eq!(handle_push(&rt, &store, r, None, now).await.status(), 413);
         // Streaming body without a length: refused while reading.
         let stream =
             http_body_util::StreamBody::new(futures_util::stream::iter((0..20).map(|_| {
@@ -871,11 +896,11 @@ pub(crate) mod tests {
             .header("authorization", "Bearer push-secret")
             .body(stream)
             .unwrap();
-        assert_eq!(handle_push(&rt, &store, r, now).await.status(), 413);
+        assert_eq!(handle_push(&rt, &store, r, None, now).await.status(), 413);
         // Method.
         let mut r = good(&set);
         *r.method_mut() = Method::GET;
-        assert_eq!(handle_push(&rt, &store, r, now).await.status(), 405);
+        assert_eq!(handle_push(&rt, &store, r, None, now).await.status(), 405);
 
         // Invalid SETs.
         let cases: Vec<(String, &str)> = vec![
@@ -895,7 +920,7 @@ pub(crate) mod tests {
             (crate::signals::testkit::sign_raw(&s, &json!({"alg":"RS256","kid":"nope"}), &claims("p-7", revoke_events())), r#"{"err":"invalid_key","description":"no key of the transmitter matches kid \"nope\""}"#),
         ];
         for (body, want) in cases {
-            let (st, h, b) = parts(handle_push(&rt, &store, good(&body), now).await).await;
+            let (st, h, b) = parts(handle_push(&rt, &store, good(&body), None, now).await).await;
             assert_eq!((st, h, b.as_str()), (400, err_headers(), want));
         }
 
@@ -906,21 +931,21 @@ pub(crate) mod tests {
         };
         let state = rt.new_state(now);
         assert_eq!(
-            handle_push(&rt, &store, good(&ver("v-1", json!(state))), now)
+            handle_push(&rt, &store, good(&ver("v-1", json!(state))), None, now)
                 .await
                 .status(),
             202
         );
         assert_eq!(rt.verified_at(), Some(now));
         assert_eq!(
-            handle_push(&rt, &store, good(&ver("v-1", json!(state))), now)
+            handle_push(&rt, &store, good(&ver("v-1", json!(state))), None, now)
                 .await
                 .status(),
             202,
             "redelivery"
         );
         assert_eq!(
-            handle_push(&rt, &store, good(&ver("v-2", Value::Null)), now)
+            handle_push(&rt, &store, good(&ver("v-2", Value::Null)), None, now)
                 .await
                 .status(),
             202
@@ -933,6 +958,7 @@ pub(crate) mod tests {
                     "v-3",
                     json!("VGhpcyBpcyBhbiBleGFtcGxlIHN0YXRlIHZhbHVlLgo="),
                 )),
+                None,
                 now,
             )
             .await,
@@ -951,7 +977,9 @@ pub(crate) mod tests {
         let upd = s.sign(&json!({"iss": ISS, "jti": "su-1", "iat": 5, "aud": AUD, "sub_id": {"format":"opaque","id":"stream-1"},
             "events": {"https://schemas.openid.net/secevent/ssf/event-type/stream-updated": {"status": "paused", "reason": "maintenance"}}}));
         assert_eq!(
-            handle_push(&rt, &store, good(&upd), now).await.status(),
+            handle_push(&rt, &store, good(&upd), None, now)
+                .await
+                .status(),
             202
         );
         assert!(!rt.stream_active());
@@ -964,7 +992,9 @@ pub(crate) mod tests {
             json!({"https://vendor.example/evt": {"x": 1}}),
         ));
         assert_eq!(
-            handle_push(&rt, &store, good(&unk), now).await.status(),
+            handle_push(&rt, &store, good(&unk), None, now)
+                .await
+                .status(),
             202
         );
         assert_eq!(store.tables().stats(), before);
@@ -978,7 +1008,7 @@ pub(crate) mod tests {
         req: Request<hyper::body::Incoming>,
     ) {
         fn send<T: Send>(_: T) {}
-        send(handle_push(rt, store, req, 0));
+        send(handle_push(rt, store, req, None, 0));
         send(rt.verify("x", 0));
     }
 
@@ -998,8 +1028,14 @@ pub(crate) mod tests {
         let store =
             Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
         let set = s.sign(&claims("fr-1", revoke_events()));
-        assert_eq!(handle_push(&rt, &store, good(&set), 1).await.status(), 202);
-        assert_eq!(handle_push(&rt, &store, good(&set), 1).await.status(), 202);
+        assert_eq!(
+            handle_push(&rt, &store, good(&set), None, 1).await.status(),
+            202
+        );
+        assert_eq!(
+            handle_push(&rt, &store, good(&set), None, 1).await.status(),
+            202
+        );
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 1, "duplicates are not samples");
         assert_eq!((seen[0].0.as_str(), seen[0].1), ("tx", DeliveryKind::Push));
@@ -1020,6 +1056,7 @@ pub(crate) mod tests {
             &rt,
             &store,
             good(&s.sign(&claims("f-1", revoke_events()))),
+            None,
             1,
         )
         .await;
@@ -1048,6 +1085,7 @@ pub(crate) mod tests {
             &rt,
             &store,
             good(&ec.sign(&claims("k-1", revoke_events()))),
+            None,
             1,
         )
         .await;
@@ -1059,7 +1097,10 @@ pub(crate) mod tests {
             &json!({"alg":"RS256","kid":"later"}),
             &claims("k-2", revoke_events()),
         );
-        assert_eq!(handle_push(&rt, &store, good(&t), 1).await.status(), 400);
+        assert_eq!(
+            handle_push(&rt, &store, good(&t), None, 1).await.status(),
+            400
+        );
         assert_eq!(rt.keys.stats.fetches.load(Ordering::Relaxed), fetches);
     }
 
@@ -1083,6 +1124,7 @@ pub(crate) mod tests {
                 Some("application/secevent+jwt"),
                 None,
             ),
+            None,
             1,
         )
         .await;

@@ -140,6 +140,18 @@ pub fn certs(dir: &std::path::Path) -> Certs {
         std::fs::write(&p, pem).expect("write pem");
         p
     };
+    // A second client of the same CA (dir/client2.pem, dir/client2.key), for tests that tell
+    // clients apart.
+    let ckey2 = KeyPair::generate().expect("client key");
+    let mut cparams2 = CertificateParams::new(Vec::<String>::new()).expect("params");
+    cparams2
+        .distinguished_name
+        .push(DnType::CommonName, "second test client");
+    let ccert2 = cparams2
+        .signed_by(&ckey2, &ca, &ca_key)
+        .expect("client cert");
+    w("client2.pem", ccert2.pem());
+    w("client2.key", ckey2.serialize_pem());
     Certs {
         ca: w("ca.pem", ca.pem()),
         cert: w("server.pem", cert.pem()),
@@ -187,6 +199,18 @@ fn build(tls: rustls::ClientConfig, h2_only: bool) -> TestClient {
 /// Plain HTTP/1.1 client (also speaks https with no trusted roots: use `tls_client`).
 pub fn client() -> TestClient {
     build(tls_config(None, false), false)
+}
+
+/// HTTPS (HTTP/1.1) client trusting the test CA, presenting the given client certificate.
+pub fn tls_client_as(certs: &Certs, cert: &std::path::Path, key: &std::path::Path) -> TestClient {
+    let as_client = Certs {
+        ca: certs.ca.clone(),
+        cert: certs.cert.clone(),
+        key: certs.key.clone(),
+        client_cert: cert.to_path_buf(),
+        client_key: key.to_path_buf(),
+    };
+    build(tls_config(Some(&as_client), true), false)
 }
 
 /// HTTPS client trusting the test CA; `h2` selects HTTP/2 by ALPN, else HTTP/1.1.
