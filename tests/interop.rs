@@ -92,8 +92,13 @@ async fn azure_core_version(python: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot run {python:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "{python:?} cannot import azure.core and requests: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{python:?} cannot import azure.core and requests ({})",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no error message")
+                .trim()
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
