@@ -260,6 +260,15 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
         on_reload: Some(on_reload),
     };
     runtime.block_on(async move {
+        // Before the start (store replay, TLS, binding): until a handler is installed, SIGHUP's
+        // default action kills the process. A SIGHUP received while starting reloads once running.
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
         let proxy = match Proxy::start(config, opts).await {
             Ok(p) => p,
             Err(e) => {
@@ -267,7 +276,7 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        match wait_for_signals(&proxy).await {
+        match wait_for_signals(&proxy, hup).await {
             Ok(()) => {
                 tracing::info!("shutting down: draining in-flight requests");
                 let drained = proxy.shutdown().await;
@@ -282,10 +291,12 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
     })
 }
 
-/// The only place that installs signal handlers: SIGHUP reloads, SIGTERM/SIGINT return.
-async fn wait_for_signals(proxy: &Proxy) -> std::io::Result<()> {
+/// SIGHUP (`hup`, installed before the start) reloads; SIGTERM/SIGINT return.
+async fn wait_for_signals(
+    proxy: &Proxy,
+    mut hup: tokio::signal::unix::Signal,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
