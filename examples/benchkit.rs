@@ -28,7 +28,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 
 fn claims(sub: &str, sid: &str, iat: i64) -> serde_json::Value {
     json!({"iss": ISS, "sub": sub, "aud": AUD, "iat": iat, "nbf": iat, "exp": iat + 6 * 3600,
-           "sid": sid, "jti": format!("jti-{sub}"), "xms_cc": ["cp1"], "scp": "read"})
+           "sid": sid, "jti": format!("jti-{sub}"), "xms_cc": ["cp1"], "scp": "read",
+           "ipaddr": "127.0.0.1"})
 }
 
 fn gen(dir: &Path, tokens: usize, revocations: usize) {

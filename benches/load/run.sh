@@ -177,6 +177,14 @@ algorithms = ["RS256", "ES256"]
 [[route]]
 name = "api"
 upstream = "up"
+# Every CAE check a production route would run: revocations and blocks, the token's ipaddr,
+# signal-fed IP bindings, named locations (allow and deny lists).
+[route.cae]
+revocation = true
+token_ip = true
+signal_ip = true
+allow_locations = ["127.0.0.0/8", "10.0.0.0/8"]
+deny_locations = ["127.0.0.2/32"]
 [[transmitter]]
 name = "bench-tx"
 issuer = "https://tx.bench.example"

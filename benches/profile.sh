@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# CPU instructions per request (valgrind callgrind, deterministic: no timing noise) of cae-proxy
+# on its hot path (a repeated RS256 token, every CAE check of the benchmark route) and of the hyper
+# floor (examples/bareproxy), behind the same nginx `return 200` upstream. Each server runs twice
+# under callgrind, with BASE and BASE+N requests (h2load, HTTP/1.1, 4 keep-alive connections); the
+# difference of the two totals divided by N is the cost of one request without start-up costs.
+# Usage: benches/profile.sh [N] [BASE]   (defaults 10000 and 2000; ≈ 2 min)
+# Per-function profile: callgrind_annotate "$W/<server>-<n>.out" (the directory is printed; kept
+# when KEEP=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}
+BASE=${2:-2000}
+for tool in valgrind h2load nginx python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nghttp2-client nginx)"; exit 2; }
+done
+W=$(mktemp -d /tmp/cae-profile.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 600); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 never opened"; exit 1
+}
+UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
+
+cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
+target/release/examples/benchkit gen --dir "$W" --tokens 10 --revocations 0 >/dev/null
+TOKEN=$(cat "$W/token-rs256.txt")
+
+cat > "$W/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+error_log $W/nginx-error.log error;
+pid $W/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
+}
+EOF
+nginx -c "$W/nginx.conf" -p "$W" &
+PIDS+=($!)
+wait_port "$UP"
+
+cat > "$W/cae.toml" <<EOF
+[server]
+worker_threads = 1
+log_level = "warn"
+[[listener]]
+name = "public"
+address = "127.0.0.1:$SUT"
+[[listener]]
+name = "signals"
+address = "127.0.0.1:$SIG"
+role = "signals"
+[admin]
+address = "127.0.0.1:$ADM"
+[store]
+backend = "memory"
+[upstreams.up]
+url = "http://127.0.0.1:$UP"
+[[issuer]]
+name = "bench"
+issuer = "https://idp.bench.example"
+jwks_file = "$W/jwks.json"
+audiences = ["api://bench"]
+algorithms = ["RS256", "ES256"]
+[[route]]
+name = "api"
+upstream = "up"
+[route.cae]
+revocation = true
+token_ip = true
+signal_ip = true
+allow_locations = ["127.0.0.0/8", "10.0.0.0/8"]
+deny_locations = ["127.0.0.2/32"]
+[[transmitter]]
+name = "bench-tx"
+issuer = "https://tx.bench.example"
+jwks_file = "$W/tx-jwks.json"
+audiences = ["cae-proxy"]
+[transmitter.push]
+path = "/ssf/bench"
+authorization = "Bearer bench-push"
+EOF
+
+# total_ir SERVER REQUESTS: runs SERVER under callgrind, sends REQUESTS, stops it, prints its Ir.
+total_ir() {
+  local out="$W/$1-$2.out"
+  case $1 in
+    cae-proxy) valgrind --tool=callgrind --callgrind-out-file="$out" \
+                 target/release/cae-proxy run --config "$W/cae.toml" 2>"$W/$1-$2.log" & ;;
+    hyper-bare) valgrind --tool=callgrind --callgrind-out-file="$out" \
+                 target/release/examples/bareproxy "127.0.0.1:$SUT" "http://127.0.0.1:$UP/" 2>"$W/$1-$2.log" & ;;
+  esac
+  local pid=$!
+  wait_port "$SUT"
+  h2load --h1 -n "$2" -c 4 -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$SUT/orders" >"$W/h2load-$1-$2.txt"
+  grep -q "$2 succeeded" "$W/h2load-$1-$2.txt" || { cat "$W/h2load-$1-$2.txt"; echo "not every request succeeded"; exit 1; }
+  kill -TERM "$pid"
+  wait "$pid" || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+}
+
+echo "server       instructions/request   (N=$N, base=$BASE; files in $W)"
+for server in hyper-bare cae-proxy; do
+  a=$(total_ir "$server" "$BASE")
+  b=$(total_ir "$server" "$((BASE + N))")
+  printf "%-12s %12.0f\n" "$server" "$(python3 -c "print(($b - $a) / $N)")"
+done
