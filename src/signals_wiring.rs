@@ -175,13 +175,19 @@ pub fn not_ready(s: &SignalsSnapshot) -> Vec<String> {
     let mut missing = Vec::new();
     for rt in &s.transmitters {
         if !rt.keys.is_loaded() {
-            missing.push(format!("transmitter {} has no keys yet", rt.name()));
+            missing.push(match rt.keys.last_error() {
+                Some(e) => format!("transmitter {} has no keys yet: {e}", rt.name()),
+                None => format!("transmitter {} has no keys yet", rt.name()),
+            });
         }
         // A managed stream counts once it exists, was verified (when asked) and is not paused.
         if let Some(sm) = rt.cfg().stream.as_ref() {
             let st = rt.stream_state();
             let why = if st.stream_id.is_none() {
-                Some("not created".to_string())
+                Some(match &st.last_error {
+                    Some(e) => format!("not created: {e}"),
+                    None => "not created".to_string(),
+                })
             } else if sm.verify && rt.verified_at().is_none() {
                 Some("not verified".to_string())
             } else if !rt.stream_active() {

@@ -266,7 +266,10 @@ impl Shared {
         let mut missing = Vec::new();
         for i in &snap.issuers.list {
             if !i.keys.is_loaded() {
-                missing.push(format!("issuer {} has no keys yet", i.cfg.name));
+                missing.push(match i.keys.last_error() {
+                    Some(e) => format!("issuer {} has no keys yet: {e}", i.cfg.name),
+                    None => format!("issuer {} has no keys yet", i.cfg.name),
+                });
             }
         }
         missing.extend(crate::signals_wiring::not_ready(&snap.signals));

@@ -425,11 +425,22 @@ async fn readiness_waits_for_keys_and_says_what_is_missing() {
     let up = EchoUpstream::start(listener().await).unwrap();
     let h = Harness::start(&config(&idp.issuer_url(), &up.url())).await;
     let c = client();
-    let r = get(&c, &h.admin_url("/readyz"), &[]).await;
+    // Not ready, and once the first fetch failed, /readyz says why.
+    let mut r = get(&c, &h.admin_url("/readyz"), &[]).await;
+    for _ in 0..500 {
+        if r.text().contains("yet: ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        r = get(&c, &h.admin_url("/readyz"), &[]).await;
+    }
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         r.json(),
-        json!({"ready": false, "missing": ["issuer dev has no keys yet"]})
+        json!({"ready": false, "missing": [format!(
+            "issuer dev has no keys yet: {}/jwks answered HTTP 503",
+            idp.issuer_url()
+        )]})
     );
     assert_eq!(
         get(&c, &h.admin_url("/livez"), &[]).await.status,

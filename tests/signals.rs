@@ -1182,10 +1182,11 @@ events_requested = ["{CAEP}session-revoked", "{CAEP}credential-change"]
             disc = tx.configuration_url(),
         );
     let h = Harness::start(&toml).await;
-    // Once the token issuers' keys are in, only the transmitter holds readiness back.
+    // Once the token issuers' keys are in, only the transmitter holds readiness back, and says
+    // why (once its first attempts failed).
     let mut r = readyz(&h).await;
     for _ in 0..1000 {
-        if !r.text().contains("issuer ") {
+        if !r.text().contains("issuer ") && r.text().matches("yet: ").count() == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1195,8 +1196,8 @@ events_requested = ["{CAEP}session-revoked", "{CAEP}credential-change"]
     assert_eq!(
         r.json(),
         json!({"ready": false, "missing": [
-            "transmitter managed has no keys yet",
-            "transmitter managed stream is not active (not created)"
+            format!("transmitter managed has no keys yet: {}/.well-known/ssf-configuration answered HTTP 503", tx.issuer_url()),
+            "transmitter managed stream is not active (not created: the SSF configuration was not loaded yet)"
         ]})
     );
     assert!(tx.streams().is_empty());

@@ -933,12 +933,12 @@ events_requested = ["{CAEP}session-revoked"]
     }
     let r = get(&c, &bin.url("admin", "/readyz"), &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    // /readyz says why: the key fetch's error, and the stream manager's.
+    let missing = r.json()["missing"].clone();
+    assert_eq!(missing.as_array().map(Vec::len), Some(2), "{missing}");
     assert_eq!(
-        r.json(),
-        json!({"ready": false, "missing": [
-            "transmitter bad has no keys yet",
-            "transmitter bad stream is not active (not created)"
-        ]})
+        missing[1],
+        "transmitter bad stream is not active (not created: the SSF configuration was not loaded yet)"
     );
     // The reason is in the log, naming both issuers.
     let why = format!(
@@ -946,6 +946,10 @@ events_requested = ["{CAEP}session-revoked"]
         tx.configuration_url(),
         tx.issuer_url(),
         expected_bad
+    );
+    assert_eq!(
+        missing[0],
+        format!("transmitter bad has no keys yet: {why}")
     );
     let escaped = json!(why).to_string();
     let escaped = escaped.trim_matches('"');
@@ -1233,7 +1237,7 @@ async fn a_refused_client_secret_means_no_stream_and_never_ready() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert_eq!(
         r.json(),
-        json!({"ready": false, "missing": ["transmitter managed stream is not active (not created)"]})
+        json!({"ready": false, "missing": ["transmitter managed stream is not active (not created: the token endpoint refused client credentials: HTTP 401)"]})
     );
 }
 

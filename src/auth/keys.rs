@@ -191,6 +191,8 @@ pub struct KeySet {
     current: ArcSwap<Keys>,
     /// Wakes the refresher before its next scheduled fetch.
     wake: Arc<tokio::sync::Notify>,
+    /// Why the last fetch failed (cleared by a success), for readiness.
+    last_error: std::sync::Mutex<Option<String>>,
     loaded: std::sync::atomic::AtomicBool,
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     fetcher: Fetcher,
@@ -214,6 +216,7 @@ impl KeySet {
             min_rsa_bits,
             current: ArcSwap::from_pointee(Keys::default()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            last_error: std::sync::Mutex::new(None),
             loaded: Default::default(),
             last_refetch: tokio::sync::Mutex::new(None),
             fetcher,
@@ -235,6 +238,17 @@ impl KeySet {
         }
         if changed || matches!(self.source, KeySource::JwksFile(_)) {
             self.wake.notify_one();
+        }
+    }
+
+    /// Why the last fetch failed, unless a later one succeeded.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = e;
         }
     }
 
@@ -282,6 +296,7 @@ impl KeySet {
         match self.load().await {
             Ok((keys, max_age)) => {
                 tracing::info!(keys = %self.name, count = keys.keys.len(), "loaded verification keys");
+                self.set_last_error(None);
                 self.current.store(Arc::new(keys));
                 self.loaded.store(true, Ordering::Release);
                 self.stats
@@ -294,6 +309,7 @@ impl KeySet {
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.set_last_error(Some(e.to_string()));
                 Err(e)
             }
         }

@@ -112,6 +112,8 @@ pub struct StreamState {
     pub reason: Option<String>,
     /// Event time of the status (epoch seconds).
     pub at: i64,
+    /// Why stream management last failed (cleared by a success), for readiness.
+    pub last_error: Option<String>,
 }
 
 /// Where and how to poll when stream management supplied the endpoint (RFC 8936 via SSF).
@@ -231,6 +233,13 @@ impl TransmitterRt {
 
     pub fn stream_state(&self) -> StreamState {
         self.stream.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Records why stream management failed (`None` once it works again).
+    pub fn set_stream_error(&self, e: Option<String>) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.last_error = e;
+        }
     }
 
     pub fn set_stream_id(&self, id: Option<String>) {

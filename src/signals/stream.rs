@@ -514,6 +514,7 @@ pub async fn run_stream_manager(
             r = step => match r {
                 Ok(u) => {
                     backoff = Duration::from_secs(1);
+                    rt.set_stream_error(None);
                     if matches!(u.status, StreamStatus::Paused | StreamStatus::Disabled) {
                         tracing::warn!(target: "cae_proxy::signals", transmitter = %name, status = u.status.as_str(), "SSF stream is not enabled");
                     }
@@ -522,6 +523,7 @@ pub async fn run_stream_manager(
                 Err(e) => {
                     let w = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(300));
+                    rt.set_stream_error(Some(e.to_string()));
                     tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %e, retry_in = ?w, "SSF stream management failed");
                     w
                 }
