@@ -101,8 +101,13 @@ impl Proxy {
             StoreBackend::Memory => Arc::new(MemoryStore::default()),
             StoreBackend::Redis(r) => {
                 let retention = config.store.retention.as_secs() as i64;
-                let (durable, parts) =
-                    fleet::open(r, config.store.ignore_corrupt, retention).await?;
+                let (durable, parts) = fleet::open(
+                    r,
+                    config.store.redis_tls.as_ref(),
+                    config.store.ignore_corrupt,
+                    retention,
+                )
+                .await?;
                 fleet_parts = Some(parts);
                 durable
             }

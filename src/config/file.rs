@@ -113,6 +113,14 @@ pub struct StoreFile {
     pub redis_timeout: Option<String>,
     /// Lifetime of a poll lease not renewed (default 10s): takeover time when a poller dies.
     pub poll_lease: Option<String>,
+    /// `rediss://` only: PEM CA bundle the Redis server certificate is verified against, instead
+    /// of the system roots.
+    pub redis_ca: Option<String>,
+    /// `rediss://` only: PEM client certificate (chain) presented to Redis; with
+    /// `redis_client_key`.
+    pub redis_client_cert: Option<String>,
+    /// `rediss://` only: PEM private key of `redis_client_cert`.
+    pub redis_client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -58,6 +58,7 @@ impl Config {
                 retention: DEFAULT_RETENTION,
                 expiry_interval: DEFAULT_EXPIRY_INTERVAL,
                 ignore_corrupt: false,
+                redis_tls: None,
             },
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
@@ -167,6 +168,17 @@ pub struct RedisBackend {
     pub poll_lease: Duration,
 }
 
+/// Fleet mode over `rediss://`: a private CA and/or a client certificate for Redis (PEM files,
+/// read at start). Without it, `rediss://` verifies Redis against the system roots and presents
+/// no client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA bundle that replaces the system roots for the Redis server certificate.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (chain) and its key.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pub backend: StoreBackend,
@@ -174,6 +186,9 @@ pub struct Store {
     /// Period of the background pass that drops entries older than `retention`.
     pub expiry_interval: Duration,
     pub ignore_corrupt: bool,
+    /// With `StoreBackend::Redis` and a `rediss://` URL: `store.redis_ca`,
+    /// `store.redis_client_cert` / `redis_client_key`, when any is set.
+    pub redis_tls: Option<RedisTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

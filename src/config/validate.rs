@@ -424,20 +424,26 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
 
     let st = &raw.store;
     redis_keys_only_with_redis(&mut c, st);
+    let backend = match (st.backend.as_deref(), &st.path) {
+        (Some("redis"), _) => redis_backend(&mut c, st, base),
+        (None | Some("redb"), Some(p)) => StoreBackend::Redb(base.join(p)),
+        (None | Some("redb"), None) => StoreBackend::Redb(PathBuf::from(DEFAULT_STORE_PATH)),
+        (Some("memory"), _) => StoreBackend::Memory,
+        (Some(o), _) => {
+            c.err(
+                "store.backend",
+                format!("{o:?} must be \"redb\", \"redis\" or \"memory\""),
+            );
+            StoreBackend::Memory
+        }
+    };
+    let redis_tls = match &backend {
+        StoreBackend::Redis(r) => redis_tls(&mut c, st, &r.url),
+        _ => None,
+    };
     let store = Store {
-        backend: match (st.backend.as_deref(), &st.path) {
-            (Some("redis"), _) => redis_backend(&mut c, st, base),
-            (None | Some("redb"), Some(p)) => StoreBackend::Redb(base.join(p)),
-            (None | Some("redb"), None) => StoreBackend::Redb(PathBuf::from(DEFAULT_STORE_PATH)),
-            (Some("memory"), _) => StoreBackend::Memory,
-            (Some(o), _) => {
-                c.err(
-                    "store.backend",
-                    format!("{o:?} must be \"redb\", \"redis\" or \"memory\""),
-                );
-                StoreBackend::Memory
-            }
-        },
+        backend,
+        redis_tls,
         retention: c.duration("store.retention", &st.retention, DEFAULT_RETENTION),
         expiry_interval: {
             let d = c.duration(
@@ -965,6 +971,55 @@ fn redis_backend(c: &mut Check<'_>, st: &StoreFile, base: &Path) -> StoreBackend
     })
 }
 
+/// `store.redis_ca`, `store.redis_client_cert` / `redis_client_key`: PEM files that must exist,
+/// only with a `rediss://` URL (ignored otherwise, so a mistake); the pair goes together.
+fn redis_tls(c: &mut Check<'_>, st: &StoreFile, url: &Secret) -> Option<RedisTls> {
+    let keys = [
+        ("redis_ca", &st.redis_ca),
+        ("redis_client_cert", &st.redis_client_cert),
+        ("redis_client_key", &st.redis_client_key),
+    ];
+    if keys.iter().all(|(_, v)| v.is_none()) {
+        return None;
+    }
+    // An unparsable or unresolved URL was reported already.
+    if let Ok(u) = url::Url::parse(url.expose()) {
+        if u.scheme() != "rediss" {
+            for (key, v) in keys {
+                if v.is_some() {
+                    c.err(
+                        format!("store.{key}"),
+                        "only used with a rediss:// (TLS) redis_url",
+                    );
+                }
+            }
+        }
+    }
+    let ca = st.redis_ca.as_ref().map(|f| c.file("store.redis_ca", f));
+    let client = match (&st.redis_client_cert, &st.redis_client_key) {
+        (Some(cert), Some(key)) => Some((
+            c.file("store.redis_client_cert", cert),
+            c.file("store.redis_client_key", key),
+        )),
+        (Some(_), None) => {
+            c.err(
+                "store.redis_client_key",
+                "required with redis_client_cert (they go together)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.err(
+                "store.redis_client_cert",
+                "required with redis_client_key (they go together)",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    Some(RedisTls { ca, client })
+}
+
 /// Redis keys given to another backend are a mistake (they would be silently ignored).
 fn redis_keys_only_with_redis(c: &mut Check<'_>, st: &StoreFile) {
     if st.backend.as_deref() == Some("redis") {
@@ -976,6 +1031,9 @@ fn redis_keys_only_with_redis(c: &mut Check<'_>, st: &StoreFile) {
         ("replica_id", st.replica_id.is_some()),
         ("redis_timeout", st.redis_timeout.is_some()),
         ("poll_lease", st.poll_lease.is_some()),
+        ("redis_ca", st.redis_ca.is_some()),
+        ("redis_client_cert", st.redis_client_cert.is_some()),
+        ("redis_client_key", st.redis_client_key.is_some()),
     ] {
         if set {
             c.err(format!("store.{key}"), "only used with backend = \"redis\"");
@@ -1093,6 +1151,74 @@ mod tests {
         assert_eq!(
             store_errs("[store]\nbackend = \"redb\"\nredis_url = \"redis://x\"\n"),
             ["store.redis_url"]
+        );
+    }
+
+    #[test]
+    fn redis_tls_files_need_rediss_exist_and_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "client.pem", "client.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let store = |url: &str, extra: &str| {
+            format!("[[listener]]\naddress = \"127.0.0.1:8080\"\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\npath = \"s.redb\"\n{extra}")
+        };
+        let all = "redis_ca = \"ca.pem\"\nredis_client_cert = \"client.pem\"\nredis_client_key = \"client.key\"\n";
+        let ok = Config::parse(&store("rediss://u:pw@redis:6380", all), dir.path()).unwrap();
+        let tls = ok.store.redis_tls.unwrap();
+        assert_eq!(tls.ca, Some(dir.path().join("ca.pem")));
+        assert_eq!(
+            tls.client,
+            Some((dir.path().join("client.pem"), dir.path().join("client.key")))
+        );
+        let ok = Config::parse(&store("rediss://redis:6380", ""), dir.path()).unwrap();
+        assert_eq!(
+            ok.store.redis_tls, None,
+            "system roots, no client certificate"
+        );
+
+        let paths = |text: &str| -> Vec<String> {
+            let err = Config::parse(text, dir.path()).unwrap_err();
+            err.0
+                .iter()
+                .map(|e| e.path.clone())
+                .filter(|p| p.starts_with("store."))
+                .collect()
+        };
+        assert_eq!(
+            paths(&store("redis://redis:6379", all)),
+            [
+                "store.redis_ca",
+                "store.redis_client_cert",
+                "store.redis_client_key"
+            ],
+            "TLS files without rediss://"
+        );
+        assert_eq!(
+            paths(&store(
+                "rediss://redis:6380",
+                "redis_client_cert = \"client.pem\"\n"
+            )),
+            ["store.redis_client_key"]
+        );
+        assert_eq!(
+            paths(&store(
+                "rediss://redis:6380",
+                "redis_client_key = \"client.key\"\n"
+            )),
+            ["store.redis_client_cert"]
+        );
+        let err = Config::parse(
+            &store("rediss://redis:6380", "redis_ca = \"missing.pem\"\n"),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].path, "store.redis_ca");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert_eq!(
+            paths("[store]\nbackend = \"redb\"\nredis_ca = \"ca.pem\"\n"),
+            ["store.redis_ca"],
+            "only with backend = redis"
         );
     }
 

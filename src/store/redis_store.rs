@@ -9,6 +9,7 @@
 //! Locks: a small pool of blocking connections (a `Mutex<Vec<_>>`, held only to take or return a
 //! connection) serves the commit path, which runs on the blocking pool like every `Durable`.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use redis::{AsyncConnectionConfig, RedisError};
 
 use super::redb_store::RedbStore;
 use super::{Batch, Change, CommitOutcome, Durable, StoreError};
-use crate::config::RedisBackend;
+use crate::config::{RedisBackend, RedisTls};
 use crate::metrics::{FleetMetrics, OpLabel, OutcomeLabel};
 
 /// Blocking connections kept for the commit path.
@@ -85,10 +86,24 @@ pub struct RedisLink {
 impl RedisLink {
     /// Parses the URL (no connection is made here: Redis may be down at start).
     pub fn new(cfg: &RedisBackend, replica: String) -> Result<RedisLink, StoreError> {
-        let client = redis::Client::open(cfg.url.expose()).map_err(|e| StoreError::Open {
+        RedisLink::with_tls(cfg, None, replica)
+    }
+
+    /// Like [`RedisLink::new`], with a private CA and/or a client certificate for a `rediss://`
+    /// URL (`tls`): the PEM files are read and parsed here, so a bad file fails the start.
+    pub fn with_tls(
+        cfg: &RedisBackend,
+        tls: Option<&RedisTls>,
+        replica: String,
+    ) -> Result<RedisLink, StoreError> {
+        let client = match tls {
+            None => redis::Client::open(cfg.url.expose()),
+            Some(t) => redis::Client::build_with_tls(cfg.url.expose(), tls_certificates(t)?),
+        }
+        .map_err(|e| StoreError::Open {
             path: "store.redis_url".into(),
             // The error may quote the URL; keep only its kind.
-            reason: format!("invalid Redis URL ({:?})", e.kind()),
+            reason: format!("invalid Redis URL or TLS settings ({:?})", e.kind()),
         })?;
         Ok(RedisLink {
             client,
@@ -145,10 +160,7 @@ impl RedisLink {
         }
     }
 
-    fn take_conn(&self) -> Result<redis::Connection, RedisError> {
-        if let Some(c) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(c);
-        }
+    fn connect_blocking(&self) -> Result<redis::Connection, RedisError> {
         let c = self.client.get_connection_with_timeout(self.timeout)?;
         c.set_read_timeout(Some(self.timeout))?;
         c.set_write_timeout(Some(self.timeout))?;
@@ -163,11 +175,32 @@ impl RedisLink {
     }
 
     /// Runs `f` on a pooled blocking connection; a connection that failed is dropped.
+    ///
+    /// A pooled connection that Redis dropped while it sat idle (Redis restarted or failed over,
+    /// or closed idle clients) fails at once: `f` is then run once more on a new connection,
+    /// after emptying the pool (its other connections are most likely dropped too). Otherwise
+    /// the first change after every Redis restart would be refused. Running `f` twice is
+    /// harmless: the append script's SET dedupe answers a repeat as a duplicate, and every other
+    /// change is idempotent. Timeouts are not retried (the caller's deadline is spent).
     fn with_conn<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> Result<T, RedisError>,
+        f: impl Fn(&mut redis::Connection) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
-        let mut c = self.take_conn()?;
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(mut c) = pooled {
+            match f(&mut c) {
+                Ok(v) => {
+                    self.put_conn(c);
+                    return Ok(v);
+                }
+                Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
+                    tracing::debug!(error = %describe(&e), "pooled Redis connection was dropped; retrying on a new one");
+                    self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut c = self.connect_blocking()?;
         let r = f(&mut c);
         if r.is_ok() {
             self.put_conn(c);
@@ -365,6 +398,52 @@ impl RedisLink {
             .await?;
         Ok(())
     }
+}
+
+/// Reads the PEM files of `store.redis_ca` and `store.redis_client_cert` / `redis_client_key`.
+/// Each is parsed first, and a certificate and key that do not match are refused, so that an
+/// unusable file fails the start with its key instead of every connection later.
+fn tls_certificates(t: &RedisTls) -> Result<redis::TlsCertificates, StoreError> {
+    let open = |key: &str, reason: String| StoreError::Open {
+        path: key.to_string(),
+        reason,
+    };
+    let read = |key: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| open(key, format!("{}: {e}", path.display())))
+    };
+    let root_cert = match &t.ca {
+        Some(p) => {
+            crate::tls::load_certs(p).map_err(|e| open("store.redis_ca", e.to_string()))?;
+            Some(read("store.redis_ca", p)?)
+        }
+        None => None,
+    };
+    let client_tls = match &t.client {
+        Some((cert, key)) => {
+            let chain = crate::tls::load_certs(cert)
+                .map_err(|e| open("store.redis_client_cert", e.to_string()))?;
+            let private = crate::tls::load_key(key)
+                .map_err(|e| open("store.redis_client_key", e.to_string()))?;
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| {
+                    open(
+                        "store.redis_client_key",
+                        format!("unusable with store.redis_client_cert (not its key, or a certificate rustls refuses): {e}"),
+                    )
+                })?;
+            Some(redis::ClientTlsConfig {
+                client_cert: read("store.redis_client_cert", cert)?,
+                client_key: read("store.redis_client_key", key)?,
+            })
+        }
+        None => None,
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }
 
 /// A Redis error for logs and answers: its kind and message, never the URL or credentials.
