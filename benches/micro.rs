@@ -106,8 +106,7 @@ fn token(key: &SigningKey, sub: &str, now: i64) -> String {
 fn principal(i: u64) -> Principal {
     Principal {
         iss: ISS.into(),
-        sub: Some(format!("user-{i}")),
-        oid: Some(format!("oid-{i}")),
+        subjects: vec![format!("user-{i}"), format!("oid-{i}")],
         sid: Some(format!("sid-{i}")),
         jti: Some(format!("jti-{i}")),
         tid: Some("tenant".into()),
@@ -197,7 +196,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(decide(route, black_box(&pr), &full, ip, 2_000)))
     });
     let hit = Principal {
-        sub: Some("revoked-user-00000042".into()),
+        subjects: vec!["revoked-user-00000042".into()],
         ..principal(42)
     };
     c.bench_function("decide_1m_revocations_hit", |b| {

@@ -1365,3 +1365,135 @@ async fn subject_ip_bindings_from_the_admin_api() {
     .await;
     assert_eq!(r.json()["total"], 1, "{}", r.text());
 }
+
+#[tokio::test]
+async fn an_issuers_claim_map_decides_which_claims_revocations_match() {
+    let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let iss = idp.issuer_url();
+    let h = Harness::start(&format!(
+        r#"
+[[listener]]
+name = "public"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+token = "admin-secret"
+[store]
+backend = "memory"
+[upstreams.app]
+url = "{up}"
+[[issuer]]
+name = "corp"
+issuer = "{iss}"
+jwks_uri = "{iss}/jwks"
+audiences = ["api://cae-demo"]
+subject_claims = ["employee_id"]
+session_claim = "session_id"
+token_id_claims = ["token_uid"]
+tenant_claim = "org"
+device_claim = "device"
+email_claims = ["mail"]
+[[route]]
+upstream = "app"
+"#,
+        up = up.url()
+    ))
+    .await;
+    h.wait_ready().await;
+    let c = client();
+    let now = now_secs();
+    let call = |t: String| {
+        let c = c.clone();
+        let url = h.url("public", "/");
+        async move {
+            get(&c, &url, &[("authorization", &format!("Bearer {t}"))])
+                .await
+                .status
+        }
+    };
+    let old = |claims: Value| {
+        let mut claims = claims;
+        claims["iat"] = json!(now - 60);
+        idp.mint("someone", claims)
+    };
+    let admin = |path: &'static str, key: Value| {
+        let url = h.admin_url(path);
+        async move {
+            admin_post(&url, json!({"key": key, "at": now - 10}))
+                .await
+                .status
+        }
+    };
+    // One revocation per key kind, each naming a value only the mapped claim carries.
+    for key in [
+        json!({"type": "subject", "iss": iss, "sub": "E-1"}),
+        json!({"type": "session", "iss": iss, "sid": "S-1"}),
+        json!({"type": "token", "iss": iss, "jti": "T-1"}),
+        json!({"type": "tenant", "tid": "O-1"}),
+        json!({"type": "device", "id": "D-1"}),
+        json!({"type": "email", "email": "m1@corp.example"}),
+    ] {
+        assert_eq!(admin("/admin/revoke", key).await, StatusCode::OK);
+    }
+    // The mapped claims are matched...
+    for claims in [
+        json!({"employee_id": "E-1"}),
+        json!({"session_id": "S-1"}),
+        json!({"token_uid": "T-1"}),
+        json!({"org": "O-1"}),
+        json!({"device": "D-1"}),
+        json!({"mail": "M1@corp.example"}),
+    ] {
+        assert_eq!(
+            call(old(claims.clone())).await,
+            StatusCode::UNAUTHORIZED,
+            "{claims}"
+        );
+    }
+    // ...and the default claims no longer are: this issuer's `sub`, `sid`, `jti`, `tid`,
+    // `deviceid` and `email` name nothing.
+    for claims in [
+        json!({"sub": "E-1", "oid": "E-1"}),
+        json!({"sid": "S-1"}),
+        json!({"jti": "T-1", "uti": "T-1"}),
+        json!({"tid": "O-1"}),
+        json!({"deviceid": "D-1"}),
+        json!({"email": "m1@corp.example", "upn": "m1@corp.example"}),
+    ] {
+        assert_eq!(call(old(claims.clone())).await, StatusCode::OK, "{claims}");
+    }
+    // A block by the mapped subject claim.
+    assert_eq!(
+        admin(
+            "/admin/block",
+            json!({"type": "subject", "iss": iss, "sub": "E-2"})
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(idp.mint("x", json!({"employee_id": "E-2"}))).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(idp.mint("E-2", json!({}))).await,
+        StatusCode::OK,
+        "sub is not a subject claim of this issuer"
+    );
+
+    // Bad maps are configuration errors with their paths.
+    let err = cae_proxy::config::Config::parse(
+        &format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[issuer]]\nname = \"x\"\nissuer = \"{iss}\"\njwks_uri = \"{iss}/jwks\"\naudiences = [\"a\"]\nallow_insecure_http = true\nsubject_claims = []\nsession_claim = \" \"\n"
+        ),
+        std::path::Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("issuer[0].subject_claims: must list one or more claim names")
+            && err.contains("issuer[0].session_claim: must name a claim"),
+        "{err}"
+    );
+}

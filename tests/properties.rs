@@ -138,8 +138,10 @@ fn arb_principal() -> impl Strategy<Value = Principal> {
             |(iss, sub, oid, sid, jti, tid, device, emails, iat, ipaddr, scopes)| Principal {
                 issuer: "idp".into(),
                 iss: iss.to_string(),
-                sub: Some(sub.to_string()),
-                oid: oid.map(str::to_string),
+                subjects: std::iter::once(sub)
+                    .chain(oid)
+                    .map(str::to_string)
+                    .collect(),
                 sid: sid.map(str::to_string),
                 jti: jti.map(str::to_string),
                 tid: tid.map(str::to_string),
@@ -230,9 +232,7 @@ fn tables(changes: &[Change]) -> Tables {
 fn names(key: &SubjectKey, p: &Principal) -> bool {
     let iss_ok = |iss: &str| iss == ANY_ISSUER || normalize_iss(iss) == normalize_iss(&p.iss);
     match key {
-        SubjectKey::Subject { iss, sub } => {
-            iss_ok(iss) && (p.sub.as_ref() == Some(sub) || p.oid.as_ref() == Some(sub))
-        }
+        SubjectKey::Subject { iss, sub } => iss_ok(iss) && p.subjects.contains(sub),
         SubjectKey::Session { iss, sid } => iss_ok(iss) && p.sid.as_ref() == Some(sid),
         SubjectKey::Token { iss, jti } => iss_ok(iss) && p.jti.as_ref() == Some(jti),
         SubjectKey::Tenant { tid } => p.tid.as_ref() == Some(tid),
@@ -467,7 +467,7 @@ proptest! {
     ) {
         let p = Principal {
             iss: ISSUERS[0].into(),
-            sub: Some("alice".into()),
+            subjects: vec!["alice".into()],
             iat: Some(iat),
             exp: NOW + 60,
             ..Default::default()
@@ -513,7 +513,7 @@ proptest! {
     ) {
         let p = Principal {
             iss: ISSUERS[0].into(),
-            sub: Some("alice".into()),
+            subjects: vec!["alice".into()],
             sid: Some("s1".into()),
             iat: Some(100),
             exp: NOW + 60,

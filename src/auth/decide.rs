@@ -105,7 +105,6 @@ pub fn decide(
 ) -> Result<(), DenyReason> {
     let cae = &route.cae;
     let mut buf = String::with_capacity(128);
-    let subjects: [Option<&str>; 2] = [p.sub.as_deref(), p.oid.as_deref()];
     if cae.revocation {
         // Blocks: every token of a blocked key is refused whatever its age. Revocations:
         // refused when issued before the recorded time (no `iat`: fail closed).
@@ -149,9 +148,9 @@ pub fn decide(
                     });
                 }
             }
-            let subjects = subjects
+            let subjects = p
+                .subjects
                 .iter()
-                .flatten()
                 .filter(|_| tables.may_bind(KIND_SUBJECT, iss));
             for s in subjects {
                 encode_into(&mut buf, KIND_SUBJECT, iss, s);
@@ -257,7 +256,7 @@ fn for_each_key(
         }
     };
     for iss in [p.iss.as_str(), ANY_ISSUER] {
-        for s in [p.sub.as_deref(), p.oid.as_deref()].into_iter().flatten() {
+        for s in &p.subjects {
             key(KIND_SUBJECT, iss, s, RevokedBy::Subject);
         }
         if let Some(sid) = &p.sid {
@@ -315,7 +314,7 @@ mod tests {
     fn principal() -> Principal {
         Principal {
             iss: "https://idp/".into(),
-            sub: Some("alice".into()),
+            subjects: vec!["alice".into()],
             sid: Some("s1".into()),
             jti: Some("t1".into()),
             iat: Some(1000),

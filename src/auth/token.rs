@@ -89,11 +89,13 @@ pub struct Principal {
     /// Name of the configured issuer that accepted the token.
     pub issuer: Arc<str>,
     pub iss: String,
-    pub sub: Option<String>,
-    pub oid: Option<String>,
+    /// Values of the issuer's `subject_claims` (default `sub`, then Entra's `oid`).
+    pub subjects: Vec<String>,
+    /// The issuer's `tenant_claim` (default `tid`).
     pub tid: Option<String>,
+    /// The issuer's `session_claim` (default `sid`).
     pub sid: Option<String>,
-    /// `jti`, or Entra's `uti`.
+    /// The first of the issuer's `token_id_claims` present (default `jti`, then Entra's `uti`).
     pub jti: Option<String>,
     pub iat: Option<i64>,
     pub exp: i64,
@@ -105,8 +107,10 @@ pub struct Principal {
     pub ipaddr: Option<IpAddr>,
     pub scopes: Vec<String>,
     pub roles: Vec<String>,
+    /// The issuer's `device_claim` (default `deviceid`).
     pub device: Option<String>,
-    /// `email`, `upn`, `preferred_username`, lower-cased.
+    /// The issuer's `email_claims` (default `email`, `upn`, `preferred_username`) holding an
+    /// address, lower-cased.
     pub emails: Vec<String>,
     pub kid: Option<String>,
     pub alg: Option<Algorithm>,
@@ -401,19 +405,22 @@ fn principal(
             _ => Vec::new(),
         }
     };
-    let emails = ["email", "upn", "preferred_username"]
+    let map = &issuer.cfg.claim_map;
+    let emails = map
+        .email
         .iter()
         .filter_map(|c| s(c))
         .filter(|e| e.contains('@'))
         .map(|e| e.to_lowercase())
         .collect();
+    let mut subjects: Vec<String> = map.subject.iter().filter_map(|c| s(c)).collect();
+    subjects.dedup();
     Principal {
         issuer: Arc::from(issuer.cfg.name.as_str()),
-        sub: s("sub"),
-        oid: s("oid"),
-        tid: s("tid"),
-        sid: s("sid"),
-        jti: s("jti").or_else(|| s("uti")),
+        subjects,
+        tid: s(&map.tenant),
+        sid: s(&map.session),
+        jti: map.token_id.iter().find_map(|c| s(c)),
         iat,
         exp,
         auth_time: claims.get("auth_time").and_then(Value::as_i64),
@@ -423,7 +430,7 @@ fn principal(
         ipaddr: s("ipaddr").and_then(|a| a.trim().parse().ok()),
         scopes: list("scp"),
         roles: list("roles"),
-        device: s(&issuer.cfg.device_claim),
+        device: s(&map.device),
         emails,
         kid: header.kid,
         alg: Some(header.alg),

@@ -221,6 +221,16 @@ pub struct IssuerFile {
     pub unknown_kid_cooldown: Option<String>,
     /// Token claim holding the device id (default `deviceid`).
     pub device_claim: Option<String>,
+    /// Claims naming the user (default `["sub", "oid"]`).
+    pub subject_claims: Option<Vec<String>>,
+    /// Claim holding the session id (default `sid`).
+    pub session_claim: Option<String>,
+    /// Claims holding the token id, first present wins (default `["jti", "uti"]`).
+    pub token_id_claims: Option<Vec<String>>,
+    /// Claim holding the tenant id (default `tid`).
+    pub tenant_claim: Option<String>,
+    /// Claims holding e-mail addresses (default `["email", "upn", "preferred_username"]`).
+    pub email_claims: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -293,7 +293,35 @@ pub struct Issuer {
     pub max_lifetime: Option<Duration>,
     pub authorization_uri: Option<String>,
     pub realm: Option<String>,
-    pub device_claim: String,
+    /// Which token claims the revocation, block and binding keys are looked up by.
+    pub claim_map: ClaimMap,
+}
+
+/// Token claims that name the user, session, token, tenant, device and e-mail addresses, i.e.
+/// what subject identifiers of security events and admin changes are matched against
+/// (protocols.md §4). Per issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMap {
+    pub subject: Vec<String>,
+    pub session: String,
+    pub token_id: Vec<String>,
+    pub tenant: String,
+    pub device: String,
+    pub email: Vec<String>,
+}
+
+impl Default for ClaimMap {
+    fn default() -> Self {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        ClaimMap {
+            subject: v(&["sub", "oid"]),
+            session: "sid".into(),
+            token_id: v(&["jti", "uti"]),
+            tenant: "tid".into(),
+            device: "deviceid".into(),
+            email: v(&["email", "upn", "preferred_username"]),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

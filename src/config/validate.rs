@@ -563,7 +563,39 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             max_lifetime: c.opt_duration(&format!("{p}.max_lifetime"), &is.max_lifetime),
             authorization_uri: is.authorization_uri.clone(),
             realm: is.realm.clone(),
-            device_claim: is.device_claim.clone().unwrap_or_else(|| "deviceid".into()),
+            claim_map: {
+                let d = ClaimMap::default();
+                let one =
+                    |c: &mut Check<'_>, key: &str, v: &Option<String>, default: String| match v {
+                        Some(x) if x.trim().is_empty() => {
+                            c.err(format!("{p}.{key}"), "must name a claim");
+                            default
+                        }
+                        Some(x) => x.clone(),
+                        None => default,
+                    };
+                let many = |c: &mut Check<'_>,
+                            key: &str,
+                            v: &Option<Vec<String>>,
+                            default: Vec<String>| {
+                    match v {
+                        Some(l) if l.is_empty() || l.iter().any(|x| x.trim().is_empty()) => {
+                            c.err(format!("{p}.{key}"), "must list one or more claim names");
+                            default
+                        }
+                        Some(l) => l.clone(),
+                        None => default,
+                    }
+                };
+                ClaimMap {
+                    subject: many(&mut c, "subject_claims", &is.subject_claims, d.subject),
+                    session: one(&mut c, "session_claim", &is.session_claim, d.session),
+                    token_id: many(&mut c, "token_id_claims", &is.token_id_claims, d.token_id),
+                    tenant: one(&mut c, "tenant_claim", &is.tenant_claim, d.tenant),
+                    device: one(&mut c, "device_claim", &is.device_claim, d.device),
+                    email: many(&mut c, "email_claims", &is.email_claims, d.email),
+                }
+            },
         });
     }
 
