@@ -176,22 +176,39 @@ async fn serve_io<I>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // Twice the limit: a head just over `max_header_bytes` reaches the service, which answers
+        // 431 with a JSON body and the request id; beyond this the HTTP layer's bare 431 answers.
+        .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_h2_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(Some(50))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let act = activity.clone();
+    let limits_head = limits.max_header_bytes;
     let svc = service_fn(move |req| {
         let (shared, info, act) = (shared.clone(), info.clone(), act.clone());
         async move {
             let _busy = Busy::new(act);
+            let limit = limits_head;
             match role {
+                Role::Signals | Role::Admin if crate::proxy::headers::head_size(&req) > limit => {
+                    let id = crate::proxy::headers::request_id(req.headers());
+                    let id = id.to_str().unwrap_or_default();
+                    tracing::warn!(target: "access", listener = %info.listener, request_id = id, status = 431, error = "the request head exceeds server.max_header_bytes");
+                    Ok(crate::proxy::json_error(
+                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "headers_too_large",
+                        "the request head exceeds the limit",
+                        id,
+                    ))
+                }
                 Role::Proxy => crate::proxy::handle(shared, info, req).await,
                 Role::Signals => crate::signals_wiring::handle(shared, info, req).await,
                 Role::Admin => crate::admin::handle(shared, info, req).await,

@@ -165,13 +165,34 @@ async fn error_answers_carry_json_bodies_with_the_request_id() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["error"], "bad_path");
 
+    // A head over max_header_bytes (64 KiB): 431 with the JSON body and the request id.
     let big = format!(
-        "GET / HTTP/1.1\r\nhost: app.test\r\nx-big: {}\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\nx-request-id: big-1\r\nx-big: {}\r\n\r\n",
         "a".repeat(80 * 1024)
     );
     let out = raw(
         h.proxy.addr("public").unwrap(),
         big.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("\r\nx-request-id: big-1\r\n"), "{out}");
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(v["error"], "headers_too_large");
+    assert_eq!(v["request_id"], "big-1");
+    // Beyond twice the limit the HTTP layer refuses it before a request exists: 431, no body.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: app.test\r\nx-big: {}\r\n\r\n",
+        "a".repeat(160 * 1024)
+    );
+    let out = raw(
+        h.proxy.addr("public").unwrap(),
+        huge.as_bytes(),
         Duration::from_secs(5),
     )
     .await;

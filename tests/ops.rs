@@ -478,6 +478,12 @@ async fn logs_are_json_lines_without_tokens_or_secrets() {
     let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
     let up = EchoUpstream::start(listener().await).unwrap();
     let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
+    let dead = {
+        let l = listener().await;
+        let a = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{a}")
+    };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cae-proxy.toml");
     // No log_format: JSON is the default when standard output is not a terminal (here a pipe).
@@ -501,6 +507,13 @@ audiences = ["cae-proxy"]
 [transmitter.push]
 path = "/ssf/tx"
 authorization = "Bearer {PUSH_SECRET}"
+[upstreams.gone]
+url = "{dead}"
+connect_timeout = "1s"
+[[route]]
+name = "gone"
+path_prefix = "/gone"
+upstream = "gone"
 "#,
             iss = tx.issuer_url(),
             jwks = tx.jwks_url(),
@@ -592,6 +605,28 @@ authorization = "Bearer {PUSH_SECRET}"
         .await;
         assert_eq!(r.status, want, "{}", r.text());
     }
+    // Failed requests: an unreachable upstream (502) and an oversized head (431). Each gets the
+    // JSON body with its request id and exactly one log line (a warning, with the error).
+    let r = get(
+        &c,
+        &bin.url("public", "/gone/x"),
+        &[
+            ("authorization", &format!("Bearer {good}")),
+            ("x-request-id", "failed-upstream-1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.json()["request_id"], "failed-upstream-1");
+    let big = "b".repeat(70 * 1024);
+    let r = get(
+        &c,
+        &bin.url("public", "/big"),
+        &[("x-request-id", "failed-head-1"), ("x-big", &big)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(r.json()["request_id"], "failed-head-1");
     let secrets = [
         ADMIN_SECRET,
         PUSH_SECRET,
@@ -652,6 +687,19 @@ authorization = "Bearer {PUSH_SECRET}"
                     "the accepted SET is logged (as a hash): {log:?}"
                 );
                 assert_eq!(access, 4);
+                for (id, status) in [("failed-upstream-1", 502), ("failed-head-1", 431)] {
+                    let lines: Vec<serde_json::Value> = log
+                        .iter()
+                        .filter(|l| l.contains(id))
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect();
+                    assert_eq!(lines.len(), 1, "{id}: {lines:?}");
+                    let v = &lines[0];
+                    assert_eq!(v["target"], "access", "{v}");
+                    assert_eq!(v["level"], "WARN", "{v}");
+                    assert_eq!(v["status"], status, "{v}");
+                    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+                }
                 c
             })
             .unwrap(),

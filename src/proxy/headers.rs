@@ -83,6 +83,18 @@ pub fn wants_upgrade(h: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The size of a request head as the limit `server.max_header_bytes` counts it: the request
+/// line and every header line (HTTP/2 pseudo-headers are in the target and method).
+pub fn head_size<B>(req: &http::Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 /// The client address: the peer, or — when the peer is a trusted proxy — the right-most
 /// untrusted entry of `server.client_ip_header` (`X-Forwarded-For`, or `Forwarded: for=`; the
 /// other header is ignored). Never a header from an untrusted peer.

@@ -114,6 +114,8 @@ enum ProxyError {
     BadPath,
     #[error("the request body exceeds the limit")]
     BodyTooLarge,
+    #[error("the request head ({0} bytes) exceeds the limit of {1} bytes")]
+    HeadTooLarge(usize, usize),
     #[error("the request cannot be forwarded: {0}")]
     BadRequest(String),
     /// Host or message framing that two parsers could read differently (request smuggling).
@@ -128,6 +130,10 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ProxyError::BadPath => (StatusCode::BAD_REQUEST, "bad_path"),
+            ProxyError::HeadTooLarge(..) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
             ProxyError::BodyTooLarge | ProxyError::Forward(ForwardError::BodyTooLarge) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
             }
@@ -198,6 +204,8 @@ pub async fn handle(
         upstream_status: None,
         client_ip: conn.peer.ip(),
     };
+    // A failed request's error goes into its one access line, logged as a warning.
+    let mut failure: Option<String> = None;
     let mut resp = match inner(&shared, &snap, &conn, req, &request_id, &mut out).await {
         Ok(r) => r,
         Err(e) => {
@@ -214,7 +222,7 @@ pub async fn handle(
                     .get_or_create(&crate::metrics::KindLabel { kind: f.kind() })
                     .inc();
             }
-            tracing::warn!(request_id = rid, error = %e, "request failed");
+            failure = Some(e.to_string());
             out.reason = code;
             let mut r = json_error(status, code, &e.to_string(), rid);
             if matches!(e, ProxyError::Ambiguous(_)) && version < Version::HTTP_2 {
@@ -241,7 +249,28 @@ pub async fn handle(
         })
         .inc();
     rm.request_duration.observe(elapsed.as_secs_f64());
-    if let Some((method, path, host)) = access {
+    if let Some(error) = failure {
+        let (method, path, host) = match access {
+            Some((m, p, h)) => (Some(m), Some(p), h),
+            None => (None, None, None),
+        };
+        tracing::warn!(
+            target: "access",
+            request_id = rid,
+            method = method.as_ref().map(|m| m.as_str()),
+            host = host.as_deref(),
+            path = path.as_deref(),
+            route = %rm.route,
+            status,
+            upstream_status = out.upstream_status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            client_ip = %out.client_ip,
+            decision = out.decision,
+            reason = out.reason,
+            listener = %conn.listener,
+            error = %error,
+        );
+    } else if let Some((method, path, host)) = access {
         tracing::info!(
             target: "access",
             request_id = rid,
@@ -325,6 +354,12 @@ async fn inner<'s>(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let rid = request_id.to_str().unwrap_or_default();
     let server = &snap.config.server;
+    // The HTTP layer's own limit is twice this one, so that a head just over it gets this
+    // answer (JSON, request id, access line) rather than the layer's bare 431.
+    let head = headers::head_size(&req);
+    if head > server.max_header_bytes {
+        return Err(ProxyError::HeadTooLarge(head, server.max_header_bytes));
+    }
     if let Some(why) = ambiguity(&req) {
         return Err(ProxyError::Ambiguous(why));
     }
@@ -358,27 +393,20 @@ async fn inner<'s>(
             };
             p
         }
-        Err((reason, p)) => {
-            let report_only = reason.is_cae() && (route.report_only || server.report_only);
-            // Report-only relaxes CAE refusals only: scopes, roles and claim rules still hold.
-            let reason = match (report_only, p.as_deref()) {
-                (true, Some(principal)) => decide::check_grants(&route, principal)
-                    .err()
-                    .unwrap_or(reason),
-                _ => reason,
-            };
-            // The reason of the answer actually given (a grant refusal replaces the relaxed one).
-            out.reason = reason.label();
-            let report_only = report_only && reason.is_cae();
-            if report_only {
+        Err((reason, p)) => match refusal(&route, server.report_only, reason, p.as_deref()) {
+            Refusal::ReportOnly(reason) => {
+                out.reason = reason.label();
                 out.decision = "report_only";
                 tracing::warn!(request_id = rid, route = %route.name, reason = reason.label(), "report-only: this request would have been refused");
                 p
-            } else {
+            }
+            Refusal::Deny(reason) => {
+                // The reason of the answer actually given (a grant refusal replaces the relaxed one).
+                out.reason = reason.label();
                 out.decision = "deny";
                 return Ok(deny(snap, &route, &reason, p.as_deref(), &req, rid, now));
             }
-        }
+        },
     };
     forward(
         snap,
@@ -390,6 +418,39 @@ async fn inner<'s>(
         out,
     )
     .await
+}
+
+/// What the pipeline does with a refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Forwarded as if allowed (report-only); the CAE reason it would have been refused for,
+    /// for the log and the metrics.
+    ReportOnly(DenyReason),
+    /// Answered with this reason's challenge instead of being forwarded.
+    Deny(DenyReason),
+}
+
+/// Applies report-only mode (the route's `report_only` or the global `server.report_only`) to
+/// a refusal: it relaxes CAE refusals only, so scopes, roles and claim rules still hold, and a
+/// missing or invalid token is always refused. `p` is the principal when the token was valid.
+pub fn refusal(
+    route: &Route,
+    server_report_only: bool,
+    reason: DenyReason,
+    p: Option<&Principal>,
+) -> Refusal {
+    let report_only = reason.is_cae() && (route.report_only || server_report_only);
+    let reason = match (report_only, p) {
+        (true, Some(principal)) => decide::check_grants(route, principal)
+            .err()
+            .unwrap_or(reason),
+        _ => reason,
+    };
+    if report_only && reason.is_cae() {
+        Refusal::ReportOnly(reason)
+    } else {
+        Refusal::Deny(reason)
+    }
 }
 
 type Denied = (DenyReason, Option<Arc<Principal>>);
