@@ -1,24 +1,25 @@
 //! Adversarial HTTP against the real listener: request smuggling shapes (conflicting framing,
-//! folding, bad header syntax), odd request targets, HTTP/2 abuse (Host vs `:authority`, rapid
-//! reset, CONTINUATION floods, stream-limit abuse, oversize headers) and measured resource bounds
-//! (open file descriptors and RSS of this test process, which hosts the proxy) under slow clients,
-//! idle connections, many HTTP/2 streams and a flood of SET pushes. Every test states what the
-//! upstream actually received. Tests run one at a time so that the measurements are the proxy's.
+//! folding, bad header syntax), odd request targets, and HTTP/2 abuse (Host vs `:authority`, rapid
+//! reset, CONTINUATION floods, stream-limit abuse, oversize headers), each HTTP/2 attack both over
+//! cleartext (h2c, prior knowledge) and over the TLS listener with ALPN `h2`. Every test states
+//! what the upstream actually received. Tests run one at a time (`SERIAL`), so that the descriptor
+//! and memory checks see only their own connections. Resource bounds of the real binary under load
+//! are measured in `tests/resources.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cae_proxy::dev::transmitter::{DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
 use common::*;
-use http::{Method, StatusCode};
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One test at a time: the fd and RSS numbers are then the proxy's, not a neighbour's.
@@ -26,7 +27,9 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MAX_H2_STREAMS: u32 = 8;
 
-fn config(up: &str, extra_server: &str) -> String {
+/// A cleartext listener (`public`, HTTP/1.1 and h2c) and a TLS listener (`tls`, ALPN `h2` and
+/// `http/1.1`) in front of one route to the echo upstream.
+fn config(up: &str, certs: &Certs) -> String {
     format!(
         r#"
 [server]
@@ -35,10 +38,15 @@ max_header_bytes = 8192
 max_h2_streams = {MAX_H2_STREAMS}
 header_read_timeout = "1s"
 idle_timeout = "1s"
-{extra_server}
 [[listener]]
 name = "public"
 address = "127.0.0.1:0"
+[[listener]]
+name = "tls"
+address = "127.0.0.1:0"
+[listener.tls]
+cert = "{}"
+key = "{}"
 [store]
 backend = "memory"
 [upstreams.app]
@@ -50,24 +58,85 @@ name = "app"
 hosts = ["app.test", "127.0.0.1"]
 upstream = "app"
 auth = "none"
-"#
+"#,
+        certs.cert.display(),
+        certs.key.display()
     )
 }
+
+/// How a test reaches the HTTP/2 server: cleartext with prior knowledge, or TLS where ALPN
+/// selected `h2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    H2c,
+    Tls,
+}
+
+impl Transport {
+    fn scheme(self) -> &'static str {
+        match self {
+            Transport::H2c => "http",
+            Transport::Tls => "https",
+        }
+    }
+}
+
+/// A client connection of either transport.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
 
 struct Env {
     up: EchoUpstream,
     h: Harness,
+    /// Trusts the test CA; offers only `h2` by ALPN.
+    tls: tokio_rustls::TlsConnector,
 }
 
 impl Env {
     async fn start() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let c = certs(dir.path());
         let up = EchoUpstream::start(listener().await).unwrap();
-        let h = Harness::start(&config(&up.url(), "")).await;
-        Env { up, h }
+        let h = Harness::start_in(dir, &config(&up.url(), &c)).await;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in cae_proxy::tls::load_certs(&c.ca).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Env {
+            up,
+            h,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+        }
     }
 
     fn addr(&self) -> SocketAddr {
         self.h.proxy.addr("public").unwrap()
+    }
+
+    /// A connection ready for the HTTP/2 preface: plain TCP to the cleartext listener, or a TLS
+    /// session with the TLS listener that verified its certificate and negotiated `h2`.
+    async fn connect(&self, t: Transport) -> Conn {
+        match t {
+            Transport::H2c => Box::new(TcpStream::connect(self.addr()).await.unwrap()),
+            Transport::Tls => {
+                let tcp = TcpStream::connect(self.h.proxy.addr("tls").unwrap())
+                    .await
+                    .unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = self.tls.connect(name, tcp).await.unwrap();
+                assert_eq!(
+                    tls.get_ref().1.alpn_protocol(),
+                    Some(&b"h2"[..]),
+                    "ALPN did not select h2"
+                );
+                Box::new(tls)
+            }
+        }
     }
 
     /// Upstream requests counted after in-flight ones have landed.
@@ -291,11 +360,10 @@ async fn well_formed_trailers_and_chunk_extensions_pass_and_framing_is_regenerat
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP/2 (cleartext, prior knowledge: the same hyper server serves TLS with ALPN h2)
+// HTTP/2, each attack over h2c (prior knowledge) and over TLS (ALPN h2)
 
-async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+async fn h2_client(env: &Env, t: Transport) -> h2::client::SendRequest<Bytes> {
+    let (send, conn) = h2::client::handshake(env.connect(t).await).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -333,41 +401,69 @@ async fn h2_get(
     ))
 }
 
-#[tokio::test]
-async fn h2_host_header_must_agree_with_authority() {
-    let _serial = SERIAL.lock().await;
+/// `Host` contradicting `:authority` is refused before routing; agreeing (case-insensitively) is
+/// forwarded with the `:authority` as the only client host, and the transport's scheme.
+async fn host_must_agree_with_authority(t: Transport) {
     let env = Env::start().await;
-    let send = h2_client(env.addr()).await;
+    let send = h2_client(&env, t).await;
+    let url = format!("{}://app.test/x", t.scheme());
     let before = env.upstream_requests().await;
-    let (status, body) = h2_get(send.clone(), "http://app.test/x", &[("host", "evil.test")])
+    let (status, body) = h2_get(send.clone(), &url, &[("host", "evil.test")])
         .await
         .unwrap();
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{t:?}: {body}");
     assert_eq!(body["error"], "ambiguous_request");
-    assert_eq!(env.upstream_requests().await, before, "forwarded upstream");
+    assert_eq!(
+        env.upstream_requests().await,
+        before,
+        "{t:?}: forwarded upstream"
+    );
     // Agreeing (case-insensitively) is fine; the upstream sees one host, the :authority.
-    let (status, body) = h2_get(send.clone(), "http://app.test/x", &[("host", "APP.test")])
+    let (status, body) = h2_get(send.clone(), &url, &[("host", "APP.test")])
         .await
         .unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::OK, "{t:?}: {body}");
     assert_eq!(body["headers"]["x-forwarded-host"], "app.test");
-    let (status, _) = h2_get(send, "http://app.test/x", &[]).await.unwrap();
+    assert_eq!(body["headers"]["x-forwarded-proto"], t.scheme());
+    let h = env.up.last_headers();
+    assert_eq!(h["host"], env.up.addr().to_string());
+    assert!(
+        h.values()
+            .all(|v| !v.as_bytes().windows(9).any(|w| w == b"evil.test")),
+        "{t:?}: {h:?}"
+    );
+    let (status, _) = h2_get(send, &url, &[]).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(env.upstream_requests().await, before + 2);
 }
 
 #[tokio::test]
-async fn h2_rapid_reset_does_not_multiply_upstream_work_and_the_proxy_stays_responsive() {
+async fn h2_host_header_must_agree_with_authority() {
     let _serial = SERIAL.lock().await;
+    host_must_agree_with_authority(Transport::H2c).await;
+}
+
+#[tokio::test]
+async fn h2_tls_host_header_must_agree_with_authority() {
+    let _serial = SERIAL.lock().await;
+    host_must_agree_with_authority(Transport::Tls).await;
+}
+
+/// 2 000 requests reset at once through the `h2` client library (which may drop a reset stream
+/// before its HEADERS reach the wire: `rapid_reset_raw` sends the frames themselves): at most one
+/// upstream request per stream (each reset is cancelled upstream too), the proxy keeps serving,
+/// descriptors come back.
+async fn rapid_reset(t: Transport) {
     let env = Env::start().await;
     let fds0 = open_fds();
     let before = env.upstream_requests().await;
-    let send = h2_client(env.addr()).await;
+    let send = h2_client(&env, t).await;
     const ATTEMPTS: usize = 2_000;
     let mut sent = 0;
     let mut ended = None;
     let t0 = Instant::now();
     let mut s = send;
+    let slow = format!("{}://app.test/slow?ms=2000", t.scheme());
     for _ in 0..ATTEMPTS {
         s = match tokio::time::timeout(Duration::from_secs(5), s.ready()).await {
             Ok(Ok(s)) => s,
@@ -382,7 +478,7 @@ async fn h2_rapid_reset_does_not_multiply_upstream_work_and_the_proxy_stays_resp
         };
         let req = http::Request::builder()
             .method("POST")
-            .uri("http://app.test/slow?ms=2000")
+            .uri(&slow)
             .body(())
             .unwrap();
         match s.send_request(req, false) {
@@ -399,25 +495,46 @@ async fn h2_rapid_reset_does_not_multiply_upstream_work_and_the_proxy_stays_resp
     let flood = t0.elapsed();
     let reached = env.upstream_requests().await - before;
     println!(
-        "rapid reset: {sent} HEADERS+RST_STREAM in {flood:?}, ended by {ended:?}; upstream received {reached}"
+        "{t:?} rapid reset: {sent} HEADERS+RST_STREAM in {flood:?}, ended by {ended:?}; upstream received {reached}"
     );
     // Each reset stream is cancelled upstream too; the flood never turns into `sent` upstream
     // requests held open (/slow would hold each for 2 s).
-    assert!(reached <= sent, "{reached} > {sent}");
+    assert!(reached <= sent, "{t:?}: {reached} > {sent}");
     // A normal client is still served at once.
     let t1 = Instant::now();
-    let (status, _) = h2_get(h2_client(env.addr()).await, "http://app.test/ok", &[])
-        .await
-        .unwrap();
+    let (status, _) = h2_get(
+        h2_client(&env, t).await,
+        &format!("{}://app.test/ok", t.scheme()),
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
+    assert!(
+        t1.elapsed() < Duration::from_secs(2),
+        "{t:?}: {:?}",
+        t1.elapsed()
+    );
     let fds = fds_settle(fds0 + 8, Duration::from_secs(10)).await;
-    assert!(fds <= fds0 + 8, "fds {fds0} → {fds}");
+    assert!(fds <= fds0 + 8, "{t:?}: fds {fds0} → {fds}");
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_does_not_multiply_upstream_work_and_the_proxy_stays_responsive() {
+    let _serial = SERIAL.lock().await;
+    rapid_reset(Transport::H2c).await;
+}
+
+#[tokio::test]
+async fn h2_tls_rapid_reset_does_not_multiply_upstream_work_and_the_proxy_stays_responsive() {
+    let _serial = SERIAL.lock().await;
+    rapid_reset(Transport::Tls).await;
 }
 
 /// Raw HTTP/2 frames, for what a well-behaved client library will not send.
 struct RawH2 {
-    s: TcpStream,
+    s: Conn,
+    scheme: &'static str,
 }
 
 const HEADERS: u8 = 0x1;
@@ -428,12 +545,15 @@ const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 
 impl RawH2 {
-    async fn connect(addr: SocketAddr) -> RawH2 {
-        let mut s = TcpStream::connect(addr).await.unwrap();
+    async fn connect(env: &Env, t: Transport) -> RawH2 {
+        let mut s = env.connect(t).await;
         s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .unwrap();
-        let mut r = RawH2 { s };
+        let mut r = RawH2 {
+            s,
+            scheme: t.scheme(),
+        };
         r.frame(SETTINGS, 0, 0, &[]).await.unwrap();
         r
     }
@@ -449,7 +569,8 @@ impl RawH2 {
         let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
         f.extend_from_slice(&stream.to_be_bytes());
         f.extend_from_slice(payload);
-        self.s.write_all(&f).await
+        self.s.write_all(&f).await?;
+        self.s.flush().await
     }
 
     /// HPACK: literal fields without indexing, new names, no Huffman.
@@ -478,10 +599,10 @@ impl RawH2 {
         out
     }
 
-    fn request(path: &str) -> Vec<u8> {
+    fn request(&self, path: &str) -> Vec<u8> {
         RawH2::block(&[
             (":method", "POST"),
-            (":scheme", "http"),
+            (":scheme", self.scheme),
             (":authority", "app.test"),
             (":path", path),
         ])
@@ -537,17 +658,95 @@ fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
         .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
 }
 
+/// The CVE-2023-44487 pattern on the wire, which a client library may not produce (it can drop a
+/// stream reset before its HEADERS were written): HEADERS then RST_STREAM(CANCEL) for 2 000
+/// new streams, as fast as the connection takes them. The server ends the connection with GOAWAY
+/// ENHANCE_YOUR_CALM once more than 50 streams were reset before it accepted them
+/// (`max_pending_accept_reset_streams`), forwards (almost) none of them, and keeps serving others.
+async fn rapid_reset_raw(t: Transport) {
+    let env = Env::start().await;
+    let fds0 = open_fds();
+    let before = env.upstream_requests().await;
+    let mut c = RawH2::connect(&env, t).await;
+    const ATTEMPTS: u32 = 2_000;
+    let mut sent = 0u32;
+    let t0 = Instant::now();
+    for i in 0..ATTEMPTS {
+        let stream = 1 + 2 * i;
+        let req = c.request("/slow?ms=2000");
+        let ok = c.frame(HEADERS, END_HEADERS, stream, &req).await.is_ok()
+            && c.frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes())
+                .await
+                .is_ok();
+        if !ok {
+            break;
+        }
+        sent += 1;
+    }
+    let flood = t0.elapsed();
+    let (frames, closed) = c.read_frames(Duration::from_secs(2)).await;
+    let code = goaway_code(&frames);
+    let reached = env.upstream_requests().await - before;
+    println!(
+        "{t:?} raw rapid reset: {sent} HEADERS+RST_STREAM written in {flood:?}; GOAWAY {code:?}, closed {closed}; upstream received {reached}"
+    );
+    assert!(
+        closed || code.is_some(),
+        "{t:?}: the server kept the flood open"
+    );
+    if let Some(code) = code {
+        assert_eq!(code, ENHANCE_YOUR_CALM, "{t:?}: GOAWAY code");
+    }
+    assert!(
+        (reached as u32) < sent.min(60),
+        "{t:?}: {reached} of {sent} reset streams reached the upstream"
+    );
+    // A normal client is still served at once.
+    let t1 = Instant::now();
+    let (status, _) = h2_get(
+        h2_client(&env, t).await,
+        &format!("{}://app.test/ok", t.scheme()),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        t1.elapsed() < Duration::from_secs(2),
+        "{t:?}: {:?}",
+        t1.elapsed()
+    );
+    drop(c);
+    let fds = fds_settle(fds0 + 8, Duration::from_secs(10)).await;
+    assert!(fds <= fds0 + 8, "{t:?}: fds {fds0} → {fds}");
+}
+
 #[tokio::test]
-async fn h2_continuation_flood_is_cut_off_before_the_upstream() {
+async fn h2_raw_rapid_reset_is_not_forwarded_and_the_proxy_stays_responsive() {
     let _serial = SERIAL.lock().await;
+    rapid_reset_raw(Transport::H2c).await;
+}
+
+#[tokio::test]
+async fn h2_tls_raw_rapid_reset_is_not_forwarded_and_the_proxy_stays_responsive() {
+    let _serial = SERIAL.lock().await;
+    rapid_reset_raw(Transport::Tls).await;
+}
+
+/// CANCEL (RFC 9113 §7).
+const CANCEL: u32 = 0x8;
+/// ENHANCE_YOUR_CALM (RFC 9113 §7).
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Endless CONTINUATION frames of valid fields, never END_HEADERS: the server stops reading
+/// (GOAWAY or close) long before 64 MiB, memory stays flat, nothing reaches the upstream.
+async fn continuation_flood(t: Transport) {
     let env = Env::start().await;
     let rss0 = rss_kib();
     let before = env.upstream_requests().await;
-    let mut c = RawH2::connect(env.addr()).await;
-    c.frame(HEADERS, 0, 1, &RawH2::request("/flood"))
-        .await
-        .unwrap();
-    // Endless CONTINUATION frames of valid fields, never END_HEADERS: up to 64 MiB.
+    let mut c = RawH2::connect(&env, t).await;
+    let req = c.request("/flood");
+    c.frame(HEADERS, 0, 1, &req).await.unwrap();
     let field = RawH2::block(&[("x-flood", &"a".repeat(100))]);
     let payload: Vec<u8> = field
         .iter()
@@ -573,25 +772,45 @@ async fn h2_continuation_flood_is_cut_off_before_the_upstream() {
     let code = goaway_code(&frames);
     let grown = rss_kib().saturating_sub(rss0);
     println!(
-        "CONTINUATION flood: sent {} KiB before the server stopped reading; GOAWAY {code:?}, closed {closed}, RSS +{grown} KiB",
+        "{t:?} CONTINUATION flood: sent {} KiB before the server stopped reading; GOAWAY {code:?}, closed {closed}, RSS +{grown} KiB",
         sent / 1024
     );
-    assert!(closed || code.is_some(), "the server kept the flood open");
-    assert!(sent < 64 << 20, "the server read 64 MiB of header block");
-    assert_eq!(env.upstream_requests().await, before);
-    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    assert!(
+        closed || code.is_some(),
+        "{t:?}: the server kept the flood open"
+    );
+    if let Some(code) = code {
+        assert_eq!(code, ENHANCE_YOUR_CALM, "{t:?}: GOAWAY code");
+    }
+    assert!(
+        sent < 64 << 20,
+        "{t:?}: the server read 64 MiB of header block"
+    );
+    assert_eq!(env.upstream_requests().await, before, "{t:?}: forwarded");
+    assert!(grown < 64 * 1024, "{t:?}: RSS grew by {grown} KiB");
 }
 
 #[tokio::test]
-async fn h2_streams_beyond_the_limit_are_refused_and_never_forwarded() {
+async fn h2_continuation_flood_is_cut_off_before_the_upstream() {
     let _serial = SERIAL.lock().await;
+    continuation_flood(Transport::H2c).await;
+}
+
+#[tokio::test]
+async fn h2_tls_continuation_flood_is_cut_off_before_the_upstream() {
+    let _serial = SERIAL.lock().await;
+    continuation_flood(Transport::Tls).await;
+}
+
+/// 64 open POST streams (no END_STREAM) on one connection, each of which would hold an upstream
+/// request: at most `max_h2_streams` reach the upstream, the rest are refused.
+async fn stream_limit(t: Transport) {
     let env = Env::start().await;
     let before = env.upstream_requests().await;
-    let mut c = RawH2::connect(env.addr()).await;
-    // 64 open POST streams (no END_STREAM): each would hold an upstream request.
+    let mut c = RawH2::connect(&env, t).await;
     for i in 0..64u32 {
-        let path = format!("/open/{i}");
-        if c.frame(HEADERS, END_HEADERS, 1 + 2 * i, &RawH2::request(&path))
+        let req = c.request(&format!("/open/{i}"));
+        if c.frame(HEADERS, END_HEADERS, 1 + 2 * i, &req)
             .await
             .is_err()
         {
@@ -602,301 +821,75 @@ async fn h2_streams_beyond_the_limit_are_refused_and_never_forwarded() {
     let refused = frames.iter().filter(|f| f.0 == RST_STREAM).count();
     let reached = env.upstream_requests().await - before;
     println!(
-        "stream limit {MAX_H2_STREAMS}: 64 opened, {reached} reached the upstream, {refused} RST_STREAM, GOAWAY {:?}, closed {closed}",
+        "{t:?} stream limit {MAX_H2_STREAMS}: 64 opened, {reached} reached the upstream, {refused} RST_STREAM, GOAWAY {:?}, closed {closed}",
         goaway_code(&frames)
     );
     assert!(
         reached <= MAX_H2_STREAMS as usize,
-        "{reached} upstream requests"
+        "{t:?}: {reached} upstream requests"
     );
     assert!(
         refused > 0 || closed || goaway_code(&frames).is_some(),
-        "excess streams were not refused"
+        "{t:?}: excess streams were not refused"
     );
+    // A refusal of a stream the client opened beyond the limit is REFUSED_STREAM (0x7) or
+    // PROTOCOL_ERROR (0x1), never a response to it.
+    for f in frames
+        .iter()
+        .filter(|f| f.0 == RST_STREAM && f.3.len() == 4)
+    {
+        let code = u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]);
+        assert!(
+            code == 0x7 || code == 0x1,
+            "{t:?}: RST_STREAM code {code:#x} on stream {}",
+            f.2
+        );
+    }
+}
+
+#[tokio::test]
+async fn h2_streams_beyond_the_limit_are_refused_and_never_forwarded() {
+    let _serial = SERIAL.lock().await;
+    stream_limit(Transport::H2c).await;
+}
+
+#[tokio::test]
+async fn h2_tls_streams_beyond_the_limit_are_refused_and_never_forwarded() {
+    let _serial = SERIAL.lock().await;
+    stream_limit(Transport::Tls).await;
+}
+
+/// A header list over `max_header_bytes`: `431` or a reset, never forwarded.
+async fn oversize_header_list(t: Transport) {
+    let env = Env::start().await;
+    let before = env.upstream_requests().await;
+    let send = h2_client(&env, t).await;
+    let big = "a".repeat(12_000);
+    let r = h2_get(
+        send,
+        &format!("{}://app.test/x", t.scheme()),
+        &[("x-big", &big)],
+    )
+    .await;
+    println!(
+        "{t:?} oversize header list: {:?}",
+        r.as_ref().map(|(s, _)| *s)
+    );
+    match r {
+        Ok((status, _)) => assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(!e.is_empty()),
+    }
+    assert_eq!(env.upstream_requests().await, before, "{t:?}: forwarded");
 }
 
 #[tokio::test]
 async fn h2_oversize_header_list_is_refused_before_the_upstream() {
     let _serial = SERIAL.lock().await;
-    let env = Env::start().await;
-    let before = env.upstream_requests().await;
-    let send = h2_client(env.addr()).await;
-    let big = "a".repeat(12_000);
-    let r = h2_get(send, "http://app.test/x", &[("x-big", &big)]).await;
-    println!("h2 oversize header list: {:?}", r.as_ref().map(|(s, _)| *s));
-    match r {
-        Ok((status, _)) => assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-        Err(e) => assert!(!e.is_empty()),
-    }
-    assert_eq!(env.upstream_requests().await, before);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Resource bounds, measured
-
-#[tokio::test]
-async fn slow_clients_are_cut_off_and_their_resources_returned() {
-    let _serial = SERIAL.lock().await;
-    let env = Env::start().await;
-    let (fds0, rss0) = (open_fds(), rss_kib());
-    const CLIENTS: usize = 300;
-    let mut conns = Vec::new();
-    for _ in 0..CLIENTS {
-        let mut s = TcpStream::connect(env.addr()).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
-            .await
-            .unwrap();
-        conns.push(s);
-    }
-    // Trickle a byte per connection every 200 ms for 3 s (header_read_timeout is 1 s).
-    let t0 = Instant::now();
-    let mut peak_fds = open_fds();
-    while t0.elapsed() < Duration::from_secs(3) {
-        for s in &mut conns {
-            let _ = s.write_all(b"a").await;
-        }
-        peak_fds = peak_fds.max(open_fds());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let peak_rss = rss_kib();
-    // A normal client is served meanwhile.
-    let r = get(
-        &client(),
-        &format!("http://{}/ok", env.addr()),
-        &[("host", "app.test")],
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let mut closed = 0;
-    for s in &mut conns {
-        let mut b = [0u8; 512];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await {
-            // EOF, or the 408 hyper sends before closing.
-            if n == 0 || b.starts_with(b"HTTP/1.1 408") {
-                closed += 1;
-            }
-        }
-    }
-    drop(conns);
-    let fds = fds_settle(fds0 + 4, Duration::from_secs(10)).await;
-    println!(
-        "slow clients: {CLIENTS} trickling headers; {closed} cut off by the header timeout; fds {fds0} → peak {peak_fds} → {fds}; RSS {rss0} → {peak_rss} KiB"
-    );
-    assert_eq!(closed, CLIENTS, "every slow client is cut off");
-    assert!(fds <= fds0 + 4, "fds {fds0} → {fds}");
-    assert!(peak_rss.saturating_sub(rss0) < 64 * 1024);
+    oversize_header_list(Transport::H2c).await;
 }
 
 #[tokio::test]
-async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+async fn h2_tls_oversize_header_list_is_refused_before_the_upstream() {
     let _serial = SERIAL.lock().await;
-    let env = Env::start().await;
-    let (fds0, rss0) = (open_fds(), rss_kib());
-    const CLIENTS: usize = 300;
-    let mut conns = Vec::new();
-    for _ in 0..CLIENTS {
-        let mut s = TcpStream::connect(env.addr()).await.unwrap();
-        s.write_all(b"GET /ok HTTP/1.1\r\nHost: app.test\r\n\r\n")
-            .await
-            .unwrap();
-        conns.push(s);
-    }
-    // Read each response head, then stay idle.
-    for s in &mut conns {
-        let mut b = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(b[..n].starts_with(b"HTTP/1.1 200"));
-    }
-    let peak_fds = open_fds();
-    let peak_rss = rss_kib();
-    let t0 = Instant::now();
-    let mut closed = 0;
-    for s in &mut conns {
-        let mut b = vec![0u8; 4096];
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    closed += 1;
-                    break;
-                }
-                Ok(Ok(_)) => continue,
-                Err(_) => break,
-            }
-        }
-    }
-    let took = t0.elapsed();
-    drop(conns);
-    let fds = fds_settle(fds0 + 4, Duration::from_secs(10)).await;
-    println!(
-        "idle connections: {CLIENTS} keep-alive, {closed} closed by the proxy within {took:?} (idle_timeout 1 s); fds {fds0} → peak {peak_fds} → {fds}; RSS {rss0} → {peak_rss} KiB"
-    );
-    assert_eq!(closed, CLIENTS);
-    assert!(fds <= fds0 + 4, "fds {fds0} → {fds}");
-    assert!(peak_rss.saturating_sub(rss0) < 64 * 1024);
-}
-
-#[tokio::test]
-async fn many_h2_streams_keep_memory_and_descriptors_bounded() {
-    let _serial = SERIAL.lock().await;
-    let env = Env::start().await;
-    // Warm up (first connections allocate pools), then measure.
-    let _ = h2_get(h2_client(env.addr()).await, "http://app.test/ok", &[]).await;
-    let (fds0, rss0) = (open_fds(), rss_kib());
-    const CONNS: usize = 8;
-    const PER_CONN: usize = 500;
-    let before = env.upstream_requests().await;
-    let mut tasks = Vec::new();
-    for _ in 0..CONNS {
-        let send = h2_client(env.addr()).await;
-        // One request first, so the client has the server's SETTINGS (stream limit) before the
-        // burst; streams sent above the limit before that are refused (REFUSED_STREAM).
-        h2_get(send.clone(), "http://app.test/s", &[])
-            .await
-            .unwrap();
-        tasks.push(tokio::spawn(async move {
-            let mut ok = 1;
-            let mut inflight = Vec::new();
-            for _ in 1..PER_CONN {
-                inflight.push(tokio::spawn(h2_get(send.clone(), "http://app.test/s", &[])));
-                if inflight.len() == 32 {
-                    for t in inflight.drain(..) {
-                        if matches!(t.await, Ok(Ok((StatusCode::OK, _)))) {
-                            ok += 1;
-                        }
-                    }
-                }
-            }
-            for t in inflight {
-                if matches!(t.await, Ok(Ok((StatusCode::OK, _)))) {
-                    ok += 1;
-                }
-            }
-            ok
-        }));
-    }
-    let mut ok = 0;
-    let mut peak_fds = 0;
-    for t in tasks {
-        ok += t.await.unwrap();
-        peak_fds = peak_fds.max(open_fds());
-    }
-    let peak_rss = rss_kib();
-    let reached = env.upstream_requests().await - before;
-    let fds = fds_settle(fds0 + 2 * CONNS + 4, Duration::from_secs(10)).await;
-    println!(
-        "h2 streams: {CONNS} connections × {PER_CONN} streams (32 in flight per connection, limit {MAX_H2_STREAMS}); {ok} OK, upstream {reached}; fds {fds0} → peak {peak_fds} → {fds}; RSS {rss0} → {peak_rss} KiB"
-    );
-    assert_eq!(ok, CONNS * PER_CONN, "every stream is eventually served");
-    assert_eq!(reached, CONNS * PER_CONN);
-    assert!(
-        peak_rss.saturating_sub(rss0) < 128 * 1024,
-        "RSS grew {} KiB",
-        peak_rss - rss0
-    );
-    // The upstream pool may keep a few idle connections; client connections are still open here.
-    assert!(fds <= fds0 + 2 * CONNS + 4, "fds {fds0} → {fds}");
-}
-
-#[tokio::test]
-async fn a_flood_of_set_pushes_keeps_memory_and_descriptors_bounded() {
-    let _serial = SERIAL.lock().await;
-    let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
-    let up = EchoUpstream::start(listener().await).unwrap();
-    let toml = config(&up.url(), "")
-        + &format!(
-            r#"
-[[listener]]
-name = "signals"
-address = "127.0.0.1:0"
-role = "signals"
-[[transmitter]]
-name = "tx"
-issuer = "{}"
-jwks_uri = "{}"
-audiences = ["cae-proxy"]
-algorithms = ["RS256"]
-[transmitter.push]
-path = "/ssf/tx"
-authorization = "Bearer push-secret"
-"#,
-            tx.issuer_url(),
-            tx.jwks_url()
-        );
-    let h = Harness::start(&toml).await;
-    let url = h.url("signals", "/ssf/tx");
-    // Keys loaded (first push answers 202).
-    let first = tx.sign_set(DevTransmitter::session_revoked(
-        json!({"format": "opaque", "id": "warm-up"}),
-        None,
-    ));
-    for _ in 0..100 {
-        if matches!(
-            tx.push(&url, Some("Bearer push-secret"), &first).await,
-            Ok((202, _, _))
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    const SETS: usize = 2_000;
-    let sets: Vec<String> = (0..SETS)
-        .map(|i| {
-            tx.sign_set(DevTransmitter::session_revoked(
-                json!({"format": "opaque", "id": format!("session-{i}")}),
-                None,
-            ))
-        })
-        .collect();
-    let (fds0, rss0) = (open_fds(), rss_kib());
-    let t0 = Instant::now();
-    let mut accepted = 0;
-    let mut peak_fds = fds0;
-    for batch in sets.chunks(64) {
-        let mut tasks = Vec::new();
-        for s in batch {
-            let (url, s) = (url.clone(), s.clone());
-            tasks.push(tokio::spawn(async move {
-                cae_proxy::dev::transmitter::push(&url, Some("Bearer push-secret"), &s).await
-            }));
-        }
-        peak_fds = peak_fds.max(open_fds());
-        for t in tasks {
-            if matches!(t.await.unwrap(), Ok((202, _, _))) {
-                accepted += 1;
-            }
-        }
-    }
-    let took = t0.elapsed();
-    // Oversize bodies are refused from Content-Length, unread.
-    let big = "x".repeat(1 << 20);
-    let r = send(
-        &client(),
-        Method::POST,
-        &url,
-        &[
-            ("authorization", "Bearer push-secret"),
-            ("content-type", "application/secevent+jwt"),
-        ],
-        Bytes::from(big),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
-    let peak_rss = rss_kib();
-    let fds = fds_settle(fds0 + 8, Duration::from_secs(10)).await;
-    let stats = h.proxy.shared.store.tables().stats();
-    println!(
-        "SET push flood: {accepted}/{SETS} accepted in {took:?} (64 concurrent); {} revocations stored; fds {fds0} → peak {peak_fds} → {fds}; RSS {rss0} → {peak_rss} KiB",
-        stats.revocations
-    );
-    assert_eq!(accepted, SETS);
-    assert!(stats.revocations >= SETS);
-    assert!(fds <= fds0 + 8, "fds {fds0} → {fds}");
-    assert!(
-        peak_rss.saturating_sub(rss0) < 128 * 1024,
-        "RSS grew {} KiB",
-        peak_rss - rss0
-    );
+    oversize_header_list(Transport::Tls).await;
 }

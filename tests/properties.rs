@@ -1,7 +1,9 @@
 //! Property tests (proptest) of the pure CAE decision: `decide` and `check_grants` against
 //! generated principals, table histories, client addresses and route policies. Each property is an
 //! invariant from issue 11 / protocols.md §5, plus a reference model of the whole CAE part written
-//! from the specification, independent of the implementation's key encoding.
+//! from the specification, independent of the implementation's key encoding. Report-only mode is
+//! checked through the pipeline's own step (`cae_proxy::proxy::refusal`), with the route flag and
+//! the global `server.report_only`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +12,8 @@ use std::net::IpAddr;
 
 use cae_proxy::auth::decide::{check_grants, decide, DenyReason, IpRule};
 use cae_proxy::auth::token::Principal;
-use cae_proxy::config::{AuthMode, CaePolicy, MatchMode, Route};
+use cae_proxy::config::{AuthMode, CaePolicy, ClaimRule, MatchMode, Route};
+use cae_proxy::proxy::{refusal, Refusal};
 use cae_proxy::store::keys::{normalize_iss, ANY_ISSUER};
 use cae_proxy::store::{Change, SubjectKey, Tables};
 use ipnet::IpNet;
@@ -349,14 +352,31 @@ fn blank_by(r: Result<(), DenyReason>) -> Result<(), DenyReason> {
     })
 }
 
-/// What the proxy does with a decision (src/proxy/mod.rs): in report-only mode a CAE refusal
-/// is forwarded unless scopes, roles or claim rules refuse; anything else is enforced.
-fn outcome(r: &Route, p: &Principal, decision: Result<(), DenyReason>) -> Result<(), DenyReason> {
+/// The response the proxy gives for a decision, through the pipeline's own report-only step
+/// (`cae_proxy::proxy::refusal`, used by src/proxy/mod.rs): `Ok` forwarded to the upstream (as
+/// an allow), `Err` the refusal answered with that reason's challenge. `global` is
+/// `server.report_only`; `p` is `None` when there was no valid token.
+fn outcome(
+    r: &Route,
+    global: bool,
+    p: Option<&Principal>,
+    decision: Result<(), DenyReason>,
+) -> Result<(), DenyReason> {
     match decision {
         Ok(()) => Ok(()),
-        Err(reason) if reason.is_cae() && r.report_only => check_grants(r, p),
-        Err(reason) => Err(reason),
+        Err(reason) => match refusal(r, global, reason, p) {
+            Refusal::ReportOnly(_) => Ok(()),
+            Refusal::Deny(reason) => Err(reason),
+        },
     }
+}
+
+/// The route with every CAE check off (scopes, roles and claim rules kept): the decision a
+/// request gets when the CAE part allows it.
+fn cae_allows(r: &Route) -> Route {
+    let mut open = r.clone();
+    open.cae = CaePolicy::default();
+    open
 }
 
 fn config() -> ProptestConfig {
@@ -544,43 +564,72 @@ proptest! {
         prop_assert_eq!(decide(&r2, &p, &later, ip, NOW), Ok(()));
     }
 
-    /// Report-only mode only relaxes CAE refusals: it never refuses what enforcement allows,
-    /// never forwards a missing/invalid-token or scope refusal, and what it still refuses is
-    /// exactly the scope/role/claim answer.
+    /// Report-only never changes the response: with it on (the route's `report_only`, the
+    /// global `server.report_only`, or both) the forwarded/denied outcome equals the one the
+    /// request gets when the CAE checks allow it, for every input; with it off the outcome is the
+    /// decision. What report-only forwards is reported with the decision's own CAE reason; a
+    /// missing or invalid token and a scope/role/claim refusal are answered in every mode.
     #[test]
-    fn report_only_only_relaxes_cae_reasons(
+    fn report_only_never_changes_the_response(
         changes in proptest::collection::vec(arb_change(), 0..10),
-        p in arb_principal(),
-        r in arb_route(),
+        mut p in arb_principal(),
+        mut r in arb_route(),
+        global in any::<bool>(),
         ip in arb_ip(),
+        (want_role, has_role, claim_rule, all) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
     ) {
-        let t = tables(&changes);
-        let mut enforce = r.clone();
-        enforce.report_only = false;
-        let mut report = r.clone();
-        report.report_only = true;
-        let d = decide(&enforce, &p, &t, ip, NOW);
-        prop_assert_eq!(&d, &decide(&report, &p, &t, ip, NOW), "the flag does not change the decision itself");
-        let e = outcome(&enforce, &p, d.clone());
-        let o = outcome(&report, &p, d.clone());
-        prop_assert_eq!(&e, &d);
-        if e.is_ok() {
-            prop_assert_eq!(&o, &Ok(()), "report-only refused what enforcement allows");
+        // Roles and a claim rule as well as scopes, so that grant refusals meet CAE ones.
+        if want_role {
+            r.roles = vec!["admin".into()];
         }
-        if let Err(reason) = &o {
-            prop_assert!(!reason.is_cae(), "report-only enforced a CAE reason: {:?}", reason);
-            if d.as_ref().err().is_some_and(DenyReason::is_cae) {
-                prop_assert_eq!(&o, &check_grants(&report, &p));
-            } else {
-                prop_assert_eq!(&o, &d);
+        if has_role {
+            p.roles = vec!["admin".into()];
+        }
+        if claim_rule {
+            r.claims = vec![ClaimRule { claim: "tid".into(), allowed: vec!["tenant-a".into()] }];
+        }
+        if let Some(tid) = &p.tid {
+            p.claims.insert("tid".into(), serde_json::Value::String(tid.clone()));
+        }
+        if all {
+            r.match_mode = MatchMode::All;
+        }
+        let t = tables(&changes);
+        let d = decide(&r, &p, &t, ip, NOW);
+        // The route's flag is no input of the decision itself (the global one cannot be).
+        let mut flipped = r.clone();
+        flipped.report_only = !r.report_only;
+        prop_assert_eq!(&decide(&flipped, &p, &t, ip, NOW), &d);
+        let allowed_by_cae = decide(&cae_allows(&r), &p, &t, ip, NOW);
+        prop_assert_eq!(&allowed_by_cae, &check_grants(&r, &p));
+        let got = outcome(&r, global, Some(&p), d.clone());
+        if r.report_only || global {
+            prop_assert_eq!(&got, &allowed_by_cae, "report-only changed the response (route {}, global {})", r.report_only, global);
+        } else {
+            prop_assert_eq!(&got, &d, "enforcement changed the decision");
+        }
+        // What is forwarded in report-only mode is logged with the decision's CAE reason.
+        if let Err(reason) = &d {
+            match refusal(&r, global, reason.clone(), Some(&p)) {
+                Refusal::ReportOnly(logged) => {
+                    prop_assert!(r.report_only || global);
+                    prop_assert!(reason.is_cae());
+                    prop_assert_eq!(&logged, reason);
+                }
+                Refusal::Deny(answered) => {
+                    prop_assert_eq!(Err(answered), if r.report_only || global { allowed_by_cae.clone() } else { d.clone() });
+                }
             }
         }
-        // Scope refusals come out the same in both modes.
-        if let Err(g) = check_grants(&enforce, &p) {
-            prop_assert!(o.is_err() && e.is_err(), "a scope refusal {:?} was forwarded", g);
-        }
+        // No valid token: refused in every mode, principal or not.
         for reason in [DenyReason::MissingToken, DenyReason::InvalidToken(cae_proxy::auth::token::TokenError::Expired)] {
-            prop_assert_eq!(outcome(&report, &p, Err(reason.clone())), Err(reason));
+            for principal in [None, Some(&p)] {
+                prop_assert_eq!(outcome(&r, global, principal, Err(reason.clone())), Err(reason.clone()));
+            }
+        }
+        // A scope/role/claim refusal is answered in every mode.
+        if let Err(g) = check_grants(&r, &p) {
+            prop_assert_eq!(outcome(&r, global, Some(&p), Err(g.clone())), Err(g));
         }
     }
 }

@@ -72,7 +72,7 @@ impl TokenCache {
             }
         };
         match found {
-            Some(p) if p.exp + leeway >= now => {
+            Some(p) if p.exp.saturating_add(leeway) >= now => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Some(p)
             }

@@ -182,9 +182,13 @@ pub fn decide(
     if !cae.acr_values.is_empty() || cae.max_age.is_some() {
         let acr_ok =
             cae.acr_values.is_empty() || p.acr.as_ref().is_some_and(|a| cae.acr_values.contains(a));
-        let age_ok = cae
-            .max_age
-            .is_none_or(|max| p.auth_time.is_some_and(|t| now - t <= max.as_secs() as i64));
+        let age_ok = cae.max_age.is_none_or(|max| {
+            let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+            // An overflowing age (an absurd `auth_time`) is too old, never young enough.
+            p.auth_time
+                .and_then(|t| now.checked_sub(t))
+                .is_some_and(|age| age <= max)
+        });
         if !acr_ok || !age_ok {
             return Err(DenyReason::StepUpRequired {
                 acr_values: cae.acr_values.clone(),

@@ -359,22 +359,26 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
     if !aud_ok {
         return Err(TokenError::WrongAudience);
     }
-    if exp + leeway < now {
+    // Claims are attacker-sized integers: saturating arithmetic, never a wrap or a panic.
+    if exp.saturating_add(leeway) < now {
         return Err(TokenError::Expired);
     }
-    if int("nbf").is_some_and(|nbf| nbf > now + leeway) {
+    let latest = now.saturating_add(leeway);
+    if int("nbf").is_some_and(|nbf| nbf > latest) {
         return Err(TokenError::NotYetValid);
     }
     let iat = int("iat");
-    if iat.is_some_and(|iat| iat > now + leeway) {
+    if iat.is_some_and(|iat| iat > latest) {
         return Err(TokenError::IssuedInFuture);
     }
     if let Some(max) = cfg.max_lifetime {
         let start = iat
             .or_else(|| int("nbf"))
             .ok_or(TokenError::MissingClaim("iat"))?;
-        // Both ends come from the issuer's clock: skew does not apply, so no leeway.
-        if exp - start > max.as_secs() as i64 {
+        // Both ends come from the issuer's clock: skew does not apply, so no leeway. An
+        // overflowing difference is longer than any maximum.
+        let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+        if exp.checked_sub(start).is_none_or(|lifetime| lifetime > max) {
             return Err(TokenError::LifetimeTooLong);
         }
     }

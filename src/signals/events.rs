@@ -389,6 +389,11 @@ fn revoke(keys: &[SubjectKey], at: i64, out: &mut Vec<Change>) -> Effect {
     Effect::Revoke
 }
 
+/// Only sessions and subjects can be bound to addresses (that is what the decision checks).
+fn bindable(k: &SubjectKey) -> bool {
+    matches!(k, SubjectKey::Subject { .. } | SubjectKey::Session { .. })
+}
+
 /// Only subjects and e-mail addresses can be blocked (that is what the decision checks).
 fn blockable(k: &SubjectKey) -> bool {
     matches!(k, SubjectKey::Subject { .. } | SubjectKey::Email { .. })
@@ -485,17 +490,19 @@ fn plan_event(
                 }
                 nets.sort();
                 nets.dedup();
-                let keys = if r.session.is_empty() {
-                    subject
+                // Only session and subject bindings are enforced (`decide`); binding another key
+                // kind (an e-mail, a device) would be stored and never checked.
+                let keys: Vec<&SubjectKey> = if r.session.is_empty() {
+                    subject.iter().filter(|k| bindable(k)).collect()
                 } else {
-                    &r.session
+                    r.session.iter().collect()
                 };
                 if nets.is_empty() {
                     Effect::Logged
                 } else if keys.is_empty() {
                     Effect::NoKeys
                 } else {
-                    out.extend(keys.iter().map(|k| Change::Bind {
+                    out.extend(keys.into_iter().map(|k| Change::Bind {
                         key: k.clone(),
                         nets: nets.clone(),
                         at,
@@ -925,6 +932,14 @@ mod tests {
             run(set(user(), &caep("session-established"), json!({}))).notes[0].effect,
             Effect::Logged
         );
+        // An e-mail subject: nothing the decision would consult, so nothing is bound.
+        let p = run(set(
+            json!({"format":"email","email":"a@example.com"}),
+            &caep("session-established"),
+            json!({"ips":["192.0.2.1"]}),
+        ));
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        assert_eq!(p.notes[0].effect, Effect::NoKeys);
     }
 
     #[test]
