@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::now_secs;
 use cae_proxy::dev::transmitter::{iss_sub, DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
+use common::redis_server::Redis;
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -25,107 +25,6 @@ const AUD: &str = "cae-proxy";
 const SECEVENT: &str = "application/secevent+jwt";
 /// How long a change may take to reach another replica in these tests.
 const PROMPT: Duration = Duration::from_secs(2);
-
-// ---- a private redis-server ----
-
-/// A `redis-server` of this test, on a free loopback port, its files in `dir`.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    appendonly: bool,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-impl Redis {
-    /// Starts a fresh server; `appendonly`: AOF persistence with an fsync per write.
-    fn start(appendonly: bool) -> Redis {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: tmp.path().to_path_buf(),
-            appendonly,
-            _tmp: Some(tmp),
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--dir", &self.dir.display().to_string()])
-            .args(["--save", ""])
-            .args(["--daemonize", "no"]);
-        if self.appendonly {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        // Bounded PING loop.
-        let client = redis::Client::open(self.url()).expect("url");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .unwrap()
-    }
-
-    /// SIGTERM (Redis flushes its AOF and exits) and wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let _ = c.wait();
-        }
-    }
-
-    /// Same port, same directory (so the same AOF).
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 // ---- the world of a test ----
 

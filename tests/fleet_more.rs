@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::now_secs;
 use cae_proxy::dev::transmitter::{iss_sub, DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
+use common::redis_server::Redis;
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -30,147 +30,6 @@ const SECEVENT: &str = "application/secevent+jwt";
 const PROMPT: Duration = Duration::from_secs(2);
 /// How long a replica may take to reconnect to a Redis that came back (backoff up to 2 s).
 const RECONNECT: Duration = Duration::from_secs(8);
-
-// ---- a private redis-server ----
-
-/// A `redis-server` of this test, on a free loopback port, its files in `dir`; with `tls`, it
-/// listens only on a TLS port and requires client certificates of the test CA.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    appendonly: bool,
-    tls: Option<Certs>,
-    _tmp: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-impl Redis {
-    /// Starts a fresh server; `appendonly`: AOF persistence with an fsync per write.
-    fn start(appendonly: bool) -> Redis {
-        Redis::start_with(appendonly, false)
-    }
-
-    /// `tls`: certificates made in the server's temp dir (CA, server, two clients).
-    fn start_with(appendonly: bool, tls: bool) -> Redis {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
-        let tls = tls.then(|| {
-            let d = dir.join("certs");
-            std::fs::create_dir(&d).unwrap();
-            certs(&d)
-        });
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir,
-            appendonly,
-            tls,
-            _tmp: tmp,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        let port = self.port.to_string();
-        match &self.tls {
-            None => {
-                cmd.args(["--port", &port]);
-            }
-            Some(c) => {
-                cmd.args(["--port", "0", "--tls-port", &port])
-                    .args(["--tls-cert-file", &c.cert.display().to_string()])
-                    .args(["--tls-key-file", &c.key.display().to_string()])
-                    .args(["--tls-ca-cert-file", &c.ca.display().to_string()])
-                    .args(["--tls-auth-clients", "yes"]);
-            }
-        }
-        cmd.args(["--bind", "127.0.0.1"])
-            .args(["--dir", &self.dir.display().to_string()])
-            .args(["--save", ""])
-            .args(["--daemonize", "no"]);
-        if self.appendonly {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        // Bounded PING loop.
-        let client = self.client();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        match self.tls {
-            None => format!("redis://127.0.0.1:{}", self.port),
-            Some(_) => format!("rediss://127.0.0.1:{}", self.port),
-        }
-    }
-
-    /// A client of this server (with TLS: the test CA and the first client certificate).
-    fn client(&self) -> redis::Client {
-        match &self.tls {
-            None => redis::Client::open(self.url()).unwrap(),
-            Some(c) => redis::Client::build_with_tls(
-                self.url(),
-                redis::TlsCertificates {
-                    client_tls: Some(redis::ClientTlsConfig {
-                        client_cert: std::fs::read(&c.client_cert).unwrap(),
-                        client_key: std::fs::read(&c.client_key).unwrap(),
-                    }),
-                    root_cert: Some(std::fs::read(&c.ca).unwrap()),
-                },
-            )
-            .unwrap(),
-        }
-    }
-
-    fn conn(&self) -> redis::Connection {
-        self.client()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .unwrap()
-    }
-
-    /// SIGKILL: no shutdown, no final AOF rewrite or flush; wait for it to be gone.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGKILL);
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 // ---- the world of a test ----
 

@@ -2,6 +2,8 @@
 //! material made with rcgen, and plain/TLS HTTP/1.1 and HTTP/2 clients.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
