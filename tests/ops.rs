@@ -174,7 +174,7 @@ async fn metrics_parse_and_move_with_traffic() {
     assert!(r.json()["message"]
         .as_str()
         .unwrap()
-        .contains("unknown field `not_a_key`"));
+        .contains("server.not_a_key: unknown key"));
     let m = parse_metrics(&get(&c, &h.admin_url("/metrics"), &[]).await.text());
     assert_eq!(
         sample(&m, "cae_reloads_total", &[("result", "ok")]),

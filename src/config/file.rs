@@ -1,4 +1,5 @@
-//! Serde mirror of the TOML file: raw values only, unknown keys rejected; `validate.rs` turns it into `Config`.
+//! Serde mirror of the TOML file: raw values only (unknown keys are collected by `Config::parse`
+//! and reported as errors with their paths); `validate.rs` turns it into `Config`.
 
 use std::collections::BTreeMap;
 
@@ -6,7 +7,6 @@ use serde::Deserialize;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
     pub server: ServerFile,
@@ -28,7 +28,6 @@ pub struct FileConfig {
 
 /// `[server]`: process-wide settings.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// Tokio worker threads; 0 or absent = available cores.
     pub worker_threads: Option<usize>,
@@ -60,7 +59,6 @@ pub struct ServerFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListenerFile {
     pub name: Option<String>,
     pub address: String,
@@ -70,7 +68,6 @@ pub struct ListenerFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub cert: String,
     pub key: String,
@@ -81,7 +78,6 @@ pub struct TlsFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub address: Option<String>,
     /// Bearer secret: literal, `env:NAME` or `file:PATH`.
@@ -90,7 +86,6 @@ pub struct AdminFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StoreFile {
     /// `redb` (default), `redis` (fleet mode: redb copy + Redis Stream) or `memory` (nothing
     /// survives a restart; tests and demo).
@@ -124,7 +119,6 @@ pub struct StoreFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub url: String,
     pub connect_timeout: Option<String>,
@@ -137,7 +131,6 @@ pub struct UpstreamFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RouteFile {
     pub name: Option<String>,
     #[serde(default)]
@@ -168,7 +161,6 @@ pub struct RouteFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClaimRuleFile {
     pub claim: String,
     pub equals: Option<String>,
@@ -176,7 +168,6 @@ pub struct ClaimRuleFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CaeFile {
     /// Check revocations, blocks (default true when auth is on).
     pub revocation: Option<bool>,
@@ -198,7 +189,6 @@ pub struct CaeFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IssuerFile {
     pub name: String,
     pub issuer: String,
@@ -234,7 +224,6 @@ pub struct IssuerFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TransmitterFile {
     pub name: String,
     pub issuer: String,
@@ -256,7 +245,6 @@ pub struct TransmitterFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PushFile {
     pub path: String,
     /// Expected `Authorization` header value (secret reference).
@@ -268,7 +256,6 @@ pub struct PushFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PollFile {
     pub endpoint: String,
     pub authorization: Option<String>,
@@ -279,7 +266,6 @@ pub struct PollFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StreamFile {
     /// `push` or `poll`.
     pub delivery: String,

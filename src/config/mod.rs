@@ -69,9 +69,32 @@ impl Config {
 
     /// Parses TOML text; relative file paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let raw: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigErrors::one(validate::toml_error(&e)))?;
-        validate::validate(raw, base)
+        let toml_error = |e: toml::de::Error| ConfigErrors::one(validate::toml_error(&e));
+        let de = toml::de::Deserializer::parse(text).map_err(toml_error)?;
+        let mut unknown = Vec::new();
+        let raw: FileConfig = serde_ignored::deserialize(de, |path| unknown.push(toml_path(&path)))
+            .map_err(toml_error)?;
+        validate::validate(raw, base, &unknown)
+    }
+}
+
+/// `listener[0].tls.cert`-style path of a key serde_ignored reports.
+fn toml_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", toml_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = toml_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => toml_path(parent),
     }
 }
 

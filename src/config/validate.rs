@@ -346,11 +346,18 @@ fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
     }
 }
 
-pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErrors> {
+pub(super) fn validate(
+    raw: FileConfig,
+    base: &Path,
+    unknown: &[String],
+) -> Result<Config, ConfigErrors> {
     let mut c = Check {
         errors: Vec::new(),
         base,
     };
+    for path in unknown {
+        c.err(path, "unknown key (see docs/configuration.md)");
+    }
     let server = server(&mut c, &raw.server);
     if server.max_connections == 0 {
         c.err("server.max_connections", "must be at least 1");
@@ -1255,10 +1262,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors() {
-        let err = Config::parse("[server]\nreport_onyl = true\n", Path::new(".")).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `report_onyl`"),
+    fn unknown_keys_are_errors_all_at_once_with_their_paths() {
+        let text = "[server]\nreport_onyl = true\n[[listener]]\naddress = \"127.0.0.1:0\"\ntypo = 1\n[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"c\"\nkey = \"k\"\nclient_cas = \"x\"\n";
+        let err = Config::parse(text, Path::new(".")).unwrap_err();
+        let mut unknown: Vec<&str> = err
+            .0
+            .iter()
+            .filter(|e| e.message.starts_with("unknown key"))
+            .map(|e| e.path.as_str())
+            .collect();
+        unknown.sort();
+        assert_eq!(
+            unknown,
+            [
+                "listener[0].typo",
+                "listener[1].tls.client_cas",
+                "server.report_onyl"
+            ],
             "{err}"
         );
     }
