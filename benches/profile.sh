@@ -5,13 +5,17 @@
 # under callgrind, with BASE and BASE+N requests (h2load, HTTP/1.1, 4 keep-alive connections); the
 # difference of the two totals divided by N is the cost of one request without start-up costs.
 # Usage: benches/profile.sh [N] [BASE]   (defaults 10000 and 2000; ≈ 2 min)
+# MODE=rotate: every request a new RS256 token (2,000 tokens through a 256-entry cache, driven by
+# wrk with benches/load/rotate.lua for SECONDS and 5×SECONDS, default 4; requests counted by wrk).
 # Per-function profile: callgrind_annotate "$W/<server>-<n>.out" (the directory is printed; kept
 # when KEEP=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 BASE=${2:-2000}
-for tool in valgrind h2load nginx python3; do
+MODE=${MODE:-repeat}
+SECONDS_BASE=${SECONDS_BASE:-4}
+for tool in valgrind h2load nginx python3 wrk curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nghttp2-client nginx)"; exit 2; }
 done
 W=$(mktemp -d /tmp/cae-profile.XXXXXX)
@@ -32,7 +36,7 @@ wait_port() {
 UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
 
 cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
-target/release/examples/benchkit gen --dir "$W" --tokens 10 --revocations 0 >/dev/null
+target/release/examples/benchkit gen --dir "$W" --tokens 2000 --revocations 0 >/dev/null
 TOKEN=$(cat "$W/token-rs256.txt")
 
 cat > "$W/nginx.conf" <<EOF
@@ -54,6 +58,7 @@ cat > "$W/cae.toml" <<EOF
 [server]
 worker_threads = 1
 log_level = "warn"
+token_cache_size = 256
 [[listener]]
 name = "public"
 address = "127.0.0.1:$SUT"
@@ -92,7 +97,8 @@ path = "/ssf/bench"
 authorization = "Bearer bench-push"
 EOF
 
-# total_ir SERVER REQUESTS: runs SERVER under callgrind, sends REQUESTS, stops it, prints its Ir.
+# total_ir SERVER AMOUNT: runs SERVER under callgrind, sends AMOUNT requests (MODE=repeat) or
+# drives it for AMOUNT seconds (MODE=rotate), stops it; prints "Ir requests".
 total_ir() {
   local out="$W/$1-$2.out"
   case $1 in
@@ -103,16 +109,35 @@ total_ir() {
   esac
   local pid=$!
   wait_port "$SUT"
-  h2load --h1 -n "$2" -c 4 -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$SUT/orders" >"$W/h2load-$1-$2.txt"
-  grep -q "$2 succeeded" "$W/h2load-$1-$2.txt" || { cat "$W/h2load-$1-$2.txt"; echo "not every request succeeded"; exit 1; }
+  if [ "$1" = cae-proxy ]; then # keys load in the background: wait for readiness
+    for _ in $(seq 1 600); do
+      curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break
+      sleep 0.1
+    done
+  fi
+  local n
+  if [ "$MODE" = rotate ]; then
+    wrk -t1 -c4 -d "$2s" -s benches/load/rotate.lua "http://127.0.0.1:$SUT/" -- "$W/tokens-rs256.txt" >"$W/wrk-$1-$2.txt"
+    grep -q "Non-2xx" "$W/wrk-$1-$2.txt" && { cat "$W/wrk-$1-$2.txt"; echo "some requests failed"; exit 1; }
+    n=$(awk '/requests in/ {print $1; exit}' "$W/wrk-$1-$2.txt")
+  else
+    h2load --h1 -n "$2" -c 4 -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$SUT/orders" >"$W/h2load-$1-$2.txt"
+    grep -q "$2 succeeded" "$W/h2load-$1-$2.txt" || { cat "$W/h2load-$1-$2.txt"; echo "not every request succeeded"; exit 1; }
+    n=$2
+  fi
   kill -TERM "$pid"
   wait "$pid" || true
-  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+  echo "$(awk '/^(summary|totals):/ {print $2; exit}' "$out") $n"
 }
 
-echo "server       instructions/request   (N=$N, base=$BASE; files in $W)"
-for server in hyper-bare cae-proxy; do
-  a=$(total_ir "$server" "$BASE")
-  b=$(total_ir "$server" "$((BASE + N))")
-  printf "%-12s %12.0f\n" "$server" "$(python3 -c "print(($b - $a) / $N)")"
+if [ "$MODE" = rotate ]; then
+  servers="cae-proxy"; small=$SECONDS_BASE; large=$((5 * SECONDS_BASE))
+else
+  servers="hyper-bare cae-proxy"; small=$BASE; large=$((BASE + N))
+fi
+echo "server       instructions/request   (MODE=$MODE; files in $W)"
+for server in $servers; do
+  read -r ia na < <(total_ir "$server" "$small")
+  read -r ib nb < <(total_ir "$server" "$large")
+  printf "%-12s %12.0f   (%d and %d requests)\n" "$server" "$(python3 -c "print(($ib - $ia) / ($nb - $na))")" "$na" "$nb"
 done
