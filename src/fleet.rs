@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use crate::config::{RedisBackend, RedisTls};
+use crate::config::RedisBackend;
 use crate::metrics::{FleetMetrics, TransmitterLabel};
 use crate::state::Shared;
 use crate::store::redis_store::{describe, now_ms, parse_id, LogEntry};
@@ -48,7 +48,6 @@ pub struct FleetParts {
 /// starts from its copy while Redis is down).
 pub async fn open(
     cfg: &RedisBackend,
-    tls: Option<&RedisTls>,
     ignore_corrupt: bool,
     retention_secs: i64,
 ) -> Result<(Arc<dyn Durable>, FleetParts), StoreError> {
@@ -62,7 +61,7 @@ pub async fn open(
             })??,
     );
     let replica = cfg.replica_id.clone().unwrap_or_else(default_replica_id);
-    let link = Arc::new(RedisLink::with_tls(cfg, tls, replica)?);
+    let link = Arc::new(RedisLink::new(cfg, replica)?);
     let durable: Arc<dyn Durable> =
         Arc::new(RedisStore::new(local.clone(), link.clone(), retention_secs));
     Ok((

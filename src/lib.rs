@@ -101,13 +101,8 @@ impl Proxy {
             StoreBackend::Memory => Arc::new(MemoryStore::default()),
             StoreBackend::Redis(r) => {
                 let retention = config.store.retention.as_secs() as i64;
-                let (durable, parts) = fleet::open(
-                    r,
-                    config.store.redis_tls.as_ref(),
-                    config.store.ignore_corrupt,
-                    retention,
-                )
-                .await?;
+                let (durable, parts) =
+                    fleet::open(r, config.store.ignore_corrupt, retention).await?;
                 fleet_parts = Some(parts);
                 durable
             }
@@ -256,7 +251,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
-/// Drops expired revocations every minute, in memory and in the store.
+/// Drops expired revocations every `store.expiry_interval`, in memory and in the store.
 async fn expiry_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {

@@ -1,7 +1,7 @@
 //! Prometheus metrics: stable names, low-cardinality labels, one registry per proxy instance.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::auth::keys::KeySet;
+use crate::auth::keys::KeySets;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -159,8 +159,6 @@ pub struct Metrics {
     pub token_validations: Family<ResultLabels, Counter>,
     pub token_cache_hits: Counter,
     pub token_cache_misses: Counter,
-    /// Key sets in use; their fetch counters and key age are read at scrape time.
-    pub key_sets: KeySetWatch,
     pub table_entries: Family<TableLabel, Gauge<i64, AtomicI64>>,
     pub sets_received: Family<SetLabels, Counter>,
     pub set_enforce_latency: Family<TransmitterLabel, Histogram, fn() -> Histogram>,
@@ -175,12 +173,13 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(&KeySets::default())
     }
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// `key_sets`: exported at scrape time (fetch and failure counters, key age per name).
+    pub fn new(key_sets: &KeySets) -> Metrics {
         let mut r = Registry::with_prefix("cae");
         let m = Metrics {
             requests: Family::default(),
@@ -189,7 +188,6 @@ impl Metrics {
             token_validations: Family::default(),
             token_cache_hits: Counter::default(),
             token_cache_misses: Counter::default(),
-            key_sets: KeySetWatch::default(),
             table_entries: Family::default(),
             sets_received: Family::default(),
             set_enforce_latency: Family::new_with_constructor(latency),
@@ -232,7 +230,7 @@ impl Metrics {
             "Verified-token cache misses",
             m.token_cache_misses.clone(),
         );
-        r.register_collector(Box::new(m.key_sets.clone()));
+        r.register_collector(Box::new(key_sets.clone()));
         r.register(
             "table_entries",
             "Entries in the revocation, block and binding tables",
@@ -366,44 +364,21 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
-/// The key sets in use, tracked weakly: a key set dropped after a reload disappears from the
-/// exposition. Exports per key set name the fetch and failure counters the key set keeps and the
-/// age of the keys in use.
-#[derive(Clone, Default)]
-pub struct KeySetWatch(Arc<Mutex<Vec<Weak<KeySet>>>>);
-
-impl std::fmt::Debug for KeySetWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeySetWatch")
+/// Per key set name: (fetches, failures, newest load time in epoch seconds, 0 = never).
+fn key_set_totals(key_sets: &KeySets) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+    let mut out = std::collections::BTreeMap::<String, (u64, u64, u64)>::new();
+    for ks in key_sets.lock().values() {
+        let e = out.entry(ks.name.clone()).or_default();
+        e.0 += ks.stats.fetches.load(Ordering::Relaxed);
+        e.1 += ks.stats.failures.load(Ordering::Relaxed);
+        e.2 = e.2.max(ks.stats.loaded_at.load(Ordering::Relaxed));
     }
+    out
 }
 
-impl KeySetWatch {
-    pub fn track(&self, ks: &Arc<KeySet>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(ks));
-    }
-
-    /// Per name: (fetches, failures, newest load time in epoch seconds, 0 = never).
-    fn totals(&self) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
-        let mut sets = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        sets.retain(|w| w.strong_count() > 0);
-        let mut out = std::collections::BTreeMap::<String, (u64, u64, u64)>::new();
-        for ks in sets.iter().filter_map(Weak::upgrade) {
-            let e = out.entry(ks.name.clone()).or_default();
-            e.0 += ks.stats.fetches.load(Ordering::Relaxed);
-            e.1 += ks.stats.failures.load(Ordering::Relaxed);
-            e.2 = e.2.max(ks.stats.loaded_at.load(Ordering::Relaxed));
-        }
-        out
-    }
-}
-
-impl Collector for KeySetWatch {
+impl Collector for KeySets {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let totals = self.totals();
+        let totals = key_set_totals(self);
         let now = crate::store::now_secs() as f64;
         let mut fetches = encoder.encode_descriptor(
             "key_fetches",

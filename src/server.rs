@@ -196,9 +196,10 @@ async fn serve_io<I>(
         let (shared, info, act) = (shared.clone(), info.clone(), act.clone());
         async move {
             let _busy = Busy::new(act);
-            let limit = limits_head;
             match role {
-                Role::Signals | Role::Admin if crate::proxy::headers::head_size(&req) > limit => {
+                Role::Signals | Role::Admin
+                    if crate::proxy::headers::head_size(&req) > limits_head =>
+                {
                     let id = crate::proxy::headers::request_id(req.headers());
                     let id = id.to_str().unwrap_or_default();
                     tracing::warn!(target: "access", listener = %info.listener, request_id = id, status = 431, error = "the request head exceeds server.max_header_bytes");

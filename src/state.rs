@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arc_swap::ArcSwap;
 
 use crate::auth::cache::TokenCache;
-use crate::auth::keys::KeySet;
+use crate::auth::keys::{KeySet, KeySets};
 use crate::auth::token::{IssuerRt, Issuers};
 use crate::config::{Config, KeySource, Upstream};
 use crate::fetch::Fetcher;
@@ -51,9 +51,6 @@ pub enum BuildError {
 /// Called with the new configuration after each successful reload.
 pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
 
-/// Identity of a key source, so a reload reuses keys already fetched.
-type KeySetId = (KeySource, String);
-
 /// State that outlives every snapshot.
 pub struct Shared {
     pub config_path: Option<PathBuf>,
@@ -63,7 +60,7 @@ pub struct Shared {
     pub fetcher: Fetcher,
     pub metrics: Metrics,
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    key_sets: Mutex<HashMap<KeySetId, Arc<KeySet>>>,
+    key_sets: KeySets,
     upstreams: Mutex<HashMap<Upstream, Arc<UpstreamClient>>>,
     generation: AtomicU64,
     /// Called after each successful reload (log level changes).
@@ -81,15 +78,16 @@ impl Shared {
         on_reload: Option<ReloadHook>,
     ) -> Shared {
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let key_sets = KeySets::default();
         Shared {
             config_path,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             store,
             cache: TokenCache::new(cache_size),
             fetcher: Fetcher::new(),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(&key_sets),
             shutdown,
-            key_sets: Mutex::default(),
+            key_sets,
             upstreams: Mutex::default(),
             generation: AtomicU64::new(0),
             on_reload,
@@ -165,7 +163,7 @@ impl Shared {
         policy: &crate::config::KeyPolicy,
         min_rsa_bits: usize,
     ) -> Arc<KeySet> {
-        let mut sets = self.key_sets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sets = self.key_sets.lock();
         let id = (source.clone(), issuer.to_string());
         if let Some(k) = sets.get(&id) {
             k.update(policy);
@@ -180,13 +178,12 @@ impl Shared {
             self.fetcher.clone(),
         ));
         sets.insert(id, ks.clone());
-        self.metrics.key_sets.track(&ks);
         tokio::spawn(refresher(Arc::downgrade(&ks), self.shutdown.subscribe()));
         ks
     }
 
     fn retain_key_sets(&self, config: &Config) {
-        let mut sets = self.key_sets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sets = self.key_sets.lock();
         sets.retain(|(src, iss), _| {
             config
                 .issuers
@@ -197,16 +194,6 @@ impl Shared {
                     .iter()
                     .any(|t| &t.keys == src && &t.issuer == iss)
         });
-    }
-
-    /// All key sets in use (for metrics and readiness).
-    pub fn key_sets(&self) -> Vec<Arc<KeySet>> {
-        self.key_sets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
     }
 
     /// Installs a snapshot.

@@ -21,12 +21,20 @@ pub enum TlsError {
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| TlsError::Certs {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse_certs(&pem, path)
+}
+
+/// The certificates of PEM text read from `path` (named in errors).
+pub fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::Certs {
         path: path.display().to_string(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
@@ -36,7 +44,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+    let pem = std::fs::read(path).map_err(|e| TlsError::Key {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse_key(&pem, path)
+}
+
+/// The private key of PEM text read from `path` (named in errors).
+pub fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::Key {
         path: path.display().to_string(),
         reason: e.to_string(),
     })

@@ -720,6 +720,7 @@ async fn old_blocks_are_republished_so_a_replica_joining_after_trimming_learns_t
         replica_id: Some("old-timer".into()),
         timeout: Duration::from_secs(2),
         poll_lease: Duration::from_secs(1),
+        tls: None,
     };
     let retention = DEFAULT_RETENTION.as_secs() as i64;
     let store = RedisStore::new(

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -179,6 +179,26 @@ pub struct KeyStats {
     pub loaded_at: AtomicU64,
 }
 
+/// The key sets in use, by source and expected issuer. Owned by the proxy state (which creates
+/// and retains them per configuration); the metrics read their counters at scrape time.
+#[derive(Clone, Default)]
+pub struct KeySets(Arc<Mutex<KeySetMap>>);
+
+/// Key sets by (source, expected issuer): a reload that names a source again reuses its keys.
+pub type KeySetMap = HashMap<(KeySource, String), Arc<KeySet>>;
+
+impl KeySets {
+    pub fn lock(&self) -> MutexGuard<'_, KeySetMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl std::fmt::Debug for KeySets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySets")
+    }
+}
+
 /// Keys of one issuer or transmitter, shared by every snapshot that names the same source.
 pub struct KeySet {
     pub name: String,
@@ -192,7 +212,7 @@ pub struct KeySet {
     /// Wakes the refresher before its next scheduled fetch.
     wake: Arc<tokio::sync::Notify>,
     /// Why the last fetch failed (cleared by a success), for readiness.
-    last_error: std::sync::Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
     loaded: std::sync::atomic::AtomicBool,
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     fetcher: Fetcher,
@@ -216,7 +236,7 @@ impl KeySet {
             min_rsa_bits,
             current: ArcSwap::from_pointee(Keys::default()),
             wake: Arc::new(tokio::sync::Notify::new()),
-            last_error: std::sync::Mutex::new(None),
+            last_error: Mutex::new(None),
             loaded: Default::default(),
             last_refetch: tokio::sync::Mutex::new(None),
             fetcher,

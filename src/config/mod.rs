@@ -58,7 +58,6 @@ impl Config {
                 retention: DEFAULT_RETENTION,
                 expiry_interval: DEFAULT_EXPIRY_INTERVAL,
                 ignore_corrupt: false,
-                redis_tls: None,
             },
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
@@ -189,6 +188,9 @@ pub struct RedisBackend {
     pub timeout: Duration,
     /// Poll lease lifetime without renewal.
     pub poll_lease: Duration,
+    /// With a `rediss://` URL: `store.redis_ca`, `store.redis_client_cert` / `redis_client_key`,
+    /// when any is set.
+    pub tls: Option<RedisTls>,
 }
 
 /// Fleet mode over `rediss://`: a private CA and/or a client certificate for Redis (PEM files,
@@ -209,9 +211,6 @@ pub struct Store {
     /// Period of the background pass that drops entries older than `retention`.
     pub expiry_interval: Duration,
     pub ignore_corrupt: bool,
-    /// With `StoreBackend::Redis` and a `rediss://` URL: `store.redis_ca`,
-    /// `store.redis_client_cert` / `redis_client_key`, when any is set.
-    pub redis_tls: Option<RedisTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -444,13 +444,8 @@ pub(super) fn validate(
             StoreBackend::Memory
         }
     };
-    let redis_tls = match &backend {
-        StoreBackend::Redis(r) => redis_tls(&mut c, st, &r.url),
-        _ => None,
-    };
     let store = Store {
         backend,
-        redis_tls,
         retention: c.duration("store.retention", &st.retention, DEFAULT_RETENTION),
         expiry_interval: {
             let d = c.duration(
@@ -996,6 +991,7 @@ fn redis_backend(c: &mut Check<'_>, st: &StoreFile, base: &Path) -> StoreBackend
     if poll_lease < Duration::from_millis(300) {
         c.err("store.poll_lease", "must be at least 300ms");
     }
+    let tls = redis_tls(c, st, &url);
     StoreBackend::Redis(RedisBackend {
         url,
         key_prefix,
@@ -1007,6 +1003,7 @@ fn redis_backend(c: &mut Check<'_>, st: &StoreFile, base: &Path) -> StoreBackend
         replica_id: st.replica_id.clone(),
         timeout,
         poll_lease,
+        tls,
     })
 }
 
@@ -1204,17 +1201,18 @@ mod tests {
         };
         let all = "redis_ca = \"ca.pem\"\nredis_client_cert = \"client.pem\"\nredis_client_key = \"client.key\"\n";
         let ok = Config::parse(&store("rediss://u:pw@redis:6380", all), dir.path()).unwrap();
-        let tls = ok.store.redis_tls.unwrap();
+        let redis = |c: Config| match c.store.backend {
+            StoreBackend::Redis(r) => r,
+            other => panic!("not redis: {other:?}"),
+        };
+        let tls = redis(ok).tls.unwrap();
         assert_eq!(tls.ca, Some(dir.path().join("ca.pem")));
         assert_eq!(
             tls.client,
             Some((dir.path().join("client.pem"), dir.path().join("client.key")))
         );
         let ok = Config::parse(&store("rediss://redis:6380", ""), dir.path()).unwrap();
-        assert_eq!(
-            ok.store.redis_tls, None,
-            "system roots, no client certificate"
-        );
+        assert_eq!(redis(ok).tls, None, "system roots, no client certificate");
 
         let paths = |text: &str| -> Vec<String> {
             let err = Config::parse(text, dir.path()).unwrap_err();

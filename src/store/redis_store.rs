@@ -84,19 +84,11 @@ pub struct RedisLink {
 }
 
 impl RedisLink {
-    /// Parses the URL (no connection is made here: Redis may be down at start).
+    /// Parses the URL (no connection is made here: Redis may be down at start). With
+    /// `cfg.tls`, a private CA and/or a client certificate for the `rediss://` URL: the PEM files
+    /// are read and parsed here, so a bad file fails the start.
     pub fn new(cfg: &RedisBackend, replica: String) -> Result<RedisLink, StoreError> {
-        RedisLink::with_tls(cfg, None, replica)
-    }
-
-    /// Like [`RedisLink::new`], with a private CA and/or a client certificate for a `rediss://`
-    /// URL (`tls`): the PEM files are read and parsed here, so a bad file fails the start.
-    pub fn with_tls(
-        cfg: &RedisBackend,
-        tls: Option<&RedisTls>,
-        replica: String,
-    ) -> Result<RedisLink, StoreError> {
-        let client = match tls {
+        let client = match &cfg.tls {
             None => redis::Client::open(cfg.url.expose()),
             Some(t) => redis::Client::build_with_tls(cfg.url.expose(), tls_certificates(t)?),
         }
@@ -408,21 +400,26 @@ fn tls_certificates(t: &RedisTls) -> Result<redis::TlsCertificates, StoreError> 
         path: key.to_string(),
         reason,
     };
+    // Each file is read once: parsed here (a bad file fails the start with its key), then handed
+    // to the Redis client as PEM.
     let read = |key: &str, path: &Path| {
         std::fs::read(path).map_err(|e| open(key, format!("{}: {e}", path.display())))
     };
     let root_cert = match &t.ca {
         Some(p) => {
-            crate::tls::load_certs(p).map_err(|e| open("store.redis_ca", e.to_string()))?;
-            Some(read("store.redis_ca", p)?)
+            let pem = read("store.redis_ca", p)?;
+            crate::tls::parse_certs(&pem, p).map_err(|e| open("store.redis_ca", e.to_string()))?;
+            Some(pem)
         }
         None => None,
     };
     let client_tls = match &t.client {
         Some((cert, key)) => {
-            let chain = crate::tls::load_certs(cert)
+            let cert_pem = read("store.redis_client_cert", cert)?;
+            let key_pem = read("store.redis_client_key", key)?;
+            let chain = crate::tls::parse_certs(&cert_pem, cert)
                 .map_err(|e| open("store.redis_client_cert", e.to_string()))?;
-            let private = crate::tls::load_key(key)
+            let private = crate::tls::parse_key(&key_pem, key)
                 .map_err(|e| open("store.redis_client_key", e.to_string()))?;
             rustls::ClientConfig::builder()
                 .with_root_certificates(rustls::RootCertStore::empty())
@@ -434,8 +431,8 @@ fn tls_certificates(t: &RedisTls) -> Result<redis::TlsCertificates, StoreError> 
                     )
                 })?;
             Some(redis::ClientTlsConfig {
-                client_cert: read("store.redis_client_cert", cert)?,
-                client_key: read("store.redis_client_key", key)?,
+                client_cert: cert_pem,
+                client_key: key_pem,
             })
         }
         None => None,
