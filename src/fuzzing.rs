@@ -392,8 +392,15 @@ pub fn authorization(data: &[u8]) {
             let claims = jwt_part(token, 1).expect("accepted token has JSON claims");
             assert!(header.get("crit").is_none());
             let typ = header.get("typ").and_then(Value::as_str).unwrap_or("");
+            // RFC 7515 §4.1.9: `typ` is a media type, `application/` optional, parameters ignored.
+            let essence = typ
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             assert!(
-                !typ.to_ascii_lowercase().contains("secevent"),
+                essence.trim_start_matches("application/") != "secevent+jwt",
                 "a SET passed as a token"
             );
             assert!(claims.get("events").is_none(), "a SET passed as a token");

@@ -246,6 +246,8 @@ async fn every_forged_token_class_is_refused() {
         ("header not json", format!("{}.{p}.AAAA", cae_proxy::dev::keys::b64url(b"nope")), "the token is malformed: header is not JSON"),
         ("oversized", real.sign(None, &good(json!({"pad": "x".repeat(20_000)}))), "the token is larger than allowed"),
         ("a SET as token (typ)", real.sign(Some(json!({"typ": "secevent+jwt"})), &good(json!({"events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}}}))), "a security event token cannot be used as an access token"),
+        ("a SET as token (typ, mixed case, no events)", real.sign(Some(json!({"typ": "Application/SecEvent+JWT"})), &good(json!({}))), "a security event token cannot be used as an access token"),
+        ("a SET as token (typ with a parameter)", real.sign(Some(json!({"typ": "secevent+jwt; charset=utf-8"})), &good(json!({}))), "a security event token cannot be used as an access token"),
         ("a SET as token (events)", real.sign(None, &good(json!({"events": {"x": {}}}))), "a security event token cannot be used as an access token"),
         ("RS256 header on an EC-only kid", {
             let ec = s.idp.rotate(KeyAlg::Es256);
@@ -264,6 +266,13 @@ async fn every_forged_token_class_is_refused() {
         "a URL named inside a token was fetched"
     );
     assert_eq!(s.up.requests(), 0, "a forged token reached the upstream");
+    // A `typ` that only contains the word names no SET media type (RFC 7515 §4.1.9).
+    for typ in ["secevent+jwp", "at+jwt"] {
+        let t = real.sign(Some(json!({"typ": typ})), &good(json!({})));
+        let r = call(&s, "/api", &t).await;
+        assert_eq!(r.status, StatusCode::OK, "typ {typ}: {}", r.text());
+    }
+    assert_eq!(s.up.requests(), 2);
 
     // Header-level refusals.
     let c = client();

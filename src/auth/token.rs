@@ -251,6 +251,26 @@ pub struct Inspected<'a> {
     pub signature: Vec<u8>,
 }
 
+/// The media type of a SET (RFC 8417 §2.3), as [`typ_media_type`] normalises it.
+pub const SET_MEDIA_TYPE: &str = "application/secevent+jwt";
+
+/// A JOSE `typ` as the media type it names: parameters dropped, lowercased, and `application/`
+/// prepended when it has no `/` (RFC 7515 §4.1.9). `Secevent+JWT; v=1` and
+/// `application/secevent+jwt` both name a SET; `secevent+jwp` does not.
+pub fn typ_media_type(typ: &str) -> String {
+    let essence = typ
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence.contains('/') {
+        essence
+    } else {
+        format!("application/{essence}")
+    }
+}
+
 /// Structural checks and the unverified claims, before any key is looked at.
 pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
     let mut parts = token.split('.');
@@ -268,10 +288,7 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
     if raw_header
         .get("typ")
         .and_then(Value::as_str)
-        .is_some_and(|t| {
-            let t = t.to_ascii_lowercase();
-            t == "secevent+jwt" || t == "application/secevent+jwt"
-        })
+        .is_some_and(|t| typ_media_type(t) == SET_MEDIA_TYPE)
     {
         return Err(TokenError::SecurityEventToken);
     }
@@ -494,6 +511,24 @@ mod tests {
             inspect(&t(serde_json::json!({"alg": "XX1"}))).unwrap_err(),
             TokenError::AlgorithmNotAllowed
         );
+        for typ in [
+            "secevent+jwt",
+            "Application/SecEvent+JWT",
+            "SECEVENT+JWT; charset=utf-8",
+            " application/secevent+jwt ;v=1",
+        ] {
+            assert_eq!(
+                inspect(&t(serde_json::json!({"alg": "RS256", "typ": typ}))).unwrap_err(),
+                TokenError::SecurityEventToken,
+                "{typ}"
+            );
+        }
+        for typ in ["secevent+jwp", "at+jwt", "JWT", "text/secevent+jwt"] {
+            assert!(
+                inspect(&t(serde_json::json!({"alg": "RS256", "typ": typ}))).is_ok(),
+                "{typ}"
+            );
+        }
         assert!(matches!(inspect("a.b"), Err(TokenError::Malformed(_))));
         assert!(matches!(inspect("a.b.c.d"), Err(TokenError::Malformed(_))));
         let set = format!(

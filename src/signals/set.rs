@@ -196,8 +196,8 @@ fn typ_acceptable(typ: Option<&Value>) -> Result<(), SetError> {
     match typ {
         None | Some(Value::Null) => Ok(()),
         Some(Value::String(t)) => {
-            let l = t.to_ascii_lowercase();
-            if l == "secevent+jwt" || l == "application/secevent+jwt" || l == "jwt" {
+            let media_type = crate::auth::token::typ_media_type(t);
+            if media_type == crate::auth::token::SET_MEDIA_TYPE || media_type == "application/jwt" {
                 Ok(())
             } else {
                 Err(SetError::UnacceptableTyp(t.chars().take(40).collect()))
