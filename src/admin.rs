@@ -12,15 +12,15 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::proxy::forward::ProxyBody;
-use crate::proxy::{full, json_error, ConnInfo};
+use crate::reply::{full, json_error, BoxedBody};
+use crate::server::ConnInfo;
 use crate::state::Shared;
 use crate::store::{now_secs, Batch, Change, SubjectKey, TableName};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
-fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<BoxedBody> {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -32,7 +32,7 @@ fn text(
     status: StatusCode,
     body: impl Into<Bytes>,
     content_type: &'static str,
-) -> Response<ProxyBody> {
+) -> Response<BoxedBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
@@ -45,7 +45,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     _conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<BoxedBody>, Infallible> {
     let rid = crate::proxy::headers::request_id(req.headers());
     let rid = rid.to_str().unwrap_or_default().to_string();
     let path = req.uri().path().to_string();
@@ -110,7 +110,7 @@ fn error_code(s: StatusCode) -> &'static str {
 }
 
 /// Bearer secret check (constant time) when one is configured.
-fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<ProxyBody>>> {
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<BoxedBody>>> {
     let snap = shared.snapshot.load();
     let Some(admin) = snap.config.admin.as_ref() else {
         // [admin] was removed by a reload: the socket stays bound until a restart, but it
@@ -271,7 +271,7 @@ async fn api(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
     rid: &str,
-) -> Result<Response<ProxyBody>, ApiError> {
+) -> Result<Response<BoxedBody>, ApiError> {
     let now = now_secs();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -340,7 +340,7 @@ fn change_summary(c: &Change) -> String {
     }
 }
 
-fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<ProxyBody>, ApiError> {
+fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<BoxedBody>, ApiError> {
     let table = match table {
         "revocations" => TableName::Revocations,
         "blocks" => TableName::Blocks,

@@ -28,6 +28,7 @@ pub mod fleet;
 pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
+pub mod reply;
 pub mod server;
 pub mod signals;
 pub mod signals_wiring;

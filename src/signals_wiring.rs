@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 
 use crate::config::{Config, Delivery};
 use crate::metrics::{SetLabels, TransmitterLabel};
-use crate::proxy::forward::{BoxError, ProxyBody};
-use crate::proxy::ConnInfo;
+use crate::reply::{BoxError, BoxedBody};
+use crate::server::ConnInfo;
 use crate::signals::push::{self, TransmitterRt};
 use crate::signals::{poll, stream};
 use crate::state::Shared;
@@ -211,13 +211,13 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<BoxedBody>, Infallible> {
     let snap = shared.snapshot.load_full();
     let path = req.uri().path().to_string();
     let Some(rt) = snap.signals.push.get(&path).cloned() else {
         let id = crate::proxy::headers::request_id(req.headers());
         let id = id.to_str().unwrap_or_default().to_string();
-        return Ok(crate::proxy::json_error(
+        return Ok(crate::reply::json_error(
             StatusCode::NOT_FOUND,
             "not_found",
             "no signals endpoint at this path",

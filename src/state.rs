@@ -17,8 +17,8 @@ use crate::auth::token::{IssuerRt, Issuers};
 use crate::config::{Config, KeySource, Upstream};
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
-use crate::proxy::forward::UpstreamClient;
 use crate::proxy::route::Router;
+use crate::proxy::upstream::UpstreamClient;
 use crate::store::SignalStore;
 use crate::tls::TlsError;
 

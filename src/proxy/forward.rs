@@ -1,136 +1,155 @@
-//! The only place that dials upstreams: pooled hyper-util clients, one per upstream definition,
-//! kept across reloads; connect, response-head and pool-idle timeouts.
+//! The request rewritten for its upstream (target, hop-by-hop headers, identity headers,
+//! `X-Forwarded-*`, body limit), sent, and the response or upgraded tunnel relayed back.
 
-use std::time::Duration;
+use std::time::Instant;
 
-use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response};
-use http_body_util::combinators::BoxBody;
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::Value;
 
-use crate::config::Upstream;
-use crate::tls::{self, TlsError};
+use super::{headers, route, Outcome, ProxyError};
+use crate::auth::token::Principal;
+use crate::config::Route;
+use crate::metrics::RouteMetrics;
+use crate::reply::{empty, BoxError, BoxedBody};
+use crate::server::ConnInfo;
+use crate::state::Snapshot;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Body type of everything the proxy sends (upstream requests and client responses).
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-
-/// Why forwarding failed, classified by side (client fault 4xx, upstream fault 502/504).
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("cannot connect to the upstream: {0}")]
-    Connect(String),
-    #[error("the upstream did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the request body exceeds the limit")]
-    BodyTooLarge,
-    #[error("the upstream connection failed: {0}")]
-    Upstream(String),
-    /// The client's request body broke off or was malformed (bad chunked framing, oversize
-    /// trailers) while it was being forwarded: the client's fault, not the upstream's.
-    #[error("the request body could not be read: {0}")]
-    ClientBody(String),
-}
-
-impl ForwardError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ForwardError::Connect(_) => "connect",
-            ForwardError::Timeout(_) => "timeout",
-            ForwardError::BodyTooLarge => "body_too_large",
-            ForwardError::Upstream(_) => "protocol",
-            ForwardError::ClientBody(_) => "client_body",
-        }
+/// The header value for a claim: strings as they are, arrays joined with commas, others as JSON.
+pub fn claim_header(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
     }
 }
 
-/// A pooled client for one upstream definition.
-pub struct UpstreamClient {
-    pub cfg: Upstream,
-    /// The parts of every target URI and the `Host` header, built once instead of per request.
-    pub scheme: Scheme,
-    pub authority: Option<Authority>,
-    pub host: HeaderValue,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>,
-}
+pub(super) async fn forward(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    (route, route_metrics): (&Route, &RouteMetrics),
+    principal: Option<&Principal>,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    out: &mut Outcome<'_>,
+) -> Result<Response<BoxedBody>, ProxyError> {
+    let server = &snap.config.server;
+    let upstream = snap
+        .upstreams
+        .get(&route.upstream)
+        .ok_or(ProxyError::NoRoute)?;
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let host = headers::authority(&req).map(str::to_string);
 
-/// `Host` for an upstream URL: its host, and its port unless it is the scheme's default.
-fn host_header(url: &http::Uri) -> HeaderValue {
-    let host = url.host().unwrap_or_default();
-    let default_port = match url.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
+    // Target: upstream scheme + authority + base path + (stripped) path + query. The common
+    // case (no base path, no stripping) reuses the request's own path and query as they are.
+    let base = upstream.cfg.url.path().trim_end_matches('/');
+    let pq = match (
+        base.is_empty() && !route.strip_prefix,
+        req.uri().path_and_query(),
+    ) {
+        (true, Some(pq)) => pq.clone(),
+        _ => {
+            let path = if route.strip_prefix {
+                route::strip(&route.path_prefix, req.uri().path())
+            } else {
+                req.uri().path().to_string()
+            };
+            let pq = match req.uri().query() {
+                Some(q) => format!("{base}{path}?{q}"),
+                None => format!("{base}{path}"),
+            };
+            http::uri::PathAndQuery::try_from(pq)
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        }
     };
-    let text = match url.port_u16() {
-        Some(p) if p != default_port => format!("{host}:{p}"),
-        _ => host.to_string(),
-    };
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(upstream.scheme.clone());
+    target.authority = upstream.authority.clone();
+    target.path_and_query = Some(pq);
+    let uri = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
 
-impl UpstreamClient {
-    pub fn new(cfg: &Upstream) -> Result<UpstreamClient, TlsError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        let tls = tls::client_config(
-            cfg.ca.as_deref(),
-            cfg.client_cert
-                .as_ref()
-                .map(|(c, k)| (c.as_path(), k.as_path())),
-        )?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        Ok(UpstreamClient {
-            cfg: cfg.clone(),
-            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: cfg.url.authority().cloned(),
-            host: host_header(&cfg.url),
-            client,
-        })
+    let mut h = std::mem::take(req.headers_mut());
+    headers::strip_hop_by_hop(&mut h, upgrade);
+    h.insert(HOST, upstream.host.clone());
+    for (name, _) in &route.identity_headers {
+        h.remove(name);
     }
-
-    /// Sends the request and waits for the response head within the request timeout.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
-        let timeout = self.cfg.request_timeout;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(ForwardError::Timeout(timeout)),
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(classify(&e)),
+    if let Some(p) = principal {
+        for (name, claim) in &route.identity_headers {
+            if let Some(v) = p
+                .claim(claim)
+                .map(claim_header)
+                .and_then(|s| HeaderValue::from_str(&s).ok())
+            {
+                h.insert(name.clone(), v);
+            }
         }
     }
-}
-
-fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return ForwardError::BodyTooLarge;
-        }
-        // hyper's "error from user's Body stream": our request body, i.e. the client's.
-        if s.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
-            return ForwardError::ClientBody(crate::fetch::error_chain(s));
-        }
-        src = s.source();
+    if !route.forward_authorization {
+        h.remove(http::header::AUTHORIZATION);
     }
-    let chain = crate::fetch::error_chain(e);
-    if e.is_connect() {
-        ForwardError::Connect(chain)
+    let trusted = server.is_trusted(conn.peer.ip().to_canonical());
+    headers::set_forwarded(
+        &mut h,
+        &conn.peer_value,
+        trusted,
+        if conn.tls { "https" } else { "http" },
+        host.as_deref(),
+    );
+    h.insert(&headers::X_REQUEST_ID, request_id.clone());
+
+    let method = req.method().clone();
+    let incoming = req.into_body();
+    let body: BoxedBody = if upgrade {
+        empty()
     } else {
-        ForwardError::Upstream(chain)
+        Limited::new(incoming, server.max_request_body as usize)
+            .map_err(BoxError::from)
+            .boxed()
+    };
+    let mut up = Request::new(body);
+    *up.method_mut() = method;
+    *up.uri_mut() = uri;
+    *up.version_mut() = Version::HTTP_11;
+    *up.headers_mut() = h;
+
+    let t0 = Instant::now();
+    let result = upstream.send(up).await;
+    route_metrics
+        .upstream_duration
+        .observe(t0.elapsed().as_secs_f64());
+    let mut resp = result?;
+    out.upstream_status = Some(resp.status().as_u16());
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
     }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, switching);
+    // The upstream's HTTP version is a property of that hop only: an HTTP/1.0 upstream must not
+    // make the client's HTTP/1.1 connection answer in HTTP/1.0 and close after each response.
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
 }

@@ -16,6 +16,16 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 
+/// The request's host as the client named it: the target's authority (HTTP/2 `:authority`, an
+/// absolute-form target), else `Host`.
+pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
+}
+
 /// Removes hop-by-hop headers and those named in `Connection`. With `upgrade`, keeps
 /// `Connection: upgrade` and `Upgrade` so the upstream sees the handshake.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {

@@ -1,6 +1,10 @@
 //! The only place that accepts sockets: TLS handshake, HTTP/1.1 + HTTP/2 (auto), connection limit,
 //! header-read and idle timeouts, graceful drain on shutdown.
 
+pub mod conn;
+
+pub use conn::ConnInfo;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::proxy::ConnInfo;
 use crate::state::Shared;
 
 /// What a listener serves.
@@ -203,7 +206,7 @@ async fn serve_io<I>(
                     let id = crate::proxy::headers::request_id(req.headers());
                     let id = id.to_str().unwrap_or_default();
                     tracing::warn!(target: "access", listener = %info.listener, request_id = id, status = 431, error = "the request head exceeds server.max_header_bytes");
-                    Ok(crate::proxy::json_error(
+                    Ok(crate::reply::json_error(
                         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         "headers_too_large",
                         "the request head exceeds the limit",

@@ -1,0 +1,51 @@
+//! Requests whose host or framing two parsers could read differently (request smuggling): found
+//! before routing and refused, never forwarded.
+
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{Request, Version};
+
+/// Requests whose target host or body framing two parsers could read differently are refused,
+/// never forwarded (RFC 9112 §3.2 and §6.3, RFC 9113 §8.3.1). hyper already refuses
+/// conflicting `Content-Length` values, obsolete line folding and bad header syntax; this adds the
+/// rules it leaves to the application.
+pub fn ambiguity<B>(req: &Request<B>) -> Option<&'static str> {
+    let h = req.headers();
+    let mut hosts = h.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => {
+            if let (Some(host), Some(auth)) = (host, req.uri().authority()) {
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(auth.as_str().as_bytes())
+                {
+                    return Some("the Host header disagrees with :authority");
+                }
+            }
+        }
+        Version::HTTP_11 if host.is_none() => {
+            return Some("an HTTP/1.1 request needs a Host header")
+        }
+        _ => {}
+    }
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@'));
+        if !valid {
+            return Some("the Host header is not a valid host");
+        }
+    }
+    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    if h.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
+        return Some("more than one Content-Length header");
+    }
+    None
+}

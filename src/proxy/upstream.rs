@@ -1,0 +1,131 @@
+//! The only place that dials upstreams: pooled hyper-util clients, one per upstream definition,
+//! kept across reloads; connect, response-head and pool-idle timeouts.
+
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::Upstream;
+use crate::reply::BoxedBody;
+use crate::tls::{self, TlsError};
+
+/// Why forwarding failed, classified by side (client fault 4xx, upstream fault 502/504).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the request body exceeds the limit")]
+    BodyTooLarge,
+    #[error("the upstream connection failed: {0}")]
+    Upstream(String),
+    /// The client's request body broke off or was malformed (bad chunked framing, oversize
+    /// trailers) while it was being forwarded: the client's fault, not the upstream's.
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
+}
+
+impl ForwardError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::Connect(_) => "connect",
+            ForwardError::Timeout(_) => "timeout",
+            ForwardError::BodyTooLarge => "body_too_large",
+            ForwardError::Upstream(_) => "protocol",
+            ForwardError::ClientBody(_) => "client_body",
+        }
+    }
+}
+
+/// A pooled client for one upstream definition.
+pub struct UpstreamClient {
+    pub cfg: Upstream,
+    /// The parts of every target URI and the `Host` header, built once instead of per request.
+    pub scheme: Scheme,
+    pub authority: Option<Authority>,
+    pub host: HeaderValue,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxedBody>,
+}
+
+/// `Host` for an upstream URL: its host, and its port unless it is the scheme's default.
+fn host_header(url: &http::Uri) -> HeaderValue {
+    let host = url.host().unwrap_or_default();
+    let default_port = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let text = match url.port_u16() {
+        Some(p) if p != default_port => format!("{host}:{p}"),
+        _ => host.to_string(),
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &Upstream) -> Result<UpstreamClient, TlsError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let tls = tls::client_config(
+            cfg.ca.as_deref(),
+            cfg.client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        )?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        Ok(UpstreamClient {
+            cfg: cfg.clone(),
+            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: cfg.url.authority().cloned(),
+            host: host_header(&cfg.url),
+            client,
+        })
+    }
+
+    /// Sends the request and waits for the response head within the request timeout.
+    pub async fn send(&self, req: Request<BoxedBody>) -> Result<Response<Incoming>, ForwardError> {
+        let timeout = self.cfg.request_timeout;
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ForwardError::BodyTooLarge;
+        }
+        // hyper's "error from user's Body stream": our request body, i.e. the client's.
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return ForwardError::ClientBody(crate::fetch::error_chain(s));
+        }
+        src = s.source();
+    }
+    let chain = crate::fetch::error_chain(e);
+    if e.is_connect() {
+        ForwardError::Connect(chain)
+    } else {
+        ForwardError::Upstream(chain)
+    }
+}

@@ -1,0 +1,42 @@
+//! What every listener answers with: the boxed body type and the JSON error answer.
+//!
+//! Shared by the proxy pipeline, the signals endpoint and the admin API (named `reply`, not
+//! `http`, so that it is never confused with the `http` crate).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of everything the proxy sends (upstream requests and client responses).
+pub type BoxedBody = BoxBody<Bytes, BoxError>;
+
+/// A JSON error response naming the request id.
+pub fn json_error(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<BoxedBody> {
+    let body = serde_json::json!({"error": error, "message": message, "request_id": request_id})
+        .to_string();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn full(b: impl Into<Bytes>) -> BoxedBody {
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
+}
+
+pub fn empty() -> BoxedBody {
+    Empty::new().map_err(|e: Infallible| match e {}).boxed()
+}

@@ -1,0 +1,81 @@
+//! What the server knows about one connection: peer, TLS, listener, the verified client
+//! certificate, and the token its last request presented.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::auth::token::Principal;
+use crate::proxy::headers;
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub listener: Arc<str>,
+    /// The peer address as an `X-Forwarded-For` value ([`headers::peer_value`]).
+    pub peer_value: HeaderValue,
+    /// The last token this connection presented and its principal. Keep-alive clients send the
+    /// same token on every request; a repeat skips hashing it for the shared cache.
+    pub last_token: std::sync::Mutex<Option<LastToken>>,
+    /// SHA-256 of the verified client certificate (mTLS listeners), set after the handshake.
+    pub client_cert_sha256: std::sync::OnceLock<[u8; 32]>,
+}
+
+/// A verified token remembered by one connection, valid for one configuration generation (a
+/// reload empties the shared cache, and so invalidates these too).
+#[derive(Debug)]
+pub struct LastToken {
+    token: Box<str>,
+    principal: Arc<Principal>,
+    generation: u64,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, listener: Arc<str>) -> ConnInfo {
+        ConnInfo {
+            peer_value: headers::peer_value(peer.ip()),
+            peer,
+            tls,
+            listener,
+            last_token: std::sync::Mutex::new(None),
+            client_cert_sha256: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records the client certificate the TLS handshake verified (its DER leaf).
+    pub fn set_client_cert(&self, der: &[u8]) {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        let _ = self.client_cert_sha256.set(out);
+    }
+
+    pub(crate) fn remembered(&self, token: &str, generation: u64) -> Option<Arc<Principal>> {
+        let last = self.last_token.lock().ok()?;
+        // Constant-time comparison: an intermediary may multiplex several users' requests over
+        // one connection, and the remembered token is another user's secret.
+        last.as_ref()
+            .filter(|l| {
+                l.generation == generation
+                    && aws_lc_rs::constant_time::verify_slices_are_equal(
+                        l.token.as_bytes(),
+                        token.as_bytes(),
+                    )
+                    .is_ok()
+            })
+            .map(|l| l.principal.clone())
+    }
+
+    pub(crate) fn remember(&self, token: &str, principal: &Arc<Principal>, generation: u64) {
+        if let Ok(mut last) = self.last_token.lock() {
+            *last = Some(LastToken {
+                token: token.into(),
+                principal: principal.clone(),
+                generation,
+            });
+        }
+    }
+}
