@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::reply::{full, json_error, BoxedBody};
-use crate::server::ConnInfo;
+use crate::server::conn::ConnInfo;
 use crate::state::Shared;
 use crate::store::{now_secs, Batch, Change, SubjectKey, TableName};
 

@@ -22,7 +22,6 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::RedisBackend;
 use crate::metrics::{FleetMetrics, TransmitterLabel};
-use crate::state::Shared;
 use crate::store::redis_store::{describe, now_ms, parse_id, LogEntry};
 use crate::store::{
     Batch, Change, Durable, PollGate, RedbStore, RedisLink, RedisStore, SignalStore, StoreError,
@@ -110,22 +109,27 @@ pub struct Fleet {
 
 impl Fleet {
     /// Connects metrics, installs the poll gate and starts the tailer and the lease keeper.
-    pub fn start(shared: &Arc<Shared>, parts: FleetParts) -> Arc<Fleet> {
-        parts.link.set_metrics(shared.metrics.fleet.clone());
+    pub fn start(
+        parts: FleetParts,
+        store: &Arc<SignalStore>,
+        metrics: FleetMetrics,
+        shutdown: &watch::Sender<bool>,
+    ) -> Arc<Fleet> {
+        parts.link.set_metrics(metrics.clone());
         let fleet = Arc::new(Fleet {
             link: parts.link,
             local: parts.local,
-            store: shared.store.clone(),
-            metrics: shared.metrics.fleet.clone(),
+            store: store.clone(),
+            metrics,
             caught_up: AtomicBool::new(false),
             lease_ttl: parts.lease_ttl,
             leases: Mutex::new(HashMap::new()),
             lease_wake: Notify::new(),
         });
-        shared.store.set_poll_gate(fleet.clone());
+        store.set_poll_gate(fleet.clone());
         tracing::info!(replica = %fleet.link.replica(), stream = %fleet.link.stream_key(), "fleet mode: following the fleet log");
-        tokio::spawn(fleet.clone().tail(shared.shutdown.subscribe()));
-        tokio::spawn(fleet.clone().keep_leases(shared.shutdown.subscribe()));
+        tokio::spawn(fleet.clone().tail(shutdown.subscribe()));
+        tokio::spawn(fleet.clone().keep_leases(shutdown.subscribe()));
         fleet
     }
 

@@ -1,17 +1,19 @@
 //! cae-proxy: a reverse proxy that validates bearer JWTs and enforces Continuous Access Evaluation
 //! (revocations, account blocks and IP bindings fed by Shared Signals) with claims challenges.
 //!
-//! Crate map (request flow and dependency rules in docs/architecture.md):
-//! - [`config`]: TOML → validated `Config` (uses nothing else in the crate)
+//! Crate map (request flow and dependency rules in docs/architecture.md), top to bottom:
+//! - [`server`], [`tls`]: sockets, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain;
+//!   `server::conn` is what a request knows of its connection
+//! - [`admin`]: probes, metrics, reload and the admin API
+//! - [`proxy`]: the pipeline (checks → route → authenticate → forward or challenge)
 //! - [`state`]: the reloadable `Snapshot` and the `Shared` state that outlives it
-//! - [`server`], [`tls`]: sockets, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain
-//! - [`proxy`]: the pipeline (route → token → decide → forward or challenge)
-//! - [`auth`]: keys, token validation, verified-token cache, pure decision, challenges
-//! - [`store`]: revocation / block / binding tables and their durable backends
 //! - [`fleet`]: fleet mode: replicas share changes through a Redis Stream (tailer, poll leases)
 //! - [`signals`]: SSF receiver: SET verification, CAEP/RISC events, push, poll, stream management
-//! - [`admin`]: probes, metrics, reload and the admin API
+//! - [`auth`]: keys, token validation, verified-token cache, pure decision, challenges
+//! - [`store`]: revocation / block / binding tables and their durable backends
+//! - [`reply`]: the body type and JSON answers every listener uses
 //! - [`fetch`]: outbound client for identity providers
+//! - [`config`]: TOML → validated `Config` (uses nothing else in the crate)
 //! - [`dev`]: built-in development issuer, transmitter and echo upstream (demo, tests)
 //! - [`demo`]: `cae-proxy demo` (narrated CAE walkthrough) and `cae-proxy dev issuer|transmitter`
 
@@ -31,7 +33,6 @@ pub mod proxy;
 pub mod reply;
 pub mod server;
 pub mod signals;
-pub mod signals_wiring;
 pub mod state;
 pub mod store;
 pub mod tls;
@@ -121,7 +122,13 @@ impl Proxy {
             .store
             .set_write_timer(shared.metrics.store_write_duration.clone());
         if let Some(parts) = fleet_parts {
-            let _ = shared.fleet.set(fleet::Fleet::start(&shared, parts));
+            let fleet = fleet::Fleet::start(
+                parts,
+                &shared.store,
+                shared.metrics.fleet.clone(),
+                &shared.shutdown,
+            );
+            let _ = shared.fleet.set(fleet);
         }
         let snap = shared.build(config)?;
         let cfg = snap.config.clone();

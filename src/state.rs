@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arc_swap::ArcSwap;
 
 use crate::auth::cache::TokenCache;
-use crate::auth::keys::{KeySet, KeySets};
+use crate::auth::keys::KeySets;
 use crate::auth::token::{IssuerRt, Issuers};
-use crate::config::{Config, KeySource, Upstream};
+use crate::config::{Config, Upstream};
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::proxy::route::Router;
@@ -35,7 +35,7 @@ pub struct Snapshot {
     /// Server TLS per listener name (re-read from disk on every reload).
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
-    pub signals: crate::signals_wiring::SignalsSnapshot,
+    pub signals: crate::signals::runtime::SignalsSnapshot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub struct Shared {
     generation: AtomicU64,
     /// Called after each successful reload (log level changes).
     pub on_reload: Option<ReloadHook>,
-    pub signals: crate::signals_wiring::SignalsShared,
+    pub signals: crate::signals::runtime::SignalsShared,
     /// Fleet mode (`[store] backend = "redis"`): the log tailer and poll leases.
     pub fleet: OnceLock<Arc<crate::fleet::Fleet>>,
 }
@@ -136,11 +136,28 @@ impl Shared {
         }
         let mut issuers = Issuers::default();
         for i in &config.issuers {
-            let keys = self.key_set(&i.name, &i.keys, &i.issuer, &i.key_policy, MIN_RSA_BITS);
+            let keys = self.key_sets.get_or_start(
+                &i.name,
+                &i.keys,
+                &i.issuer,
+                &i.key_policy,
+                MIN_RSA_BITS,
+                &self.fetcher,
+                &self.shutdown,
+            );
             issuers.list.push(Arc::new(IssuerRt::new(i.clone(), keys)));
         }
-        let signals = crate::signals_wiring::build(self, &config);
-        self.retain_key_sets(&config);
+        let signals = crate::signals::runtime::build(&self.signals_deps(), &self.signals, &config);
+        self.key_sets.retain(|src, iss| {
+            config
+                .issuers
+                .iter()
+                .any(|i| &i.keys == src && i.issuer == iss)
+                || config
+                    .transmitters
+                    .iter()
+                    .any(|t| &t.keys == src && t.issuer == iss)
+        });
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Snapshot {
             generation,
@@ -154,46 +171,15 @@ impl Shared {
         })
     }
 
-    /// The key set for a source, created (and its refresher started) on first use.
-    pub fn key_set(
-        self: &Arc<Self>,
-        name: &str,
-        source: &KeySource,
-        issuer: &str,
-        policy: &crate::config::KeyPolicy,
-        min_rsa_bits: usize,
-    ) -> Arc<KeySet> {
-        let mut sets = self.key_sets.lock();
-        let id = (source.clone(), issuer.to_string());
-        if let Some(k) = sets.get(&id) {
-            k.update(policy);
-            return k.clone();
+    /// What the signals runtime needs of the state to build a configuration's transmitters.
+    fn signals_deps(&self) -> crate::signals::runtime::Deps<'_> {
+        crate::signals::runtime::Deps {
+            key_sets: &self.key_sets,
+            fetcher: &self.fetcher,
+            store: &self.store,
+            metrics: &self.metrics,
+            shutdown: &self.shutdown,
         }
-        let ks = Arc::new(KeySet::new(
-            name,
-            source.clone(),
-            issuer,
-            policy.clone(),
-            min_rsa_bits,
-            self.fetcher.clone(),
-        ));
-        sets.insert(id, ks.clone());
-        tokio::spawn(refresher(Arc::downgrade(&ks), self.shutdown.subscribe()));
-        ks
-    }
-
-    fn retain_key_sets(&self, config: &Config) {
-        let mut sets = self.key_sets.lock();
-        sets.retain(|(src, iss), _| {
-            config
-                .issuers
-                .iter()
-                .any(|i| &i.keys == src && &i.issuer == iss)
-                || config
-                    .transmitters
-                    .iter()
-                    .any(|t| &t.keys == src && &t.issuer == iss)
-        });
     }
 
     /// Installs a snapshot.
@@ -259,7 +245,7 @@ impl Shared {
                 });
             }
         }
-        missing.extend(crate::signals_wiring::not_ready(&snap.signals));
+        missing.extend(crate::signals::runtime::not_ready(&snap.signals));
         missing.extend(self.fleet.get().and_then(|f| f.not_ready()));
         missing
     }
@@ -276,40 +262,6 @@ impl Snapshot {
             tls: HashMap::new(),
             admin_tls: None,
             signals: Default::default(),
-        }
-    }
-}
-
-/// Refreshes a key set until it is dropped from every snapshot or the proxy stops.
-async fn refresher(ks: std::sync::Weak<KeySet>, shutdown: tokio::sync::watch::Receiver<bool>) {
-    let Some(strong) = ks.upgrade() else { return };
-    let name = strong.name.clone();
-    let wake = strong.wake_signal();
-    drop(strong);
-    let mut shutdown = shutdown;
-    let mut backoff = std::time::Duration::from_millis(200);
-    loop {
-        let Some(ks) = ks.upgrade() else {
-            tracing::debug!(keys = %name, "key set no longer used; refresher stops");
-            return;
-        };
-        let wait = match ks.refresh().await {
-            Ok(next) => {
-                backoff = std::time::Duration::from_millis(200);
-                next
-            }
-            Err(e) => {
-                tracing::warn!(keys = %name, error = %e, has_keys = ks.is_loaded(), "key fetch failed; last good keys keep serving");
-                let w = backoff;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-                w
-            }
-        };
-        drop(ks);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = wake.notified() => {}
-            _ = shutdown.changed() => return,
         }
     }
 }

@@ -191,6 +191,43 @@ impl KeySets {
     pub fn lock(&self) -> MutexGuard<'_, KeySetMap> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The key set for a source, created (and its refresher started) on first use; a set that
+    /// exists takes the new policy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_or_start(
+        &self,
+        name: &str,
+        source: &KeySource,
+        issuer: &str,
+        policy: &KeyPolicy,
+        min_rsa_bits: usize,
+        fetcher: &Fetcher,
+        shutdown: &tokio::sync::watch::Sender<bool>,
+    ) -> Arc<KeySet> {
+        let mut sets = self.lock();
+        let id = (source.clone(), issuer.to_string());
+        if let Some(k) = sets.get(&id) {
+            k.update(policy);
+            return k.clone();
+        }
+        let ks = Arc::new(KeySet::new(
+            name,
+            source.clone(),
+            issuer,
+            policy.clone(),
+            min_rsa_bits,
+            fetcher.clone(),
+        ));
+        sets.insert(id, ks.clone());
+        tokio::spawn(refresher(Arc::downgrade(&ks), shutdown.subscribe()));
+        ks
+    }
+
+    /// Drops the sets no longer named (`keep(source, issuer)` false); their refreshers stop.
+    pub fn retain(&self, keep: impl Fn(&KeySource, &str) -> bool) {
+        self.lock().retain(|(src, iss), _| keep(src, iss));
+    }
 }
 
 impl std::fmt::Debug for KeySets {
@@ -574,6 +611,40 @@ fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
         KeyAlgorithm::EdDSA => Algorithm::EdDSA,
         _ => return None,
     })
+}
+
+/// Refreshes a key set until it is dropped from every snapshot or the proxy stops.
+async fn refresher(ks: std::sync::Weak<KeySet>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(strong) = ks.upgrade() else { return };
+    let name = strong.name.clone();
+    let wake = strong.wake_signal();
+    drop(strong);
+    let mut shutdown = shutdown;
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let Some(ks) = ks.upgrade() else {
+            tracing::debug!(keys = %name, "key set no longer used; refresher stops");
+            return;
+        };
+        let wait = match ks.refresh().await {
+            Ok(next) => {
+                backoff = std::time::Duration::from_millis(200);
+                next
+            }
+            Err(e) => {
+                tracing::warn!(keys = %name, error = %e, has_keys = ks.is_loaded(), "key fetch failed; last good keys keep serving");
+                let w = backoff;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                w
+            }
+        };
+        drop(ks);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 #[cfg(test)]

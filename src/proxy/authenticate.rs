@@ -15,7 +15,7 @@ use crate::auth::token::{self, Principal};
 use crate::config::{AuthMode, Route};
 use crate::metrics::ResultLabels;
 use crate::reply::{full, BoxedBody};
-use crate::server::ConnInfo;
+use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
 
 /// What the pipeline does with a refused request.

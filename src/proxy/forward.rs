@@ -14,7 +14,7 @@ use crate::auth::token::Principal;
 use crate::config::Route;
 use crate::metrics::RouteMetrics;
 use crate::reply::{empty, BoxError, BoxedBody};
-use crate::server::ConnInfo;
+use crate::server::conn::ConnInfo;
 use crate::state::Snapshot;
 
 /// The header value for a claim: strings as they are, arrays joined with commas, others as JSON.

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use crate::config::AuthMode;
 use crate::metrics::{RequestLabels, RouteMetrics};
 use crate::reply::{json_error, BoxedBody};
-use crate::server::ConnInfo;
+use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
 use upstream::ForwardError;
 

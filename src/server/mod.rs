@@ -3,7 +3,7 @@
 
 pub mod conn;
 
-pub use conn::ConnInfo;
+use conn::ConnInfo;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -214,7 +214,14 @@ async fn serve_io<I>(
                     ))
                 }
                 Role::Proxy => crate::proxy::handle(shared, info, req).await,
-                Role::Signals => crate::signals_wiring::handle(shared, info, req).await,
+                Role::Signals => {
+                    let snap = shared.snapshot.load_full();
+                    let cert = info.client_cert_sha256.get();
+                    Ok(
+                        crate::signals::push::serve(&snap.signals.push, &shared.store, cert, req)
+                            .await,
+                    )
+                }
                 Role::Admin => crate::admin::handle(shared, info, req).await,
             }
         }

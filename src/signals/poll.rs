@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::Method;
 use serde::{Deserialize, Serialize};
 
-use super::push::{process_set, DeliveryKind, ProcessError, TransmitterRt};
+use super::process::{process_set, ProcessError};
+use super::transmitter::{DeliveryKind, TransmitterRt};
 use crate::config::Secret;
 use crate::fetch::{FetchError, Fetcher};
 use crate::store::SignalStore;
@@ -484,7 +485,7 @@ mod tests {
             requests: Mutex::new(Vec::new()),
         });
         let endpoint = serve(script.clone()).await;
-        rt.set_poll_target(Some(crate::signals::push::PollTarget {
+        rt.set_poll_target(Some(crate::signals::transmitter::PollTarget {
             endpoint,
             authorization: None,
         }));

@@ -1,507 +1,54 @@
-//! RFC 8935 push endpoint and the per-transmitter runtime ([`TransmitterRt`]) that push, poll and
-//! stream management share: authenticate, bound and read the body, verify, persist, then `202`.
-//!
-//! Locks: `TransmitterRt` keeps its small mutable state (outstanding verification states, stream
-//! status) behind `std::sync::Mutex`es that are held for a map operation only, never across
-//! `.await`; configuration is swapped through `ArcSwap` on reload.
+//! RFC 8935 push endpoint: authenticate the transmitter, bound and read the body, then process
+//! the SET ([`super::process`]) and answer `202` or the §2.4 error.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
-use super::events::{self, EventPolicy, Plan, StreamStatus, StreamUpdate, VerificationState};
-use super::set::{self, ErrCode, SetError, SetPolicy, ValidSet};
-use crate::auth::keys::{KeySet, VerifyKey};
-use crate::config::{Secret, Transmitter};
-use crate::store::{Batch, CommitOutcome, SignalStore, StoreError};
+use super::process::process_set;
+use super::set::ErrCode;
+use super::transmitter::{DeliveryKind, TransmitterRt};
+use crate::config::Secret;
+use crate::reply::{json_error, BoxError, BoxedBody};
+use crate::store::SignalStore;
 
-/// How long a verification `state` we asked for stays acceptable (redeliveries included).
-pub const STATE_TTL_SECS: i64 = 24 * 3600;
 /// `Retry-After` (seconds) when the store or the keys are unavailable.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-/// How a SET reached us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryKind {
-    Push,
-    Poll,
-}
-
-impl DeliveryKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryKind::Push => "push",
-            DeliveryKind::Poll => "poll",
-        }
-    }
-}
-
-/// Counters a transmitter keeps for metrics (monotonic).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// SETs received (push requests that passed authentication, polled SETs).
-    pub received: AtomicU64,
-    pub committed: AtomicU64,
-    pub duplicates: AtomicU64,
-    /// Refused SETs (any `err`).
-    pub rejected: AtomicU64,
-    pub auth_failures: AtomicU64,
-    /// Store or key failures answered with 503 / left unacknowledged.
-    pub unavailable: AtomicU64,
-    pub polls: AtomicU64,
-    pub poll_failures: AtomicU64,
-}
-
-/// One freshness measurement, taken when a SET's changes became durable.
-#[derive(Debug, Clone)]
-pub struct FreshnessSample {
-    pub transmitter: String,
-    pub delivery: DeliveryKind,
-    /// Arrival (request or poll response read) → committed.
-    pub commit_latency: Duration,
-    /// Latest `event_timestamp` (or `iat`) → committed, in milliseconds (negative on clock skew).
-    pub event_lag_ms: i64,
-}
-
-/// Callback for each SET's outcome (the metrics module installs one).
-pub type EventObserver = Box<dyn Fn(&SignalEvent<'_>) + Send + Sync>;
-
-/// Callback for freshness samples (the metrics module installs one).
-pub type FreshnessObserver = Box<dyn Fn(&FreshnessSample) + Send + Sync>;
-
-/// Latest freshness values plus an optional observer.
-#[derive(Default)]
-pub struct Freshness {
-    pub last_commit_latency_us: AtomicU64,
-    pub last_event_lag_ms: AtomicI64,
-    /// Epoch seconds of the last committed SET (0 = none yet).
-    pub last_commit_at: AtomicI64,
-    observer: ArcSwapOption<FreshnessObserver>,
-}
-
-impl Freshness {
-    pub fn set_observer(&self, f: FreshnessObserver) {
-        self.observer.store(Some(Arc::new(f)));
-    }
-
-    fn record(&self, sample: &FreshnessSample, now: i64) {
-        self.last_commit_latency_us.store(
-            sample.commit_latency.as_micros().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
-        self.last_event_lag_ms
-            .store(sample.event_lag_ms, Ordering::Relaxed);
-        self.last_commit_at.store(now, Ordering::Relaxed);
-        if let Some(f) = self.observer.load().as_ref() {
-            f(sample);
-        }
-    }
-}
-
-/// Stream state as the transmitter last announced or reported it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamState {
-    pub stream_id: Option<String>,
-    pub status: Option<StreamStatus>,
-    pub reason: Option<String>,
-    /// Event time of the status (epoch seconds).
-    pub at: i64,
-    /// Why stream management last failed (cleared by a success), for readiness.
-    pub last_error: Option<String>,
-}
-
-/// Where and how to poll when stream management supplied the endpoint (RFC 8936 via SSF).
-#[derive(Debug, Clone)]
-pub struct PollTarget {
-    pub endpoint: String,
-    pub authorization: Option<Secret>,
-}
-
-/// Everything the proxy keeps per transmitter across reloads.
-pub struct TransmitterRt {
-    cfg: ArcSwap<Transmitter>,
-    policy: ArcSwap<EventPolicy>,
-    pub keys: Arc<KeySet>,
-    /// Outstanding verification states → expiry (epoch seconds).
-    states: Mutex<HashMap<String, i64>>,
-    /// Epoch seconds of the last accepted verification (0 = never).
-    verified_at: AtomicI64,
-    stream: Mutex<StreamState>,
-    poll_target: ArcSwapOption<PollTarget>,
-    /// Called once per SET with what was logged (the metrics module installs one).
-    event_observer: ArcSwapOption<EventObserver>,
-    pub counters: Counters,
-    pub freshness: Freshness,
-}
-
-impl std::fmt::Debug for TransmitterRt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransmitterRt")
-            .field("name", &self.cfg.load().name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TransmitterRt {
-    /// `token_issuer_url`: the `issuer` of the configured issuer that `cfg.token_issuer` names.
-    pub fn new(
-        cfg: Transmitter,
-        keys: Arc<KeySet>,
-        token_issuer_url: Option<&str>,
-    ) -> TransmitterRt {
-        let policy = EventPolicy::from_transmitter(&cfg, token_issuer_url);
-        TransmitterRt {
-            cfg: ArcSwap::from_pointee(cfg),
-            policy: ArcSwap::from_pointee(policy),
-            keys,
-            states: Mutex::new(HashMap::new()),
-            verified_at: AtomicI64::new(0),
-            stream: Mutex::new(StreamState::default()),
-            poll_target: ArcSwapOption::empty(),
-            event_observer: ArcSwapOption::empty(),
-            counters: Counters::default(),
-            freshness: Freshness::default(),
-        }
-    }
-
-    /// Installs the per-SET observer (metrics).
-    pub fn set_event_observer(&self, f: EventObserver) {
-        self.event_observer.store(Some(Arc::new(f)));
-    }
-
-    /// Installs a reloaded configuration; states, status, counters survive.
-    pub fn reconfigure(&self, cfg: Transmitter, token_issuer_url: Option<&str>) {
-        self.policy.store(Arc::new(EventPolicy::from_transmitter(
-            &cfg,
-            token_issuer_url,
-        )));
-        self.cfg.store(Arc::new(cfg));
-    }
-
-    pub fn cfg(&self) -> Arc<Transmitter> {
-        self.cfg.load_full()
-    }
-
-    pub fn name(&self) -> String {
-        self.cfg.load().name.clone()
-    }
-
-    pub fn event_policy(&self) -> Arc<EventPolicy> {
-        self.policy.load_full()
-    }
-
-    /// Creates, registers and returns a fresh random verification `state`.
-    pub fn new_state(&self, now: i64) -> String {
-        use base64::Engine;
-        let bytes: [u8; 24] = rand::random();
-        let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        self.register_state(&state, now);
-        state
-    }
-
-    /// Registers a `state` we sent in a verification request.
-    pub fn register_state(&self, state: &str, now: i64) {
-        if let Ok(mut s) = self.states.lock() {
-            s.retain(|_, exp| *exp > now);
-            s.insert(state.to_string(), now + STATE_TTL_SECS);
-        }
-    }
-
-    /// Whether `state` is one we asked for and that has not expired. It stays valid until it
-    /// expires, so a redelivered verification SET is answered like the first one.
-    pub fn state_outstanding(&self, state: &str, now: i64) -> bool {
-        self.states
-            .lock()
-            .map(|s| s.get(state).is_some_and(|exp| *exp > now))
-            .unwrap_or(false)
-    }
-
-    /// Epoch seconds of the last accepted verification event.
-    pub fn verified_at(&self) -> Option<i64> {
-        Some(self.verified_at.load(Ordering::Relaxed)).filter(|t| *t > 0)
-    }
-
-    pub fn mark_verified(&self, now: i64) {
-        self.verified_at.store(now, Ordering::Relaxed);
-    }
-
-    pub fn stream_state(&self) -> StreamState {
-        self.stream.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// Records why stream management failed (`None` once it works again).
-    pub fn set_stream_error(&self, e: Option<String>) {
-        if let Ok(mut s) = self.stream.lock() {
-            s.last_error = e;
-        }
-    }
-
-    pub fn set_stream_id(&self, id: Option<String>) {
-        if let Ok(mut s) = self.stream.lock() {
-            s.stream_id = id;
-        }
-    }
-
-    /// Applies a status update unless a newer one was seen.
-    pub fn update_stream_status(&self, u: &StreamUpdate) {
-        if let Ok(mut s) = self.stream.lock() {
-            if s.status.is_none() || u.at >= s.at {
-                s.status = Some(u.status.clone());
-                s.reason = u.reason.clone();
-                s.at = u.at;
-            }
-        }
-    }
-
-    /// False when the transmitter says the stream is paused or disabled (for readiness).
-    pub fn stream_active(&self) -> bool {
-        !matches!(
-            self.stream_state().status,
-            Some(StreamStatus::Paused | StreamStatus::Disabled)
-        )
-    }
-
-    pub fn set_poll_target(&self, t: Option<PollTarget>) {
-        self.poll_target.store(t.map(Arc::new));
-    }
-
-    pub fn poll_target(&self) -> Option<Arc<PollTarget>> {
-        self.poll_target.load_full()
-    }
-
-    /// The key for `kid`; on a miss, one JWKS refetch shared by concurrent callers and at most
-    /// once per `unknown_kid_cooldown` (`KeySet::get_or_refetch`).
-    pub async fn key(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
-        self.keys.get_or_refetch(kid).await
-    }
-
-    /// Verifies a SET with this transmitter's keys and policy (async only for the key lookup).
-    pub async fn verify(&self, compact: &str, now: i64) -> Result<ValidSet, SetError> {
-        let policy = SetPolicy::from(self.cfg().as_ref());
-        let set = set::parse_unverified(compact)?;
-        set::allowed_alg(&set.alg, &policy)?;
-        let key = self.key(set.kid.as_deref()).await;
-        set::verify_with_key(set, key.as_deref(), &policy, now)
-    }
-}
-
-/// Why a SET was not committed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
-    #[error(transparent)]
-    Invalid(#[from] SetError),
-    #[error("the verification state was not requested by this receiver")]
-    InvalidState,
-    #[error("the transmitter's keys are not available")]
-    KeysUnavailable,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl ProcessError {
-    /// The RFC 8935 `err` for errors that are the transmitter's fault; `None` = ours (retry).
-    pub fn err_code(&self) -> Option<(&'static str, String)> {
-        match self {
-            ProcessError::Invalid(e) => Some(e.err_code()),
-            ProcessError::InvalidState => Some((ErrCode::InvalidState.as_str(), self.to_string())),
-            ProcessError::KeysUnavailable | ProcessError::Store(_) => None,
-        }
-    }
-}
-
-/// A SET that was committed (or recognised as a repeat).
-#[derive(Debug)]
-pub struct Processed {
-    pub jti: String,
-    pub outcome: CommitOutcome,
-    pub plan: Plan,
-}
-
-/// One log line per SET: never the SET itself, only ids, event names and a subject hash.
-#[derive(Debug, Clone)]
-pub struct SignalEvent<'a> {
-    pub transmitter: &'a str,
-    pub delivery: DeliveryKind,
-    pub jti: Option<&'a str>,
-    pub events: Vec<&'static str>,
-    pub effects: Vec<&'static str>,
-    pub result: &'static str,
-    pub subject_hash: Option<String>,
-    pub reasons: Vec<String>,
-}
-
-impl SignalEvent<'_> {
-    pub fn emit(&self) {
-        tracing::info!(
-            target: "cae_proxy::signals",
-            transmitter = self.transmitter,
-            delivery = self.delivery.as_str(),
-            jti = self.jti.unwrap_or("-"),
-            events = ?self.events,
-            effects = ?self.effects,
-            result = self.result,
-            subject = self.subject_hash.as_deref().unwrap_or("-"),
-            reasons = ?self.reasons,
-            "security event"
-        );
-    }
-}
-
-/// First 16 hex digits of SHA-256 of the subject's identifying members.
-pub fn subject_hash(s: &super::subject::Subject) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.fingerprint().as_bytes());
-    hex::encode(&d.as_ref()[..8])
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Verifies, checks a verification `state`, commits durably, then applies in-memory side
-/// effects (verified flag, stream status) and records freshness. Shared by push and poll.
-pub async fn process_set(
-    rt: &TransmitterRt,
+/// Entry point of listeners with `role = "signals"`: the push path names the transmitter
+/// (`paths`, from the current snapshot); one access line per request.
+pub async fn serve<B>(
+    paths: &HashMap<String, Arc<TransmitterRt>>,
     store: &Arc<SignalStore>,
-    compact: &str,
-    arrival: Instant,
-    now: i64,
-    delivery: DeliveryKind,
-) -> Result<Processed, ProcessError> {
-    let name = rt.name();
-    let mut log = SignalEvent {
-        transmitter: &name,
-        delivery,
-        jti: None,
-        events: Vec::new(),
-        effects: Vec::new(),
-        result: "",
-        subject_hash: None,
-        reasons: Vec::new(),
+    client_cert_sha256: Option<&[u8; 32]>,
+    req: Request<B>,
+) -> Response<BoxedBody>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = req.uri().path().to_string();
+    let Some(rt) = paths.get(&path) else {
+        let id = crate::proxy::headers::request_id(req.headers());
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no signals endpoint at this path",
+            id.to_str().unwrap_or_default(),
+        );
     };
-    rt.counters.received.fetch_add(1, Ordering::Relaxed);
-    let r = process_inner(rt, store, compact, arrival, now, delivery, &mut log).await;
-    let jti_owned;
-    match &r {
-        Ok(p) => {
-            jti_owned = p.jti.clone();
-            log.jti = Some(&jti_owned);
-            log.result = match p.outcome {
-                CommitOutcome::Committed => "committed",
-                CommitOutcome::Duplicate => "duplicate",
-            };
-            let c = if p.outcome == CommitOutcome::Committed {
-                &rt.counters.committed
-            } else {
-                &rt.counters.duplicates
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            log.result = match e.err_code() {
-                Some((code, _)) => {
-                    rt.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    code
-                }
-                None => {
-                    rt.counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                    "unavailable"
-                }
-            };
-        }
-    }
-    log.emit();
-    if let Some(f) = rt.event_observer.load().as_ref() {
-        f(&log);
-    }
-    r
-}
-
-async fn process_inner(
-    rt: &TransmitterRt,
-    store: &Arc<SignalStore>,
-    compact: &str,
-    arrival: Instant,
-    now: i64,
-    delivery: DeliveryKind,
-    log: &mut SignalEvent<'_>,
-) -> Result<Processed, ProcessError> {
-    let cfg = rt.cfg();
-    let policy = SetPolicy::from(cfg.as_ref());
-    let unverified = set::parse_unverified(compact)?;
-    log.events = unverified
-        .claims
-        .events
-        .iter()
-        .map(|e| e.kind.name())
-        .collect();
-    log.subject_hash = unverified
-        .claims
-        .events
-        .iter()
-        .find_map(|e| e.subject.as_ref())
-        .map(subject_hash);
-    set::allowed_alg(&unverified.alg, &policy)?;
-    let key = rt.key(unverified.kid.as_deref()).await;
-    if key.is_none() && !rt.keys.is_loaded() {
-        return Err(ProcessError::KeysUnavailable);
-    }
-    let valid = set::verify_with_key(unverified, key.as_deref(), &policy, now)?;
-    let plan = events::plan(&valid, &rt.event_policy());
-    log.effects = plan.notes.iter().map(|n| n.effect.label()).collect();
-    log.reasons = plan
-        .notes
-        .iter()
-        .flat_map(|n| {
-            [
-                &n.reasons.initiating_entity,
-                &n.reasons.reason_admin,
-                &n.reasons.reason_user,
-                &n.reasons.reason,
-            ]
-        })
-        .flatten()
-        .cloned()
-        .collect();
-    if let Some(VerificationState::Given(state)) = &plan.verification {
-        if !rt.state_outstanding(state, now) {
-            return Err(ProcessError::InvalidState);
-        }
-    }
-    let iss = crate::store::keys::normalize_iss(&valid.claims.iss).to_string();
-    let batch = Batch {
-        changes: plan.changes.clone(),
-        set_id: Some((iss, valid.claims.jti.clone())),
-        now,
-    };
-    let outcome = store.commit(batch).await?;
-    if plan.verification.is_some() {
-        rt.mark_verified(now);
-    }
-    if outcome == CommitOutcome::Committed {
-        if let Some(u) = &plan.stream_update {
-            rt.update_stream_status(u);
-        }
-        let sample = FreshnessSample {
-            transmitter: cfg.name.clone(),
-            delivery,
-            commit_latency: arrival.elapsed(),
-            event_lag_ms: wall_ms() - plan.event_time_ms,
-        };
-        rt.freshness.record(&sample, now);
-    }
-    Ok(Processed {
-        jti: valid.claims.jti,
-        outcome,
-        plan,
+    let t0 = Instant::now();
+    let resp = handle_push(rt, store, req, client_cert_sha256, crate::store::now_secs()).await;
+    tracing::info!(target: "access", listener = "signals", path = %path, transmitter = %rt.name(), status = resp.status().as_u16(), duration_ms = t0.elapsed().as_secs_f64() * 1000.0);
+    resp.map(|b| {
+        b.map_err(|e: Infallible| -> BoxError { match e {} })
+            .boxed()
     })
 }
 
@@ -666,10 +213,15 @@ where
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{KeyPolicy, KeySource, Push, RiskLevel};
+    use crate::auth::keys::KeySet;
+    use crate::config::{KeyPolicy, KeySource, Push, RiskLevel, Transmitter};
     use crate::signals::testkit::{Signer, AUD, ISS};
+    use crate::signals::transmitter::FreshnessSample;
+    use crate::store::{Batch, CommitOutcome, StoreError};
     use crate::store::{Durable, MemoryStore, SubjectKey};
     use serde_json::{json, Value};
+    use std::sync::Mutex;
+    use std::time::Duration;
 
     pub(crate) fn transmitter(dir: &std::path::Path, signer: &Signer) -> Transmitter {
         let path = dir.join("jwks.json");

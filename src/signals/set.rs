@@ -7,8 +7,8 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::events::EventType;
 use super::subject::{Subject, SubjectError};
+use super::vocabulary::EventType;
 use crate::auth::keys::{Keys, VerifyKey};
 use crate::config::Transmitter;
 use crate::store::keys::normalize_iss;

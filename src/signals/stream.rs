@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::events::StreamStatus;
 use super::events::StreamUpdate;
-use super::push::{PollTarget, TransmitterRt};
+use super::transmitter::{PollTarget, TransmitterRt};
 use crate::config::{Delivery, Secret};
 use crate::fetch::{FetchError, Fetcher};
 use crate::store::keys::normalize_iss;

@@ -1,22 +1,26 @@
-//! Glue between the proxy and the signals listener: one `TransmitterRt` per configured transmitter
-//! (kept across reloads), push paths per snapshot, poller and stream-manager tasks, readiness and
-//! the metrics observers.
+//! The signals side of a configuration: one [`TransmitterRt`] per configured transmitter (kept
+//! across reloads), push paths per snapshot, poller and stream-manager tasks, readiness and the
+//! metrics observers.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-
+use super::transmitter::TransmitterRt;
+use super::{poll, stream};
+use crate::auth::keys::KeySets;
 use crate::config::{Config, Delivery};
-use crate::metrics::{SetLabels, TransmitterLabel};
-use crate::reply::{BoxError, BoxedBody};
-use crate::server::ConnInfo;
-use crate::signals::push::{self, TransmitterRt};
-use crate::signals::{poll, stream};
-use crate::state::Shared;
+use crate::fetch::Fetcher;
+use crate::metrics::{Metrics, SetLabels, TransmitterLabel};
+use crate::store::SignalStore;
+
+/// What building the signals side needs of the process state.
+pub struct Deps<'a> {
+    pub key_sets: &'a KeySets,
+    pub fetcher: &'a Fetcher,
+    pub store: &'a Arc<SignalStore>,
+    pub metrics: &'a Metrics,
+    pub shutdown: &'a tokio::sync::watch::Sender<bool>,
+}
 
 /// Signals state derived from one configuration.
 #[derive(Default)]
@@ -40,13 +44,9 @@ pub struct SignalsShared {
 
 /// Builds (or reconfigures) the transmitter runtimes of a configuration. New transmitters get
 /// their poller and stream manager started; removed ones are stopped.
-pub fn build(shared: &Arc<Shared>, config: &Config) -> SignalsSnapshot {
+pub fn build(deps: &Deps<'_>, shared: &SignalsShared, config: &Config) -> SignalsSnapshot {
     let mut snap = SignalsSnapshot::default();
-    let mut running = shared
-        .signals
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
     for t in &config.transmitters {
         let token_iss = t
             .token_issuer
@@ -59,12 +59,19 @@ pub fn build(shared: &Arc<Shared>, config: &Config) -> SignalsSnapshot {
                 r.rt.clone()
             }
             None => {
-                let keys =
-                    shared.key_set(&t.name, &t.keys, &t.issuer, &t.key_policy, t.min_rsa_bits);
+                let keys = deps.key_sets.get_or_start(
+                    &t.name,
+                    &t.keys,
+                    &t.issuer,
+                    &t.key_policy,
+                    t.min_rsa_bits,
+                    deps.fetcher,
+                    deps.shutdown,
+                );
                 let rt = Arc::new(TransmitterRt::new(t.clone(), keys, token_iss));
-                install_observers(shared, &rt);
+                install_observers(deps.metrics, &rt);
                 let (stop, stop_rx) = tokio::sync::watch::channel(false);
-                spawn_tasks(shared, &rt, t, stop_rx);
+                spawn_tasks(deps, &rt, t, stop_rx);
                 running.insert(
                     t.name.clone(),
                     Running {
@@ -91,14 +98,14 @@ pub fn build(shared: &Arc<Shared>, config: &Config) -> SignalsSnapshot {
 }
 
 fn spawn_tasks(
-    shared: &Arc<Shared>,
+    deps: &Deps<'_>,
     rt: &Arc<TransmitterRt>,
     t: &crate::config::Transmitter,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     // Stop on process shutdown or when the transmitter leaves the configuration.
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut global = shared.shutdown.subscribe();
+    let mut global = deps.shutdown.subscribe();
     let mut own = stop;
     tokio::spawn(async move {
         tokio::select! {
@@ -114,58 +121,50 @@ fn spawn_tasks(
     if polls {
         tokio::spawn(poll::run_poller(
             rt.clone(),
-            shared.store.clone(),
-            shared.fetcher.clone(),
+            deps.store.clone(),
+            deps.fetcher.clone(),
             rx.clone(),
         ));
     }
     if t.stream.is_some() {
         tokio::spawn(stream::run_stream_manager(
             rt.clone(),
-            shared.fetcher.clone(),
+            deps.fetcher.clone(),
             rx,
         ));
     }
 }
 
-fn install_observers(shared: &Arc<Shared>, rt: &Arc<TransmitterRt>) {
-    let weak = Arc::downgrade(shared);
+fn install_observers(metrics: &Metrics, rt: &Arc<TransmitterRt>) {
+    let (latency, lag) = (
+        metrics.set_enforce_latency.clone(),
+        metrics.set_event_lag.clone(),
+    );
     rt.freshness.set_observer(Box::new(move |s| {
-        if let Some(shared) = weak.upgrade() {
-            let l = TransmitterLabel {
-                transmitter: s.transmitter.clone(),
-            };
-            shared
-                .metrics
-                .set_enforce_latency
-                .get_or_create(&l)
-                .observe(s.commit_latency.as_secs_f64());
-            shared
-                .metrics
-                .set_event_lag
-                .get_or_create(&l)
-                .observe(s.event_lag_ms.max(0) as f64 / 1000.0);
-        }
+        let l = TransmitterLabel {
+            transmitter: s.transmitter.clone(),
+        };
+        latency
+            .get_or_create(&l)
+            .observe(s.commit_latency.as_secs_f64());
+        lag.get_or_create(&l)
+            .observe(s.event_lag_ms.max(0) as f64 / 1000.0);
     }));
-    let weak = Arc::downgrade(shared);
+    let received = metrics.sets_received.clone();
     rt.set_event_observer(Box::new(move |e| {
-        if let Some(shared) = weak.upgrade() {
-            let events: &[&str] = if e.events.is_empty() {
-                &["none"]
-            } else {
-                &e.events
-            };
-            for ev in events {
-                shared
-                    .metrics
-                    .sets_received
-                    .get_or_create(&SetLabels {
-                        transmitter: e.transmitter.to_string(),
-                        event: (*ev).to_string(),
-                        result: e.result,
-                    })
-                    .inc();
-            }
+        let events: &[&str] = if e.events.is_empty() {
+            &["none"]
+        } else {
+            &e.events
+        };
+        for ev in events {
+            received
+                .get_or_create(&SetLabels {
+                    transmitter: e.transmitter.to_string(),
+                    event: (*ev).to_string(),
+                    result: e.result,
+                })
+                .inc();
         }
     }));
 }
@@ -204,32 +203,4 @@ pub fn not_ready(s: &SignalsSnapshot) -> Vec<String> {
         }
     }
     missing
-}
-
-/// Entry point for listeners with `role = "signals"`: the configured push paths.
-pub async fn handle(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Result<Response<BoxedBody>, Infallible> {
-    let snap = shared.snapshot.load_full();
-    let path = req.uri().path().to_string();
-    let Some(rt) = snap.signals.push.get(&path).cloned() else {
-        let id = crate::proxy::headers::request_id(req.headers());
-        let id = id.to_str().unwrap_or_default().to_string();
-        return Ok(crate::reply::json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no signals endpoint at this path",
-            &id,
-        ));
-    };
-    let t0 = std::time::Instant::now();
-    let cert = conn.client_cert_sha256.get();
-    let resp = push::handle_push(&rt, &shared.store, req, cert, crate::store::now_secs()).await;
-    tracing::info!(target: "access", listener = "signals", path = %path, transmitter = %rt.name(), status = resp.status().as_u16(), duration_ms = t0.elapsed().as_secs_f64() * 1000.0);
-    Ok(resp.map(|b| {
-        b.map_err(|e: Infallible| -> BoxError { match e {} })
-            .boxed()
-    }))
 }
