@@ -3,7 +3,9 @@
 //! pod network, reachable signals listener, state that survives a rollout, hardened containers,
 //! images by digest, probes that can connect), their embedded configurations passed through the
 //! real `cae-proxy check` with every mounted file written where the pod would have it, schema
-//! validation (kubernetes-validate) and hadolint where installed.
+//! validation (kubernetes-validate) and hadolint where installed. The Grafana dashboard: every
+//! metric, label and label value its PromQL reads is scraped from a real proxy in fleet mode
+//! (real Redis, issuer, transmitters, upstreams), except the names listed in `PENDING`.
 //!
 //! Tools: the interpreter is `$CAE_DEPLOY_TOOLS/python` (else `python3`), which must import
 //! `yaml`; `kubernetes-validate` and `hadolint` are looked up in `$CAE_DEPLOY_TOOLS`, then `PATH`.
@@ -12,10 +14,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bytes::Bytes;
+use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
+use cae_proxy::dev::now_secs;
+use cae_proxy::dev::transmitter::{iss_sub, DevTransmitter, TransmitterOptions};
+use cae_proxy::dev::upstream::EchoUpstream;
+use common::redis_server::Redis;
+use common::{client, get, listener, send, Harness};
+use http::{Method, StatusCode};
 use serde_json::Value;
 
 const CAE_IMAGE: &str = "registry.example.com/cae-proxy";
@@ -881,5 +893,720 @@ fn dockerfile_is_distroless_labelled_non_root_and_hadolint_clean() {
             assert!(!require_tools(), "CAE_REQUIRE_DEPLOY_TOOLS=1 but {why}");
             eprintln!("{why}: the Dockerfile was not linted");
         }
+    }
+}
+
+// ---- the Grafana dashboard ----
+
+/// Dashboard metrics that the proxy does not export yet (proposed names; the panels that use
+/// them show "No data" until then). This list must shrink as they appear: the test fails when a
+/// name listed here is exported (remove it from the list), and when a name the dashboard uses is
+/// neither exported nor listed here.
+const PENDING: &[&str] = &[
+    // gauge, label `transmitter`: Unix time of the last SET received (any result).
+    "cae_set_last_received_timestamp_seconds",
+    // gauge, labels `transmitter`, `status` (enabled, paused, disabled): 1 for the current status
+    // of a managed SSF stream.
+    "cae_stream_status",
+    // counter, labels `transmitter`, `result` (`ok` or the failure): RFC 8936 polls.
+    "cae_polls_total",
+    // gauge: age of the oldest fleet-log entry not applied here yet (0 when caught up).
+    "cae_fleet_lag_seconds",
+];
+
+/// Labels Prometheus adds to every scraped series (not exported by the proxy).
+const TARGET_LABELS: &[&str] = &["job", "instance"];
+
+/// What one PromQL expression uses.
+#[derive(Debug, Default, PartialEq)]
+struct Uses {
+    metrics: BTreeSet<String>,
+    labels: BTreeSet<String>,
+    /// (metric, label, value) of each `label="value"` matcher with a literal value.
+    equal: BTreeSet<(String, String, String)>,
+}
+
+fn ident_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == ':'
+}
+
+fn ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// Metric names, label names and literal equality matchers of a PromQL expression (with
+/// Grafana's `$variables`): names before `(` are functions or aggregations, the lists after
+/// `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` are labels, `{…}` holds matchers,
+/// `[…]` ranges and strings are skipped.
+fn promql_uses(expr: &str) -> Uses {
+    const KEYWORDS: &[&str] = &[
+        "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
+    ];
+    // Aggregations may put `by (…)` between their name and their parenthesis.
+    const AGGREGATIONS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut u = Uses::default();
+    let mut i = 0;
+    let skip_ws = |mut i: usize| {
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    let ident = |mut i: usize| {
+        let start = i;
+        while i < chars.len() && ident_char(chars[i]) {
+            i += 1;
+        }
+        (chars[start..i].iter().collect::<String>(), i)
+    };
+    // A quoted string starting at `i`: (its content, the index after it).
+    let string = |mut i: usize| {
+        let q = chars[i];
+        let mut s = String::new();
+        i += 1;
+        while i < chars.len() && chars[i] != q {
+            if chars[i] == '\\' && q != '`' {
+                i += 1;
+            }
+            if i < chars.len() {
+                s.push(chars[i]);
+            }
+            i += 1;
+        }
+        (s, i + 1)
+    };
+    let mut last_metric: Option<String> = None;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = string(i).1;
+        } else if c == '[' {
+            while i < chars.len() && chars[i] != ']' {
+                i += 1;
+            }
+            i += 1;
+        } else if c == '{' {
+            let metric = last_metric
+                .take()
+                .unwrap_or_else(|| panic!("a selector without a metric name in {expr:?}"));
+            i += 1;
+            loop {
+                i = skip_ws(i);
+                if i >= chars.len() || chars[i] == '}' {
+                    i += 1;
+                    break;
+                }
+                if chars[i] == ',' {
+                    i += 1;
+                    continue;
+                }
+                let (label, j) = ident(i);
+                assert!(!label.is_empty(), "bad matcher at {i} in {expr:?}");
+                let j = skip_ws(j);
+                let op: String = chars[j..]
+                    .iter()
+                    .take_while(|c| matches!(c, '=' | '!' | '~'))
+                    .collect();
+                let j = skip_ws(j + op.len());
+                let (value, j) = string(j);
+                if op == "=" && !value.contains('$') {
+                    u.equal.insert((metric.clone(), label.clone(), value));
+                }
+                u.labels.insert(label);
+                i = j;
+            }
+        } else if c == '$' {
+            i += 1;
+            if chars.get(i) == Some(&'{') {
+                while i < chars.len() && chars[i] != '}' {
+                    i += 1;
+                }
+                i += 1;
+            } else {
+                i = ident(i).1;
+            }
+        } else if c.is_ascii_digit() || c == '.' {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if ident_start(c) {
+            let (word, j) = ident(i);
+            let next = skip_ws(j);
+            let paren = chars.get(next) == Some(&'(');
+            i = j;
+            last_metric = None;
+            if LABEL_LISTS.contains(&word.as_str()) {
+                if paren {
+                    let end = next + chars[next..].iter().position(|c| *c == ')').unwrap();
+                    let list: String = chars[next + 1..end].iter().collect();
+                    u.labels.extend(
+                        list.split(',')
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .map(String::from),
+                    );
+                    i = end + 1;
+                }
+            } else if paren
+                || KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
+                || AGGREGATIONS.contains(&word.as_str())
+            {
+                // a function, an aggregation or an operator
+            } else {
+                u.metrics.insert(word.clone());
+                last_metric = Some(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    u
+}
+
+/// A Grafana template query: `label_values(SELECTOR, LABEL)` or `label_values(LABEL)`, or PromQL.
+fn template_uses(q: &str) -> Uses {
+    let Some(args) = q
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|a| a.strip_suffix(')'))
+    else {
+        return promql_uses(q);
+    };
+    match args.rsplit_once(',') {
+        Some((selector, label)) => {
+            let mut u = promql_uses(selector);
+            u.labels.insert(label.trim().to_string());
+            u
+        }
+        None => Uses {
+            labels: [args.trim().to_string()].into(),
+            ..Uses::default()
+        },
+    }
+}
+
+#[test]
+fn promql_extraction_finds_metrics_labels_and_matchers() {
+    let u = promql_uses(
+        r#"histogram_quantile(0.99, sum by (le, transmitter) (rate(cae_set_enforce_latency_seconds_bucket{job=~"$job", instance=~"$instance"}[$__rate_interval])))"#,
+    );
+    assert_eq!(
+        u.metrics,
+        ["cae_set_enforce_latency_seconds_bucket".to_string()].into()
+    );
+    assert_eq!(
+        u.labels,
+        ["instance", "job", "le", "transmitter"]
+            .map(String::from)
+            .into()
+    );
+    assert!(u.equal.is_empty());
+
+    let u = promql_uses(
+        r#"sum(rate(a_total{x="y", z!="w", path="/a\"b"}[5m] offset 1h)) by (route) / ignoring(code) group_left(extra) b:recorded offset 5m > bool 0.5e3 and on (le) c unless time() - max without(instance)(d{reason!~"x|y"}) or label_replace(e, "dst", "$1 src", "src", "(.*)")"#,
+    );
+    assert_eq!(
+        u.metrics,
+        ["a_total", "b:recorded", "c", "d", "e"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        u.labels,
+        ["code", "extra", "instance", "le", "path", "reason", "route", "x", "z"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        u.equal,
+        [("a_total", "x", "y"), ("a_total", "path", "/a\"b")]
+            .map(|(m, l, v)| (m.to_string(), l.to_string(), v.to_string()))
+            .into()
+    );
+
+    let u = template_uses(r#"label_values(cae_config_generation{job=~"$job"}, instance)"#);
+    assert_eq!(u.metrics, ["cae_config_generation".to_string()].into());
+    assert_eq!(u.labels, ["instance", "job"].map(String::from).into());
+    assert_eq!(template_uses("label_values(job)").metrics, BTreeSet::new());
+}
+
+/// One scrape of `/metrics` (Prometheus text format 0.0.4).
+struct Scrape {
+    /// Sample name → the label sets seen.
+    samples: BTreeMap<String, Vec<BTreeMap<String, String>>>,
+    /// Names in `# TYPE` / `# HELP` lines.
+    families: BTreeSet<String>,
+}
+
+fn parse_scrape(text: &str) -> Scrape {
+    let mut samples: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
+    let mut families = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line
+            .strip_prefix("# TYPE ")
+            .or_else(|| line.strip_prefix("# HELP "))
+        {
+            families.insert(rest.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap();
+        let name = &line[..name_end];
+        let mut labels = BTreeMap::new();
+        if line[name_end..].starts_with('{') {
+            let u = promql_uses(&line[..line.find('}').unwrap() + 1]);
+            assert!(u.metrics.contains(name), "{line}");
+            // Every label of the sample; literal values come from the `=` matchers.
+            for (_, l, v) in u.equal {
+                labels.insert(l, v);
+            }
+            for l in u.labels {
+                labels.entry(l).or_default();
+            }
+        }
+        samples.entry(name.to_string()).or_default().push(labels);
+    }
+    Scrape { samples, families }
+}
+
+/// A dashboard query: where it is, its PromQL (for a `label_values` variable: the selector),
+/// what it uses.
+struct Query {
+    at: String,
+    promql: String,
+    uses: Uses,
+}
+
+/// Every PromQL expression of the dashboard (panels, rows' panels, template queries), with
+/// where it is; also checks that every datasource reference is the `${datasource}` variable.
+fn dashboard_queries(d: &Value) -> Vec<Query> {
+    fn walk(v: &Value, at: &str, out: &mut Vec<Query>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(ds) = m.get("datasource") {
+                    assert_eq!(
+                        ds,
+                        &serde_json::json!({"type": "prometheus", "uid": "${datasource}"}),
+                        "{at}: every query must use the datasource variable (importable anywhere)"
+                    );
+                }
+                if let Some(Value::String(e)) = m.get("expr") {
+                    out.push(Query {
+                        at: at.to_string(),
+                        promql: e.clone(),
+                        uses: promql_uses(e),
+                    });
+                }
+                for (k, v) in m {
+                    let here = match m.get("title").and_then(Value::as_str) {
+                        Some(t) => format!("{at}/{t:?}"),
+                        None => at.to_string(),
+                    };
+                    walk(v, &format!("{here}.{k}"), out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, at, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&d["panels"], "panels", &mut out);
+    for var in arr(d, "/templating/list") {
+        let name = s(var, "/name");
+        match s(var, "/type") {
+            "datasource" => assert_eq!(var["query"], "prometheus", "variable {name}"),
+            "query" => {
+                let q = var["query"]["query"]
+                    .as_str()
+                    .or(var["query"].as_str())
+                    .unwrap_or_else(|| panic!("variable {name}: no query"));
+                assert_eq!(var["datasource"]["uid"], "${datasource}", "variable {name}");
+                let selector = q
+                    .strip_prefix("label_values(")
+                    .and_then(|a| a.rsplit_once(','))
+                    .map_or(q, |(sel, _)| sel);
+                out.push(Query {
+                    at: format!("variable ${name}"),
+                    promql: selector.to_string(),
+                    uses: template_uses(q),
+                });
+            }
+            other => panic!("variable {name}: type {other}"),
+        }
+    }
+    out
+}
+
+/// Prometheus's own parser (`promtool check rules`) accepts every query, with Grafana's
+/// variables replaced by values (`$__rate_interval` → `5m`, `$job` → `.*`). Where promtool is
+/// missing this is skipped, unless `CAE_REQUIRE_PROMTOOL` is set (as in .ci/run).
+fn promtool_parses(queries: &[Query]) {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in queries.iter().enumerate() {
+        let mut expr = q.promql.replace("$__rate_interval", "5m");
+        while let Some(at) = expr.find('$') {
+            let end = expr[at + 1..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(expr.len(), |e| at + 1 + e);
+            expr.replace_range(at..end, ".*");
+        }
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yaml");
+    std::fs::write(&file, &rules).unwrap();
+    match Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool does not parse the dashboard's queries:\n{}{}\n{rules}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CAE_REQUIRE_PROMTOOL").is_none(),
+                "promtool is required here: {e}"
+            );
+            eprintln!(
+                "promtool not installed: the dashboard's PromQL was not parsed by Prometheus"
+            );
+        }
+    }
+}
+
+/// The structure Grafana's import needs: unique panel ids and per-panel refIds, a grid
+/// position for each panel, queries on every panel that is not a row.
+fn check_dashboard_structure(d: &Value) {
+    assert!(!s(d, "/uid").is_empty() && !s(d, "/title").is_empty());
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36));
+    assert!(
+        d.get("__inputs").is_none(),
+        "the datasource is a variable, not an import input"
+    );
+    let vars: Vec<&str> = arr(d, "/templating/list")
+        .iter()
+        .map(|v| s(v, "/name"))
+        .collect();
+    assert_eq!(vars, ["datasource", "job", "instance"]);
+    let mut ids = BTreeSet::new();
+    let mut panels: Vec<&Value> = arr(d, "/panels").iter().collect();
+    panels.extend(arr(d, "/panels").iter().flat_map(|p| arr(p, "/panels")));
+    for p in &panels {
+        let title = s(p, "/title");
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "duplicate id: {title}"
+        );
+        for k in ["h", "w", "x", "y"] {
+            assert!(p["gridPos"][k].as_u64().is_some(), "{title}: gridPos.{k}");
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        assert!(!s(p, "/description").is_empty(), "{title}: description");
+        let targets = arr(p, "/targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        let refs: BTreeSet<&str> = targets.iter().map(|t| s(t, "/refId")).collect();
+        assert_eq!(refs.len(), targets.len(), "{title}: refIds");
+    }
+    assert!(panels.len() > 20, "{} panels", panels.len());
+}
+
+/// A proxy in fleet mode on a real Redis with a pushing transmitter with a managed stream, a
+/// polled one, a report-only route and an upstream that never answers; driven until every
+/// metric family the dashboard reads has series: allowed, refused and report-only requests,
+/// an invalid token, an upstream timeout, a committed SET, a refused reload, a Redis outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_and_label_the_dashboard_queries_is_exported() {
+    let path = root().join("docs/deploy/grafana/cae-proxy.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    check_dashboard_structure(&d);
+    let queries = dashboard_queries(&d);
+    assert!(queries.len() > 30, "{} queries", queries.len());
+    promtool_parses(&queries);
+
+    let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
+    let polled = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    // Accepts connections (the kernel's backlog) and never answers.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut redis = Redis::start(false);
+    let toml = format!(
+        r#"
+[server]
+log_level = "error"
+[[listener]]
+name = "public"
+address = "127.0.0.1:0"
+[[listener]]
+name = "signals"
+address = "127.0.0.1:0"
+role = "signals"
+[admin]
+address = "127.0.0.1:0"
+token = "admin-secret"
+[store]
+backend = "redis"
+redis_url = "{redis}"
+key_prefix = "dash{suffix}:"
+path = "{{dir}}/state.redb"
+redis_timeout = "500ms"
+poll_lease = "1s"
+[upstreams.app]
+url = "{up}"
+[upstreams.stalled]
+url = "http://{stalled}"
+request_timeout = "300ms"
+[[issuer]]
+name = "dev"
+issuer = "{iss}"
+discovery = "{iss}/.well-known/openid-configuration"
+audiences = ["api://cae-demo"]
+[[route]]
+name = "api"
+path_prefix = "/api"
+upstream = "app"
+[[route]]
+name = "shadow"
+path_prefix = "/shadow"
+upstream = "app"
+report_only = true
+[[route]]
+name = "slow"
+path_prefix = "/slow"
+upstream = "stalled"
+[[transmitter]]
+name = "pushed"
+issuer = "{tx_iss}"
+discovery = "{tx_disc}"
+audiences = ["cae-proxy"]
+[transmitter.push]
+path = "/ssf/pushed"
+authorization = "Bearer push-secret"
+[transmitter.stream]
+delivery = "push"
+endpoint_url = "http://127.0.0.1:9/ssf/pushed"
+bearer = "management-token"
+verify = false
+[[transmitter]]
+name = "polled"
+issuer = "{p_iss}"
+jwks_uri = "{p_jwks}"
+audiences = ["cae-proxy"]
+[transmitter.poll]
+endpoint = "{p_poll}"
+interval = "100ms"
+timeout = "2s"
+"#,
+        redis = redis.url(),
+        suffix = cae_proxy::dev::random_id(4),
+        up = up.url(),
+        stalled = stalled.local_addr().unwrap(),
+        iss = idp.issuer_url(),
+        tx_iss = tx.issuer_url(),
+        tx_disc = tx.configuration_url(),
+        p_iss = polled.issuer_url(),
+        p_jwks = polled.jwks_url(),
+        p_poll = polled.poll_url(),
+    );
+    let h = Harness::start(&toml).await;
+    h.wait_ready().await;
+    // From now on every poll fails (the pending poll metric would count them).
+    polled.set_available(false);
+
+    let c = client();
+    let t = now_secs() - 100;
+    let alice = idp.mint("alice", serde_json::json!({"iat": t, "nbf": t}));
+    let bob = idp.mint("bob", serde_json::json!({"iat": t, "nbf": t}));
+    let bearer = |tok: &str| format!("Bearer {tok}");
+    let call = |path: &str, auth: Option<String>| {
+        let url = h.url("public", path);
+        let c = c.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = match &auth {
+                Some(a) => vec![("authorization", a.as_str())],
+                None => vec![],
+            };
+            get(&c, &url, &headers).await
+        }
+    };
+    assert_eq!(
+        call("/api", Some(bearer(&alice))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(call("/api", None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call("/api", Some(bearer("not.a.token"))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call("/slow", Some(bearer(&alice))).await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    // A SET revoking bob: committed and enforced; the report-only route forwards bob.
+    let set = tx.sign_set(DevTransmitter::credential_change(
+        iss_sub(&idp.issuer_url(), "bob"),
+        "password",
+        "update",
+        Some(now_secs() - 10),
+    ));
+    let r = send(
+        &c,
+        Method::POST,
+        &h.url("signals", "/ssf/pushed"),
+        &[
+            ("content-type", "application/secevent+jwt"),
+            ("authorization", "Bearer push-secret"),
+        ],
+        Bytes::from(set),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(
+        call("/api", Some(bearer(&bob))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call("/shadow", Some(bearer(&bob))).await.status,
+        StatusCode::OK
+    );
+    // A reload refused (the previous configuration keeps serving).
+    h.write_config("[server]\nno_such_key = true\n");
+    let admin = [("authorization", "Bearer admin-secret")];
+    let r = send(
+        &c,
+        Method::POST,
+        &h.admin_url("/reload"),
+        &admin,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // Redis goes away: an admin write is refused, the tailer counts its errors.
+    redis.stop();
+    let revoke =
+        serde_json::json!({"key": {"type": "subject", "iss": idp.issuer_url(), "sub": "carol"}});
+    let r = send(
+        &c,
+        Method::POST,
+        &h.admin_url("/admin/revoke"),
+        &[admin[0], ("content-type", "application/json")],
+        Bytes::from(revoke.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let scrape = loop {
+        let text = get(&c, &h.admin_url("/metrics"), &[]).await.text();
+        let scrape = parse_scrape(&text);
+        if scrape.samples.contains_key("cae_fleet_redis_errors_total") {
+            break scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Redis error counted within 10 s:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+
+    let mut missing = Vec::new();
+    let mut used_pending = BTreeSet::new();
+    for Query { at, uses: u, .. } in &queries {
+        let present: Vec<&String> = u
+            .metrics
+            .iter()
+            .filter(|m| !PENDING.contains(&m.as_str()))
+            .collect();
+        for m in &u.metrics {
+            if PENDING.contains(&m.as_str()) {
+                used_pending.insert(m.as_str());
+            } else if !scrape.samples.contains_key(m) {
+                missing.push(format!("{at}: metric {m}"));
+            }
+        }
+        if present.is_empty() {
+            continue; // labels of pending metrics are not known yet
+        }
+        for l in &u.labels {
+            let found = TARGET_LABELS.contains(&l.as_str())
+                || present.iter().any(|m| {
+                    scrape
+                        .samples
+                        .get(*m)
+                        .is_some_and(|sets| sets.iter().any(|ls| ls.contains_key(l)))
+                });
+            if !found {
+                missing.push(format!("{at}: label {l} on none of {present:?}"));
+            }
+        }
+        for (m, l, v) in &u.equal {
+            if PENDING.contains(&m.as_str()) || TARGET_LABELS.contains(&l.as_str()) {
+                continue;
+            }
+            let found = scrape
+                .samples
+                .get(m)
+                .is_some_and(|sets| sets.iter().any(|ls| ls.get(l) == Some(v)));
+            if !found {
+                missing.push(format!("{at}: no {m} series with {l}={v:?}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries what the proxy does not export:\n{}",
+        missing.join("\n")
+    );
+    assert_eq!(
+        used_pending,
+        PENDING.iter().copied().collect::<BTreeSet<_>>(),
+        "PENDING lists a metric the dashboard does not use"
+    );
+    for p in PENDING {
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| p.strip_suffix(s))
+            .unwrap_or(p);
+        assert!(
+            !scrape.samples.contains_key(*p)
+                && !scrape.families.contains(*p)
+                && !scrape.families.contains(base),
+            "{p} is exported now: remove it from PENDING"
+        );
     }
 }
