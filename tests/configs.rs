@@ -1,31 +1,12 @@
-//! Every shipped file in config/, and every configuration the deployment guides embed (compose
-//! file, Kubernetes ConfigMaps), loads and validates (with throwaway values for its env: secrets).
+//! Every shipped file in config/ and the compose trial's configuration load and validate (with
+//! throwaway values for their env: secrets). The Kubernetes ConfigMaps and Markdown blocks of the
+//! deployment guide are checked, with the files their pods mount, by tests/deploy.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cae_proxy::config::Config;
-
-/// The TOML under `cae-proxy.toml: |` in a Kubernetes manifest (the ConfigMap's data), dedented.
-fn configmap_toml(yaml: &str) -> Option<String> {
-    let mut lines = yaml.lines().skip_while(|l| l.trim() != "cae-proxy.toml: |");
-    let key_indent = lines.next()?.find('c')?;
-    let body: Vec<&str> = lines
-        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > key_indent)
-        .collect();
-    let indent = body
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()?;
-    Some(
-        body.iter()
-            .map(|l| l.get(indent..).unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-}
 
 #[test]
 fn every_shipped_and_documented_configuration_validates() {
@@ -62,25 +43,4 @@ fn every_shipped_and_documented_configuration_validates() {
     let copy = dir.path().join("cae-proxy.toml");
     std::fs::copy(&compose, &copy).unwrap();
     Config::load(&copy).unwrap_or_else(|e| panic!("{}:\n{e}", compose.display()));
-    let kube = root.join("docs/deploy/kubernetes");
-    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&kube)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    manifests.sort();
-    assert_eq!(
-        manifests
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect::<Vec<_>>(),
-        ["gateway.yaml", "sidecar.yaml"]
-    );
-    for m in &manifests {
-        let toml = configmap_toml(&std::fs::read_to_string(m).unwrap())
-            .unwrap_or_else(|| panic!("{}: no `cae-proxy.toml: |` ConfigMap entry", m.display()));
-        let c = Config::parse(&toml, Path::new("/etc/cae-proxy"))
-            .unwrap_or_else(|e| panic!("{}:\n{e}", m.display()));
-        assert!(c.listeners.len() >= 2, "{}", m.display());
-    }
 }
