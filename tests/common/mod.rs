@@ -2,6 +2,7 @@
 //! material made with rcgen, and plain/TLS HTTP/1.1 and HTTP/2 clients.
 #![allow(dead_code)]
 
+pub mod gateways;
 pub mod redis_server;
 
 use std::path::PathBuf;
