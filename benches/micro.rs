@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use cae_proxy::auth::cache::{self, TokenCache};
 use cae_proxy::auth::challenge::{respond, ChallengeCtx};
-use cae_proxy::auth::decide::{decide, DenyReason, RevokedBy};
-use cae_proxy::auth::token::{self, Principal};
+use cae_proxy::auth::decide::{decide, Credential, DenyReason, RevokedBy};
+use cae_proxy::auth::token::{self, Principal, TokenIp};
 use cae_proxy::config::Config;
 use cae_proxy::dev::keys::{KeyAlg, SigningKey};
 use cae_proxy::state::Shared;
@@ -113,7 +113,7 @@ fn principal(i: u64) -> Principal {
         iat: Some(1_000),
         exp: 10_000,
         cp1: true,
-        ipaddr: Some("127.0.0.1".parse().unwrap()),
+        ipaddr: TokenIp::Addr("127.0.0.1".parse().unwrap()),
         emails: vec![format!("user{i}@example.com")],
         ..Default::default()
     }
@@ -186,21 +186,48 @@ fn benches(c: &mut Criterion) {
     let empty = Tables::default();
     let pr = principal(7);
     c.bench_function("decide_0_revocations", |b| {
-        b.iter(|| black_box(decide(route, black_box(&pr), &empty, ip, 2_000)))
+        b.iter(|| {
+            black_box(decide(
+                route,
+                false,
+                Credential::Valid(black_box(&pr)),
+                &empty,
+                ip,
+                2_000,
+            ))
+        })
     });
     let before = rss_bytes();
     let full = filled_tables(1_000_000);
     let per_entry = (rss_bytes().saturating_sub(before)) as f64 / 1_000_000.0;
     println!("memory per revocation entry: {per_entry:.0} bytes (RSS growth over 1,000,000 subject revocations)");
     c.bench_function("decide_1m_revocations", |b| {
-        b.iter(|| black_box(decide(route, black_box(&pr), &full, ip, 2_000)))
+        b.iter(|| {
+            black_box(decide(
+                route,
+                false,
+                Credential::Valid(black_box(&pr)),
+                &full,
+                ip,
+                2_000,
+            ))
+        })
     });
     let hit = Principal {
         subjects: vec!["revoked-user-00000042".into()],
         ..principal(42)
     };
     c.bench_function("decide_1m_revocations_hit", |b| {
-        b.iter(|| black_box(decide(route, black_box(&hit), &full, ip, 2_000)).unwrap_err())
+        b.iter(|| {
+            black_box(decide(
+                route,
+                false,
+                Credential::Valid(black_box(&hit)),
+                &full,
+                ip,
+                2_000,
+            ))
+        })
     });
     drop(full);
 

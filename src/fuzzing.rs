@@ -19,12 +19,13 @@ use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
 use crate::auth::challenge::{self, ChallengeCtx};
-use crate::auth::decide::{check_grants, decide, DenyReason, IpRule, RevokedBy};
+use crate::auth::decide::{
+    check_grants, decide, Credential, Decision, DenyReason, IpRule, RevokedBy,
+};
 use crate::auth::keys::{self, KeyFamily, KeySet, Keys};
-use crate::auth::token::{self, IssuerRt, Issuers, Principal, TokenError};
+use crate::auth::token::{self, IssuerRt, Issuers, Principal, TokenError, TokenIp};
 use crate::config::{self, AuthMode, CaePolicy, ClaimRule, Config, KeySource, MatchMode, Route};
 use crate::dev::keys::{b64url, KeyAlg, SigningKey};
-use crate::proxy::{refusal, Refusal};
 use crate::signals::events::{self, EventPolicy};
 use crate::signals::set::{self, SetPolicy};
 use crate::signals::subject::{self, KeyContext, Subject};
@@ -356,13 +357,18 @@ pub fn authorization(data: &[u8]) {
     headers.insert(http::header::AUTHORIZATION, hv);
     let token = match token::bearer(&headers, query.as_deref(), MAX_TOKEN_BYTES) {
         Ok(Some(t)) => t,
-        Ok(None) => panic!("a present Authorization header is never 'no token'"),
+        Ok(None) => {
+            // Another scheme is no bearer token at all (RFC 6750 §3.1).
+            let v = String::from_utf8_lossy(&header_value).to_ascii_lowercase();
+            assert!(!v.starts_with("bearer "), "a bearer header read as none");
+            return check_refusal(&DenyReason::MissingToken);
+        }
         Err(e) => return check_refusal(&DenyReason::InvalidToken(e)),
     };
     assert!(!token.is_empty() && token.len() <= MAX_TOKEN_BYTES);
     assert_eq!(token, token.trim_matches(' '), "bearer() trims spaces");
     match runtime().block_on(token::validate(token, &fx.issuers, NOW)) {
-        Err(e) => check_refusal(&DenyReason::InvalidToken(e)),
+        Err(e) => check_refusal(&DenyReason::InvalidToken(e.error)),
         Ok(p) => {
             let issuer = &fx.issuers.list[0];
             let kid = p.kid.as_deref().expect("an accepted token names its kid");
@@ -613,27 +619,46 @@ fn tables_of(changes: &[Change]) -> Tables {
     t
 }
 
+/// The decision on the accepted token `p` with report-only off everywhere.
+fn enforced(route: &Route, p: &Principal, tables: &Tables, ip: IpAddr) -> Result<(), DenyReason> {
+    let mut route = route.clone();
+    route.report_only = false;
+    match decide(&route, false, Credential::Valid(p), tables, ip, NOW) {
+        Decision::Allow => Ok(()),
+        Decision::Deny(r) => Err(r.reason),
+        Decision::ReportOnly(r) => panic!("report-only with report-only off: {r:?}"),
+    }
+}
+
 /// What the client gets: `Ok` forwarded (allowed, or refused in report-only mode), `Err` the
-/// refusal answered, through the pipeline's own [`refusal`].
+/// refusal answered; `enforced` is the decision without report-only.
 fn answer(
     route: &Route,
     global_report_only: bool,
     p: &Principal,
-    decision: Result<(), DenyReason>,
+    tables: &Tables,
+    ip: IpAddr,
+    enforced: &Result<(), DenyReason>,
 ) -> Result<(), DenyReason> {
-    match decision {
-        Ok(()) => Ok(()),
-        Err(reason) => match refusal(route, global_report_only, reason.clone(), Some(p)) {
-            Refusal::ReportOnly(reported) => {
-                assert!(reported.is_cae(), "report-only forwarded {reported:?}");
-                assert_eq!(
-                    reported, reason,
-                    "report-only logs the CAE reason it relaxed"
-                );
-                Ok(())
-            }
-            Refusal::Deny(r) => Err(r),
-        },
+    match decide(
+        route,
+        global_report_only,
+        Credential::Valid(p),
+        tables,
+        ip,
+        NOW,
+    ) {
+        Decision::Allow => Ok(()),
+        Decision::ReportOnly(reported) => {
+            assert!(reported.is_cae(), "report-only forwarded {reported:?}");
+            assert_eq!(
+                Err(&reported),
+                enforced.as_ref(),
+                "report-only logs the CAE reason it relaxed"
+            );
+            Ok(())
+        }
+        Decision::Deny(r) => Err(r.reason),
     }
 }
 
@@ -654,7 +679,10 @@ fn check_decision(p: &Principal, data: &[u8]) {
     let route = decision_route(f1, f2);
     let global_report_only = f1 & 128 != 0;
     let ip: IpAddr = match usize::from(inp.byte()) % (DECISION_IPS.len() + 1) {
-        0 => p.ipaddr.unwrap_or(IpAddr::from([192, 0, 2, 1])),
+        0 => match p.ipaddr {
+            TokenIp::Addr(a) => a,
+            TokenIp::Absent | TokenIp::Unreadable => IpAddr::from([192, 0, 2, 1]),
+        },
         i => DECISION_IPS[i - 1].parse().expect("fixture address"),
     };
     let iat = p.iat.unwrap_or(NOW);
@@ -689,16 +717,16 @@ fn check_decision(p: &Principal, data: &[u8]) {
         })
         .collect();
     let tables = tables_of(&changes);
-    let d = decide(&route, p, &tables, ip, NOW);
+    let d = enforced(&route, p, &tables, ip);
 
     // Deterministic: the same inputs, and the same changes applied to fresh tables.
     assert_eq!(
-        decide(&route, p, &tables, ip, NOW),
+        enforced(&route, p, &tables, ip),
         d,
         "decide is not deterministic"
     );
     assert_eq!(
-        decide(&route, &p.clone(), &tables_of(&changes), ip, NOW),
+        enforced(&route, &p.clone(), &tables_of(&changes), ip),
         d,
         "the same changes give another decision"
     );
@@ -731,7 +759,7 @@ fn check_decision(p: &Principal, data: &[u8]) {
                         })
                 }
                 DenyReason::IpNotAllowed { rule } => match rule {
-                    IpRule::TokenAddress => route.cae.token_ip && p.ipaddr.is_some(),
+                    IpRule::TokenAddress => route.cae.token_ip && p.ipaddr != TokenIp::Absent,
                     IpRule::Binding => {
                         route.cae.signal_ip
                             && changes.iter().any(|c| {
@@ -775,20 +803,20 @@ fn check_decision(p: &Principal, data: &[u8]) {
     // With no policy at all, an accepted token is allowed whatever the tables hold.
     let mut open = route.clone();
     open.cae = CaePolicy::default();
-    let grants_only = decide(&open, p, &tables, ip, NOW);
+    let grants_only = enforced(&open, p, &tables, ip);
     assert_eq!(grants_only, check_grants(&route, p));
     open.scopes.clear();
     open.roles.clear();
     open.claims.clear();
     assert_eq!(
-        decide(&open, p, &tables, ip, NOW),
+        enforced(&open, p, &tables, ip),
         Ok(()),
         "no policy, yet refused"
     );
 
     // Report-only never changes the response: with it on (the route's flag or the global one)
     // the answer is the one the CAE checks allowing would give; with it off, the decision.
-    let given = answer(&route, global_report_only, p, d.clone());
+    let given = answer(&route, global_report_only, p, &tables, ip, &d);
     if route.report_only || global_report_only {
         assert_eq!(given, grants_only, "report-only changed the response");
     } else {
@@ -812,7 +840,7 @@ fn check_decision(p: &Principal, data: &[u8]) {
             let t2 = tables_of(&more);
             let mut strict = route.clone();
             strict.cae.revocation = true;
-            match decide(&strict, p, &t2, ip, NOW) {
+            match enforced(&strict, p, &t2, ip) {
                 Err(DenyReason::Revoked { revoked_at, .. }) => {
                     assert!(revoked_at >= at, "revoked at {revoked_at}, before {at}");
                 }
@@ -823,7 +851,7 @@ fn check_decision(p: &Principal, data: &[u8]) {
             // Monotonic: adding a revocation never turns a refusal into an allow.
             if d.is_err() {
                 assert!(
-                    decide(&route, p, &t2, ip, NOW).is_err(),
+                    enforced(&route, p, &t2, ip).is_err(),
                     "a revocation turned {d:?} into an allow"
                 );
             }
@@ -1829,7 +1857,6 @@ pub fn decode_claims(b64: &str) -> Option<Value> {
 
 fn reason_from(inp: &mut Input<'_>) -> DenyReason {
     let token_errors = [
-        TokenError::NotBearer,
         TokenError::MultipleAuthorization,
         TokenError::TokenInQuery,
         TokenError::TooLarge,

@@ -174,7 +174,8 @@ async fn revoked_session_gets_a_claims_challenge_and_a_fresh_token_passes() {
     );
     let body = r.json();
     assert_eq!(body["code"], "TokenIssuedBeforeRevocationTimestamp");
-    assert_eq!(body["error"], "invalid_token");
+    // The body's error is the challenge's.
+    assert_eq!(body["error"], "insufficient_claims");
 
     // A client without cp1 cannot handle claims challenges: plain invalid_token.
     let r = call(&s, "/api", &legacy).await;

@@ -170,7 +170,7 @@ fn assert_ip_claims_challenge(r: &Reply, iss: &str, before: i64, message: &str, 
         nbf_claims(nbf)
     );
     assert_eq!(www, expected);
-    assert_body(r, message, rid);
+    assert_body(r, "insufficient_claims", message, rid);
 }
 
 /// A client without `cp1` refused by an IP rule: plain `invalid_token`.
@@ -179,16 +179,17 @@ fn assert_ip_invalid_token(r: &Reply, message: &str, rid: &str) {
     let expected =
         format!(r#"Bearer realm="", error="invalid_token", error_description="{message}""#);
     assert_eq!(r.header("www-authenticate"), Some(expected.as_str()));
-    assert_body(r, message, rid);
+    assert_body(r, "invalid_token", message, rid);
 }
 
-fn assert_body(r: &Reply, message: &str, rid: &str) {
+/// The JSON body; its `error` is the challenge's own.
+fn assert_body(r: &Reply, error: &str, message: &str, rid: &str) {
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("x-request-id"), Some(rid));
     assert_eq!(
         r.json(),
         json!({
-            "error": "invalid_token",
+            "error": error,
             "code": "LocationConditionEvaluationSatisfied",
             "message": message,
             "request_id": rid
@@ -1196,7 +1197,7 @@ async fn revoke_cli_calls_the_admin_api_of_a_running_proxy() {
     assert_eq!(
         r.json(),
         json!({
-            "error": "invalid_token",
+            "error": "insufficient_claims",
             "code": "TokenIssuedBeforeRevocationTimestamp",
             "message": "the token was issued before a revocation of its subject, session or id",
             "request_id": "cli-1"

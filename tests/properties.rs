@@ -2,18 +2,17 @@
 //! generated principals, table histories, client addresses and route policies. Each property is an
 //! invariant from issue 11 / protocols.md §5, plus a reference model of the whole CAE part written
 //! from the specification, independent of the implementation's key encoding. Report-only mode is
-//! checked through the pipeline's own step (`cae_proxy::proxy::refusal`), with the route flag and
-//! the global `server.report_only`.
+//! checked through the one decision function the pipeline calls (`cae_proxy::auth::decide::decide`),
+//! with the route flag and the global `server.report_only`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use cae_proxy::auth::decide::{check_grants, decide, DenyReason, IpRule};
-use cae_proxy::auth::token::Principal;
+use cae_proxy::auth::decide::{check_grants, Credential, Decision, DenyReason, IpRule};
+use cae_proxy::auth::token::{Principal, Rejected, TokenError, TokenIp};
 use cae_proxy::config::{AuthMode, CaePolicy, ClaimRule, MatchMode, Route};
-use cae_proxy::proxy::{refusal, Refusal};
 use cae_proxy::store::keys::{normalize_iss, ANY_ISSUER};
 use cae_proxy::store::{Change, SubjectKey, Tables};
 use ipnet::IpNet;
@@ -152,7 +151,7 @@ fn arb_principal() -> impl Strategy<Value = Principal> {
                 emails: emails.into_iter().map(str::to_string).collect(),
                 iat,
                 exp: NOW + 3600,
-                ipaddr,
+                ipaddr: ipaddr.map_or(TokenIp::Absent, TokenIp::Addr),
                 scopes: scopes.into_iter().map(str::to_string).collect(),
                 ..Default::default()
             },
@@ -309,7 +308,12 @@ impl Model {
             }
         }
         let ip = ip.to_canonical();
-        if r.cae.token_ip && p.ipaddr.is_some_and(|a| a.to_canonical() != ip) {
+        let other_address = match p.ipaddr {
+            TokenIp::Absent => false,
+            TokenIp::Addr(a) => a.to_canonical() != ip,
+            TokenIp::Unreadable => true,
+        };
+        if r.cae.token_ip && other_address {
             return Err(DenyReason::IpNotAllowed {
                 rule: IpRule::TokenAddress,
             });
@@ -352,22 +356,30 @@ fn blank_by(r: Result<(), DenyReason>) -> Result<(), DenyReason> {
     })
 }
 
-/// The response the proxy gives for a decision, through the pipeline's own report-only step
-/// (`cae_proxy::proxy::refusal`, used by src/proxy/mod.rs): `Ok` forwarded to the upstream (as
-/// an allow), `Err` the refusal answered with that reason's challenge. `global` is
-/// `server.report_only`; `p` is `None` when there was no valid token.
+/// The decision on a valid token with report-only off (the route's flag and the global one).
+fn decide(r: &Route, p: &Principal, t: &Tables, ip: IpAddr, now: i64) -> Result<(), DenyReason> {
+    let mut enforced = r.clone();
+    enforced.report_only = false;
+    match cae_proxy::auth::decide::decide(&enforced, false, Credential::Valid(p), t, ip, now) {
+        Decision::Allow => Ok(()),
+        Decision::Deny(refusal) => Err(refusal.reason),
+        Decision::ReportOnly(r) => panic!("report-only while it is off: {r:?}"),
+    }
+}
+
+/// The response the proxy gives, through the decision function the pipeline calls: `Ok`
+/// forwarded to the upstream (allowed, or refused in report-only mode), `Err` the refusal
+/// answered with that reason's challenge. `global` is `server.report_only`.
 fn outcome(
     r: &Route,
     global: bool,
-    p: Option<&Principal>,
-    decision: Result<(), DenyReason>,
+    presented: Credential<'_>,
+    t: &Tables,
+    ip: IpAddr,
 ) -> Result<(), DenyReason> {
-    match decision {
-        Ok(()) => Ok(()),
-        Err(reason) => match refusal(r, global, reason, p) {
-            Refusal::ReportOnly(_) => Ok(()),
-            Refusal::Deny(reason) => Err(reason),
-        },
+    match cae_proxy::auth::decide::decide(r, global, presented, t, ip, NOW) {
+        Decision::Allow | Decision::ReportOnly(_) => Ok(()),
+        Decision::Deny(refusal) => Err(refusal.reason),
     }
 }
 
@@ -537,7 +549,7 @@ proptest! {
             sid: Some("s1".into()),
             iat: Some(100),
             exp: NOW + 60,
-            ipaddr: Some(token_ip),
+            ipaddr: TokenIp::Addr(token_ip),
             ..Default::default()
         };
         let key = if session {
@@ -596,40 +608,35 @@ proptest! {
         }
         let t = tables(&changes);
         let d = decide(&r, &p, &t, ip, NOW);
-        // The route's flag is no input of the decision itself (the global one cannot be).
-        let mut flipped = r.clone();
-        flipped.report_only = !r.report_only;
-        prop_assert_eq!(&decide(&flipped, &p, &t, ip, NOW), &d);
         let allowed_by_cae = decide(&cae_allows(&r), &p, &t, ip, NOW);
         prop_assert_eq!(&allowed_by_cae, &check_grants(&r, &p));
-        let got = outcome(&r, global, Some(&p), d.clone());
+        let got = outcome(&r, global, Credential::Valid(&p), &t, ip);
         if r.report_only || global {
             prop_assert_eq!(&got, &allowed_by_cae, "report-only changed the response (route {}, global {})", r.report_only, global);
         } else {
             prop_assert_eq!(&got, &d, "enforcement changed the decision");
         }
         // What is forwarded in report-only mode is logged with the decision's CAE reason.
-        if let Err(reason) = &d {
-            match refusal(&r, global, reason.clone(), Some(&p)) {
-                Refusal::ReportOnly(logged) => {
-                    prop_assert!(r.report_only || global);
-                    prop_assert!(reason.is_cae());
-                    prop_assert_eq!(&logged, reason);
-                }
-                Refusal::Deny(answered) => {
-                    prop_assert_eq!(Err(answered), if r.report_only || global { allowed_by_cae.clone() } else { d.clone() });
-                }
+        match cae_proxy::auth::decide::decide(&r, global, Credential::Valid(&p), &t, ip, NOW) {
+            Decision::Allow => prop_assert_eq!(&d, &Ok(())),
+            Decision::ReportOnly(logged) => {
+                prop_assert!(r.report_only || global);
+                prop_assert!(logged.is_cae());
+                prop_assert_eq!(Err(logged), d.clone());
+            }
+            Decision::Deny(answered) => {
+                prop_assert_eq!(Err(answered.reason), if r.report_only || global { allowed_by_cae.clone() } else { d.clone() });
             }
         }
         // No valid token: refused in every mode, principal or not.
-        for reason in [DenyReason::MissingToken, DenyReason::InvalidToken(cae_proxy::auth::token::TokenError::Expired)] {
-            for principal in [None, Some(&p)] {
-                prop_assert_eq!(outcome(&r, global, principal, Err(reason.clone())), Err(reason.clone()));
-            }
+        let expired = Rejected::from(TokenError::Expired);
+        prop_assert_eq!(outcome(&r, global, Credential::Invalid(&expired), &t, ip), Err(DenyReason::InvalidToken(TokenError::Expired)));
+        if r.auth == AuthMode::Required {
+            prop_assert_eq!(outcome(&r, global, Credential::Absent, &t, ip), Err(DenyReason::MissingToken));
         }
         // A scope/role/claim refusal is answered in every mode.
-        if let Err(g) = check_grants(&r, &p) {
-            prop_assert_eq!(outcome(&r, global, Some(&p), Err(g.clone())), Err(g));
+        if check_grants(&r, &p).is_err() {
+            prop_assert!(outcome(&r, global, Credential::Valid(&p), &t, ip).is_err());
         }
     }
 }

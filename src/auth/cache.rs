@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::token::Principal;
+use super::token::{Issuers, Principal};
 
 const SHARDS: usize = 16;
 type Key = [u8; 32];
@@ -25,6 +25,19 @@ pub struct TokenCache {
     per_generation: usize,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+}
+
+/// Whether a remembered principal still counts at `now`: not past `exp`, and the very key that
+/// verified it (same RFC 7638 thumbprint, not merely the same `kid`) is still published, so a
+/// key the provider removed or replaced stops its cached tokens at the next refresh.
+pub fn usable(p: &Principal, now: i64, issuers: &Issuers) -> bool {
+    p.exp >= now
+        && issuers.by_name(&p.issuer).is_some_and(|i| {
+            i.keys
+                .keys()
+                .get(p.kid.as_deref())
+                .is_some_and(|k| k.thumbprint == p.key_thumbprint)
+        })
 }
 
 /// The cache key of a token.

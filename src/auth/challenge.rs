@@ -51,6 +51,7 @@ fn q(s: &str) -> String {
         .collect()
 }
 
+/// One `Bearer` challenge: parameters quoted, separated by `, `, in the order given.
 fn bearer(params: &[(&str, &str)]) -> String {
     let mut out = String::from("Bearer ");
     for (i, (k, v)) in params.iter().enumerate() {
@@ -65,143 +66,137 @@ fn bearer(params: &[(&str, &str)]) -> String {
     out
 }
 
-/// Maps a deny reason to its answer. No wildcard arm: a new reason must be mapped here.
+/// Maps a deny reason to its answer. No wildcard arm: a new reason must be mapped here. The
+/// challenge's parameters are chosen first; the header and the body's `error` (the same one,
+/// absent for a request without a token) both come from them.
 pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
     let invalid = |desc: &str| {
-        bearer(&[
-            ("realm", ctx.realm),
-            ("error", "invalid_token"),
-            ("error_description", desc),
-        ])
-    };
-    let claims_challenge = |claims: &str| {
-        let mut p = vec![("realm", ctx.realm)];
-        if let Some(u) = ctx.authorization_uri {
-            p.push(("authorization_uri", u));
-        }
-        p.push(("error", "insufficient_claims"));
-        p.push(("claims", claims));
-        bearer(&p)
+        vec![
+            ("realm", ctx.realm.to_string()),
+            ("error", "invalid_token".to_string()),
+            ("error_description", desc.to_string()),
+        ]
     };
     // A CAE client gets a claims challenge; any other client must sign in again.
     let cae = |claims: String, desc: &str| {
-        if ctx.cp1 {
-            claims_challenge(&claims)
-        } else {
-            invalid(desc)
+        if !ctx.cp1 {
+            return invalid(desc);
         }
+        let mut p = vec![("realm", ctx.realm.to_string())];
+        if let Some(u) = ctx.authorization_uri {
+            p.push(("authorization_uri", u.to_string()));
+        }
+        p.push(("error", "insufficient_claims".to_string()));
+        p.push(("claims", claims));
+        p
     };
-    let (status, header, code, message): (StatusCode, String, &'static str, String) = match reason {
-        DenyReason::MissingToken => (
-            StatusCode::UNAUTHORIZED,
-            bearer(&[("realm", ctx.realm)]),
-            "MissingToken",
-            "a bearer token is required".into(),
-        ),
-        DenyReason::InvalidToken(e) => (
-            StatusCode::UNAUTHORIZED,
-            invalid(&e.to_string()),
-            "InvalidAuthenticationToken",
-            e.to_string(),
-        ),
-        DenyReason::Revoked { revoked_at, .. } => {
-            let desc = "the token was issued before a revocation of its subject, session or id";
-            (
+    let (status, params, code, message): (StatusCode, Vec<(&str, String)>, &'static str, String) =
+        match reason {
+            DenyReason::MissingToken => (
                 StatusCode::UNAUTHORIZED,
-                cae(nbf_claims(*revoked_at), desc),
-                "TokenIssuedBeforeRevocationTimestamp",
-                desc.into(),
-            )
-        }
-        DenyReason::AccountBlocked { .. } => {
-            let desc = "the account is disabled";
-            (
+                vec![("realm", ctx.realm.to_string())],
+                "MissingToken",
+                "a bearer token is required".into(),
+            ),
+            DenyReason::InvalidToken(e) => (
                 StatusCode::UNAUTHORIZED,
-                cae(nbf_claims(ctx.now), desc),
-                "AccountBlocked",
-                desc.into(),
-            )
-        }
-        DenyReason::IpNotAllowed { rule } => {
-            let desc = match rule {
-                IpRule::TokenAddress => {
-                    "the request comes from another address than the token was issued to"
-                }
-                IpRule::Binding => "the request address is not allowed for this session",
-                IpRule::Location => "the request address is not in a location this route allows",
-            };
-            (
-                StatusCode::UNAUTHORIZED,
-                cae(nbf_claims(ctx.now), desc),
-                "LocationConditionEvaluationSatisfied",
-                desc.into(),
-            )
-        }
-        DenyReason::AuthContextRequired { context } => {
-            let desc = format!("authentication context {context} is required");
-            (
-                StatusCode::UNAUTHORIZED,
-                cae(acrs_claims(context), &desc),
-                "InsufficientAuthenticationContext",
-                desc,
-            )
-        }
-        DenyReason::StepUpRequired {
-            acr_values,
-            max_age,
-        } => {
-            let desc = "a stronger or more recent authentication is required";
-            let acr = acr_values.join(" ");
-            let age = max_age.map(|m| m.to_string());
-            let mut p = vec![
-                ("error", "insufficient_user_authentication"),
-                ("error_description", desc),
-            ];
-            if !acr.is_empty() {
-                p.push(("acr_values", &acr));
-            }
-            if let Some(a) = &age {
-                p.push(("max_age", a));
-            }
-            (
-                StatusCode::UNAUTHORIZED,
-                bearer(&p),
-                "InsufficientUserAuthentication",
-                desc.into(),
-            )
-        }
-        DenyReason::InsufficientScope { scope } => (
-            StatusCode::FORBIDDEN,
-            bearer(&[
-                ("realm", ctx.realm),
-                ("error", "insufficient_scope"),
-                ("scope", scope),
-            ]),
-            "InsufficientScope",
-            format!("the token lacks a required scope or role: {scope}"),
-        ),
-        DenyReason::ClaimNotAllowed { claim } => (
-            StatusCode::FORBIDDEN,
-            bearer(&[
-                ("realm", ctx.realm),
-                ("error", "insufficient_scope"),
+                invalid(&e.to_string()),
+                "InvalidAuthenticationToken",
+                e.to_string(),
+            ),
+            DenyReason::Revoked { revoked_at, .. } => {
+                let desc = "the token was issued before a revocation of its subject, session or id";
                 (
-                    "error_description",
-                    &format!("claim {claim} is not allowed"),
-                ),
-            ]),
-            "ClaimNotAllowed",
-            format!("the token's {claim} claim is not allowed on this route"),
-        ),
-    };
-    let error = match status {
-        StatusCode::FORBIDDEN => "insufficient_scope",
-        _ => "invalid_token",
-    };
+                    StatusCode::UNAUTHORIZED,
+                    cae(nbf_claims(*revoked_at), desc),
+                    "TokenIssuedBeforeRevocationTimestamp",
+                    desc.into(),
+                )
+            }
+            DenyReason::AccountBlocked { .. } => {
+                let desc = "the account is disabled";
+                (
+                    StatusCode::UNAUTHORIZED,
+                    cae(nbf_claims(ctx.now), desc),
+                    "AccountBlocked",
+                    desc.into(),
+                )
+            }
+            DenyReason::IpNotAllowed { rule } => {
+                let desc = match rule {
+                    IpRule::TokenAddress => {
+                        "the request comes from another address than the token was issued to"
+                    }
+                    IpRule::Binding => "the request address is not allowed for this session",
+                    IpRule::Location => {
+                        "the request address is not in a location this route allows"
+                    }
+                };
+                (
+                    StatusCode::UNAUTHORIZED,
+                    cae(nbf_claims(ctx.now), desc),
+                    "LocationConditionEvaluationSatisfied",
+                    desc.into(),
+                )
+            }
+            DenyReason::AuthContextRequired { context } => {
+                let desc = format!("authentication context {context} is required");
+                (
+                    StatusCode::UNAUTHORIZED,
+                    cae(acrs_claims(context), &desc),
+                    "InsufficientAuthenticationContext",
+                    desc,
+                )
+            }
+            DenyReason::StepUpRequired {
+                acr_values,
+                max_age,
+            } => {
+                let desc = "a stronger or more recent authentication is required";
+                let mut p = vec![
+                    ("error", "insufficient_user_authentication".to_string()),
+                    ("error_description", desc.to_string()),
+                ];
+                if !acr_values.is_empty() {
+                    p.push(("acr_values", acr_values.join(" ")));
+                }
+                if let Some(a) = max_age {
+                    p.push(("max_age", a.to_string()));
+                }
+                (
+                    StatusCode::UNAUTHORIZED,
+                    p,
+                    "InsufficientUserAuthentication",
+                    desc.into(),
+                )
+            }
+            DenyReason::InsufficientScope { scope } => (
+                StatusCode::FORBIDDEN,
+                vec![
+                    ("realm", ctx.realm.to_string()),
+                    ("error", "insufficient_scope".to_string()),
+                    ("scope", scope.clone()),
+                ],
+                "InsufficientScope",
+                format!("the token lacks a required scope or role: {scope}"),
+            ),
+            DenyReason::ClaimNotAllowed { claim } => (
+                StatusCode::FORBIDDEN,
+                vec![
+                    ("realm", ctx.realm.to_string()),
+                    ("error", "insufficient_scope".to_string()),
+                    ("error_description", format!("claim {claim} is not allowed")),
+                ],
+                "ClaimNotAllowed",
+                format!("the token's {claim} claim is not allowed on this route"),
+            ),
+        };
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let error = pairs.iter().find(|(k, _)| *k == "error").map(|(_, v)| *v);
     let body = serde_json::json!({"error": error, "code": code, "message": message, "request_id": ctx.request_id}).to_string();
     Challenge {
         status,
-        www_authenticate: header,
+        www_authenticate: bearer(&pairs),
         code,
         body,
     }

@@ -1,9 +1,14 @@
-//! The CAE decision, a pure function of (route policy, validated principal, tables, client IP, now).
+//! Why a request is allowed or refused, answered in one place: [`decide`], a pure function of
+//! (route policy, report-only, what the request presented, tables, client IP, now). It covers the
+//! missing or invalid token, the issuers a route accepts, account blocks, revocations, IP rules,
+//! step-up, scopes, roles and claim rules, and report-only; the refusal carries what its
+//! challenge needs.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::auth::token::{Principal, TokenError};
-use crate::config::{MatchMode, Route};
+use crate::auth::token::{Principal, Rejected, TokenError, TokenIp};
+use crate::config::{AuthMode, MatchMode, Route};
 use crate::store::keys::{
     encode_into, ANY_ISSUER, KIND_DEVICE, KIND_EMAIL, KIND_SESSION, KIND_SUBJECT, KIND_TENANT,
     KIND_TOKEN,
@@ -21,6 +26,19 @@ pub enum RevokedBy {
     Email,
 }
 
+impl RevokedBy {
+    pub fn label(self) -> &'static str {
+        match self {
+            RevokedBy::Subject => "subject",
+            RevokedBy::Session => "session",
+            RevokedBy::Token => "token",
+            RevokedBy::Tenant => "tenant",
+            RevokedBy::Device => "device",
+            RevokedBy::Email => "email",
+        }
+    }
+}
+
 /// Which IP rule refused the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpRule {
@@ -30,6 +48,16 @@ pub enum IpRule {
     Binding,
     /// The route's named locations.
     Location,
+}
+
+impl IpRule {
+    pub fn label(self) -> &'static str {
+        match self {
+            IpRule::TokenAddress => "token_address",
+            IpRule::Binding => "binding",
+            IpRule::Location => "location",
+        }
+    }
 }
 
 /// Every reason a request is refused. `challenge::respond` maps each one, exhaustively.
@@ -64,7 +92,120 @@ pub enum DenyReason {
     },
 }
 
+/// What the request presented, as authentication found it.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// No bearer token: no `Authorization` header, or another scheme (RFC 6750 §3.1).
+    Absent,
+    /// A token that failed validation.
+    Invalid(&'a Rejected),
+    /// A validated token.
+    Valid(&'a Principal),
+}
+
+/// The decision on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Forwarded as if allowed (report-only): the CAE reason it would have been refused for.
+    ReportOnly(DenyReason),
+    /// Answered with this refusal's challenge instead of being forwarded.
+    Deny(Refusal),
+}
+
+/// A refusal and what its challenge needs besides the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: DenyReason,
+    /// The configured issuer whose realm and `authorization_uri` the challenge names: the one
+    /// that should mint the next token. `None`: the first configured issuer.
+    pub issuer: Option<Arc<str>>,
+    /// The client understands claims challenges (`xms_cc` contains `cp1`).
+    pub cp1: bool,
+}
+
+/// Decides a request. Order: no token or an invalid one, an issuer the route does not accept,
+/// then for a valid token account block, revocation, IP rules, step-up, and scopes, roles and
+/// claim rules. Report-only (the route's `report_only` or `server.report_only`) forwards CAE
+/// refusals only: scopes, roles and claim rules still hold, a missing or invalid token is always
+/// refused.
+pub fn decide(
+    route: &Route,
+    server_report_only: bool,
+    presented: Credential<'_>,
+    tables: &Tables,
+    client_ip: IpAddr,
+    now: i64,
+) -> Decision {
+    let accepts =
+        |issuer: &str| route.issuers.is_empty() || route.issuers.iter().any(|i| **i == *issuer);
+    let route_issuer = || route.issuers.first().map(|n| Arc::from(n.as_str()));
+    let deny = |reason, issuer, cp1| {
+        Decision::Deny(Refusal {
+            reason,
+            issuer,
+            cp1,
+        })
+    };
+    match presented {
+        _ if route.auth == AuthMode::None => Decision::Allow,
+        Credential::Absent if route.auth == AuthMode::Optional => Decision::Allow,
+        Credential::Absent => deny(DenyReason::MissingToken, route_issuer(), false),
+        // The issuer the token's `iss` names, when the route accepts it: only a choice among
+        // configured issuers, so an unverified `iss` selects, never supplies.
+        Credential::Invalid(r) => deny(
+            DenyReason::InvalidToken(r.error.clone()),
+            r.issuer
+                .clone()
+                .filter(|i| accepts(i))
+                .or_else(route_issuer),
+            false,
+        ),
+        Credential::Valid(p) if !accepts(&p.issuer) => deny(
+            DenyReason::InvalidToken(TokenError::IssuerNotAllowed),
+            route_issuer(),
+            p.cp1,
+        ),
+        Credential::Valid(p) => match check(route, p, tables, client_ip, now) {
+            Ok(()) => Decision::Allow,
+            Err(reason) if reason.is_cae() && (route.report_only || server_report_only) => {
+                match check_grants(route, p) {
+                    Ok(()) => Decision::ReportOnly(reason),
+                    Err(grant) => deny(grant, Some(p.issuer.clone()), p.cp1),
+                }
+            }
+            Err(reason) => deny(reason, Some(p.issuer.clone()), p.cp1),
+        },
+    }
+}
+
+impl Decision {
+    /// The reason refused or reported, if any.
+    pub fn reason(&self) -> Option<&DenyReason> {
+        match self {
+            Decision::Allow => None,
+            Decision::ReportOnly(r) | Decision::Deny(Refusal { reason: r, .. }) => Some(r),
+        }
+    }
+}
+
 impl DenyReason {
+    /// The precise cause within the reason, for the access line: the token error, what revoked
+    /// the token, which IP rule refused it ("" where the label says it all).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            DenyReason::InvalidToken(e) => e.reason(),
+            DenyReason::Revoked { by, .. } => by.label(),
+            DenyReason::IpNotAllowed { rule } => rule.label(),
+            DenyReason::MissingToken
+            | DenyReason::AccountBlocked { .. }
+            | DenyReason::AuthContextRequired { .. }
+            | DenyReason::StepUpRequired { .. }
+            | DenyReason::InsufficientScope { .. }
+            | DenyReason::ClaimNotAllowed { .. } => "",
+        }
+    }
+
     /// Stable label for metrics and the access log.
     pub fn label(&self) -> &'static str {
         match self {
@@ -94,9 +235,9 @@ impl DenyReason {
     }
 }
 
-/// Decides whether `p` may use `route` from `client_ip` at `now` (epoch seconds).
+/// Whether the valid principal `p` may use `route` from `client_ip` at `now` (epoch seconds).
 /// Order: account block, revocation, IP rules, step-up, then scopes, roles and claim rules.
-pub fn decide(
+fn check(
     route: &Route,
     p: &Principal,
     tables: &Tables,
@@ -128,7 +269,13 @@ pub fn decide(
     }
 
     // IP rules, each only when the route asks for it.
-    if cae.token_ip && p.ipaddr.is_some_and(|a| !same_ip(a, client_ip)) {
+    // An `ipaddr` that is not an address fails closed, like a mismatch.
+    let other_address = match p.ipaddr {
+        TokenIp::Absent => false,
+        TokenIp::Addr(a) => !same_ip(a, client_ip),
+        TokenIp::Unreadable => true,
+    };
+    if cae.token_ip && other_address {
         return Err(DenyReason::IpNotAllowed {
             rule: IpRule::TokenAddress,
         });
@@ -333,7 +480,7 @@ mod tests {
     fn revocation_refuses_older_tokens_only() {
         let t = Tables::default();
         let r = route();
-        assert_eq!(decide(&r, &principal(), &t, IP, 2000), Ok(()));
+        assert_eq!(check(&r, &principal(), &t, IP, 2000), Ok(()));
         t.apply(&Change::Revoke {
             key: SubjectKey::Session {
                 iss: "https://idp".into(),
@@ -342,7 +489,7 @@ mod tests {
             at: 1500,
         });
         assert_eq!(
-            decide(&r, &principal(), &t, IP, 2000),
+            check(&r, &principal(), &t, IP, 2000),
             Err(DenyReason::Revoked {
                 by: RevokedBy::Session,
                 revoked_at: 1500
@@ -352,7 +499,7 @@ mod tests {
             iat: Some(1500),
             ..principal()
         };
-        assert_eq!(decide(&r, &fresh, &t, IP, 2000), Ok(()));
+        assert_eq!(check(&r, &fresh, &t, IP, 2000), Ok(()));
     }
 
     #[test]
@@ -370,7 +517,7 @@ mod tests {
             ..principal()
         };
         assert_eq!(
-            decide(&route(), &fresh, &t, IP, 2000),
+            check(&route(), &fresh, &t, IP, 2000),
             Err(DenyReason::AccountBlocked { since: 10 })
         );
     }
@@ -380,25 +527,25 @@ mod tests {
         let t = Tables::default();
         let mut r = route();
         let p = Principal {
-            ipaddr: Some("198.51.100.7".parse().unwrap()),
+            ipaddr: TokenIp::Addr("198.51.100.7".parse().unwrap()),
             ..principal()
         };
-        assert_eq!(decide(&r, &p, &t, IP, 2000), Ok(()));
+        assert_eq!(check(&r, &p, &t, IP, 2000), Ok(()));
         r.cae.token_ip = true;
         assert_eq!(
-            decide(&r, &p, &t, IP, 2000),
+            check(&r, &p, &t, IP, 2000),
             Err(DenyReason::IpNotAllowed {
                 rule: IpRule::TokenAddress
             })
         );
         assert_eq!(
-            decide(&r, &p, &t, "::ffff:198.51.100.7".parse().unwrap(), 2000),
+            check(&r, &p, &t, "::ffff:198.51.100.7".parse().unwrap(), 2000),
             Ok(())
         );
         r.cae.token_ip = false;
         r.cae.allow_locations = vec!["10.0.0.0/8".parse().unwrap()];
         assert_eq!(
-            decide(&r, &p, &t, IP, 2000),
+            check(&r, &p, &t, IP, 2000),
             Err(DenyReason::IpNotAllowed {
                 rule: IpRule::Location
             })
@@ -411,7 +558,7 @@ mod tests {
         let mut r = route();
         r.cae.auth_context = Some("c1".into());
         assert_eq!(
-            decide(&r, &principal(), &t, IP, 2000),
+            check(&r, &principal(), &t, IP, 2000),
             Err(DenyReason::AuthContextRequired {
                 context: "c1".into()
             })
@@ -421,10 +568,10 @@ mod tests {
             scopes: vec!["read".into()],
             ..principal()
         };
-        assert_eq!(decide(&r, &p, &t, IP, 2000), Ok(()));
+        assert_eq!(check(&r, &p, &t, IP, 2000), Ok(()));
         r.scopes = vec!["write".into()];
         assert_eq!(
-            decide(&r, &p, &t, IP, 2000),
+            check(&r, &p, &t, IP, 2000),
             Err(DenyReason::InsufficientScope {
                 scope: "write".into()
             })
@@ -438,12 +585,12 @@ mod tests {
             ..p
         };
         assert_eq!(
-            decide(&r, &stale, &t, IP, 2000),
+            check(&r, &stale, &t, IP, 2000),
             Err(DenyReason::StepUpRequired {
                 acr_values: vec!["urn:mfa".into()],
                 max_age: Some(60)
             })
         );
-        assert_eq!(decide(&r, &stale, &t, IP, 1050), Ok(()));
+        assert_eq!(check(&r, &stale, &t, IP, 1050), Ok(()));
     }
 }

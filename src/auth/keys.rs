@@ -47,6 +47,9 @@ pub struct VerifyKey {
     pub family: KeyFamily,
     /// The JWK's own `alg`, when it names one: the token must use exactly that.
     pub alg: Option<Algorithm>,
+    /// RFC 7638 SHA-256 thumbprint of the public key: what a verified token remembers of the
+    /// key that verified it (a key replaced under the same `kid` has another thumbprint).
+    pub thumbprint: [u8; 32],
     /// Pre-parsed aws-lc-rs keys, one per algorithm this key may verify: parsing (and the RSA
     /// Montgomery set-up) happens once per JWKS fetch instead of once per token.
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
@@ -570,6 +573,7 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
             .decode(v.trim_end_matches('='))
             .map_err(|e| e.to_string())
     };
+    let thumbprint = jwk_thumbprint(&jwk.algorithm).ok_or("unsupported key type")?;
     let public: Vec<u8> = match &jwk.algorithm {
         AlgorithmParameters::RSA(p) => rsa_public_der(&b64(&p.n)?, &b64(&p.e)?),
         AlgorithmParameters::EllipticCurve(p) => [vec![4u8], b64(&p.x)?, b64(&p.y)?].concat(),
@@ -594,8 +598,43 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
         kid: jwk.common.key_id.clone(),
         family,
         alg,
+        thumbprint,
         verifiers,
     })
+}
+
+/// The RFC 7638 §3 thumbprint of a public JWK: SHA-256 over the required members in
+/// lexicographic order, no white space (`{"e":…,"kty":"RSA","n":…}`, `{"crv":…,"kty":"EC","x":…,
+/// "y":…}`, `{"crv":"Ed25519","kty":"OKP","x":…}`). `None` for key types we do not verify with.
+pub fn jwk_thumbprint(key: &AlgorithmParameters) -> Option<[u8; 32]> {
+    // Member values are base64url without padding (RFC 7515 §2); tolerate trailing `=`.
+    let v = |s: &str| serde_json::Value::from(s.trim_end_matches('=')).to_string();
+    let canonical = match key {
+        AlgorithmParameters::RSA(p) => {
+            format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, v(&p.e), v(&p.n))
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            let crv = match p.curve {
+                EllipticCurve::P256 => "P-256",
+                EllipticCurve::P384 => "P-384",
+                EllipticCurve::P521 => "P-521",
+                _ => return None,
+            };
+            format!(
+                r#"{{"crv":"{crv}","kty":"EC","x":{},"y":{}}}"#,
+                v(&p.x),
+                v(&p.y)
+            )
+        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            format!(r#"{{"crv":"Ed25519","kty":"OKP","x":{}}}"#, v(&p.x))
+        }
+        _ => return None,
+    };
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Some(out)
 }
 
 fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
@@ -650,6 +689,19 @@ async fn refresher(ks: std::sync::Weak<KeySet>, shutdown: tokio::sync::watch::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thumbprint_matches_the_rfc7638_example() {
+        // RFC 7638 §3.1.
+        let jwk: Jwk = serde_json::from_value(serde_json::json!({"kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}))
+            .unwrap();
+        let t = jwk_thumbprint(&jwk.algorithm).unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
 
     #[test]
     fn skips_symmetric_and_small_keys() {

@@ -9,15 +9,13 @@ use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::keys::KeySet;
+use super::keys::{KeySet, VerifyKey};
 use crate::config;
 
 /// Why a bearer token was refused. The description is printable ASCII without `"` or `\`
 /// (it goes into `error_description`); it never contains token material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("the Authorization header is not a Bearer token")]
-    NotBearer,
     #[error("more than one Authorization header")]
     MultipleAuthorization,
     #[error("access tokens are not accepted in the query string")]
@@ -60,7 +58,6 @@ impl TokenError {
     /// Stable label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            TokenError::NotBearer => "not_bearer",
             TokenError::MultipleAuthorization => "multiple_authorization",
             TokenError::TokenInQuery => "token_in_query",
             TokenError::TooLarge => "too_large",
@@ -104,7 +101,8 @@ pub struct Principal {
     pub acrs: Vec<String>,
     /// `xms_cc` contains `cp1` (case-insensitive): the client understands claims challenges.
     pub cp1: bool,
-    pub ipaddr: Option<IpAddr>,
+    /// The token's `ipaddr` claim: the address it was issued to.
+    pub ipaddr: TokenIp,
     pub scopes: Vec<String>,
     pub roles: Vec<String>,
     /// The issuer's `device_claim` (default `deviceid`).
@@ -113,8 +111,39 @@ pub struct Principal {
     /// address, lower-cased.
     pub emails: Vec<String>,
     pub kid: Option<String>,
+    /// RFC 7638 thumbprint of the key that verified the token: a cached principal counts only
+    /// while this very key is still published (not merely its `kid`).
+    pub key_thumbprint: [u8; 32],
     pub alg: Option<Algorithm>,
     pub claims: Map<String, Value>,
+}
+
+/// A token's `ipaddr` claim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenIp {
+    /// No `ipaddr` claim.
+    #[default]
+    Absent,
+    Addr(IpAddr),
+    /// An `ipaddr` claim that is not an address: refused wherever the address is checked.
+    Unreadable,
+}
+
+/// A refused token, with the configured issuer its unverified `iss` names (if any): only ever a
+/// choice among configured issuers, used to name the challenge's realm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub error: TokenError,
+    pub issuer: Option<Arc<str>>,
+}
+
+impl From<TokenError> for Rejected {
+    fn from(error: TokenError) -> Rejected {
+        Rejected {
+            error,
+            issuer: None,
+        }
+    }
 }
 
 impl Principal {
@@ -195,7 +224,8 @@ impl Issuers {
 }
 
 /// Takes the bearer token from the request: exactly one `Authorization: Bearer …` header.
-/// Returns `Ok(None)` when there is no token at all.
+/// Returns `Ok(None)` when there is no bearer token at all: no `Authorization`, or another
+/// scheme (`Basic …`), which RFC 6750 §3.1 answers with a challenge without an error code.
 pub fn bearer<'a>(
     headers: &'a HeaderMap,
     query: Option<&str>,
@@ -219,9 +249,9 @@ pub fn bearer<'a>(
         .ok()
         .filter(|v| v.is_ascii())
         .ok_or(TokenError::Malformed("non-ASCII Authorization header"))?;
-    let (scheme, token) = v.split_once(' ').ok_or(TokenError::NotBearer)?;
+    let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::NotBearer);
+        return Ok(None);
     }
     let token = token.trim_matches(' ');
     if token.len() > max_bytes {
@@ -330,7 +360,7 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
 /// Validates a token against the snapshot's issuers. `now` is epoch seconds. The only network
 /// call possible is the bounded unknown-`kid` refetch of the issuer's key set. Order: structure,
 /// issuer, algorithm allow-list, key (by `kid`) and its type, signature, then the claims.
-pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Principal, TokenError> {
+pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Principal, Rejected> {
     let Inspected {
         header,
         iss,
@@ -339,6 +369,25 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
         signature,
     } = inspect(token)?;
     let issuer = issuers.find(&iss).ok_or(TokenError::UnknownIssuer)?;
+    let named = |error| Rejected {
+        error,
+        issuer: Some(Arc::from(issuer.cfg.name.as_str())),
+    };
+    verify(issuer, header, iss, claims, signing_input, &signature, now)
+        .await
+        .map_err(named)
+}
+
+/// Validation once the issuer is known: everything after the structure.
+async fn verify(
+    issuer: &IssuerRt,
+    header: jsonwebtoken::Header,
+    iss: String,
+    claims: Map<String, Value>,
+    signing_input: &str,
+    signature: &[u8],
+    now: i64,
+) -> Result<Principal, TokenError> {
     let cfg = &issuer.cfg;
     if !cfg.algorithms.contains(&header.alg) {
         return Err(TokenError::AlgorithmNotAllowed);
@@ -354,7 +403,7 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
     if !key.family.fits(header.alg) || key.alg.is_some_and(|a| a != header.alg) {
         return Err(TokenError::KeyMismatch);
     }
-    if !key.verify(header.alg, signing_input.as_bytes(), &signature) {
+    if !key.verify(header.alg, signing_input.as_bytes(), signature) {
         return Err(TokenError::BadSignature);
     }
     let leeway = cfg.leeway.as_secs() as i64;
@@ -399,13 +448,14 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
             return Err(TokenError::LifetimeTooLong);
         }
     }
-    Ok(principal(issuer, iss, header, exp, iat, claims))
+    Ok(principal(issuer, iss, header, &key, exp, iat, claims))
 }
 
 fn principal(
     issuer: &IssuerRt,
     iss: String,
     header: jsonwebtoken::Header,
+    key: &VerifyKey,
     exp: i64,
     iat: Option<i64>,
     claims: Map<String, Value>,
@@ -448,12 +498,19 @@ fn principal(
         acr: s("acr"),
         acrs: list("acrs"),
         cp1: list("xms_cc").iter().any(|c| c.eq_ignore_ascii_case("cp1")),
-        ipaddr: s("ipaddr").and_then(|a| a.trim().parse().ok()),
+        ipaddr: match claims.get("ipaddr") {
+            None | Some(Value::Null) => TokenIp::Absent,
+            Some(v) => v
+                .as_str()
+                .and_then(|a| a.trim().parse().ok())
+                .map_or(TokenIp::Unreadable, TokenIp::Addr),
+        },
         scopes: list("scp"),
         roles: list("roles"),
         device: s(&map.device),
         emails,
         kid: header.kid,
+        key_thumbprint: key.thumbprint,
         alg: Some(header.alg),
         iss,
         claims,
@@ -473,7 +530,12 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(bearer(&h, None, 100), Ok(None));
         h.insert("authorization", "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h, None, 100), Err(TokenError::NotBearer));
+        assert_eq!(bearer(&h, None, 100), Ok(None));
+        h.insert("authorization", "Bearer".parse().unwrap());
+        assert_eq!(
+            bearer(&h, None, 100),
+            Err(TokenError::Malformed("empty token"))
+        );
         h.insert("authorization", "bearer abc".parse().unwrap());
         assert_eq!(bearer(&h, None, 100), Ok(Some("abc")));
         assert_eq!(bearer(&h, None, 2), Err(TokenError::TooLarge));

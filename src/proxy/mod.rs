@@ -7,8 +7,6 @@ pub mod headers;
 pub mod route;
 pub mod upstream;
 
-pub use authenticate::{refusal, Refusal};
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +15,7 @@ use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::auth::decide::Decision;
 use crate::config::AuthMode;
 use crate::metrics::{RequestLabels, RouteMetrics};
 use crate::reply::{json_error, BoxedBody};
@@ -29,6 +28,8 @@ struct Outcome<'s> {
     route: Option<&'s RouteMetrics>,
     decision: &'static str,
     reason: &'static str,
+    /// The precise cause within `reason` (token error, revocation kind, IP rule), access line only.
+    cause: &'static str,
     upstream_status: Option<u16>,
     client_ip: std::net::IpAddr,
 }
@@ -103,6 +104,7 @@ pub async fn handle(
         route: None,
         decision: "none",
         reason: "",
+        cause: "",
         upstream_status: None,
         client_ip: conn.peer.ip(),
     };
@@ -169,6 +171,7 @@ pub async fn handle(
             client_ip = %out.client_ip,
             decision = out.decision,
             reason = out.reason,
+            cause = out.cause,
             listener = %conn.listener,
             error = %error,
         );
@@ -187,6 +190,7 @@ pub async fn handle(
             client_ip = %out.client_ip,
             decision = out.decision,
             reason = out.reason,
+            cause = out.cause,
             listener = %conn.listener,
         );
     }
@@ -233,48 +237,25 @@ async fn inner<'s>(
     }
 
     let now = crate::store::now_secs();
-    let principal = match authenticate::authenticate(
-        shared,
-        snap,
-        conn,
-        &route,
-        &req,
-        out.client_ip,
-        now,
-    )
-    .await
-    {
-        Ok(p) => {
-            out.decision = if route.auth == AuthMode::None {
-                "none"
-            } else {
-                "allow"
-            };
-            p
+    let auth =
+        authenticate::authenticate(shared, snap, conn, &route, &req, out.client_ip, now).await;
+    if let Some(reason) = auth.decision.reason() {
+        // The reason of the answer actually given (a grant refusal replaces a relaxed one).
+        (out.reason, out.cause) = (reason.label(), reason.cause());
+    }
+    match &auth.decision {
+        Decision::Allow if route.auth == AuthMode::None => out.decision = "none",
+        Decision::Allow => out.decision = "allow",
+        Decision::ReportOnly(reason) => {
+            out.decision = "report_only";
+            tracing::warn!(request_id = rid, route = %route.name, reason = reason.label(), cause = reason.cause(), "report-only: this request would have been refused");
         }
-        Err((reason, p)) => match refusal(&route, server.report_only, reason, p.as_deref()) {
-            Refusal::ReportOnly(reason) => {
-                out.reason = reason.label();
-                out.decision = "report_only";
-                tracing::warn!(request_id = rid, route = %route.name, reason = reason.label(), "report-only: this request would have been refused");
-                p
-            }
-            Refusal::Deny(reason) => {
-                // The reason of the answer actually given (a grant refusal replaces the relaxed one).
-                out.reason = reason.label();
-                out.decision = "deny";
-                return Ok(authenticate::deny(
-                    snap,
-                    &route,
-                    &reason,
-                    p.as_deref(),
-                    &req,
-                    rid,
-                    now,
-                ));
-            }
-        },
-    };
+        Decision::Deny(refusal) => {
+            out.decision = "deny";
+            return Ok(authenticate::challenge(snap, refusal, &req, rid, now));
+        }
+    }
+    let principal = auth.principal;
     forward::forward(
         snap,
         conn,
