@@ -1,12 +1,12 @@
-//! Authentication on the request path: the bearer token (per-connection memo, shared cache or
-//! full validation) becomes a [`Credential`], [`decide`] decides, and a refusal becomes its
-//! challenge response.
+//! Authentication of one request: the bearer token (per-connection memo, shared cache or full
+//! validation) becomes a [`Credential`], [`decide`] decides, and a refusal becomes its challenge
+//! response. Used by the proxy pipeline on the request itself, and by the authorization service
+//! on the original request a gateway asks about ([`Inbound`] is what both know of it).
 
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::{HeaderMap, Method, Response};
 
 use crate::auth::cache;
 use crate::auth::challenge::{self, ChallengeCtx};
@@ -18,20 +18,35 @@ use crate::reply::{full, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
 
+/// What authentication reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub method: &'a Method,
+    /// `http` or `https`, as the client used it.
+    pub scheme: &'a str,
+    /// The host the client named (`:authority` or `Host`).
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_ip: std::net::IpAddr,
+    /// SHA-256 of the client certificate the TLS handshake verified, if any.
+    pub client_cert_sha256: Option<&'a [u8; 32]>,
+}
+
 /// The principal a valid token names, and the decision on the request.
-pub(super) struct Authenticated {
+pub struct Authenticated {
     pub principal: Option<Arc<Principal>>,
     pub decision: Decision,
 }
 
-/// Reads the request's credential and decides.
-pub(super) async fn authenticate(
+/// Reads the request's credential and decides. `conn` remembers the last token of a connection.
+pub async fn authenticate(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
     route: &Route,
-    req: &Request<Incoming>,
-    client_ip: std::net::IpAddr,
+    req: &Inbound<'_>,
     now: i64,
 ) -> Authenticated {
     if route.auth == AuthMode::None {
@@ -52,7 +67,7 @@ pub(super) async fn authenticate(
         report_only,
         presented,
         shared.store.tables(),
-        client_ip,
+        req.client_ip,
         now,
     );
     Authenticated {
@@ -67,7 +82,7 @@ async fn credential(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Inbound<'_>,
     now: i64,
 ) -> Result<Option<Arc<Principal>>, Rejected> {
     let m = &shared.metrics;
@@ -80,7 +95,7 @@ async fn credential(
             .inc();
     };
     let max = snap.config.server.max_token_bytes;
-    let token = match token::bearer(req.headers(), req.uri().query(), max) {
+    let token = match token::bearer(req.headers, req.query, max) {
         Ok(Some(t)) => t,
         Ok(None) => return Ok(None),
         Err(e) => {
@@ -130,10 +145,10 @@ async fn credential(
 
 /// The challenge answering a refusal: the issuer it names gives the realm and
 /// `authorization_uri` (the first configured issuer when the refusal names none).
-pub(super) fn challenge(
+pub fn challenge(
     snap: &Snapshot,
     refusal: &Refusal,
-    req: &Request<Incoming>,
+    req: &Inbound<'_>,
     request_id: &str,
     now: i64,
 ) -> Response<BoxedBody> {
@@ -158,7 +173,7 @@ pub(super) fn challenge(
     if let Ok(v) = HeaderValue::from_str(&c.www_authenticate) {
         h.insert(WWW_AUTHENTICATE, v);
     }
-    if req.headers().contains_key(http::header::ORIGIN) {
+    if req.headers.contains_key(http::header::ORIGIN) {
         h.insert(
             http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("WWW-Authenticate"),

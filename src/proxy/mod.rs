@@ -1,7 +1,7 @@
 //! The request pipeline, in order: route → token → decide → forward or challenge → one access-log line.
 
 mod ambiguity;
-mod authenticate;
+pub mod authenticate;
 mod forward;
 pub mod headers;
 pub mod route;
@@ -237,8 +237,17 @@ async fn inner<'s>(
     }
 
     let now = crate::store::now_secs();
-    let auth =
-        authenticate::authenticate(shared, snap, conn, &route, &req, out.client_ip, now).await;
+    let inbound = authenticate::Inbound {
+        method: req.method(),
+        scheme: if conn.tls { "https" } else { "http" },
+        host: headers::authority(&req),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        client_ip: out.client_ip,
+        client_cert_sha256: conn.client_cert_sha256.get(),
+    };
+    let auth = authenticate::authenticate(shared, snap, conn, &route, &inbound, now).await;
     if let Some(reason) = auth.decision.reason() {
         // The reason of the answer actually given (a grant refusal replaces a relaxed one).
         (out.reason, out.cause) = (reason.label(), reason.cause());
@@ -252,7 +261,7 @@ async fn inner<'s>(
         }
         Decision::Deny(refusal) => {
             out.decision = "deny";
-            return Ok(authenticate::challenge(snap, refusal, &req, rid, now));
+            return Ok(authenticate::challenge(snap, refusal, &inbound, rid, now));
         }
     }
     let principal = auth.principal;
