@@ -279,7 +279,7 @@ async fn api(
         (Method::POST, "/reload") => {
             return match shared.reload() {
                 Ok(g) => Ok(json_response(StatusCode::OK, json!({"generation": g}))),
-                Err(e) => Err((StatusCode::BAD_REQUEST, e)),
+                Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
             }
         }
         (Method::GET, "/admin/stats") => {

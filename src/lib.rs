@@ -226,7 +226,7 @@ impl Proxy {
     }
 
     /// Same as SIGHUP: re-read the file, swap on success, keep the old snapshot on failure.
-    pub fn reload(&self) -> Result<u64, String> {
+    pub fn reload(&self) -> Result<u64, state::ReloadError> {
         self.shared.reload()
     }
 

@@ -48,6 +48,17 @@ pub enum BuildError {
     Upstream { upstream: String, source: TlsError },
 }
 
+/// Why a reload kept the previous configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this proxy was started without a configuration file")]
+    NoConfigFile,
+    #[error("{}", .0.to_string().replace('\n', "; "))]
+    Config(#[from] crate::config::ConfigErrors),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
 /// Called with the new configuration after each successful reload.
 pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
 
@@ -190,7 +201,7 @@ impl Shared {
     }
 
     /// Re-reads the configuration file and swaps the snapshot; on any error the old one stays.
-    pub fn reload(self: &Arc<Self>) -> Result<u64, String> {
+    pub fn reload(self: &Arc<Self>) -> Result<u64, ReloadError> {
         let result = self.try_reload();
         let label = crate::metrics::ResultLabels {
             result: if result.is_ok() { "ok" } else { "failed" },
@@ -206,12 +217,9 @@ impl Shared {
         result
     }
 
-    fn try_reload(self: &Arc<Self>) -> Result<u64, String> {
-        let path = self
-            .config_path
-            .as_ref()
-            .ok_or("this proxy was started without a configuration file")?;
-        let config = Config::load(path).map_err(|e| e.to_string().replace('\n', "; "))?;
+    fn try_reload(self: &Arc<Self>) -> Result<u64, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let config = Config::load(path)?;
         let old = self.snapshot.load();
         for l in &config.listeners {
             match old.config.listeners.iter().find(|o| o.name == l.name) {
@@ -224,7 +232,7 @@ impl Shared {
                 _ => {}
             }
         }
-        let snap = self.build(config).map_err(|e| e.to_string())?;
+        let snap = self.build(config)?;
         let g = snap.generation;
         if let Some(cb) = &self.on_reload {
             cb(&snap.config);

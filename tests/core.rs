@@ -455,7 +455,7 @@ async fn reload_under_load_switches_routing_without_failures_and_bad_files_keep_
     let g = h.proxy.reload().expect("reload ok");
     h.write_config("[server]\nidle_timeout = \"forever\"\n");
     let err = h.proxy.reload().unwrap_err();
-    assert!(err.contains("server.idle_timeout"), "{err}");
+    assert!(err.to_string().contains("server.idle_timeout"), "{err}");
     assert_eq!(
         h.proxy.shared.snapshot.load().generation,
         g,
