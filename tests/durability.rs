@@ -1099,3 +1099,55 @@ async fn a_revocation_refused_during_a_redis_outage_is_enforced_here_and_listed_
     let m = get(&client(), &h.admin_url("/metrics"), &[]).await.text();
     assert_eq!(metric(&m, "cae_store_local_only_entries"), 0.0, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_mode_a_verification_asked_for_by_one_replica_is_accepted_by_another() {
+    let w = world(mgmt_tx()).await;
+    let redis = Redis::start(false);
+    let prefix = format!("t{}:", cae_proxy::dev::random_id(4));
+    let fwd = Forwarder::start().await;
+    fwd.hold.store(true, Ordering::SeqCst);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_store = fleet_store(&redis, &prefix, "a", da.path());
+    let a = Harness::start_in(
+        da,
+        &toml(&w, &a_store, &managed_push(&w, &fwd))
+            .replace("log_level = \"info\"", "log_level = \"warn\""),
+    )
+    .await;
+    eventually(
+        "A asked for a verification",
+        Duration::from_secs(15),
+        || {
+            let n = verifications(&fwd).len();
+            async move { n == 1 }
+        },
+    )
+    .await;
+    let v = verifications(&fwd)[0].0.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}vstate:*"))
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(keys.len(), 1, "the state is kept in Redis: {keys:?}");
+    // Replica B (plain push, same transmitter) gets the verification A asked for.
+    let b_store = fleet_store(&redis, &prefix, "b", db.path());
+    let b = Harness::start_in(
+        db,
+        &toml(&w, &b_store, &push_transmitter(&w))
+            .replace("log_level = \"info\"", "log_level = \"warn\""),
+    )
+    .await;
+    b.wait_ready().await;
+    let r = push(&b.url("signals", "/ssf/tx"), &v).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::ACCEPTED, ""));
+    // Delivered again, to A this time: a repeat, fleet-wide.
+    let r = push(&a.url("signals", "/ssf/managed"), &v).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::ACCEPTED, ""));
+    let m = get(&client(), &a.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        m.contains(r#"cae_sets_received_total{transmitter="managed",event="verification",result="duplicate"} 1"#),
+        "{m}"
+    );
+    a.wait_ready().await;
+}
