@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::reply::{full, json_error, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::Shared;
+use crate::store::keys::ANY_ISSUER;
 use crate::store::{now_secs, Batch, Change, SubjectKey, TableName};
 
 /// Largest admin request body.
@@ -314,6 +315,20 @@ async fn api(
             ))
         }
     };
+    let (table, key) = target(&change);
+    let enc = key.encode();
+    let tables = shared.store.tables();
+    let before = tables.entry(table, &enc);
+    // Lifting what is not there changes nothing: say so instead of a silent 200. The usual
+    // cause is the issuer: entries from SETs whose subject names none live under "*".
+    if before.is_none()
+        && matches!(
+            change,
+            Change::Unblock { .. } | Change::Unbind { .. } | Change::Delete { .. }
+        )
+    {
+        return Err((StatusCode::NOT_FOUND, absent(shared, table, key)));
+    }
     shared
         .store
         .commit(Batch {
@@ -323,8 +338,58 @@ async fn api(
         })
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
-    tracing::info!(request_id = rid, change = ?change_summary(&change), "admin change stored");
-    Ok(json_response(StatusCode::OK, json!({"stored": change})))
+    let changed = usize::from(tables.entry(table, &enc) != before);
+    tracing::info!(request_id = rid, change = ?change_summary(&change), changed, "admin change stored");
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"stored": change, "changed": changed}),
+    ))
+}
+
+/// The table and key a change is about.
+fn target(c: &Change) -> (TableName, &SubjectKey) {
+    match c {
+        Change::Revoke { key, .. } => (TableName::Revocations, key),
+        Change::Block { key, .. } | Change::Unblock { key, .. } => (TableName::Blocks, key),
+        Change::Bind { key, .. } | Change::Unbind { key, .. } => (TableName::Bindings, key),
+        Change::Delete { table, key } => (*table, key),
+    }
+}
+
+fn table_name(t: TableName) -> &'static str {
+    match t {
+        TableName::Revocations => "revocations",
+        TableName::Blocks => "blocks",
+        TableName::Bindings => "bindings",
+    }
+}
+
+/// Why a lift found nothing, with a pointer to the same value under issuer `"*"` if it is there.
+fn absent(shared: &Shared, table: TableName, key: &SubjectKey) -> String {
+    let any = |iss: &str| iss != ANY_ISSUER;
+    let wildcard = match key {
+        SubjectKey::Subject { iss, sub } if any(iss) => Some(SubjectKey::Subject {
+            iss: ANY_ISSUER.into(),
+            sub: sub.clone(),
+        }),
+        SubjectKey::Session { iss, sid } if any(iss) => Some(SubjectKey::Session {
+            iss: ANY_ISSUER.into(),
+            sid: sid.clone(),
+        }),
+        SubjectKey::Token { iss, jti } if any(iss) => Some(SubjectKey::Token {
+            iss: ANY_ISSUER.into(),
+            jti: jti.clone(),
+        }),
+        _ => None,
+    };
+    let mut msg = format!(
+        "no {} entry for this key (nothing changed)",
+        table_name(table)
+    );
+    if wildcard.is_some_and(|w| shared.store.tables().contains(table, &w.encode())) {
+        msg.push_str("; an entry for the same value exists under issuer \"*\": SETs whose subject names no issuer (opaque ids) are stored there");
+    }
+    msg
 }
 
 fn change_summary(c: &Change) -> String {
@@ -389,10 +454,7 @@ fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<BoxedBody>
             }
         }
     }
-    let (total, entries) = shared
-        .store
-        .tables()
-        .list(table, search.as_deref(), offset, limit);
+    let (total, entries) = shared.store.list(table, search.as_deref(), offset, limit);
     Ok(json_response(
         StatusCode::OK,
         json!({"total": total, "offset": offset, "entries": entries}),
@@ -415,4 +477,6 @@ fn refresh_gauges(shared: &Shared) {
     m.table_entries
         .get_or_create(&TableLabel { table: "bindings" })
         .set(s.bindings as i64);
+    m.local_only_entries
+        .set(shared.store.local_only_count() as i64);
 }

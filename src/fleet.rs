@@ -33,6 +33,8 @@ const BLOCK: Duration = Duration::from_secs(1);
 const READ_COUNT: usize = 500;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest wait for a poll lease release (on shutdown, or when a poller stops).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Readiness reason while the log has not been replayed since start.
 pub const NOT_REPLAYED: &str = "fleet log not replayed yet";
 
@@ -109,11 +111,14 @@ pub struct Fleet {
 
 impl Fleet {
     /// Connects metrics, installs the poll gate and starts the tailer and the lease keeper.
+    /// Both tasks are spawned on `tasks`, so that a shutdown waits for their last writes (the
+    /// local copy, the lease release).
     pub fn start(
         parts: FleetParts,
         store: &Arc<SignalStore>,
         metrics: FleetMetrics,
         shutdown: &watch::Sender<bool>,
+        tasks: &tokio_util::task::TaskTracker,
     ) -> Arc<Fleet> {
         parts.link.set_metrics(metrics.clone());
         let fleet = Arc::new(Fleet {
@@ -128,8 +133,8 @@ impl Fleet {
         });
         store.set_poll_gate(fleet.clone());
         tracing::info!(replica = %fleet.link.replica(), stream = %fleet.link.stream_key(), "fleet mode: following the fleet log");
-        tokio::spawn(fleet.clone().tail(shutdown.subscribe()));
-        tokio::spawn(fleet.clone().keep_leases(shutdown.subscribe()));
+        tasks.spawn(fleet.clone().tail(shutdown.subscribe()));
+        tasks.spawn(fleet.clone().keep_leases(shutdown.subscribe()));
         fleet
     }
 
@@ -168,13 +173,24 @@ impl Fleet {
         }
     }
 
-    /// Follows the log until shutdown.
+    /// Follows the log until shutdown; then writes what was applied in memory but not yet to
+    /// the local copy (a failed write's retry), once.
     async fn tail(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut cursor = self.load_cursor().await;
-        let mut last_ms = parse_id(&cursor)
-            .map(|(ms, _)| ms as i64)
-            .filter(|m| *m > 0);
         let mut pending: Vec<Change> = Vec::new();
+        self.follow(&mut cursor, &mut pending, &mut shutdown).await;
+        if !pending.is_empty() {
+            self.persist(&mut pending, &cursor).await;
+        }
+    }
+
+    async fn follow(
+        &self,
+        cursor: &mut String,
+        pending: &mut Vec<Change>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let mut last_ms = parse_id(cursor).map(|(ms, _)| ms as i64).filter(|m| *m > 0);
         let mut backoff = BACKOFF_START;
         let mut failing = false;
         tracing::info!(%cursor, "replaying the fleet log");
@@ -194,27 +210,27 @@ impl Fleet {
                         tracing::warn!(error = %describe(&e), caught_up = self.caught_up(), "fleet log unreachable; deciding on the local tables, retrying");
                         failing = true;
                     }
-                    if !sleep_or_stop(jittered(backoff), &mut shutdown).await {
+                    if !sleep_or_stop(jittered(backoff), shutdown).await {
                         return;
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
-            if cursor != "0-0" {
+            if *cursor != "0-0" {
                 if let Ok(Some(max_deleted)) = self.link.max_deleted_id(&mut conn).await {
-                    if parse_id(&max_deleted) > parse_id(&cursor) {
+                    if parse_id(&max_deleted) > parse_id(cursor) {
                         tracing::warn!(%cursor, trimmed_up_to = %max_deleted, "the fleet log was trimmed past this replica's cursor: entries older than store.retention were missed (they had expired, except account blocks)");
                     }
                 }
             }
             loop {
                 if !pending.is_empty() {
-                    self.persist(&mut pending, &cursor).await;
+                    self.persist(pending, cursor).await;
                 }
                 let block = self.caught_up().then_some(BLOCK);
                 let read = tokio::select! {
-                    r = self.link.read(&mut conn, &cursor, READ_COUNT, block) => r,
+                    r = self.link.read(&mut conn, cursor, READ_COUNT, block) => r,
                     _ = shutdown.changed() => return,
                 };
                 let entries = match read {
@@ -225,7 +241,7 @@ impl Fleet {
                             tracing::warn!(error = %describe(&e), "fleet log read failed; deciding on the local tables, reconnecting");
                             failing = true;
                         }
-                        if !sleep_or_stop(jittered(backoff), &mut shutdown).await {
+                        if !sleep_or_stop(jittered(backoff), shutdown).await {
                             return;
                         }
                         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -243,13 +259,13 @@ impl Fleet {
                         tracing::info!(%cursor, "fleet log replayed");
                     }
                 } else {
-                    if let Some(ms) = self.apply(&entries, &mut pending) {
+                    if let Some(ms) = self.apply(&entries, pending) {
                         last_ms = Some(ms);
                     }
                     if let Some(last) = entries.last() {
-                        cursor = last.id.clone();
+                        *cursor = last.id.clone();
                     }
-                    self.persist(&mut pending, &cursor).await;
+                    self.persist(pending, cursor).await;
                 }
                 if let Some(ms) = last_ms {
                     self.metrics
@@ -361,8 +377,7 @@ impl Fleet {
                 if let Some(c) = conn.as_mut() {
                     for n in &names {
                         let _ =
-                            tokio::time::timeout(Duration::from_secs(1), self.link.release(c, n))
-                                .await;
+                            tokio::time::timeout(RELEASE_TIMEOUT, self.link.release(c, n)).await;
                     }
                 }
                 return;
@@ -433,7 +448,10 @@ impl PollGate for Fleet {
         }
     }
 
-    fn stopped(&self, transmitter: &str) {
+    fn stopped(
+        &self,
+        transmitter: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
         let was = self
             .leases
             .lock()
@@ -446,18 +464,29 @@ impl PollGate for Fleet {
             })
             .set(0);
         if was.and_then(|l| l.held_until).is_none() {
-            return;
+            return Box::pin(std::future::ready(()));
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let link = self.link.clone();
         let name = transmitter.to_string();
-        rt.spawn(async move {
-            if let Ok(mut c) = link.connect(Duration::ZERO).await {
-                let _ = link.release(&mut c, &name).await;
+        Box::pin(async move {
+            let release = async {
+                let mut c = link.connect(Duration::ZERO).await?;
+                link.release(&mut c, &name).await
+            };
+            match tokio::time::timeout(RELEASE_TIMEOUT, release).await {
+                Ok(Ok(())) => {
+                    tracing::info!(transmitter = %name, "poll lease released");
+                }
+                Ok(Err(e)) => {
+                    link.error("lease");
+                    tracing::warn!(transmitter = %name, error = %describe(&e), "poll lease not released; it expires after store.poll_lease");
+                }
+                Err(_) => {
+                    link.error("lease");
+                    tracing::warn!(transmitter = %name, "poll lease release timed out; it expires after store.poll_lease");
+                }
             }
-        });
+        })
     }
 }
 

@@ -127,6 +127,7 @@ impl Proxy {
                 &shared.store,
                 shared.metrics.fleet.clone(),
                 &shared.shutdown,
+                &shared.tasks,
             );
             let _ = shared.fleet.set(fleet);
         }
@@ -230,18 +231,33 @@ impl Proxy {
         self.shared.reload()
     }
 
-    /// Stops accepting, lets in-flight requests finish within the grace period, then returns
-    /// whether every connection closed in time.
+    /// Stops accepting, lets in-flight requests finish and background tasks end their work
+    /// (pollers deliver their last acknowledgements and give their poll leases up, the fleet
+    /// tailer writes what it applied), all within one grace period (`shutdown_grace`); then
+    /// returns whether every connection closed in time. The caller may drop the runtime then:
+    /// nothing that was waited for is left half done.
     pub async fn shutdown(self) -> bool {
         let grace = self.shared.snapshot.load().config.server.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         let _ = self.shared.shutdown.send(true);
-        let drained = tokio::time::timeout(grace, self.conns.acquire_many(self.max_conns))
+        self.shared.tasks.close();
+        let drained = tokio::time::timeout_at(deadline, self.conns.acquire_many(self.max_conns))
             .await
             .is_ok();
         if !drained {
             tracing::warn!(
                 ?grace,
                 "shutdown grace period over; closing remaining connections"
+            );
+        }
+        let finished = tokio::time::timeout_at(deadline, self.shared.tasks.wait())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(
+                ?grace,
+                tasks = self.shared.tasks.len(),
+                "shutdown grace period over; background tasks stopped before they finished"
             );
         }
         drained

@@ -168,6 +168,10 @@ pub struct Metrics {
     pub store_write_duration: Histogram,
     pub upstream_errors: Family<KindLabel, Counter>,
     pub open_connections: Family<ListenerLabel, Gauge<i64, AtomicI64>>,
+    /// Management tokens dropped and fetched again because a transmitter answered 401.
+    pub management_token_refetches: Family<TransmitterLabel, Counter>,
+    /// Table entries enforced here whose durable write failed (fail closed, not acknowledged).
+    pub local_only_entries: Gauge<i64, AtomicI64>,
     pub fleet: FleetMetrics,
 }
 
@@ -197,6 +201,8 @@ impl Metrics {
             store_write_duration: latency(),
             upstream_errors: Family::default(),
             open_connections: Family::default(),
+            management_token_refetches: Family::default(),
+            local_only_entries: Gauge::default(),
             fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
@@ -275,6 +281,16 @@ impl Metrics {
             "open_connections",
             "Open client connections per listener",
             m.open_connections.clone(),
+        );
+        r.register(
+            "management_token_refetches",
+            "Stream management tokens dropped and fetched again because the transmitter answered 401",
+            m.management_token_refetches.clone(),
+        );
+        r.register(
+            "store_local_only_entries",
+            "Table entries enforced on this replica only: the durable write failed (not acknowledged; gone at restart unless redelivered)",
+            m.local_only_entries.clone(),
         );
         let f = &m.fleet;
         r.register(

@@ -71,6 +71,10 @@ pub struct Shared {
     pub fetcher: Fetcher,
     pub metrics: Metrics,
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Background tasks that have work to finish after `shutdown` fires (pollers' last
+    /// acknowledgements and lease releases, the fleet tailer's last write, the lease keeper):
+    /// `Proxy::shutdown` waits for them, bounded by `shutdown_grace`.
+    pub tasks: tokio_util::task::TaskTracker,
     key_sets: KeySets,
     upstreams: Mutex<HashMap<Upstream, Arc<UpstreamClient>>>,
     generation: AtomicU64,
@@ -98,6 +102,7 @@ impl Shared {
             fetcher: Fetcher::new(),
             metrics: Metrics::new(&key_sets),
             shutdown,
+            tasks: tokio_util::task::TaskTracker::new(),
             key_sets,
             upstreams: Mutex::default(),
             generation: AtomicU64::new(0),
@@ -190,6 +195,7 @@ impl Shared {
             store: &self.store,
             metrics: &self.metrics,
             shutdown: &self.shutdown,
+            tasks: &self.tasks,
         }
     }
 

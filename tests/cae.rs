@@ -158,7 +158,7 @@ async fn revoked_session_gets_a_claims_challenge_and_a_fresh_token_passes() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(
         r.json(),
-        json!({"stored": {"op": "revoke", "key": {"type": "session", "iss": iss, "sid": "sess-1"}, "at": at}})
+        json!({"stored": {"op": "revoke", "key": {"type": "session", "iss": iss, "sid": "sess-1"}, "at": at}, "changed": 1})
     );
 
     let r = call(&s, "/api", &old).await;

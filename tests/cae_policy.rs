@@ -985,7 +985,7 @@ async fn admin_api_behind_mtls_refuses_clients_without_a_trusted_certificate() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(
         r.json(),
-        json!({"stored": {"op": "revoke", "key": {"type": "tenant", "tid": "t1"}, "at": 5}})
+        json!({"stored": {"op": "revoke", "key": {"type": "tenant", "tid": "t1"}, "at": 5}, "changed": 1})
     );
     assert_eq!(
         get(&with_cert, &stats_url, &[]).await.json()["revocations"],
@@ -1182,7 +1182,7 @@ async fn revoke_cli_calls_the_admin_api_of_a_running_proxy() {
     assert_eq!(err, "");
     assert_eq!(
         serde_json::from_str::<Value>(out.trim()).unwrap(),
-        json!({"stored": {"op": "revoke", "key": {"type": "session", "iss": iss, "sid": "sess-cli"}, "at": at}})
+        json!({"stored": {"op": "revoke", "key": {"type": "session", "iss": iss, "sid": "sess-cli"}, "at": at}, "changed": 1})
     );
     assert!(out.ends_with('\n'));
 

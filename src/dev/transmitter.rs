@@ -120,6 +120,8 @@ struct Inner {
     polls: AtomicUsize,
     jwks_fetches: AtomicUsize,
     available: AtomicBool,
+    /// The bearer `/ssf/...` calls need now (starts as `opts.management_token`).
+    management_token: Mutex<Option<String>>,
 }
 
 /// A development SSF transmitter.
@@ -332,7 +334,7 @@ impl Inner {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.opts.management_token else {
+        let Some(token) = lock(&self.management_token).clone() else {
             return true;
         };
         headers
@@ -759,7 +761,6 @@ impl DevTransmitter {
         let key = SigningKey::generate(opts.alg)?;
         let inner = Arc::new(Inner {
             issuer: format!("http://127.0.0.1:{}", addr.port()),
-            opts,
             keys: Mutex::new(Keys {
                 keys: vec![key],
                 signing: 0,
@@ -773,6 +774,8 @@ impl DevTransmitter {
             polls: AtomicUsize::new(0),
             jwks_fetches: AtomicUsize::new(0),
             available: AtomicBool::new(true),
+            management_token: Mutex::new(opts.management_token.clone()),
+            opts,
         });
         let handler_inner = inner.clone();
         let server = super::serve(listener, move |req, _peer: SocketAddr| {
@@ -936,6 +939,12 @@ impl DevTransmitter {
             .get(stream_id)
             .map(|s| s.subjects.clone())
             .unwrap_or_default()
+    }
+
+    /// Replaces the bearer every `/ssf/...` call needs (a token that expired or was revoked
+    /// early is refused with 401 from then on); `None`: no bearer needed.
+    pub fn set_management_token(&self, token: Option<String>) {
+        *lock(&self.inner.management_token) = token;
     }
 
     /// `false`: every endpoint answers 503 (an outage); `true`: back to normal.

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use super::set::{SetEvent, ValidSet};
-use super::subject::{parse_ip_list, KeyContext, Resolved};
+use super::subject::{parse_ip_list, KeyContext, Resolved, Subject};
 use super::vocabulary::{Caep, EventType, OAuth, Risc};
 use crate::config::{RiskLevel, Transmitter};
 use crate::store::{Change, SubjectKey};
@@ -254,15 +254,24 @@ fn plan_event(
     let out = &mut plan.changes;
     match e.kind {
         EventType::Caep(c) => match c {
-            Caep::SessionRevoked => revoke(
-                if r.session.is_empty() {
-                    subject
+            Caep::SessionRevoked => {
+                if !r.session.is_empty() {
+                    revoke(&r.session, at, out)
+                } else if let Some(Subject::Opaque { id }) = &e.subject {
+                    // CAEP 1.0 §3.1's own example: a top-level opaque subject names the session.
+                    // Revoke that `sid` and that `sub`/`oid` (protocols.md §5): ids do not
+                    // collide in practice, and either reading stops the session.
+                    let sid = SubjectKey::Session {
+                        iss: ctx.opaque_iss().to_string(),
+                        sid: id.clone(),
+                    };
+                    let mut keys = vec![sid];
+                    keys.extend(subject.iter().cloned());
+                    revoke(&keys, at, out)
                 } else {
-                    &r.session
-                },
-                at,
-                out,
-            ),
+                    revoke(subject, at, out)
+                }
+            }
             Caep::CredentialChange => revoke(subject, at, out),
             Caep::TokenClaimsChange => revoke(
                 if r.token.is_empty() {

@@ -1,7 +1,10 @@
 //! RFC 8936 poll client: one task per polled transmitter. Long polls (`returnImmediately: false`)
 //! for up to `maxEvents` SETs, acknowledges only SETs that are durably committed, reports invalid
 //! ones in `setErrs`, polls again at once while `moreAvailable`, backs off with jitter on errors
-//! (a transmitter restart is just an error that passes) and stops as soon as shutdown fires.
+//! (a transmitter restart is just an error that passes). A stream-supplied endpoint is polled
+//! with the management token; a 401 drops it and the poll is sent again, once, with a new one.
+//! On shutdown the in-flight poll is abandoned and the acknowledgements not yet delivered are
+//! sent in one last acknowledge-only poll (`maxEvents: 0`), bounded by [`FINAL_ACK_TIMEOUT`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -13,6 +16,7 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 
 use super::process::{process_set, ProcessError};
+use super::stream::{StreamClient, StreamError};
 use super::transmitter::{DeliveryKind, TransmitterRt};
 use crate::config::Secret;
 use crate::fetch::{FetchError, Fetcher};
@@ -27,6 +31,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const LONG_POLL_MIN: Duration = Duration::from_secs(1);
 /// Fleet mode: how often a replica without the poll lease checks whether it got it.
 const LEASE_RECHECK: Duration = Duration::from_millis(200);
+/// Longest wait for the acknowledge-only poll sent on shutdown.
+pub const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An entry of `setErrs` (RFC 8936 §2.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +86,8 @@ pub enum PollError {
     BadResponse(String),
     #[error("SETs could not be stored: {0}")]
     Unavailable(String),
+    #[error("no management token for the stream-supplied endpoint: {0}")]
+    Token(#[source] Box<StreamError>),
 }
 
 /// What one poll returned.
@@ -91,10 +99,19 @@ pub struct PollCycle {
     pub more_available: bool,
 }
 
+/// What a poll presents as `Authorization`.
+enum PollAuth {
+    None,
+    /// The configured `poll.authorization`.
+    Static(Secret),
+    /// The stream management token (client credentials or `stream.bearer`).
+    Management,
+}
+
 /// Resolved poll settings: configured `[poll]`, else what stream management supplied.
 struct Settings {
     endpoint: String,
-    authorization: Option<Secret>,
+    authorization: PollAuth,
     max_events: u32,
     long_poll: bool,
     interval: Duration,
@@ -104,13 +121,22 @@ struct Settings {
 fn settings(rt: &TransmitterRt) -> Option<Settings> {
     let cfg = rt.cfg();
     let target = rt.poll_target();
+    // Without a configured `poll.authorization`, a managed stream's endpoint (supplied or
+    // configured) is polled with the stream's management token.
+    let managed = || {
+        if cfg.stream.is_some() {
+            PollAuth::Management
+        } else {
+            PollAuth::None
+        }
+    };
     match (&cfg.poll, target) {
-        (Some(p), t) => Some(Settings {
+        (Some(p), _) => Some(Settings {
             endpoint: p.endpoint.clone(),
-            authorization: p
-                .authorization
-                .clone()
-                .or_else(|| t.and_then(|t| t.authorization.clone())),
+            authorization: match &p.authorization {
+                Some(a) => PollAuth::Static(a.clone()),
+                None => managed(),
+            },
             max_events: p.max_events,
             long_poll: p.long_poll,
             interval: p.interval,
@@ -118,7 +144,7 @@ fn settings(rt: &TransmitterRt) -> Option<Settings> {
         }),
         (None, Some(t)) => Some(Settings {
             endpoint: t.endpoint.clone(),
-            authorization: t.authorization.clone(),
+            authorization: managed(),
             max_events: DEFAULT_MAX_EVENTS,
             long_poll: true,
             interval: DEFAULT_INTERVAL,
@@ -131,7 +157,7 @@ fn settings(rt: &TransmitterRt) -> Option<Settings> {
 /// One poll: sends the pending acks/errors, processes the SETs returned. Pending entries are
 /// cleared only when the transmitter answered 200 (then they were delivered).
 pub async fn poll_once(
-    rt: &TransmitterRt,
+    rt: &Arc<TransmitterRt>,
     store: &Arc<SignalStore>,
     fetcher: &Fetcher,
     pending: &mut Pending,
@@ -141,39 +167,14 @@ pub async fn poll_once(
 }
 
 async fn poll_with(
-    rt: &TransmitterRt,
+    rt: &Arc<TransmitterRt>,
     store: &Arc<SignalStore>,
     fetcher: &Fetcher,
     pending: &mut Pending,
     s: &Settings,
 ) -> Result<PollCycle, PollError> {
     rt.counters.polls.fetch_add(1, Ordering::Relaxed);
-    let body = serde_json::to_vec(&PollRequest {
-        max_events: s.max_events,
-        return_immediately: !s.long_poll,
-        ack: &pending.ack,
-        set_errs: &pending.set_errs,
-    })
-    .map_err(|e| PollError::BadResponse(e.to_string()))?;
-    let mut headers: Vec<(&str, String)> = vec![
-        ("content-type", "application/json".into()),
-        ("accept", "application/json".into()),
-    ];
-    if !pending.set_errs.is_empty() {
-        headers.push(("content-language", "en-US".into()));
-    }
-    if let Some(a) = &s.authorization {
-        headers.push(("authorization", a.expose().to_string()));
-    }
-    let resp = fetcher
-        .request(
-            Method::POST,
-            &s.endpoint,
-            &headers,
-            Bytes::from(body),
-            s.timeout,
-        )
-        .await?;
+    let resp = send_poll(rt, store, fetcher, pending, s, s.max_events, !s.long_poll).await?;
     if resp.status != http::StatusCode::OK {
         return Err(PollError::Status(resp.status.as_u16()));
     }
@@ -227,6 +228,99 @@ async fn poll_with(
     match failure {
         Some(f) => Err(PollError::Unavailable(f)),
         None => Ok(cycle),
+    }
+}
+
+/// Sends one poll request carrying `pending`'s acknowledgements and errors (RFC 8936 §2.4).
+#[allow(clippy::too_many_arguments)]
+async fn send_poll(
+    rt: &Arc<TransmitterRt>,
+    store: &Arc<SignalStore>,
+    fetcher: &Fetcher,
+    pending: &Pending,
+    s: &Settings,
+    max_events: u32,
+    return_immediately: bool,
+) -> Result<crate::fetch::Fetched, PollError> {
+    let body = serde_json::to_vec(&PollRequest {
+        max_events,
+        return_immediately,
+        ack: &pending.ack,
+        set_errs: &pending.set_errs,
+    })
+    .map_err(|e| PollError::BadResponse(e.to_string()))?;
+    let mut headers: Vec<(&str, String)> = vec![
+        ("content-type", "application/json".into()),
+        ("accept", "application/json".into()),
+    ];
+    if !pending.set_errs.is_empty() {
+        headers.push(("content-language", "en-US".into()));
+    }
+    match &s.authorization {
+        PollAuth::Management => {
+            // Same token cache as stream management; a 401 replaces the token, once.
+            let client = StreamClient::new(rt.clone(), store.clone(), fetcher.clone());
+            return client
+                .send_authorized(
+                    Method::POST,
+                    &s.endpoint,
+                    &headers,
+                    Bytes::from(body),
+                    s.timeout,
+                )
+                .await
+                .map_err(|e| match e {
+                    StreamError::Fetch(f) => PollError::Fetch(f),
+                    other => PollError::Token(Box::new(other)),
+                });
+        }
+        PollAuth::Static(a) => headers.push(("authorization", a.expose().to_string())),
+        PollAuth::None => {}
+    }
+    Ok(fetcher
+        .request(
+            Method::POST,
+            &s.endpoint,
+            &headers,
+            Bytes::from(body),
+            s.timeout,
+        )
+        .await?)
+}
+
+/// On shutdown: delivers the acknowledgements and errors of SETs already committed (or refused)
+/// in one acknowledge-only poll (`maxEvents: 0`, `returnImmediately: true`, RFC 8936 §2.4), so
+/// the transmitter does not deliver them again; bounded by [`FINAL_ACK_TIMEOUT`]. If it fails,
+/// they are redelivered later and deduplicated.
+async fn final_acks(
+    rt: &Arc<TransmitterRt>,
+    store: &Arc<SignalStore>,
+    fetcher: &Fetcher,
+    pending: &Pending,
+    name: &str,
+) {
+    let Some(mut s) = settings(rt) else {
+        return;
+    };
+    s.timeout = s.timeout.min(FINAL_ACK_TIMEOUT);
+    let sent = tokio::time::timeout(
+        FINAL_ACK_TIMEOUT,
+        send_poll(rt, store, fetcher, pending, &s, 0, true),
+    )
+    .await;
+    match sent {
+        Ok(Ok(r)) if r.status == http::StatusCode::OK => {
+            tracing::info!(target: "cae_proxy::signals", transmitter = %name, acknowledged = pending.ack.len(), "poller stopping: acknowledgements delivered");
+        }
+        Ok(Ok(r)) => {
+            tracing::warn!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), status = r.status.as_u16(), "poller stopping: acknowledgements refused; committed SETs will be redelivered and deduplicated");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), error = %e, "poller stopping: acknowledgements not delivered; committed SETs will be redelivered and deduplicated");
+        }
+        Err(_) => {
+            tracing::warn!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), "poller stopping: acknowledgements timed out; committed SETs will be redelivered and deduplicated");
+        }
     }
 }
 
@@ -304,11 +398,11 @@ pub async fn run_poller(
             break;
         }
     }
-    if !pending.ack.is_empty() {
-        tracing::info!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), "poller stopped; committed SETs will be redelivered and deduplicated");
+    if !pending.ack.is_empty() || !pending.set_errs.is_empty() {
+        final_acks(&rt, &store, &fetcher, &pending, &name).await;
     }
     if let Some(g) = store.poll_gate() {
-        g.stopped(&name);
+        g.stopped(&name).await;
     }
     tracing::info!(target: "cae_proxy::signals", transmitter = %name, "poller stopped");
 }
@@ -485,10 +579,7 @@ mod tests {
             requests: Mutex::new(Vec::new()),
         });
         let endpoint = serve(script.clone()).await;
-        rt.set_poll_target(Some(crate::signals::transmitter::PollTarget {
-            endpoint,
-            authorization: None,
-        }));
+        rt.set_poll_target(Some(crate::signals::transmitter::PollTarget { endpoint }));
         let failing = Arc::new(
             SignalStore::open(Arc::new(crate::signals::push::tests::Failing), 100_000, 0).unwrap(),
         );

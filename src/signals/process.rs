@@ -1,6 +1,7 @@
-//! One SET from arrival to commit, shared by push and poll: parse, verify, check a verification
-//! `state`, plan the table changes, commit durably, then the in-memory side effects, one log line
-//! and the freshness sample.
+//! One SET from arrival to commit, shared by push and poll: parse, verify, plan the table
+//! changes; for a verification with a `state`: a repeat is answered as such first, then the
+//! `state` is checked against the store; commit durably, then the in-memory side effects, one
+//! log line and the freshness sample.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -115,6 +116,21 @@ pub async fn process_set(
     r
 }
 
+/// The stream id a verification SET names (an `opaque` subject, SSF §8.1.4.2), when it is not
+/// the stream this receiver manages. `None` when it is ours, or when we cannot tell (no managed
+/// stream known yet, or a subject of another shape).
+fn foreign_stream(rt: &TransmitterRt, set: &set::ValidSet) -> Option<String> {
+    let ours = rt.stream_state().stream_id?;
+    set.claims
+        .events
+        .iter()
+        .filter(|e| e.kind == super::vocabulary::EventType::Verification)
+        .find_map(|e| match &e.subject {
+            Some(super::subject::Subject::Opaque { id }) if *id != ours => Some(id.clone()),
+            _ => None,
+        })
+}
+
 async fn process_inner(
     rt: &TransmitterRt,
     store: &Arc<SignalStore>,
@@ -161,19 +177,41 @@ async fn process_inner(
         .flatten()
         .cloned()
         .collect();
-    if let Some(VerificationState::Given(state)) = &plan.verification {
-        if !rt.state_outstanding(state, now) {
+    let iss = crate::store::keys::normalize_iss(&valid.claims.iss).to_string();
+    // A verification of another stream (an old stream of ours still delivering here, another
+    // receiver's): accepted and ignored, never counted as verifying ours.
+    let foreign = plan
+        .verification
+        .as_ref()
+        .and_then(|_| foreign_stream(rt, &valid));
+    if let Some(other) = &foreign {
+        tracing::warn!(target: "cae_proxy::signals", transmitter = %rt.name(), stream_id = %other, "verification event for another stream; accepted and ignored");
+    }
+    if let (Some(VerificationState::Given(state)), None) = (&plan.verification, &foreign) {
+        // Deduplication first: a verification delivered again (after a restart too) is answered
+        // like the first time (protocols.md §3), whatever became of its state since.
+        if store.seen(&iss, &valid.claims.jti).await? {
+            rt.mark_verified(now);
+            return Ok(Processed {
+                jti: valid.claims.jti,
+                outcome: CommitOutcome::Duplicate,
+                plan,
+            });
+        }
+        if !store
+            .state_outstanding(&rt.state_scope(), state, now)
+            .await?
+        {
             return Err(ProcessError::InvalidState);
         }
     }
-    let iss = crate::store::keys::normalize_iss(&valid.claims.iss).to_string();
     let batch = Batch {
         changes: plan.changes.clone(),
         set_id: Some((iss, valid.claims.jti.clone())),
         now,
     };
     let outcome = store.commit(batch).await?;
-    if plan.verification.is_some() {
+    if plan.verification.is_some() && foreign.is_none() {
         rt.mark_verified(now);
     }
     if outcome == CommitOutcome::Committed {

@@ -281,6 +281,15 @@ pub(crate) mod tests {
         fn purge(&self, _: i64) -> Result<usize, StoreError> {
             Ok(0)
         }
+        fn seen(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn put_state(&self, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
+            Err(StoreError::Write("disk full".into()))
+        }
+        fn state_expiry(&self, _: &str, _: &str) -> Result<Option<i64>, StoreError> {
+            Ok(None)
+        }
         fn name(&self) -> &'static str {
             "failing"
         }
@@ -490,7 +499,11 @@ pub(crate) mod tests {
             s.sign(&json!({"iss": ISS, "jti": jti, "iat": 1, "aud": AUD, "sub_id": {"format":"opaque","id":"stream-1"},
                 "events": {"https://schemas.openid.net/secevent/ssf/event-type/verification": {"state": state}}}))
         };
-        let state = rt.new_state(now);
+        let state = TransmitterRt::random_state();
+        store
+            .register_state(&rt.state_scope(), &state, now + 3600)
+            .await
+            .unwrap();
         assert_eq!(
             handle_push(&rt, &store, good(&ver("v-1", json!(state))), None, now)
                 .await
@@ -504,6 +517,19 @@ pub(crate) mod tests {
                 .status(),
             202,
             "redelivery"
+        );
+        assert_eq!(
+            handle_push(
+                &rt,
+                &store,
+                good(&ver("v-1", json!(state))),
+                None,
+                now + 7200
+            )
+            .await
+            .status(),
+            202,
+            "a repeat is answered as one before its state (expired by now) is looked at"
         );
         assert_eq!(
             handle_push(&rt, &store, good(&ver("v-2", Value::Null)), None, now)

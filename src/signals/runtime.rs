@@ -20,6 +20,8 @@ pub struct Deps<'a> {
     pub store: &'a Arc<SignalStore>,
     pub metrics: &'a Metrics,
     pub shutdown: &'a tokio::sync::watch::Sender<bool>,
+    /// Where pollers and stream managers are spawned (a shutdown waits for them).
+    pub tasks: &'a tokio_util::task::TaskTracker,
 }
 
 /// Signals state derived from one configuration.
@@ -119,7 +121,7 @@ fn spawn_tasks(
             .as_ref()
             .is_some_and(|s| s.delivery == Delivery::Poll);
     if polls {
-        tokio::spawn(poll::run_poller(
+        deps.tasks.spawn(poll::run_poller(
             rt.clone(),
             deps.store.clone(),
             deps.fetcher.clone(),
@@ -127,8 +129,9 @@ fn spawn_tasks(
         ));
     }
     if t.stream.is_some() {
-        tokio::spawn(stream::run_stream_manager(
+        deps.tasks.spawn(stream::run_stream_manager(
             rt.clone(),
+            deps.store.clone(),
             deps.fetcher.clone(),
             rx,
         ));
@@ -150,6 +153,14 @@ fn install_observers(metrics: &Metrics, rt: &Arc<TransmitterRt>) {
         lag.get_or_create(&l)
             .observe(s.event_lag_ms.max(0) as f64 / 1000.0);
     }));
+    rt.set_token_refetch_metric(
+        metrics
+            .management_token_refetches
+            .get_or_create(&TransmitterLabel {
+                transmitter: rt.name(),
+            })
+            .clone(),
+    );
     let received = metrics.sets_received.clone();
     rt.set_event_observer(Box::new(move |e| {
         let events: &[&str] = if e.events.is_empty() {

@@ -1,7 +1,9 @@
 //! SSF stream management (SSF §7–§8; we are the receiver, the transmitter hosts the API): read the
 //! transmitter's `/.well-known/ssf-configuration` (through the key set's discovery document),
-//! obtain a management bearer (static secret or OAuth client credentials), create or reuse our
-//! stream, trigger verification with a random `state`, read the status, delete on request.
+//! obtain a management bearer (static secret or OAuth client credentials; a token the transmitter
+//! refuses with 401 is dropped and fetched again, once per call), create or reuse our stream,
+//! trigger verification with a random `state` (kept in the store), read the status, delete on
+//! request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,10 +15,11 @@ use serde_json::{json, Value};
 
 use super::events::StreamStatus;
 use super::events::StreamUpdate;
-use super::transmitter::{PollTarget, TransmitterRt};
-use crate::config::{Delivery, Secret};
-use crate::fetch::{FetchError, Fetcher};
+use super::transmitter::{PollTarget, TransmitterRt, STATE_TTL_SECS};
+use crate::config::Delivery;
+use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::store::keys::normalize_iss;
+use crate::store::{SignalStore, StoreError};
 
 /// RFC 8935 push delivery method URI.
 pub const PUSH_METHOD: &str = "urn:ietf:rfc:8935";
@@ -56,6 +59,8 @@ pub enum StreamError {
     StreamIssuerMismatch { found: String },
     #[error("invalid endpoint URL {0:?}")]
     BadUrl(String),
+    #[error("the verification state could not be stored: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// The members of `/.well-known/ssf-configuration` we use (SSF §7.1).
@@ -141,19 +146,69 @@ fn with_stream_id(endpoint: &str, stream_id: &str) -> Result<String, StreamError
     Ok(u.to_string())
 }
 
-/// Stream management for one transmitter. Cheap to create; caches its OAuth token.
+/// Stream management for one transmitter. Cheap to create: the OAuth token is cached in the
+/// transmitter's runtime (shared with the poller), the verification states in the store.
 pub struct StreamClient {
     rt: Arc<TransmitterRt>,
+    store: Arc<SignalStore>,
     fetcher: Fetcher,
-    token: tokio::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl StreamClient {
-    pub fn new(rt: Arc<TransmitterRt>, fetcher: Fetcher) -> StreamClient {
-        StreamClient {
-            rt,
-            fetcher,
-            token: tokio::sync::Mutex::new(None),
+    pub fn new(rt: Arc<TransmitterRt>, store: Arc<SignalStore>, fetcher: Fetcher) -> StreamClient {
+        StreamClient { rt, store, fetcher }
+    }
+
+    /// The transmitter refused `used` with 401 (expired or revoked before its `expires_in`).
+    /// With client credentials: drops the cached token if it is still `used` (counted in
+    /// `cae_management_token_refetches_total`), so that the next [`authorization`] fetches a
+    /// new one; returns whether a retry can present another token (false for a static bearer).
+    ///
+    /// [`authorization`]: StreamClient::authorization
+    pub async fn refused(&self, used: &str) -> bool {
+        let cfg = self.rt.cfg();
+        let Some(s) = cfg.stream.as_ref() else {
+            return false;
+        };
+        if s.bearer.is_some() || s.token_endpoint.is_none() {
+            return false;
+        }
+        let mut cached = self.rt.mgmt_token.lock().await;
+        if cached
+            .as_ref()
+            .is_none_or(|(t, _)| format!("Bearer {t}") == used)
+        {
+            *cached = None;
+            self.rt.count_token_refetch();
+            tracing::info!(target: "cae_proxy::signals", transmitter = %cfg.name, "the transmitter refused the management token (401); fetching a new one");
+        }
+        true
+    }
+
+    /// Sends a request with the management `Authorization`; on 401, once, drops the token and
+    /// sends it again with a new one (`refused`).
+    pub async fn send_authorized(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Fetched, StreamError> {
+        let mut retried = false;
+        loop {
+            let auth = self.authorization().await?;
+            let mut h: Vec<(&str, String)> = headers.to_vec();
+            h.push(("authorization", auth.clone()));
+            let r = self
+                .fetcher
+                .request(method.clone(), url, &h, body.clone(), timeout)
+                .await?;
+            if r.status == http::StatusCode::UNAUTHORIZED && !retried && self.refused(&auth).await {
+                retried = true;
+                continue;
+            }
+            return Ok(r);
         }
     }
 
@@ -186,7 +241,7 @@ impl StreamClient {
         else {
             return Err(StreamError::NoCredentials);
         };
-        let mut cached = self.token.lock().await;
+        let mut cached = self.rt.mgmt_token.lock().await;
         if let Some((t, until)) = cached.as_ref() {
             if Instant::now() < *until {
                 return Ok(format!("Bearer {t}"));
@@ -244,10 +299,7 @@ impl StreamClient {
         body: Option<Value>,
         endpoint: &'static str,
     ) -> Result<(u16, Value), StreamError> {
-        let mut headers = vec![
-            ("accept", "application/json".to_string()),
-            ("authorization", self.authorization().await?),
-        ];
+        let mut headers = vec![("accept", "application/json".to_string())];
         let bytes = match body {
             Some(b) => {
                 headers.push(("content-type", "application/json".to_string()));
@@ -256,8 +308,7 @@ impl StreamClient {
             None => Bytes::new(),
         };
         let r = self
-            .fetcher
-            .request(method, url, &headers, bytes, TIMEOUT)
+            .send_authorized(method, url, &headers, bytes, TIMEOUT)
             .await?;
         if !r.status.is_success() {
             return Err(StreamError::Status {
@@ -398,7 +449,7 @@ impl StreamClient {
         Ok(info)
     }
 
-    /// For poll delivery: tells the poller where to poll and with which bearer.
+    /// For poll delivery: tells the poller where to poll (with the management token).
     pub async fn refresh_poll_target(&self, info: &StreamInfo) -> Result<(), StreamError> {
         let cfg = self.rt.cfg();
         if cfg.stream.as_ref().map(|s| s.delivery) != Some(Delivery::Poll) {
@@ -408,16 +459,13 @@ impl StreamClient {
             endpoint: "configuration_endpoint",
             reason: "poll stream without endpoint_url".into(),
         })?;
-        let authorization = Some(Secret::from_value(self.authorization().await?));
-        self.rt.set_poll_target(Some(PollTarget {
-            endpoint,
-            authorization,
-        }));
+        self.rt.set_poll_target(Some(PollTarget { endpoint }));
         Ok(())
     }
 
     /// Asks for a verification event (`POST verification_endpoint` → 204); returns the `state`,
-    /// registered as outstanding in the runtime before the request is sent.
+    /// recorded as outstanding in the store (durably, for every replica) before the request is
+    /// sent: the verification SET may arrive after a restart or at another replica.
     pub async fn request_verification(
         &self,
         stream_id: &str,
@@ -427,7 +475,10 @@ impl StreamClient {
             .configuration()?
             .verification_endpoint
             .ok_or(StreamError::NoEndpoint("verification_endpoint"))?;
-        let state = self.rt.new_state(now);
+        let state = TransmitterRt::random_state();
+        self.store
+            .register_state(&self.rt.state_scope(), &state, now + STATE_TTL_SECS)
+            .await?;
         self.call(
             Method::POST,
             &url,
@@ -487,10 +538,11 @@ impl StreamClient {
 /// [`STATUS_INTERVAL`] (refreshing the poll target's bearer).
 pub async fn run_stream_manager(
     rt: Arc<TransmitterRt>,
+    store: Arc<SignalStore>,
     fetcher: Fetcher,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let client = StreamClient::new(rt.clone(), fetcher);
+    let client = StreamClient::new(rt.clone(), store, fetcher);
     let name = rt.name();
     let mut backoff = Duration::from_secs(1);
     let mut verified_requested = false;
@@ -542,7 +594,7 @@ pub async fn run_stream_manager(
 mod tests {
     use super::*;
     use crate::auth::keys::KeySet;
-    use crate::config::{KeySource, StreamMgmt};
+    use crate::config::{KeySource, Secret, StreamMgmt};
     use crate::signals::testkit::Signer;
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
@@ -636,6 +688,12 @@ mod tests {
         base
     }
 
+    fn memory_store() -> Arc<SignalStore> {
+        Arc::new(
+            SignalStore::open(Arc::new(crate::store::MemoryStore::default()), 100_000, 0).unwrap(),
+        )
+    }
+
     async fn setup(tx: Arc<Tx>) -> (Arc<TransmitterRt>, String) {
         let dir = tempfile::tempdir().unwrap();
         let s = Signer::rsa();
@@ -673,21 +731,26 @@ mod tests {
     async fn creates_verifies_reads_status_and_deletes() {
         let tx = Arc::new(Tx::default());
         let (rt, base) = setup(tx.clone()).await;
-        let c = StreamClient::new(rt.clone(), Fetcher::new());
+        let store = memory_store();
+        let c = StreamClient::new(rt.clone(), store.clone(), Fetcher::new());
         assert_eq!(c.configuration().unwrap().issuer, base);
         let info = c.ensure_stream().await.unwrap();
         assert_eq!(info.stream_id, "s1");
         assert_eq!(rt.stream_state().stream_id.as_deref(), Some("s1"));
         let target = rt.poll_target().unwrap();
         assert_eq!(target.endpoint, format!("{base}/poll"));
-        assert_eq!(
-            target.authorization.as_ref().unwrap().expose(),
-            "Bearer mgmt-token"
-        );
+        assert_eq!(c.authorization().await.unwrap(), "Bearer mgmt-token");
         // Reused, not created again.
         assert_eq!(c.ensure_stream().await.unwrap().stream_id, "s1");
         let state = c.request_verification("s1", 100).await.unwrap();
-        assert!(rt.state_outstanding(&state, 100));
+        assert!(store
+            .state_outstanding(&rt.state_scope(), &state, 100)
+            .await
+            .unwrap());
+        assert!(!store
+            .state_outstanding(&rt.state_scope(), "other", 100)
+            .await
+            .unwrap());
         let u = c.status("s1", 100).await.unwrap();
         assert_eq!(u.status, StreamStatus::Paused);
         assert!(!rt.stream_active());
@@ -750,7 +813,7 @@ mod tests {
         let tx = Arc::new(Tx::default());
         *tx.stream_iss.lock().unwrap() = Some("https://evil.example.com".into());
         let (rt, _) = setup(tx).await;
-        let c = StreamClient::new(rt.clone(), Fetcher::new());
+        let c = StreamClient::new(rt.clone(), memory_store(), Fetcher::new());
         let e = c.create_stream().await.unwrap_err();
         assert!(matches!(e, StreamError::StreamIssuerMismatch { .. }), "{e}");
         assert_eq!(rt.stream_state().stream_id, None);
@@ -761,7 +824,12 @@ mod tests {
         let tx = Arc::new(Tx::default());
         let (rt, _) = setup(tx.clone()).await;
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run_stream_manager(rt.clone(), Fetcher::new(), rx));
+        let task = tokio::spawn(run_stream_manager(
+            rt.clone(),
+            memory_store(),
+            Fetcher::new(),
+            rx,
+        ));
         let deadline = Instant::now() + Duration::from_secs(5);
         while rt.stream_state().status.is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

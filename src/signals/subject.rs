@@ -429,7 +429,8 @@ impl KeyContext {
         }
     }
 
-    fn opaque_iss(&self) -> &str {
+    /// The issuer keys of opaque ids are stored under: `token_issuer`, else [`ANY_ISSUER`].
+    pub fn opaque_iss(&self) -> &str {
         self.opaque_iss.as_deref().map_or(ANY_ISSUER, normalize_iss)
     }
 }

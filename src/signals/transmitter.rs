@@ -1,21 +1,22 @@
 //! The per-transmitter runtime ([`TransmitterRt`]) that push, poll and stream management share:
-//! configuration, keys, outstanding verification states, stream status, counters, freshness.
+//! configuration, keys, stream status, the cached management token, counters, freshness.
+//! Outstanding verification states live in the store (they must survive restarts).
 //!
-//! Locks: `TransmitterRt` keeps its small mutable state (outstanding verification states, stream
-//! status) behind `std::sync::Mutex`es that are held for a map operation only, never across
-//! `.await`; configuration is swapped through `ArcSwap` on reload.
+//! Locks: `TransmitterRt` keeps its small mutable state (stream status) behind a
+//! `std::sync::Mutex` held for a field update only, never across `.await`; the management token
+//! behind a `tokio::sync::Mutex` (held across its fetch, so concurrent callers share one
+//! fetch); configuration is swapped through `ArcSwap` on reload.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::events::{EventPolicy, StreamStatus, StreamUpdate};
 use super::set::{self, SetError, SetPolicy, ValidSet};
 use crate::auth::keys::{KeySet, VerifyKey};
-use crate::config::{Secret, Transmitter};
+use crate::config::Transmitter;
 
 /// How long a verification `state` we asked for stays acceptable (redeliveries included).
 pub const STATE_TTL_SECS: i64 = 24 * 3600;
@@ -50,6 +51,8 @@ pub struct Counters {
     pub unavailable: AtomicU64,
     pub polls: AtomicU64,
     pub poll_failures: AtomicU64,
+    /// Management tokens dropped and fetched again because the transmitter answered 401.
+    pub token_refetches: AtomicU64,
 }
 
 /// One freshness measurement, taken when a SET's changes became durable.
@@ -140,11 +143,11 @@ pub struct StreamState {
     pub last_error: Option<String>,
 }
 
-/// Where and how to poll when stream management supplied the endpoint (RFC 8936 via SSF).
+/// Where to poll when stream management supplied the endpoint (RFC 8936 via SSF); the poller
+/// presents the management token (the same one stream management uses).
 #[derive(Debug, Clone)]
 pub struct PollTarget {
     pub endpoint: String,
-    pub authorization: Option<Secret>,
 }
 
 /// Everything the proxy keeps per transmitter across reloads.
@@ -152,8 +155,9 @@ pub struct TransmitterRt {
     cfg: ArcSwap<Transmitter>,
     policy: ArcSwap<EventPolicy>,
     pub keys: Arc<KeySet>,
-    /// Outstanding verification states → expiry (epoch seconds).
-    states: Mutex<HashMap<String, i64>>,
+    /// OAuth client-credentials token for management and stream-supplied polls, and until when
+    /// it is used (shortly before its `expires_in`, or until the transmitter refuses it).
+    pub(super) mgmt_token: tokio::sync::Mutex<Option<(String, Instant)>>,
     /// Epoch seconds of the last accepted verification (0 = never).
     verified_at: AtomicI64,
     stream: Mutex<StreamState>,
@@ -162,6 +166,8 @@ pub struct TransmitterRt {
     pub(super) event_observer: ArcSwapOption<EventObserver>,
     pub counters: Counters,
     pub freshness: Freshness,
+    /// `cae_management_token_refetches_total` of this transmitter, once installed.
+    token_refetch_metric: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl std::fmt::Debug for TransmitterRt {
@@ -184,13 +190,14 @@ impl TransmitterRt {
             cfg: ArcSwap::from_pointee(cfg),
             policy: ArcSwap::from_pointee(policy),
             keys,
-            states: Mutex::new(HashMap::new()),
+            mgmt_token: tokio::sync::Mutex::new(None),
             verified_at: AtomicI64::new(0),
             stream: Mutex::new(StreamState::default()),
             poll_target: ArcSwapOption::empty(),
             event_observer: ArcSwapOption::empty(),
             counters: Counters::default(),
             freshness: Freshness::default(),
+            token_refetch_metric: std::sync::OnceLock::new(),
         }
     }
 
@@ -199,7 +206,22 @@ impl TransmitterRt {
         self.event_observer.store(Some(Arc::new(f)));
     }
 
-    /// Installs a reloaded configuration; states, status, counters survive.
+    /// Installs the counter of management tokens fetched again after a 401 (metrics).
+    pub fn set_token_refetch_metric(&self, c: prometheus_client::metrics::counter::Counter) {
+        let _ = self.token_refetch_metric.set(c);
+    }
+
+    /// Counts a management token dropped because the transmitter refused it (401).
+    pub fn count_token_refetch(&self) {
+        self.counters
+            .token_refetches
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.token_refetch_metric.get() {
+            c.inc();
+        }
+    }
+
+    /// Installs a reloaded configuration; status, token, counters survive.
     pub fn reconfigure(&self, cfg: Transmitter, token_issuer_url: Option<&str>) {
         self.policy.store(Arc::new(EventPolicy::from_transmitter(
             &cfg,
@@ -220,30 +242,17 @@ impl TransmitterRt {
         self.policy.load_full()
     }
 
-    /// Creates, registers and returns a fresh random verification `state`.
-    pub fn new_state(&self, now: i64) -> String {
+    /// Whose verification states a `state` is looked up among: the transmitter's issuer
+    /// (normalised), so that renaming the transmitter in the configuration keeps them.
+    pub fn state_scope(&self) -> String {
+        crate::store::keys::normalize_iss(&self.cfg.load().issuer).to_string()
+    }
+
+    /// A fresh random verification `state` (24 random bytes, base64url).
+    pub fn random_state() -> String {
         use base64::Engine;
         let bytes: [u8; 24] = rand::random();
-        let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        self.register_state(&state, now);
-        state
-    }
-
-    /// Registers a `state` we sent in a verification request.
-    pub fn register_state(&self, state: &str, now: i64) {
-        if let Ok(mut s) = self.states.lock() {
-            s.retain(|_, exp| *exp > now);
-            s.insert(state.to_string(), now + STATE_TTL_SECS);
-        }
-    }
-
-    /// Whether `state` is one we asked for and that has not expired. It stays valid until it
-    /// expires, so a redelivered verification SET is answered like the first one.
-    pub fn state_outstanding(&self, state: &str, now: i64) -> bool {
-        self.states
-            .lock()
-            .map(|s| s.get(state).is_some_and(|exp| *exp > now))
-            .unwrap_or(false)
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
     /// Epoch seconds of the last accepted verification event.

@@ -10,7 +10,8 @@ mod redb_store;
 pub(crate) mod redis_store;
 mod tables;
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -58,7 +59,7 @@ pub enum Change {
 }
 
 /// The three tables, as named in the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TableName {
     Revocations,
@@ -104,8 +105,12 @@ pub enum StoreError {
 pub trait PollGate: Send + Sync + 'static {
     /// True while this replica holds the transmitter's lease; the first call registers interest.
     fn may_poll(&self, transmitter: &str) -> bool;
-    /// The poller stopped: give the lease up so another replica takes over at once.
-    fn stopped(&self, transmitter: &str);
+    /// The poller stopped: give the lease up so another replica takes over at once. The poller
+    /// awaits it (bounded), so a shutdown waits for the release.
+    fn stopped(
+        &self,
+        transmitter: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 }
 
 /// A durable backend. Calls block (disk or network): run them on the blocking pool.
@@ -115,8 +120,16 @@ pub trait Durable: Send + Sync + 'static {
     fn commit(&self, batch: &Batch) -> Result<CommitOutcome, StoreError>;
     /// The whole state, as changes that rebuild the tables.
     fn load(&self) -> Result<Vec<Change>, StoreError>;
-    /// Drops expired entries and dedupe marks older than `before`; returns how many.
+    /// Drops expired entries, dedupe marks older than `before` and verification states that
+    /// expired before `before`; returns how many entries.
     fn purge(&self, before: i64) -> Result<usize, StoreError>;
+    /// Whether the SET `(iss, jti)` was committed before (its dedupe mark is still kept).
+    fn seen(&self, iss: &str, jti: &str) -> Result<bool, StoreError>;
+    /// Records a verification `state` this receiver sent to `transmitter`, acceptable until
+    /// `expires` (epoch seconds). Returns once durable: the answer may arrive after a restart.
+    fn put_state(&self, transmitter: &str, state: &str, expires: i64) -> Result<(), StoreError>;
+    /// The expiry of a verification `state` sent to `transmitter`, if it was sent.
+    fn state_expiry(&self, transmitter: &str, state: &str) -> Result<Option<i64>, StoreError>;
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
 }
@@ -129,6 +142,20 @@ pub struct SignalStore {
     poll_gate: OnceLock<Arc<dyn PollGate>>,
     /// Observes each durable write (the store-write latency metric), once installed.
     write_timer: OnceLock<prometheus_client::metrics::histogram::Histogram>,
+    /// Narrowing entries enforced here although their durable write failed (fail closed):
+    /// (table, encoded key) → the event time not yet durable. Cleared when a durable change of
+    /// the key at that time or later is applied (the sender's retry, a replicated entry), when
+    /// the entry is deleted or expires; gone at restart (so is the entry).
+    local_only: Mutex<HashMap<(TableName, Box<str>), i64>>,
+}
+
+/// The table and event time of a change that narrows access (applied before it is durable).
+fn narrowing(c: &Change) -> Option<(TableName, &SubjectKey, i64)> {
+    match c {
+        Change::Revoke { key, at } => Some((TableName::Revocations, key, *at)),
+        Change::Block { key, at } => Some((TableName::Blocks, key, *at)),
+        _ => None,
+    }
 }
 
 impl SignalStore {
@@ -149,6 +176,65 @@ impl SignalStore {
             retention_secs,
             poll_gate: OnceLock::new(),
             write_timer: OnceLock::new(),
+            local_only: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn marks(&self) -> std::sync::MutexGuard<'_, HashMap<(TableName, Box<str>), i64>> {
+        self.local_only.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets local-only marks that durable `changes` cover.
+    fn durable(&self, changes: &[Change]) {
+        let mut marks = self.marks();
+        if marks.is_empty() {
+            return;
+        }
+        for c in changes {
+            match c {
+                Change::Delete { table, key } => {
+                    marks.remove(&(*table, key.encode()));
+                }
+                Change::Unblock { key, at } => {
+                    // A later unblock replaces the block record itself.
+                    let k = (TableName::Blocks, key.encode());
+                    if marks.get(&k).is_some_and(|m| *at > *m) {
+                        marks.remove(&k);
+                    }
+                }
+                c => {
+                    if let Some((table, key, at)) = narrowing(c) {
+                        let k = (table, key.encode());
+                        if marks.get(&k).is_some_and(|m| at >= *m) {
+                            marks.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether an entry is enforced here only (its durable write failed).
+    pub fn is_local_only(&self, table: TableName, key: &str) -> bool {
+        self.marks().contains_key(&(table, Box::from(key)))
+    }
+
+    /// How many entries are enforced here only.
+    pub fn local_only_count(&self) -> usize {
+        self.marks().len()
+    }
+
+    /// Entries of one table, as [`Tables::list`] gives them, local-only ones marked.
+    pub fn list(
+        &self,
+        table: TableName,
+        search: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<serde_json::Value>) {
+        let marks = self.marks().clone();
+        self.tables.list(table, search, offset, limit, &|k: &str| {
+            marks.contains_key(&(table, Box::from(k)))
         })
     }
 
@@ -162,8 +248,12 @@ impl SignalStore {
     /// (unblock, unbind, bind, delete) is applied only once durable.
     pub async fn commit(self: &Arc<Self>, batch: Batch) -> Result<CommitOutcome, StoreError> {
         let narrows = |c: &Change| matches!(c, Change::Revoke { .. } | Change::Block { .. });
+        // Entries this batch narrowed before it is durable: local-only if the write fails.
+        let mut raised = Vec::new();
         for change in batch.changes.iter().filter(|c| narrows(c)) {
-            self.tables.apply(change);
+            if self.tables.apply(change) {
+                raised.extend(narrowing(change).map(|(t, k, at)| (t, k.encode(), at)));
+            }
         }
         let this = self.clone();
         let (outcome, batch) = tokio::task::spawn_blocking(move || {
@@ -176,12 +266,28 @@ impl SignalStore {
         })
         .await
         .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?;
-        let outcome = outcome?;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // Enforced already (fail closed) but not durable: listed as local-only until a
+                // durable write covers it.
+                let mut marks = self.marks();
+                for (table, key, at) in raised {
+                    let m = marks.entry((table, key)).or_insert(at);
+                    *m = (*m).max(at);
+                }
+                drop(marks);
+                tracing::warn!(changes = batch.changes.len(), error = %e, "change not stored; revocations and blocks in it stay enforced on this replica only until the sender retries");
+                return Err(e);
+            }
+        };
         if outcome == CommitOutcome::Committed {
             for change in batch.changes.iter().filter(|c| !narrows(c)) {
                 self.tables.apply(change);
             }
         }
+        // Committed now, or by the first delivery of this SET: durable either way.
+        self.durable(&batch.changes);
         Ok(outcome)
     }
 
@@ -190,6 +296,7 @@ impl SignalStore {
         for c in changes {
             self.tables.apply(c);
         }
+        self.durable(changes);
     }
 
     /// Installs the histogram that times every durable write; only the first call has an effect.
@@ -219,10 +326,55 @@ impl SignalStore {
         self.durable.name()
     }
 
+    /// Runs a blocking call of the durable backend on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&dyn Durable) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(this.durable.as_ref()))
+            .await
+            .map_err(|e| StoreError::Read(format!("store task failed: {e}")))?
+    }
+
+    /// Whether the SET `(iss, jti)` was committed before: a redelivery, to be answered like the
+    /// first delivery (RFC 8935 §2, RFC 8936 §2.4) before anything else is checked.
+    pub async fn seen(self: &Arc<Self>, iss: &str, jti: &str) -> Result<bool, StoreError> {
+        let (iss, jti) = (iss.to_string(), jti.to_string());
+        self.blocking(move |d| d.seen(&iss, &jti)).await
+    }
+
+    /// Records a verification `state` sent to `transmitter` (SSF §8.1.4.2), durably and, in
+    /// fleet mode, for every replica: the verification SET may arrive after a restart or a
+    /// reload, or at another replica.
+    pub async fn register_state(
+        self: &Arc<Self>,
+        transmitter: &str,
+        state: &str,
+        expires: i64,
+    ) -> Result<(), StoreError> {
+        let (t, st) = (transmitter.to_string(), state.to_string());
+        self.blocking(move |d| d.put_state(&t, &st, expires)).await
+    }
+
+    /// Whether `state` was sent to `transmitter` and has not expired.
+    pub async fn state_outstanding(
+        self: &Arc<Self>,
+        transmitter: &str,
+        state: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (t, st) = (transmitter.to_string(), state.to_string());
+        let exp = self.blocking(move |d| d.state_expiry(&t, &st)).await?;
+        Ok(exp.is_some_and(|e| e > now))
+    }
+
     /// Drops entries older than the retention, in memory and on disk.
     pub async fn expire(self: &Arc<Self>, now: i64) -> Result<usize, StoreError> {
         let before = now - self.retention_secs;
         let removed = self.tables.expire(before);
+        self.marks()
+            .retain(|(table, key), _| self.tables.contains(*table, key));
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.durable.purge(before))
             .await

@@ -129,6 +129,59 @@ impl RedisLink {
         )
     }
 
+    /// The key of a verification `state` sent to a transmitter.
+    pub fn state_key(&self, transmitter: &str, state: &str) -> String {
+        format!("{}vstate:{transmitter}|{state}", self.prefix)
+    }
+
+    /// Blocking: whether the SET's dedupe key exists (it lives as long as the retention).
+    pub fn seen_blocking(&self, iss: &str, jti: &str) -> Result<bool, StoreError> {
+        let key = self.set_key(iss, jti);
+        self.with_conn(|c| redis::cmd("EXISTS").arg(&key).query::<i64>(c))
+            .map(|n| n > 0)
+            .map_err(|e| {
+                self.error("state");
+                StoreError::FleetLog(describe(&e))
+            })
+    }
+
+    /// Blocking: records a verification state for every replica, expiring with it.
+    pub fn put_state_blocking(
+        &self,
+        transmitter: &str,
+        state: &str,
+        expires: i64,
+    ) -> Result<(), StoreError> {
+        let key = self.state_key(transmitter, state);
+        let ttl = (expires - super::now_secs()).max(1);
+        self.with_conn(|c| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(expires)
+                .arg("EX")
+                .arg(ttl)
+                .query::<()>(c)
+        })
+        .map_err(|e| {
+            self.error("state");
+            StoreError::FleetLog(describe(&e))
+        })
+    }
+
+    /// Blocking: the expiry of a verification state, if any replica sent it.
+    pub fn state_blocking(
+        &self,
+        transmitter: &str,
+        state: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let key = self.state_key(transmitter, state);
+        self.with_conn(|c| redis::cmd("GET").arg(&key).query::<Option<i64>>(c))
+            .map_err(|e| {
+                self.error("state");
+                StoreError::FleetLog(describe(&e))
+            })
+    }
+
     /// The poll lease key of a transmitter.
     pub fn lease_key(&self, transmitter: &str) -> String {
         format!("{}lease:poll:{transmitter}", self.prefix)
@@ -557,6 +610,20 @@ impl Durable for RedisStore {
             tracing::warn!(error = %e, "re-publishing old account blocks failed; retried at the next expiry pass");
         }
         Ok(n)
+    }
+
+    /// Fleet-wide: a SET committed by any replica is a repeat here too.
+    fn seen(&self, iss: &str, jti: &str) -> Result<bool, StoreError> {
+        self.link.seen_blocking(iss, jti)
+    }
+
+    /// Fleet-wide: the verification SET may reach (push) or be polled by another replica.
+    fn put_state(&self, transmitter: &str, state: &str, expires: i64) -> Result<(), StoreError> {
+        self.link.put_state_blocking(transmitter, state, expires)
+    }
+
+    fn state_expiry(&self, transmitter: &str, state: &str) -> Result<Option<i64>, StoreError> {
+        self.link.state_blocking(transmitter, state)
     }
 
     fn name(&self) -> &'static str {

@@ -83,25 +83,32 @@ impl<V> Default for Table<V> {
     }
 }
 
-impl<V> Table<V> {
+impl<V: PartialEq> Table<V> {
     /// Replaces the entry with `merge(old)`, atomically per key; `None` leaves it as it is.
-    fn upsert(&self, key: Box<str>, merge: impl FnOnce(Option<&V>) -> Option<V>) {
+    /// Returns whether the entry changed.
+    fn upsert(&self, key: Box<str>, merge: impl FnOnce(Option<&V>) -> Option<V>) -> bool {
         let c = class(&key);
         match self.map.entry(key) {
-            Entry::Occupied(mut o) => {
-                if let Some(v) = merge(Some(o.get())) {
+            Entry::Occupied(mut o) => match merge(Some(o.get())) {
+                Some(v) if v != *o.get() => {
                     o.insert(v);
+                    true
                 }
-            }
-            Entry::Vacant(slot) => {
-                if let Some(v) = merge(None) {
+                _ => false,
+            },
+            Entry::Vacant(slot) => match merge(None) {
+                Some(v) => {
                     self.classes[c].fetch_add(1, Ordering::AcqRel);
                     slot.insert(v);
+                    true
                 }
-            }
+                None => false,
+            },
         }
     }
+}
 
+impl<V> Table<V> {
     fn remove(&self, key: &str) -> bool {
         let gone = self.map.remove(key).is_some();
         if gone {
@@ -165,8 +172,9 @@ pub fn merge_binding(old: Option<&Binding>, new: Binding) -> Option<Binding> {
 }
 
 impl Tables {
-    /// Applies one change with the shared merge rules (atomically per key).
-    pub fn apply(&self, change: &Change) {
+    /// Applies one change with the shared merge rules (atomically per key); returns whether
+    /// the entry changed.
+    pub fn apply(&self, change: &Change) -> bool {
         let block = |blocked: bool, at: i64| {
             let new = BlockState { blocked, at };
             move |old: Option<&BlockState>| Some(merge_block(old.copied(), new))
@@ -201,7 +209,7 @@ impl Tables {
                     TableName::Revocations => self.revocations.remove(&k),
                     TableName::Blocks => self.blocks.remove(&k),
                     TableName::Bindings => self.bindings.remove(&k),
-                };
+                }
             }
         }
     }
@@ -238,14 +246,15 @@ impl Tables {
         Some(b.nets.iter().any(|n| n.contains(&ip)))
     }
 
-    /// Drops revocations, unblocked records and bindings whose time is before `before`.
-    /// Blocks stay until an explicit unblock. Returns how many entries were removed.
+    /// Drops revocations, unblock records, bindings and unbind records (tombstones) whose time
+    /// is before `before`: the same rule as the durable backends' purge, so that the tables and
+    /// the store never disagree. Blocks stay until an explicit unblock. Returns how many entries
+    /// were removed.
     pub fn expire(&self, before: i64) -> usize {
         let n = self.len_all();
         self.revocations.retain(|at| *at >= before);
         self.blocks.retain(|b| b.blocked || b.at >= before);
-        self.bindings
-            .retain(|b| b.at >= before && !b.nets.is_empty());
+        self.bindings.retain(|b| b.at >= before);
         n - self.len_all()
     }
 
@@ -261,22 +270,52 @@ impl Tables {
         }
     }
 
-    /// Entries of one table whose key contains `search` (case-sensitive), sorted by key, paginated.
+    /// The entry of an encoded key in one table, as the admin API shows it (without the key).
+    pub fn entry(&self, table: TableName, key: &str) -> Option<serde_json::Value> {
+        match table {
+            TableName::Revocations => self.revocations.get(key).map(|v| revocation_json(*v)),
+            TableName::Blocks => self.blocks.get(key).map(|v| block_json(&v)),
+            TableName::Bindings => self.bindings.get(key).map(|v| binding_json(&v)),
+        }
+    }
+
+    /// Whether the encoded key has an entry in one table.
+    pub fn contains(&self, table: TableName, key: &str) -> bool {
+        match table {
+            TableName::Revocations => self.revocations.map.contains_key(key),
+            TableName::Blocks => self.blocks.map.contains_key(key),
+            TableName::Bindings => self.bindings.map.contains_key(key),
+        }
+    }
+
+    /// Entries of one table whose key contains `search` (case-sensitive), sorted by key,
+    /// paginated; entries whose encoded key `local_only` names get `"local_only": true`.
     pub fn list(
         &self,
         table: TableName,
         search: Option<&str>,
         offset: usize,
         limit: usize,
+        local_only: &dyn Fn(&str) -> bool,
     ) -> (usize, Vec<serde_json::Value>) {
         let mut rows: Vec<(Box<str>, serde_json::Value)> = match table {
-            TableName::Revocations => self.revocations.map.iter().map(|e| (e.key().clone(), serde_json::json!({ "revoked_at": *e.value() }))).collect(),
-            TableName::Blocks => self.blocks.map.iter().map(|e| (e.key().clone(), serde_json::json!({ "blocked": e.blocked, "at": e.at }))).collect(),
+            TableName::Revocations => self
+                .revocations
+                .map
+                .iter()
+                .map(|e| (e.key().clone(), revocation_json(*e.value())))
+                .collect(),
+            TableName::Blocks => self
+                .blocks
+                .map
+                .iter()
+                .map(|e| (e.key().clone(), block_json(e.value())))
+                .collect(),
             TableName::Bindings => self
                 .bindings
                 .map
                 .iter()
-                .map(|e| (e.key().clone(), serde_json::json!({ "nets": e.nets.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "at": e.at })))
+                .map(|e| (e.key().clone(), binding_json(e.value())))
                 .collect(),
         };
         if let Some(s) = search {
@@ -292,12 +331,27 @@ impl Tables {
                 let key = SubjectKey::decode(&k)?;
                 if let serde_json::Value::Object(m) = &mut v {
                     m.insert("key".into(), serde_json::to_value(key).ok()?);
+                    if local_only(&k) {
+                        m.insert("local_only".into(), serde_json::Value::Bool(true));
+                    }
                 }
                 Some(v)
             })
             .collect();
         (total, page)
     }
+}
+
+fn revocation_json(at: i64) -> serde_json::Value {
+    serde_json::json!({ "revoked_at": at })
+}
+
+fn block_json(b: &BlockState) -> serde_json::Value {
+    serde_json::json!({ "blocked": b.blocked, "at": b.at })
+}
+
+fn binding_json(b: &Binding) -> serde_json::Value {
+    serde_json::json!({ "nets": b.nets.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "at": b.at })
 }
 
 #[cfg(test)]
