@@ -1,19 +1,15 @@
 //! Bearer token validation end to end: a real issuer (discovery + JWKS over HTTP), attacks, rotation,
 //! outages, unknown-kid floods, scopes/roles/claim rules and identity headers.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::keys::{hs256_token, unsigned_token, KeyAlg, SigningKey};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -2,15 +2,11 @@
 //! push for it, another certificate of the same CA gets `access_denied`, and the pin makes the
 //! connection's certificate, not only the CA, the transmitter's identity.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
+use crate::common::*;
 use bytes::Bytes;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::transmitter::{complex, iss_sub, opaque, DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 

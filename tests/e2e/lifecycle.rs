@@ -1,7 +1,4 @@
 //! Lifecycle end to end (real binary, real signals): SIGHUP reloads, graceful SIGTERM, TLS rotation, connection limit, CLI exit codes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;

@@ -33,7 +33,7 @@ tests/interop.rs runs it against an in-process proxy over TLS. To run it by hand
 
     python3 -m venv /tmp/azvenv && /tmp/azvenv/bin/pip install azure-core requests
     cargo run -- demo            # in another terminal; leaves the demo running
-    /tmp/azvenv/bin/python tests/interop/azure_sdk_cae.py \\
+    /tmp/azvenv/bin/python tests/e2e/interop/azure_sdk_cae.py \\
         --proxy http://127.0.0.1:29080 --issuer http://127.0.0.1:29101 \\
         --admin http://127.0.0.1:29901
 

@@ -1,17 +1,14 @@
 //! CAE policy end to end: location deny lists, client IP via trusted proxies, global report-only, live expiry, mTLS admin, revoke CLI, subject IP bindings.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
 use bytes::Bytes;
 use cae_proxy::auth::challenge::nbf_claims;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::now_secs;
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -1,20 +1,17 @@
 //! Azure SDK interop: azure-core's `BearerTokenCredentialPolicy` answers the proxy's claims challenges.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // The proxy (TLS listener, admin API), the development issuer and the echo upstream run in this
-// process on 127.0.0.1:0; tests/interop/azure_sdk_cae.py drives the real SDK pipeline against
+// process on 127.0.0.1:0; tests/e2e/interop/azure_sdk_cae.py drives the real SDK pipeline against
 // them. The interpreter is `CAE_PYTHON` (default `python3`); where it cannot import azure.core
 // the test says so and passes, unless `CAE_REQUIRE_INTEROP=1`, where that is a failure.
-
-mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::common::*;
 use cae_proxy::auth::challenge::{acrs_claims, nbf_claims};
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "interop-admin-secret";
@@ -134,7 +131,7 @@ async fn azure_sdk_answers_claims_challenges_and_succeeds_on_retry() {
     let admin_url = h.admin_url("");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/azure_sdk_cae.py"
+        "/tests/e2e/interop/azure_sdk_cae.py"
     );
 
     let child = tokio::process::Command::new(&python)

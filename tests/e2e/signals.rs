@@ -2,12 +2,9 @@
 //! transmitter, every vector of protocols.md §6, CAEP/RISC effects checked with real requests,
 //! SSF stream management and verification, durability across SIGKILL, and freshness metrics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
 use bytes::Bytes;
 use cae_proxy::auth::challenge::nbf_claims;
@@ -19,7 +16,6 @@ use cae_proxy::dev::transmitter::{
     SSF,
 };
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 

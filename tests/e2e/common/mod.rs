@@ -1,8 +1,19 @@
-//! End-to-end test support: the real proxy on 127.0.0.1:0 from a TOML file in a temp dir, TLS
-//! material made with rcgen, and plain/TLS HTTP/1.1 and HTTP/2 clients.
+//! End-to-end test support: the real proxy on 127.0.0.1:0 from a TOML file in a temp dir (or the
+//! real binary), TLS material made with rcgen, plain/TLS HTTP/1.1 and HTTP/2 clients, and the
+//! helpers every concern shares (configuration builder, metrics, waiting, admin API calls).
 #![allow(dead_code)]
 
+pub mod config;
+pub mod hostile;
+pub mod metrics;
+pub mod net;
 pub mod redis_server;
+pub mod wait;
+
+pub use config::*;
+pub use metrics::metric;
+pub use net::*;
+pub use wait::*;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,13 +34,6 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub proxy: Proxy,
-}
-
-/// Binds a loopback listener on a free port.
-pub async fn listener() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0")
 }
 
 impl Harness {
@@ -90,23 +94,26 @@ impl Harness {
     /// Waits (bounded) until `/readyz` says ready: keys loaded, streams verified.
     pub async fn wait_ready(&self) {
         let c = client();
-        for _ in 0..500 {
-            let r = send(
-                &c,
-                Method::GET,
-                &self.admin_url("/readyz"),
-                &[],
-                Bytes::new(),
-            )
-            .await;
-            if r.status == StatusCode::OK {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("proxy never became ready");
+        let url = self.admin_url("/readyz");
+        eventually(READY_WITHIN, "the proxy to be ready", || async {
+            get(&c, &url, &[]).await.status == StatusCode::OK
+        })
+        .await;
+    }
+
+    /// The admin listener's `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        get(&client(), &self.admin_url("/metrics"), &[])
+            .await
+            .text()
     }
 }
+
+/// How long a log line may take to appear.
+pub const LOG_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a proxy may take to become ready (keys fetched, streams verified).
+pub const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// TLS material for one test: a CA, a server certificate for localhost/127.0.0.1, a client certificate.
 pub struct Certs {
@@ -370,33 +377,39 @@ impl Binary {
         format!("http://{}{path}", self.addrs[listener])
     }
 
+    pub fn admin_url(&self, path: &str) -> String {
+        self.url("admin", path)
+    }
+
     /// Waits (bounded) until the admin listener's `/readyz` says ready.
     pub async fn wait_ready(&self) {
         let c = client();
-        for _ in 0..500 {
-            if let Ok(r) = try_send(
-                &c,
-                Method::GET,
-                &self.url("admin", "/readyz"),
-                &[],
-                Bytes::new(),
-            )
+        let url = self.admin_url("/readyz");
+        let ready = poll_until(READY_WITHIN, || async {
+            let r = try_send(&c, Method::GET, &url, &[], Bytes::new()).await;
+            r.is_ok_and(|r| r.status == StatusCode::OK).then_some(())
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "cae-proxy never became ready; log: {:?}",
+            self.log()
+        );
+    }
+
+    /// The admin listener's `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        get(&client(), &self.admin_url("/metrics"), &[])
             .await
-            {
-                if r.status == StatusCode::OK {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("cae-proxy never became ready; log: {:?}", self.log());
+            .text()
     }
 
     pub fn signal(&self, sig: i32) {
         unsafe_kill(self.child.id() as i32, sig);
     }
 
-    /// Waits (bounded) for the process to exit; returns its exit code.
+    /// Waits (bounded) for the process to exit; returns its exit code, `None` if it is still
+    /// running after `within` (or was killed by a signal).
     pub fn wait(&mut self, within: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + within;
         loop {
@@ -410,8 +423,43 @@ impl Binary {
         }
     }
 
+    /// Waits (bounded) for the process to exit without blocking the runtime; its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The log lines that are JSON objects, parsed.
+    pub fn json_log(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (bounded) for a JSON log line satisfying `pred`; returns the first one.
+    pub async fn wait_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let found = poll_until(LOG_WITHIN, || async {
+            self.json_log().into_iter().find(|v| pred(v))
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("no log line {what}; log: {:#?}", self.log()))
     }
 }
 

@@ -1,24 +1,21 @@
 //! Fleet mode, more: Redis over TLS with a private CA and client certificates, Redis SIGKILLed, two of three replicas SIGKILLed at once, cross-replica freshness under load.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Each test starts its own `redis-server` on a free loopback port in a temp dir (never the
 // machine's own Redis); replicas run in-process or as real processes (to SIGKILL them). The
 // Redis/World/Replica support is a copy of tests/fleet.rs, extended with TLS and SIGKILL.
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::redis_server::Redis;
+use crate::common::*;
 use bytes::Bytes;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::now_secs;
 use cae_proxy::dev::transmitter::{iss_sub, DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::redis_server::Redis;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
 

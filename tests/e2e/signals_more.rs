@@ -1,11 +1,9 @@
 //! More Shared Signals end to end: every CAEP/RISC/OAuth event the proxy acts on (pushed, checked on real tokens), foreign issuers, SSF discovery issuer mismatch, OAuth client-credentials stream management, RFC 8936 draining/backoff/setErrs, and poll crash safety across SIGKILL.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine;
 use bytes::Bytes;
 use cae_proxy::auth::challenge::nbf_claims;
@@ -17,7 +15,6 @@ use cae_proxy::dev::transmitter::{
 };
 use cae_proxy::dev::upstream::EchoUpstream;
 use cae_proxy::dev::ServerHandle;
-use common::*;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};

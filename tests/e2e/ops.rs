@@ -1,17 +1,13 @@
 //! Operations end to end: metrics exposition parses and moves, readiness follows the keys, logs are
 //! JSON lines without tokens, reload through the admin listener.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::transmitter::{complex, iss_sub, DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
 

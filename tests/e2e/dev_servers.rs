@@ -2,19 +2,15 @@
 //! unless forced, a loud banner, and the curl commands they print work when pasted into a shell
 //! (run here with `sh -c`, against a real proxy for the transmitter's events).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 

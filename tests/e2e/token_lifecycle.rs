@@ -1,12 +1,10 @@
 //! Token validation and key lifecycle end to end (issue 3 gaps): every allowed signature algorithm, `jwks_file` keys, periodic refresh honouring `Cache-Control: max-age` within bounds, the unknown-`kid` cooldown, `max_lifetime`, the Entra v1 issuer template and the configured `realm`/`authorization_uri` in challenges.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use aws_lc_rs::signature::{
     EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING,
 };
@@ -14,7 +12,6 @@ use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::keys::{b64url, KeyAlg, SigningKey};
 use cae_proxy::dev::upstream::EchoUpstream;
 use cae_proxy::dev::{json_response, now_secs, ServerHandle};
-use common::*;
 use http::header::{HeaderValue, CACHE_CONTROL};
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey};

@@ -9,18 +9,14 @@
 //! memory is counted. `--nocapture` prints the numbers (docs/security.md, "Resource bounds,
 //! measured").
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
 use cae_proxy::dev::transmitter::{DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

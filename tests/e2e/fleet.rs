@@ -2,20 +2,16 @@
 //! loopback port in a temp dir (never the machine's own Redis), replicas in-process and as real
 //! processes (to SIGKILL them), a dev issuer, transmitter and echo upstream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common::redis_server::Redis;
+use crate::common::*;
 use bytes::Bytes;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::now_secs;
 use cae_proxy::dev::transmitter::{iss_sub, DevTransmitter, TransmitterOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::redis_server::Redis;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
 

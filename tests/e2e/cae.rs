@@ -1,18 +1,14 @@
 //! CAE enforcement end to end: revocations, blocks and bindings through the admin API, claims
 //! challenges byte for byte, IP rules, both step-up dialects, report-only, durability and expiry.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
 use bytes::Bytes;
 use cae_proxy::auth::challenge::{acrs_claims, nbf_claims};
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
-use common::*;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -1,0 +1,30 @@
+//! The end-to-end tests, one binary: the real proxy (in-process through `common::Harness`, or the
+//! compiled binary through `common::Binary`) on 127.0.0.1:0 against real servers. One module per
+//! concern; `common/` holds the harness, the configuration builder and the shared helpers.
+//!
+//! The tests share this process: none sets environment variables or installs a global tracing
+//! subscriber, every proxy has its own metrics registry, and every file lives in a test's own
+//! temp dir. Tests that measure this process's own descriptors or memory live in
+//! `tests/process_bounds/` instead, where nothing else runs beside them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod adversarial;
+mod cae;
+mod cae_policy;
+mod core;
+mod demo;
+mod dev_servers;
+mod fleet;
+mod fleet_more;
+mod interop;
+mod lifecycle;
+mod ops;
+mod resources;
+mod signals;
+mod signals_more;
+mod signals_mtls;
+mod token_lifecycle;
+mod tokens;

@@ -1,0 +1,49 @@
+//! Tests that measure this test process itself: its open descriptors (`/proc/self/fd`) and its
+//! resident memory (`VmRSS` of `/proc/self/status`), where the proxy, the echo upstream and the
+//! clients all live. Such numbers mean something only when nothing else runs in the process, so
+//! these tests have their own binary (the other end-to-end tests share `tests/e2e/`, whose
+//! harness they use) and run one at a time (`SERIAL`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(unused_imports)]
+#[path = "../e2e/common/mod.rs"]
+mod common;
+
+mod h2_floods;
+mod streaming;
+
+use std::time::{Duration, Instant};
+
+/// One test at a time: the descriptor and memory numbers are then the test's own.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Open descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Resident memory of this process, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until the open descriptors fall to `limit` or below; returns the last count.
+async fn fds_settle(limit: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = open_fds();
+        if n <= limit || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
