@@ -24,7 +24,5 @@ mod lifecycle;
 mod ops;
 mod resources;
 mod signals;
-mod signals_more;
-mod signals_mtls;
 mod token_lifecycle;
 mod tokens;

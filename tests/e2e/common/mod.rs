@@ -294,6 +294,55 @@ pub async fn get(c: &TestClient, url: &str, headers: &[(&str, &str)]) -> Reply {
     send(c, Method::GET, url, headers, Bytes::new()).await
 }
 
+/// `Bearer <token>`, an `Authorization` value.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// GET `url` with `Authorization: Bearer <token>`.
+pub async fn call_with(url: &str, token: &str) -> Reply {
+    get(&client(), url, &[("authorization", &bearer(token))]).await
+}
+
+/// POST `body` as JSON to the admin API at `url`, with the admin token.
+pub async fn admin_post(url: &str, body: serde_json::Value) -> Reply {
+    send(
+        &client(),
+        Method::POST,
+        url,
+        &[
+            ("authorization", ADMIN),
+            ("content-type", "application/json"),
+        ],
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// GET the admin API at `url` with the admin token; expects 200 and returns the JSON body.
+pub async fn admin_get(url: &str) -> serde_json::Value {
+    let r = get(&client(), url, &[("authorization", ADMIN)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{url}: {}", r.text());
+    r.json()
+}
+
+/// The JSON of the `claims` parameter of a claims challenge (`WWW-Authenticate`), which is
+/// standard base64.
+pub fn decode_claims(header: &str) -> serde_json::Value {
+    use base64::Engine;
+    let b64 = header
+        .split("claims=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no claims parameter in {header}"));
+    serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("standard base64"),
+    )
+    .expect("claims JSON")
+}
+
 /// Raw bytes over a plain TCP connection; returns what the server sent until it closed or `wait` passed.
 pub async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
