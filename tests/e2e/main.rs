@@ -18,7 +18,6 @@ mod core;
 mod demo;
 mod dev_servers;
 mod fleet;
-mod fleet_more;
 mod interop;
 mod lifecycle;
 mod ops;

@@ -1,26 +1,27 @@
-//! A private `redis-server` per test (fleet mode tests): a free loopback port, files in its own
-//! temp dir, optional AOF with an fsync per write, optional TLS with client certificates.
+//! A private `redis-server` per test (fleet mode tests): a loopback port reserved for it, files in
+//! its own temp dir, optional AOF with an fsync per write, optional TLS with client certificates.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{certs, Certs};
+use super::{certs, poll_until_blocking, Certs, ReservedPort};
 
-/// A `redis-server` of this test, on a free loopback port, its files in `dir`; with `tls`, it
-/// listens only on a TLS port and requires client certificates of the test CA.
+/// A `redis-server` of this test, on a loopback port reserved for it, its files in `dir`; with
+/// `tls`, it listens only on a TLS port and requires client certificates of the test CA.
+///
+/// `redis-server` cannot be handed a listening socket, and a restart must come back on the same
+/// port (the replicas' `redis_url` names it). So the port is reserved for the server's whole life
+/// ([`ReservedPort`]: bound without listening, `SO_REUSEADDR`, which `redis-server` sets too): no
+/// port-0 bind anywhere takes it while the test holds it, before the first start or between a
+/// stop and a restart.
 pub struct Redis {
     child: Option<Child>,
-    port: u16,
+    port: ReservedPort,
     dir: PathBuf,
     appendonly: bool,
     pub tls: Option<Certs>,
     _tmp: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 impl Redis {
@@ -40,7 +41,7 @@ impl Redis {
         });
         let mut r = Redis {
             child: None,
-            port: free_port(),
+            port: ReservedPort::new(),
             dir,
             appendonly,
             tls,
@@ -52,7 +53,7 @@ impl Redis {
 
     pub fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        let port = self.port.to_string();
+        let port = self.port.port().to_string();
         match &self.tls {
             None => {
                 cmd.args(["--port", &port]);
@@ -80,24 +81,20 @@ impl Redis {
             .spawn()
             .expect("redis-server is installed");
         self.child = Some(child);
-        // Bounded PING loop.
         let client = self.client();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let pong = poll_until_blocking(Duration::from_secs(10), || {
+            let mut c = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .ok()?;
+            redis::cmd("PING").query::<String>(&mut c).ok()
+        });
+        assert!(pong.is_some(), "redis-server did not start");
     }
 
     pub fn url(&self) -> String {
         match self.tls {
-            None => format!("redis://127.0.0.1:{}", self.port),
-            Some(_) => format!("rediss://127.0.0.1:{}", self.port),
+            None => format!("redis://{}", self.port.addr()),
+            Some(_) => format!("rediss://{}", self.port.addr()),
         }
     }
 
