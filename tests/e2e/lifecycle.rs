@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use bytes::Bytes;
+use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::upstream::EchoUpstream;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -600,6 +601,44 @@ async fn sighup_while_starting_is_a_reload_not_a_kill() {
 
 // ---------------------------------------------------------------------------------------------
 // 2. Graceful shutdown
+
+/// An authenticated request in flight finishes after SIGTERM; then the exit is 0.
+#[tokio::test]
+async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
+    let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cae-proxy.toml");
+    let toml = Toml::new()
+        .log_level("info")
+        .public()
+        .admin_token()
+        .store(&format!("path = \"{}/state.redb\"", dir.path().display()))
+        .app(&up.url())
+        .dev_issuer(&idp.issuer_url(), "")
+        .route("api", "/api", "")
+        .build();
+    std::fs::write(&cfg, toml).unwrap();
+    let mut bin = Binary::start(&cfg, 2);
+    bin.wait_ready().await;
+    let t = idp.mint("slow", json!({}));
+    let url = bin.url("public", "/api/slow?ms=1500");
+    let slow = tokio::spawn(async move { call_with(&url, &t).await });
+    eventually(
+        Duration::from_secs(10),
+        "the slow request in flight at the upstream",
+        || async { up.requests() > 0 },
+    )
+    .await;
+    assert_eq!(up.requests(), 1, "the slow request reached the upstream");
+    bin.signal(libc::SIGTERM);
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");
+    let code = tokio::task::spawn_blocking(move || bin.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_upload_lets_it_finish_refuses_new_connections_and_exits_0() {

@@ -13,7 +13,6 @@ mod common;
 
 mod adversarial;
 mod cae;
-mod cae_policy;
 mod core;
 mod demo;
 mod dev_servers;
