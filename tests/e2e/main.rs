@@ -22,5 +22,4 @@ mod lifecycle;
 mod ops;
 mod resources;
 mod signals;
-mod token_lifecycle;
 mod tokens;
