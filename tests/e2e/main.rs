@@ -13,10 +13,10 @@ mod common;
 
 mod adversarial;
 mod cae;
-mod core;
 mod demo;
 mod dev_servers;
 mod fleet;
+mod forwarding;
 mod interop;
 mod lifecycle;
 mod ops;

@@ -5,6 +5,8 @@
 
 use std::fmt::Write as _;
 
+use super::Certs;
+
 /// The admin token of every test configuration that sets one (`Toml::admin_token`).
 pub const ADMIN_TOKEN: &str = "admin-secret";
 /// `Authorization` value of the admin API with [`ADMIN_TOKEN`].
@@ -87,6 +89,15 @@ impl Toml {
         );
         push_lines(&mut self.listeners, extra);
         self
+    }
+
+    /// A TLS `[[listener]]` on 127.0.0.1:0 serving the test server certificate; `mtls`: client
+    /// certificates of the test CA are required; `extra`: more lines before the TLS table.
+    pub fn tls_listener(self, name: &str, certs: &Certs, mtls: bool, extra: &str) -> Toml {
+        let mut lines = String::new();
+        push_lines(&mut lines, extra);
+        lines.push_str(&tls_table("listener", certs, mtls));
+        self.listener(name, &lines)
     }
 
     /// The proxy listener `public` on 127.0.0.1:0.
@@ -235,4 +246,18 @@ fn push_lines(out: &mut String, lines: &str) {
         out.push_str(lines);
         out.push('\n');
     }
+}
+
+/// A `[<section>.tls]` table with the test server certificate; `mtls`: client certificates of
+/// the test CA required.
+pub fn tls_table(section: &str, certs: &Certs, mtls: bool) -> String {
+    let mut t = format!(
+        "[{section}.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        certs.cert.display(),
+        certs.key.display()
+    );
+    if mtls {
+        let _ = writeln!(t, "client_ca = \"{}\"", certs.ca.display());
+    }
+    t
 }

@@ -14,45 +14,31 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{certs, listener, Certs, Harness};
+use super::{certs, listener, Certs, Harness, Toml};
 
 pub const MAX_H2_STREAMS: u32 = 8;
 
 /// A cleartext listener (`public`, HTTP/1.1 and h2c) and a TLS listener (`tls`, ALPN `h2` and
 /// `http/1.1`) in front of one route to the echo upstream.
 pub fn config(up: &str, certs: &Certs) -> String {
-    format!(
-        r#"
-[server]
-log_level = "error"
-max_header_bytes = 8192
-max_h2_streams = {MAX_H2_STREAMS}
-header_read_timeout = "1s"
-idle_timeout = "1s"
-[[listener]]
-name = "public"
-address = "127.0.0.1:0"
-[[listener]]
-name = "tls"
-address = "127.0.0.1:0"
-[listener.tls]
-cert = "{}"
-key = "{}"
-[store]
-backend = "memory"
-[upstreams.app]
-url = "{up}"
-# Pooled upstream connections close soon, so descriptor counts settle within the tests.
-idle_timeout = "1s"
-[[route]]
-name = "app"
-hosts = ["app.test", "127.0.0.1"]
-upstream = "app"
-auth = "none"
-"#,
-        certs.cert.display(),
-        certs.key.display()
-    )
+    Toml::new()
+        .log_level("error")
+        .server(&format!(
+            "max_header_bytes = 8192\nmax_h2_streams = {MAX_H2_STREAMS}\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\""
+        ))
+        .public()
+        .tls_listener("tls", certs, false, "")
+        .upstream(
+            "app",
+            up,
+            "# Pooled upstream connections close soon, so descriptor counts settle within the tests.\nidle_timeout = \"1s\"",
+        )
+        .route(
+            "app",
+            "/",
+            "hosts = [\"app.test\", \"127.0.0.1\"]\nauth = \"none\"",
+        )
+        .build()
 }
 
 /// How a test reaches the HTTP/2 server: cleartext with prior knowledge, or TLS where ALPN

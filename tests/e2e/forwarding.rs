@@ -1,4 +1,5 @@
-//! Gateway core end to end: TLS h1/h2, routing answers, limits, header rules, streaming, upgrades, reload.
+//! Forwarding end to end: TLS h1/h2 and mTLS listeners, routing answers, limits, header rules,
+//! upgrades, an HTTPS upstream with a client certificate, routing switched by reloads under load.
 
 use std::time::Duration;
 
@@ -11,27 +12,30 @@ async fn upstream() -> EchoUpstream {
     EchoUpstream::start(listener().await).expect("echo upstream")
 }
 
+/// One public listener, the upstream `app` (`extra_upstream`: more lines of its table) and one
+/// route without authentication for `app.test`, `*.app.test` and `127.0.0.1`; `extra_server`:
+/// more `[server]` lines.
 fn plain_config(upstream: &str, extra_server: &str, extra_upstream: &str) -> String {
-    format!(
-        r#"
-[server]
-log_level = "warn"
-{extra_server}
-[[listener]]
-name = "public"
-address = "127.0.0.1:0"
-[store]
-backend = "memory"
-[upstreams.app]
-url = "{upstream}"
-{extra_upstream}
-[[route]]
-name = "app"
-hosts = ["app.test", "*.app.test", "127.0.0.1"]
-upstream = "app"
-auth = "none"
-"#
-    )
+    Toml::new()
+        .server(extra_server)
+        .public()
+        .upstream("app", upstream, extra_upstream)
+        .route(
+            "app",
+            "/",
+            "hosts = [\"app.test\", \"*.app.test\", \"127.0.0.1\"]\nauth = \"none\"",
+        )
+        .build()
+}
+
+/// A TLS listener `tls` (`mtls`: client certificates required) to the upstream `app`, no
+/// authentication.
+fn tls_config(c: &Certs, up: &str, mtls: bool) -> String {
+    Toml::new()
+        .tls_listener("tls", c, mtls, "")
+        .app(up)
+        .route("app", "/", "auth = \"none\"")
+        .build()
 }
 
 #[tokio::test]
@@ -39,29 +43,7 @@ async fn http1_and_http2_over_tls_reach_the_upstream() {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let c = certs(dir.path());
-    let toml = format!(
-        r#"
-[server]
-log_level = "warn"
-[[listener]]
-name = "tls"
-address = "127.0.0.1:0"
-[listener.tls]
-cert = "{}"
-key = "{}"
-[store]
-backend = "memory"
-[upstreams.app]
-url = "{}"
-[[route]]
-upstream = "app"
-auth = "none"
-"#,
-        c.cert.display(),
-        c.key.display(),
-        up.url()
-    );
-    let h = Harness::start_in(dir, &toml).await;
+    let h = Harness::start_in(dir, &tls_config(&c, &up.url(), false)).await;
     let port = h.proxy.addr("tls").unwrap().port();
     for (h2, version) in [
         (false, http::Version::HTTP_11),
@@ -88,14 +70,7 @@ async fn mtls_listener_requires_a_client_certificate() {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let c = certs(dir.path());
-    let toml = format!(
-        "[server]\nlog_level = \"warn\"\n[[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[store]\nbackend = \"memory\"\n[upstreams.app]\nurl = \"{}\"\n[[route]]\nupstream = \"app\"\nauth = \"none\"\n",
-        c.cert.display(),
-        c.key.display(),
-        c.ca.display(),
-        up.url()
-    );
-    let h = Harness::start_in(dir, &toml).await;
+    let h = Harness::start_in(dir, &tls_config(&c, &up.url(), true)).await;
     let url = format!("https://localhost:{}/", h.proxy.addr("tls").unwrap().port());
     assert!(try_send(
         &tls_client(&c, false, false),
@@ -197,9 +172,9 @@ async fn error_answers_carry_json_bodies_with_the_request_id() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_a_502() {
-    let closed = listener().await;
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    // A port held for this test that nothing listens on: connections are refused.
+    let closed = ReservedPort::new();
+    let url = format!("http://{}", closed.addr());
     let h = Harness::start(&plain_config(&url, "", "connect_timeout = \"1s\"")).await;
     let r = get(&client(), &h.url("public", "/"), &[("host", "app.test")]).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -384,17 +359,11 @@ async fn reload_under_load_switches_routing_without_failures_and_bad_files_keep_
         let before = target.requests();
         h.write_config(&plain_config(&target.url(), "", ""));
         h.proxy.reload().expect("reload ok");
-        // Bounded wait until traffic reaches the newly routed upstream.
-        for _ in 0..3000 {
-            if target.requests() > before + 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(
-            target.requests() > before + 5,
-            "routing did not switch after reload {i}"
-        );
+        let what = format!("traffic at the upstream routed by reload {i}");
+        eventually(Duration::from_secs(15), &what, || async {
+            target.requests() > before + 5
+        })
+        .await;
     }
     h.write_config(&plain_config(&a.url(), "", ""));
     let g = h.proxy.reload().expect("reload ok");
@@ -469,14 +438,7 @@ async fn https_upstream_with_a_configured_ca_and_client_certificate() {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let c = certs(dir.path());
-    let inner_toml = format!(
-        "[server]\nlog_level = \"warn\"\n[[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[store]\nbackend = \"memory\"\n[upstreams.app]\nurl = \"{}\"\n[[route]]\nupstream = \"app\"\nauth = \"none\"\n",
-        c.cert.display(),
-        c.key.display(),
-        c.ca.display(),
-        up.url()
-    );
-    let inner = Harness::start(&inner_toml).await;
+    let inner = Harness::start(&tls_config(&c, &up.url(), true)).await;
     let port = inner.proxy.addr("tls").unwrap().port();
     let outer = |client_cert: bool| {
         let cert = if client_cert {
@@ -488,10 +450,15 @@ async fn https_upstream_with_a_configured_ca_and_client_certificate() {
         } else {
             String::new()
         };
-        format!(
-            "[server]\nlog_level = \"warn\"\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n[store]\nbackend = \"memory\"\n[upstreams.app]\nurl = \"https://localhost:{port}/base\"\nca = \"{}\"\n{cert}[[route]]\nupstream = \"app\"\nauth = \"none\"\n",
-            c.ca.display()
-        )
+        Toml::new()
+            .public()
+            .upstream(
+                "app",
+                &format!("https://localhost:{port}/base"),
+                &format!("ca = \"{}\"\n{cert}", c.ca.display()),
+            )
+            .route("app", "/", "auth = \"none\"")
+            .build()
     };
     let with_cert = Harness::start(&outer(true)).await;
     let r = get(&client(), &with_cert.url("public", "/x"), &[]).await;
