@@ -24,32 +24,25 @@ async fn echo() -> EchoUpstream {
     EchoUpstream::start(listener().await).expect("echo upstream")
 }
 
-/// `[server]`, a public listener, an admin listener (for `/metrics`), the memory store.
-fn head(server_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-log_level = "info"
-{server_extra}
-[[listener]]
-name = "public"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[store]
-backend = "memory"
-"#
-    )
-}
+/// Routes of these tests need no token.
+const NO_AUTH: &str = "auth = \"none\"";
 
-fn upstream(name: &str, url: &str) -> String {
-    format!("[upstreams.{name}]\nurl = \"{url}\"\n")
-}
-
-fn route(name: &str, prefix: &str, upstream: &str) -> String {
-    format!(
-        "[[route]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nauth = \"none\"\n"
-    )
+/// `[server]` (log level `info`, `server_extra`), a public listener, an admin listener (for
+/// `/metrics`), the memory store, the `upstreams` (name, URL) and unauthenticated `routes`
+/// (name, path prefix, upstream).
+fn config(server_extra: &str, upstreams: &[(&str, &str)], routes: &[(&str, &str, &str)]) -> String {
+    let mut t = Toml::new()
+        .log_level("info")
+        .server(server_extra)
+        .public()
+        .admin("");
+    for (name, url) in upstreams {
+        t = t.upstream(name, url, "");
+    }
+    for (name, prefix, upstream) in routes {
+        t = t.route_to(name, prefix, upstream, NO_AUTH);
+    }
+    t.build()
 }
 
 /// Replaces the file in one step (write aside, rename), as a deployment tool would.
@@ -67,74 +60,22 @@ fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-/// The value of the exposition line `series` (name with its labels exactly as printed).
-fn series(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+/// Polls `/metrics` at `url` (bounded) until `series` has the value `want`; the exposition.
+async fn wait_series(c: &TestClient, url: &str, series: &str, want: f64) -> String {
+    let what = format!("{series} to reach {want}");
+    wait_for(Duration::from_secs(10), &what, || async {
+        let m = get(c, url, &[]).await.text();
+        (metric(&m, series) == Some(want)).then_some(m)
     })
-}
-
-async fn metrics(c: &TestClient, url: &str) -> String {
-    let r = get(c, url, &[]).await;
-    assert_eq!(r.status, StatusCode::OK);
-    r.text()
-}
-
-/// Polls `/metrics` (bounded) until `series` has the value `want`.
-async fn wait_series(c: &TestClient, url: &str, name: &str, want: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = metrics(c, url).await;
-        if series(&m, name) == Some(want) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {want}; exposition:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    .await
 }
 
 /// The JSON log lines of the binary whose `message` is `message`.
 fn log_lines(bin: &Binary, message: &str) -> Vec<Value> {
-    bin.log()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    bin.json_log()
+        .into_iter()
         .filter(|v| v["message"] == message)
         .collect()
-}
-
-/// Waits (bounded) for a log line with `message`; returns the first one.
-async fn wait_log(bin: &Binary, message: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = log_lines(bin, message).into_iter().next() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line {message:?}; log: {:#?}",
-            bin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits (bounded, without blocking the runtime) for the binary to exit; its exit code.
-async fn wait_exit(bin: &mut Binary, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = bin.child.try_wait().unwrap() {
-            return s.code();
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -255,31 +196,23 @@ impl Recorder {
 
     /// Waits (bounded) until `n` requests reached the upstream.
     async fn wait_started(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.started.load(Ordering::SeqCst) < n {
-            assert!(
-                Instant::now() < deadline,
-                "the request never reached the upstream"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually(
+            Duration::from_secs(10),
+            "the request to reach the upstream",
+            || async { self.started.load(Ordering::SeqCst) >= n },
+        )
+        .await;
     }
 }
 
 /// Waits (bounded) until connecting to `addr` is refused: the listener was closed.
 async fn wait_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpStream::connect(addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} still accepts connections"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("{addr} to refuse connections");
+    eventually(Duration::from_secs(10), &what, || async {
+        matches!(TcpStream::connect(addr).await,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,7 +222,7 @@ async fn wait_refused(addr: SocketAddr) {
 async fn sighup_with_a_broken_file_keeps_the_old_routing_and_a_fixed_file_adds_the_route() {
     let a = echo().await;
     let b = echo().await;
-    let old = head("") + &upstream("a", &a.url()) + &route("app", "/app", "a");
+    let old = config("", &[("a", &a.url())], &[("app", "/app", "a")]);
     let (_dir, cfg) = config_file(&old);
     let bin = Binary::start(&cfg, 2);
     let c = client();
@@ -310,15 +243,18 @@ async fn sighup_with_a_broken_file_keeps_the_old_routing_and_a_fixed_file_adds_t
     );
 
     // The new file adds the route but has two errors: nothing of it may apply.
-    let new = head("")
-        + &upstream("a", &a.url())
-        + &upstream("b", &b.url())
-        + &route("app", "/app", "a")
-        + &route("v2", "/v2", "b");
-    let broken = new.replace(
-        "log_level = \"info\"",
-        "log_level = \"info\"\nidle_timeout = \"forever\"",
-    ) + &route("typo", "/typo", "missing");
+    let upstreams = [("a", a.url()), ("b", b.url())];
+    let upstreams: Vec<(&str, &str)> = upstreams.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let new = config("", &upstreams, &[("app", "/app", "a"), ("v2", "/v2", "b")]);
+    let broken = config(
+        "idle_timeout = \"forever\"",
+        &upstreams,
+        &[
+            ("app", "/app", "a"),
+            ("v2", "/v2", "b"),
+            ("typo", "/typo", "missing"),
+        ],
+    );
     replace_file(&cfg, &broken);
     bin.signal(libc::SIGHUP);
     let m = wait_series(
@@ -329,15 +265,13 @@ async fn sighup_with_a_broken_file_keeps_the_old_routing_and_a_fixed_file_adds_t
     )
     .await;
     assert_eq!(
-        series(&m, "cae_reloads_total{result=\"ok\",reason=\"\"}"),
+        metric(&m, "cae_reloads_total{result=\"ok\",reason=\"\"}"),
         None
     );
-    assert_eq!(series(&m, "cae_config_generation"), Some(1.0));
-    let line = wait_log(
-        &bin,
-        "configuration reload failed; the previous configuration keeps serving",
-    )
-    .await;
+    assert_eq!(metric(&m, "cae_config_generation"), Some(1.0));
+    let line = bin
+        .wait_message("configuration reload failed; the previous configuration keeps serving")
+        .await;
     assert_eq!(line["level"], "ERROR", "{line}");
     assert_eq!(
         line["error"],
@@ -371,12 +305,12 @@ async fn sighup_with_a_broken_file_keeps_the_old_routing_and_a_fixed_file_adds_t
     )
     .await;
     assert_eq!(
-        series(&m, "cae_reloads_total{result=\"failed\",reason=\"\"}"),
+        metric(&m, "cae_reloads_total{result=\"failed\",reason=\"\"}"),
         Some(1.0)
     );
-    assert_eq!(series(&m, "cae_config_generation"), Some(2.0));
+    assert_eq!(metric(&m, "cae_config_generation"), Some(2.0));
     assert_eq!(
-        wait_log(&bin, "configuration reloaded").await["generation"],
+        bin.wait_message("configuration reloaded").await["generation"],
         2
     );
     let r = get(&c, &bin.url("public", "/v2/x"), &[]).await;
@@ -394,7 +328,7 @@ async fn sighup_during_keep_alive_load_fails_no_request() {
     const RELOADS: usize = 5;
     let a = echo().await;
     let b = echo().await;
-    let conf = |url: &str| head("") + &upstream("app", url) + &route("app", "/", "app");
+    let conf = |url: &str| config("", &[("app", url)], &[("app", "/", "app")]);
     let (_dir, cfg) = config_file(&conf(&a.url()));
     let bin = Binary::start(&cfg, 2);
     let public = bin.addrs["public"];
@@ -436,14 +370,11 @@ async fn sighup_during_keep_alive_load_fails_no_request() {
     let wait_done = |n: usize| {
         let done = done.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while done.load(Ordering::SeqCst) < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "load stalled before {n} requests"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let what = format!("{n} requests of the load");
+            eventually(Duration::from_secs(15), &what, || async {
+                done.load(Ordering::SeqCst) >= n
+            })
+            .await;
         }
     };
     for k in 0..RELOADS {
@@ -460,14 +391,11 @@ async fn sighup_during_keep_alive_load_fails_no_request() {
         )
         .await;
         // The load now reaches the newly routed upstream.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while target.requests() < before + 5 {
-            assert!(
-                Instant::now() < deadline,
-                "routing did not switch after reload {k}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("the load at the upstream routed by reload {k}");
+        eventually(Duration::from_secs(10), &what, || async {
+            target.requests() >= before + 5
+        })
+        .await;
     }
     wait_done(MIN_REQUESTS.max(done.load(Ordering::SeqCst) + 20)).await;
     stop.store(true, Ordering::SeqCst);
@@ -488,84 +416,19 @@ async fn sighup_during_keep_alive_load_fails_no_request() {
     println!("{total} requests on {CONNECTIONS} keep-alive connections across {RELOADS} SIGHUP reloads: 0 failed");
     // Both upstreams served: the reloads really switched routing under this load.
     assert!(a.requests() > 0 && b.requests() > 0);
-    let m = metrics(&c, &metrics_url).await;
+    let m = get(&c, &metrics_url, &[]).await.text();
     assert_eq!(
-        series(&m, "cae_reloads_total{result=\"ok\",reason=\"\"}"),
+        metric(&m, "cae_reloads_total{result=\"ok\",reason=\"\"}"),
         Some(RELOADS as f64)
     );
     assert_eq!(
-        series(&m, "cae_config_generation"),
+        metric(&m, "cae_config_generation"),
         Some((RELOADS + 1) as f64)
     );
     assert_eq!(
-        series(&m, "cae_reloads_total{result=\"failed\",reason=\"\"}"),
+        metric(&m, "cae_reloads_total{result=\"failed\",reason=\"\"}"),
         None
     );
-}
-
-/// Starts `cae-proxy run` (JSON logs); calls `early` on the first line whose message is `at`,
-/// then waits (bounded) for `listeners` listening lines.
-fn start_binary_with(config: &Path, listeners: usize, at: &str, early: impl FnOnce(u32)) -> Binary {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"))
-        .args([
-            "run",
-            "--config",
-            &config.display().to_string(),
-            "--log-format",
-            "json",
-        ])
-        .env_remove("CAE_PROXY_CONFIG")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let keep = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            keep.lock().unwrap().push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    let mut early = Some(early);
-    let mut addrs = std::collections::HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while addrs.len() < listeners {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
-            panic!(
-                "cae-proxy did not report {listeners} listeners (exit: {:?}); log: {:#?}",
-                child.try_wait().unwrap(),
-                lines.lock().unwrap()
-            );
-        };
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if v["message"] == at {
-            if let Some(f) = early.take() {
-                f(child.id());
-            }
-        }
-        if v["message"] == "listening" {
-            addrs.insert(
-                v["listener"].as_str().unwrap().to_string(),
-                v["addr"].as_str().unwrap().parse().unwrap(),
-            );
-        }
-    }
-    assert!(early.is_none(), "no {at:?} line before listening");
-    Binary {
-        child,
-        addrs,
-        stderr: lines,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,14 +436,14 @@ async fn sighup_while_starting_is_a_reload_not_a_kill() {
     let a = echo().await;
     // An https upstream without a CA: building the first snapshot reads the system roots, which
     // keeps the start busy for a while after the store is open.
-    let text = head("")
-        + &upstream("app", &a.url())
-        + &upstream("tls", "https://localhost:1")
-        + &route("app", "/", "app")
-        + &route("tls", "/tls", "tls");
+    let text = config(
+        "",
+        &[("app", &a.url()), ("tls", "https://localhost:1")],
+        &[("app", "/", "app"), ("tls", "/tls", "tls")],
+    );
     let (_dir, cfg) = config_file(&text);
     // The store is opened before the listeners are bound: SIGHUP arrives mid-start.
-    let bin = start_binary_with(&cfg, 2, "signal store open", |pid| {
+    let bin = Binary::start_with_hook(&cfg, 2, Some("signal store open"), |pid| {
         // SAFETY: kill(2) on our own child.
         unsafe {
             libc::kill(pid as i32, libc::SIGHUP);
@@ -644,8 +507,11 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
 async fn sigterm_during_a_slow_upload_lets_it_finish_refuses_new_connections_and_exits_0() {
     const SIZE: usize = 256 * 1024;
     let rec = Recorder::start().await;
-    let text =
-        head("shutdown_grace = \"10s\"") + &upstream("app", &rec.url()) + &route("app", "/", "app");
+    let text = config(
+        "shutdown_grace = \"10s\"",
+        &[("app", &rec.url())],
+        &[("app", "/", "app")],
+    );
     let (_dir, cfg) = config_file(&text);
     let mut bin = Binary::start(&cfg, 2);
     let (public, admin) = (bin.addrs["public"], bin.addrs["admin"]);
@@ -696,14 +562,14 @@ async fn sigterm_during_a_slow_upload_lets_it_finish_refuses_new_connections_and
         );
     }
 
-    assert_eq!(wait_exit(&mut bin, Duration::from_secs(10)).await, Some(0));
+    assert_eq!(bin.wait_exit(Duration::from_secs(10)).await, Some(0));
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "it exited when drained, not at the end of the grace period ({:?})",
         t0.elapsed()
     );
     // The reader thread may still be catching up with the last lines after the exit.
-    assert_eq!(wait_log(&bin, "stopped").await["drained"], true);
+    assert_eq!(bin.wait_message("stopped").await["drained"], true);
     assert!(log_lines(
         &bin,
         "shutdown grace period over; closing remaining connections"
@@ -714,8 +580,11 @@ async fn sigterm_during_a_slow_upload_lets_it_finish_refuses_new_connections_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_never_completes_is_cut_at_the_grace_period_and_the_exit_is_0() {
     let rec = Recorder::start().await;
-    let text =
-        head("shutdown_grace = \"1s\"") + &upstream("app", &rec.url()) + &route("app", "/", "app");
+    let text = config(
+        "shutdown_grace = \"1s\"",
+        &[("app", &rec.url())],
+        &[("app", "/", "app")],
+    );
     let (_dir, cfg) = config_file(&text);
     let mut bin = Binary::start(&cfg, 2);
     let mut s = TcpStream::connect(bin.addrs["public"]).await.unwrap();
@@ -726,7 +595,7 @@ async fn a_request_that_never_completes_is_cut_at_the_grace_period_and_the_exit_
     let t0 = Instant::now();
     bin.signal(libc::SIGTERM);
     // docs/operations.md: exit 0 "also when the drain deadline passed: that is logged as a warning".
-    let code = wait_exit(&mut bin, Duration::from_secs(6)).await;
+    let code = bin.wait_exit(Duration::from_secs(6)).await;
     let took = t0.elapsed();
     assert_eq!(code, Some(0), "log: {:#?}", bin.log());
     assert!(
@@ -737,7 +606,7 @@ async fn a_request_that_never_completes_is_cut_at_the_grace_period_and_the_exit_
         took < Duration::from_secs(4),
         "exited {took:?} after SIGTERM"
     );
-    assert_eq!(wait_log(&bin, "stopped").await["drained"], false);
+    assert_eq!(bin.wait_message("stopped").await["drained"], false);
     // Logged before `stopped`, so present by now.
     let warn = log_lines(
         &bin,
@@ -799,26 +668,12 @@ async fn tls_certificates_rotate_on_reload_and_bad_files_keep_the_old_certificat
     };
     let (leaf_a, leaf_b) = (leaf_der(&a.cert), leaf_der(&b.cert));
     assert_ne!(leaf_a, leaf_b);
-    let text = format!(
-        r#"
-[server]
-log_level = "warn"
-[[listener]]
-name = "tls"
-address = "127.0.0.1:0"
-[listener.tls]
-cert = "{}"
-key = "{}"
-[admin]
-address = "127.0.0.1:0"
-[store]
-backend = "memory"
-{}{}"#,
-        a.cert.display(),
-        a.key.display(),
-        upstream("app", &up.url()),
-        route("app", "/", "app")
-    );
+    let text = Toml::new()
+        .tls_listener("tls", &a, false, "")
+        .admin("")
+        .app(&up.url())
+        .route("app", "/", NO_AUTH)
+        .build();
     let h = Harness::start_in(dir, &text).await;
     let addr = h.proxy.addr("tls").unwrap();
     let url = format!("https://localhost:{}/rot", addr.port());
@@ -902,16 +757,16 @@ backend = "memory"
         assert_eq!(h.proxy.shared.snapshot.load().generation, 2, "{what}");
         assert_eq!(server_leaf(addr, &b.ca).await.unwrap(), leaf_b, "{what}");
         ok(https(&b).await);
-        let m = metrics(&client(), &h.admin_url("/metrics")).await;
+        let m = h.metrics().await;
         assert_eq!(
-            series(&m, "cae_reloads_total{result=\"failed\",reason=\"\"}"),
+            metric(&m, "cae_reloads_total{result=\"failed\",reason=\"\"}"),
             Some((i + 1) as f64),
             "{what}"
         );
     }
-    let m = metrics(&client(), &h.admin_url("/metrics")).await;
+    let m = h.metrics().await;
     assert_eq!(
-        series(&m, "cae_reloads_total{result=\"ok\",reason=\"\"}"),
+        metric(&m, "cae_reloads_total{result=\"ok\",reason=\"\"}"),
         Some(1.0)
     );
 }
@@ -926,9 +781,11 @@ async fn connections_beyond_the_limit_are_closed_at_once_until_one_closes() {
     // sizes the semaphore `max_connections + 64`.
     const LIMIT: usize = MAX_CONNECTIONS + 64;
     let up = echo().await;
-    let text = head(&format!("max_connections = {MAX_CONNECTIONS}"))
-        + &upstream("app", &up.url())
-        + &route("app", "/", "app");
+    let text = config(
+        &format!("max_connections = {MAX_CONNECTIONS}"),
+        &[("app", &up.url())],
+        &[("app", "/", "app")],
+    );
     let (_dir, cfg) = config_file(&text);
     let bin = Binary::start(&cfg, 2);
     let public = bin.addrs["public"];
@@ -957,7 +814,7 @@ async fn connections_beyond_the_limit_are_closed_at_once_until_one_closes() {
         "closed after {:?}",
         t0.elapsed()
     );
-    let line = wait_log(&bin, limit_msg).await;
+    let line = bin.wait_message(limit_msg).await;
     assert_eq!(line["level"], "WARN");
     assert_eq!(line["listener"], "public");
     // The held connections still work, and the admin listener has its own budget.
@@ -973,18 +830,19 @@ async fn connections_beyond_the_limit_are_closed_at_once_until_one_closes() {
     // One closes: its slot serves a new connection (bounded polling: the close is noticed
     // asynchronously).
     drop(open.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let newcomer = loop {
-        let mut conn = h1_connection(public).await;
-        if let Ok((StatusCode::OK, _)) = h1_get(&mut conn, "/newcomer").await {
-            break conn;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the freed slot never served a connection"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let newcomer = wait_for(
+        Duration::from_secs(10),
+        "the freed slot to serve a connection",
+        || async {
+            let mut conn = h1_connection(public).await;
+            matches!(
+                h1_get(&mut conn, "/newcomer").await,
+                Ok((StatusCode::OK, _))
+            )
+            .then_some(conn)
+        },
+    )
+    .await;
     open.push(newcomer);
     // And the limit still holds.
     let out = send_and_read_all(public, req, Duration::from_secs(5))
@@ -1022,17 +880,10 @@ fn cli(args: &[&str], within: Duration) -> (Option<i32>, String, String) {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cae-proxy {args:?} still running after {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = poll_until_blocking(within, || child.try_wait().unwrap()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("cae-proxy {args:?} still running after {within:?}");
     };
     (status.code(), o.join().unwrap(), e.join().unwrap())
 }
@@ -1100,7 +951,7 @@ auth = "none"
     assert_eq!(code, Some(2));
     assert!(err.contains(&format!("cannot read {missing}: ")), "{err}");
 
-    let good = head("") + &upstream("app", "http://127.0.0.1:9") + &route("app", "/", "app");
+    let good = config("", &[("app", "http://127.0.0.1:9")], &[("app", "/", "app")]);
     replace_file(&path, &good);
     let (code, out, err) = cli(&["check", "--config", &p], Duration::from_secs(10));
     assert_eq!(code, Some(0), "{err}");
@@ -1119,21 +970,14 @@ fn run_exits_2_on_an_invalid_file_before_binding_and_1_when_the_port_is_taken() 
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("state.redb");
     let conf = |server_extra: &str| {
-        format!(
-            r#"
-[server]
-log_level = "info"
-{server_extra}
-[[listener]]
-name = "public"
-address = "{taken}"
-[store]
-path = "{}"
-{}{}"#,
-            store.display(),
-            upstream("app", "http://127.0.0.1:9"),
-            route("app", "/", "app")
-        )
+        Toml::new()
+            .log_level("info")
+            .server(server_extra)
+            .listener_at("public", &taken.to_string(), "")
+            .store(&format!("path = \"{}\"", store.display()))
+            .upstream("app", "http://127.0.0.1:9", "")
+            .route("app", "/", NO_AUTH)
+            .build()
     };
     let path = dir.path().join("cae-proxy.toml");
     let p = path.display().to_string();
@@ -1171,7 +1015,7 @@ path = "{}"
     drop(held);
 }
 
-// 6. The header-read timeout against slowloris clients is covered elsewhere:
-// tests/adversarial.rs `slow_clients_are_cut_off_and_their_resources_returned` (300 clients
-// trickling a request head past `header_read_timeout = "1s"` are all cut off while a normal
-// client is served) and tests/core.rs `slowloris_clients_do_not_starve_a_normal_client`.
+// 6. The header-read timeout against slowloris clients is covered elsewhere: resources.rs
+// `memory_and_descriptors_of_the_binary_stay_bounded_and_return_to_baseline` (300 clients
+// trickling a request head past `header_read_timeout = "1s"` are all cut off, their descriptors
+// returned) and forwarding.rs `slowloris_clients_do_not_starve_a_normal_client`.

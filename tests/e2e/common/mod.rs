@@ -367,6 +367,17 @@ pub struct Binary {
 impl Binary {
     /// Starts `cae-proxy run` and waits (bounded) until `expect` listeners logged their address.
     pub fn start(config: &std::path::Path, expect: usize) -> Binary {
+        Binary::start_with_hook(config, expect, None, |_| {})
+    }
+
+    /// [`Binary::start`], calling `early` with the pid as soon as a log line with the message
+    /// `at` appears (before the listeners are up, when `at` comes earlier in the start).
+    pub fn start_with_hook(
+        config: &std::path::Path,
+        expect: usize,
+        at: Option<&str>,
+        early: impl FnOnce(u32),
+    ) -> Binary {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"))
             .args([
@@ -376,6 +387,7 @@ impl Binary {
                 "--log-format",
                 "json",
             ])
+            .env_remove("CAE_PROXY_CONFIG")
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -393,19 +405,26 @@ impl Binary {
                 let _ = tx.send(line);
             }
         });
+        let mut early = Some(early);
         let mut addrs = std::collections::HashMap::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while addrs.len() < expect {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 panic!(
-                    "cae-proxy did not report {expect} listeners; log: {:?}",
+                    "cae-proxy did not report {expect} listeners (exit: {:?}); log: {:#?}",
+                    child.try_wait().ok().flatten(),
                     lines.lock().unwrap()
                 );
             };
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
+            if at.is_some_and(|at| v["message"] == at) {
+                if let Some(f) = early.take() {
+                    f(child.id());
+                }
+            }
             if v["message"] == "listening" {
                 let name = v["listener"].as_str().unwrap_or_default().to_string();
                 let addr = v["addr"]
@@ -496,6 +515,11 @@ impl Binary {
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Waits (bounded) for the first JSON log line whose `message` is `message`.
+    pub async fn wait_message(&self, message: &str) -> serde_json::Value {
+        self.wait_log(message, |v| v["message"] == message).await
     }
 
     /// Waits (bounded) for a JSON log line satisfying `pred`; returns the first one.

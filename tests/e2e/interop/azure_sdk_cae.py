@@ -28,7 +28,7 @@ usage or setup error. Output: one ``ok <step>: ...`` or ``FAIL <step>: ...`` lin
 token requests and the exchanges on the wire indented below it, then ``RESULT <json>`` and a
 summary line.
 
-tests/interop.rs runs it against an in-process proxy over TLS. To run it by hand against the demo
+tests/e2e/interop.rs runs it against an in-process proxy over TLS. To run it by hand against the demo
 (plain HTTP on loopback, so the script lets the policy send tokens without TLS):
 
     python3 -m venv /tmp/azvenv && /tmp/azvenv/bin/pip install azure-core requests
