@@ -37,7 +37,7 @@ tests/e2e/interop.rs runs it against an in-process proxy over TLS. To run it by 
         --proxy http://127.0.0.1:29080 --issuer http://127.0.0.1:29101 \\
         --admin http://127.0.0.1:29901
 
-or run the automated test: ``CAE_PYTHON=/tmp/azvenv/bin/python cargo test --test interop``.
+or run the automated test: ``CAE_PYTHON=/tmp/azvenv/bin/python cargo test --test e2e interop``.
 """
 
 import argparse
