@@ -11,84 +11,28 @@ use cae_proxy::dev::upstream::EchoUpstream;
 use http::{Method, StatusCode};
 use serde_json::json;
 
-fn config(iss: &str, up: &str) -> String {
-    format!(
-        r#"
-[server]
-log_level = "info"
-[[listener]]
-name = "public"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[store]
-path = "{{dir}}/state.redb"
-[upstreams.app]
-url = "{up}"
-[[issuer]]
-name = "dev"
-issuer = "{iss}"
-jwks_uri = "{iss}/jwks"
-audiences = ["api://cae-demo"]
-[[route]]
-name = "api"
-upstream = "app"
-"#
-    )
-}
-
-/// Parses the exposition with a real parser; returns (name, labels, value) samples.
-fn parse_metrics(text: &str) -> Vec<(String, std::collections::HashMap<String, String>, f64)> {
-    let lines = text
-        .lines()
-        .filter(|l| *l != "# EOF")
-        .map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("exposition parses");
-    scrape
-        .samples
-        .into_iter()
-        .map(|s| {
-            let v = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                prometheus_parse::Value::Histogram(h) => {
-                    h.iter().map(|b| b.count).fold(0.0, f64::max)
-                }
-                prometheus_parse::Value::Summary(_) => 0.0,
-            };
-            (
-                s.metric,
-                s.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                v,
-            )
-        })
-        .collect()
-}
-
-fn sample(
-    m: &[(String, std::collections::HashMap<String, String>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    m.iter()
-        .find(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| *v)
+/// A public listener, an admin listener without a token, redb in the harness's temp dir, the dev
+/// issuer (keys by `jwks_uri`) and one route `api` for everything.
+fn config(iss: &str, up: &str) -> Toml {
+    Toml::new()
+        .log_level("info")
+        .public()
+        .admin("")
+        .store("path = \"{dir}/state.redb\"")
+        .app(up)
+        .issuer(
+            "dev",
+            iss,
+            &format!("jwks_uri = \"{iss}/jwks\"\naudiences = [\"{API_AUDIENCE}\"]"),
+        )
+        .route("api", "/", "")
 }
 
 #[tokio::test]
 async fn metrics_parse_and_move_with_traffic() {
     let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
     let up = EchoUpstream::start(listener().await).unwrap();
-    let h = Harness::start(&config(&idp.issuer_url(), &up.url())).await;
+    let h = Harness::start(&config(&idp.issuer_url(), &up.url()).build()).await;
     h.wait_ready().await;
     let c = client();
     let t = idp.mint("alice", json!({}));
@@ -121,45 +65,40 @@ async fn metrics_parse_and_move_with_traffic() {
 
     let r = get(&c, &h.admin_url("/metrics"), &[]).await;
     assert_eq!(r.status, StatusCode::OK);
-    let m = parse_metrics(&r.text());
+    let m = r.text();
     let req = |status: &str, decision: &str, reason: &str| {
-        sample(
+        metric(
             &m,
-            "cae_requests_total",
-            &[
-                ("route", "api"),
-                ("status", status),
-                ("decision", decision),
-                ("reason", reason),
-            ],
+            &format!(
+                r#"cae_requests_total{{route="api",status="{status}",decision="{decision}",reason="{reason}"}}"#
+            ),
         )
     };
     assert_eq!(req("200", "allow", ""), Some(3.0));
     assert_eq!(req("401", "deny", "invalid_token"), Some(1.0));
     assert_eq!(req("401", "deny", "missing_token"), Some(1.0));
     assert_eq!(
-        sample(&m, "cae_token_validations_total", &[("result", "valid")]),
+        metric(&m, r#"cae_token_validations_total{result="valid"}"#),
         Some(1.0)
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
-            "cae_token_validations_total",
-            &[("result", "invalid"), ("reason", "malformed")]
+            r#"cae_token_validations_total{result="invalid",reason="malformed"}"#
         ),
         Some(1.0)
     );
-    assert_eq!(sample(&m, "cae_token_cache_hits_total", &[]), Some(2.0));
+    assert_eq!(metric(&m, "cae_token_cache_hits_total"), Some(2.0));
     assert_eq!(
-        sample(&m, "cae_key_fetches_total", &[("name", "dev")]).map(|v| v >= 1.0),
+        metric(&m, r#"cae_key_fetches_total{name="dev"}"#).map(|v| v >= 1.0),
         Some(true)
     );
     assert_eq!(
-        sample(&m, "cae_table_entries", &[("table", "revocations")]),
+        metric(&m, r#"cae_table_entries{table="revocations"}"#),
         Some(0.0)
     );
-    assert_eq!(sample(&m, "cae_config_generation", &[]), Some(1.0));
-    assert!(sample(&m, "cae_open_connections", &[("listener", "public")]).is_some());
+    assert_eq!(metric(&m, "cae_config_generation"), Some(1.0));
+    assert!(metric(&m, r#"cae_open_connections{listener="public"}"#).is_some());
 
     // A reload through the admin listener moves the generation and the reload counter.
     let r = send(&c, Method::POST, &h.admin_url("/reload"), &[], Bytes::new()).await;
@@ -171,16 +110,13 @@ async fn metrics_parse_and_move_with_traffic() {
         .as_str()
         .unwrap()
         .contains("server.not_a_key: unknown key"));
-    let m = parse_metrics(&get(&c, &h.admin_url("/metrics"), &[]).await.text());
+    let m = get(&c, &h.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(metric(&m, r#"cae_reloads_total{result="ok"}"#), Some(1.0));
     assert_eq!(
-        sample(&m, "cae_reloads_total", &[("result", "ok")]),
+        metric(&m, r#"cae_reloads_total{result="failed"}"#),
         Some(1.0)
     );
-    assert_eq!(
-        sample(&m, "cae_reloads_total", &[("result", "failed")]),
-        Some(1.0)
-    );
-    assert_eq!(sample(&m, "cae_config_generation", &[]), Some(2.0));
+    assert_eq!(metric(&m, "cae_config_generation"), Some(2.0));
 }
 
 /// `promtool check metrics` from Debian's prometheus package, when it is installed; CI installs it
@@ -226,38 +162,14 @@ async fn every_metric_family_passes_promtool_and_moves() {
     let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
     let up = EchoUpstream::start(listener().await).unwrap();
     let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
-    // An upstream that refuses connections: a port that was free a moment ago.
-    let dead = {
-        let l = listener().await;
-        let a = l.local_addr().unwrap();
-        drop(l);
-        format!("http://{a}")
-    };
+    // An upstream that refuses connections: a port held for this test that nothing listens on.
+    let dead = ReservedPort::new();
     let toml = config(&idp.issuer_url(), &up.url())
-        + &format!(
-            r#"
-[upstreams.gone]
-url = "{dead}"
-[[route]]
-name = "gone"
-path_prefix = "/gone"
-upstream = "gone"
-[[listener]]
-name = "signals"
-address = "127.0.0.1:0"
-role = "signals"
-[[transmitter]]
-name = "tx"
-issuer = "{iss}"
-jwks_uri = "{jwks}"
-audiences = ["cae-proxy"]
-[transmitter.push]
-path = "/ssf/tx"
-authorization = "Bearer push-secret"
-"#,
-            iss = tx.issuer_url(),
-            jwks = tx.jwks_url(),
-        );
+        .upstream("gone", &format!("http://{}", dead.addr()), "")
+        .route_to("gone", "/gone", "gone", "")
+        .signals()
+        .push_transmitter("tx", &tx.issuer_url(), &tx.jwks_url(), "cae-proxy", "")
+        .build();
     let h = Harness::start(&toml).await;
     h.wait_ready().await;
     let c = client();
@@ -332,69 +244,65 @@ authorization = "Bearer push-secret"
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
-    let m = parse_metrics(&text);
+    let m = &text;
     let req = |route: &str, status: &str, reason: &str| {
-        sample(
+        metric(
             &m,
-            "cae_requests_total",
-            &[("route", route), ("status", status), ("reason", reason)],
+            &format!(
+                r#"cae_requests_total{{route="{route}",status="{status}",reason="{reason}"}}"#
+            ),
         )
     };
     assert_eq!(req("api", "200", ""), Some(1.0));
     assert_eq!(req("gone", "502", "upstream_unavailable"), Some(1.0));
     assert_eq!(req("api", "401", "revoked"), Some(1.0));
     assert_eq!(
-        sample(&m, "cae_upstream_errors_total", &[("kind", "connect")]),
+        metric(&m, r#"cae_upstream_errors_total{kind="connect"}"#),
         Some(1.0)
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
-            "cae_sets_received_total",
-            &[("transmitter", "tx"), ("result", "committed")]
+            r#"cae_sets_received_total{transmitter="tx",result="committed"}"#
         ),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        sample(
-            &m,
-            "cae_set_enforce_latency_seconds",
-            &[("transmitter", "tx")]
-        ),
+        metric(&m, r#"cae_set_enforce_latency_seconds{transmitter="tx"}"#),
         Some(1.0)
     );
     assert_eq!(
-        sample(&m, "cae_set_event_lag_seconds", &[("transmitter", "tx")]),
+        metric(&m, r#"cae_set_event_lag_seconds{transmitter="tx"}"#),
         Some(1.0)
     );
     // The SET's commit and the admin write.
+    assert_eq!(metric(&m, "cae_store_write_duration_seconds"), Some(2.0));
     assert_eq!(
-        sample(&m, "cae_store_write_duration_seconds", &[]),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(&m, "cae_table_entries", &[("table", "revocations")]),
+        metric(&m, r#"cae_table_entries{table="revocations"}"#),
         Some(2.0)
     );
     for name in ["dev", "tx"] {
         assert_eq!(
-            sample(&m, "cae_key_fetches_total", &[("name", name)]),
+            metric(&m, &format!(r#"cae_key_fetches_total{{name="{name}"}}"#)),
             Some(1.0),
             "{name}"
         );
         assert_eq!(
-            sample(&m, "cae_key_fetch_failures_total", &[("name", name)]),
+            metric(
+                &m,
+                &format!(r#"cae_key_fetch_failures_total{{name="{name}"}}"#)
+            ),
             Some(0.0),
             "{name}"
         );
-        assert!(sample(&m, "cae_key_set_age_seconds", &[("name", name)]).is_some());
+        assert!(metric(&m, &format!(r#"cae_key_set_age_seconds{{name="{name}"}}"#)).is_some());
     }
     assert_eq!(
-        sample(&m, "cae_open_connections", &[("listener", "public")]).map(|v| v >= 1.0),
+        metric(&m, r#"cae_open_connections{listener="public"}"#).map(|v| v >= 1.0),
         Some(true)
     );
-    assert_eq!(sample(&m, "cae_token_cache_misses_total", &[]), Some(1.0));
+    assert_eq!(metric(&m, "cae_token_cache_misses_total"), Some(1.0));
 
     // Prometheus itself asks for OpenMetrics first and gets it.
     let r = get(
@@ -419,17 +327,19 @@ async fn readiness_waits_for_keys_and_says_what_is_missing() {
     let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
     idp.set_available(false);
     let up = EchoUpstream::start(listener().await).unwrap();
-    let h = Harness::start(&config(&idp.issuer_url(), &up.url())).await;
+    let h = Harness::start(&config(&idp.issuer_url(), &up.url()).build()).await;
     let c = client();
     // Not ready, and once the first fetch failed, /readyz says why.
-    let mut r = get(&c, &h.admin_url("/readyz"), &[]).await;
-    for _ in 0..500 {
-        if r.text().contains("yet: ") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        r = get(&c, &h.admin_url("/readyz"), &[]).await;
-    }
+    let readyz = h.admin_url("/readyz");
+    let said = poll_until(Duration::from_secs(10), || async {
+        let r = get(&c, &readyz, &[]).await;
+        r.text().contains("yet: ").then_some(r)
+    })
+    .await;
+    let r = match said {
+        Some(r) => r,
+        None => get(&c, &readyz, &[]).await,
+    };
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         r.json(),
@@ -474,46 +384,30 @@ async fn logs_are_json_lines_without_tokens_or_secrets() {
     let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
     let up = EchoUpstream::start(listener().await).unwrap();
     let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
-    let dead = {
-        let l = listener().await;
-        let a = l.local_addr().unwrap();
-        drop(l);
-        format!("http://{a}")
-    };
+    // An upstream that refuses connections: a port held for this test that nothing listens on.
+    let dead = ReservedPort::new();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cae-proxy.toml");
     // No log_format: JSON is the default when standard output is not a terminal (here a pipe).
     let toml = config(&idp.issuer_url(), &up.url())
-        .replace("{dir}", &dir.path().display().to_string())
-        .replace(
-            "[admin]\n",
-            &format!("[admin]\ntoken = \"{ADMIN_SECRET}\"\n"),
+        .store(&format!("path = \"{}/state.redb\"", dir.path().display()))
+        .admin(&format!("token = \"{ADMIN_SECRET}\""))
+        .signals()
+        .transmitter(
+            "tx",
+            &format!(
+                "issuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"cae-proxy\"]\n[transmitter.push]\npath = \"/ssf/tx\"\nauthorization = \"Bearer {PUSH_SECRET}\"",
+                tx.issuer_url(),
+                tx.jwks_url()
+            ),
         )
-        + &format!(
-            r#"
-[[listener]]
-name = "signals"
-address = "127.0.0.1:0"
-role = "signals"
-[[transmitter]]
-name = "tx"
-issuer = "{iss}"
-jwks_uri = "{jwks}"
-audiences = ["cae-proxy"]
-[transmitter.push]
-path = "/ssf/tx"
-authorization = "Bearer {PUSH_SECRET}"
-[upstreams.gone]
-url = "{dead}"
-connect_timeout = "1s"
-[[route]]
-name = "gone"
-path_prefix = "/gone"
-upstream = "gone"
-"#,
-            iss = tx.issuer_url(),
-            jwks = tx.jwks_url(),
-        );
+        .upstream(
+            "gone",
+            &format!("http://{}", dead.addr()),
+            "connect_timeout = \"1s\"",
+        )
+        .route_to("gone", "/gone", "gone", "")
+        .build();
     std::fs::write(&cfg, toml).unwrap();
     let mut bin = Binary::start(&cfg, 3);
     bin.wait_ready().await;
@@ -709,16 +603,10 @@ async fn sighup_changes_the_log_level() {
     let up = EchoUpstream::start(listener().await).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cae-proxy.toml");
-    let text =
-        config(&idp.issuer_url(), &up.url()).replace("{dir}", &dir.path().display().to_string());
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "log_level = \"info\"",
-            "log_level = \"warn,cae_proxy=info\"",
-        ),
-    )
-    .unwrap();
+    let config = config(&idp.issuer_url(), &up.url())
+        .store(&format!("path = \"{}/state.redb\"", dir.path().display()));
+    let text = config.clone().build();
+    std::fs::write(&cfg, config.log_level("warn,cae_proxy=info").build()).unwrap();
     let bin = Binary::start(&cfg, 2);
     bin.wait_ready().await;
     let c = client();
@@ -738,30 +626,28 @@ async fn sighup_changes_the_log_level() {
         );
     std::fs::write(&cfg, fixed).unwrap();
     bin.signal(libc::SIGHUP);
-    let mut reloaded = false;
-    for _ in 0..500 {
-        let m = get(&c, &bin.url("admin", "/metrics"), &[]).await.text();
-        if m.contains("cae_reloads_total{result=\"ok\",reason=\"\"} 1") {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(reloaded, "SIGHUP reloaded the configuration");
+    eventually(
+        Duration::from_secs(10),
+        "SIGHUP to reload the configuration",
+        || async {
+            let m = bin.metrics().await;
+            metric(&m, r#"cae_reloads_total{result="ok",reason=""}"#) == Some(1.0)
+        },
+    )
+    .await;
     get(&c, &bin.url("public", "/loud"), &[("authorization", &t)]).await;
-    let mut seen = false;
-    for _ in 0..500 {
-        let log = bin.log();
-        assert!(
-            !log.iter()
-                .any(|l| l.contains("/quiet") && l.contains("\"access\"")),
-            "no access line at warn"
-        );
-        if log.iter().any(|l| l.contains("\"path\":\"/loud\"")) {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(seen, "after the reload to info, the access line is written");
+    eventually(
+        Duration::from_secs(10),
+        "the access line after the reload to info",
+        || async {
+            let log = bin.log();
+            assert!(
+                !log.iter()
+                    .any(|l| l.contains("/quiet") && l.contains("\"access\"")),
+                "no access line at warn"
+            );
+            log.iter().any(|l| l.contains("\"path\":\"/loud\""))
+        },
+    )
+    .await;
 }
