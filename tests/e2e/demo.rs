@@ -2,6 +2,8 @@
 
 use cae_proxy::demo::{narrate, Demo, DemoError, Style, DEMO_TOML};
 
+use crate::common::eventually;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narration_passes_every_step() {
     let demo = Demo::start_ephemeral().await.expect("demo starts");
@@ -115,9 +117,12 @@ async fn the_printed_commands_work_when_pasted() {
     // the event counts as issued after it. Wait for the next second, as a human always does.
     let next_second = || async {
         let start = cae_proxy::dev::now_secs();
-        while cae_proxy::dev::now_secs() == start {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually(
+            std::time::Duration::from_secs(2),
+            "the next second",
+            || async { cae_proxy::dev::now_secs() != start },
+        )
+        .await;
     };
     let call_api = find(&["/api/orders", "$TOKEN"]);
     let call = |token: String, cmd: String| run(format!("TOKEN='{token}'\n{cmd}"));

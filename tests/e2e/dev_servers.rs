@@ -94,16 +94,8 @@ impl DevProcess {
     fn stop(mut self) -> Option<i32> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until_blocking(Duration::from_secs(10), || self.child.try_wait().unwrap())
+            .and_then(|s| s.code())
     }
 }
 
@@ -249,43 +241,30 @@ async fn dev_transmitter_signs_events_on_request_and_the_proxy_enforces_them() {
     assert_eq!(tx.value("events"), format!("{iss}/dev/events"));
     assert_eq!(tx.value("users of"), idp.issuer_url());
 
-    let h = Harness::start(&format!(
-        r#"
-[[listener]]
-name = "public"
-address = "127.0.0.1:0"
-[[listener]]
-name = "signals"
-address = "127.0.0.1:0"
-role = "signals"
-[admin]
-address = "127.0.0.1:0"
-[store]
-backend = "memory"
-[upstreams.app]
-url = "{up}"
-[[issuer]]
-name = "dev"
-issuer = "{idp}"
-jwks_uri = "{idp}/jwks"
-audiences = ["api://cae-demo"]
-allow_insecure_http = true
-[[route]]
-name = "api"
-upstream = "app"
-[[transmitter]]
-name = "dev-ssf"
-issuer = "{iss}"
-jwks_uri = "{iss}/jwks"
-audiences = ["cae-proxy-demo"]
-allow_insecure_http = true
-[transmitter.push]
-path = "/ssf/demo"
-authorization = "Bearer demo-push-secret"
-"#,
-        up = up.url(),
-        idp = idp.issuer_url(),
-    ))
+    let h = Harness::start(
+        &Toml::new()
+            .no_server()
+            .public()
+            .signals()
+            .admin("")
+            .app(&up.url())
+            .issuer(
+                "dev",
+                &idp.issuer_url(),
+                &format!(
+                    "jwks_uri = \"{}/jwks\"\naudiences = [\"{API_AUDIENCE}\"]\nallow_insecure_http = true",
+                    idp.issuer_url()
+                ),
+            )
+            .route("api", "/", "")
+            .transmitter(
+                "dev-ssf",
+                &format!(
+                    "issuer = \"{iss}\"\njwks_uri = \"{iss}/jwks\"\naudiences = [\"cae-proxy-demo\"]\nallow_insecure_http = true\n[transmitter.push]\npath = \"/ssf/demo\"\nauthorization = \"Bearer demo-push-secret\""
+                ),
+            )
+            .build(),
+    )
     .await;
     h.wait_ready().await;
     let c = client();

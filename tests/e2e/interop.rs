@@ -18,54 +18,27 @@ const ADMIN_TOKEN: &str = "interop-admin-secret";
 const VARIANTS: [(&str, &str); 2] = [("token_info", "get_token_info"), ("token", "get_token")];
 const STEPS: [&str; 5] = ["a", "a-legacy", "b", "b-legacy", "c"];
 
+/// A TLS listener, the admin API with its token, the dev issuer (empty realm) and two routes of
+/// the echo upstream: `/api/admin` (step-up to auth context `c1`) and `/api`.
 fn config(certs: &Certs, iss: &str, up: &str) -> String {
-    format!(
-        r#"
-[server]
-log_level = "warn"
-[[listener]]
-name = "public"
-address = "127.0.0.1:0"
-[listener.tls]
-cert = "{cert}"
-key = "{key}"
-[admin]
-address = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
-[store]
-backend = "memory"
-[upstreams.echo]
-url = "{up}"
-[[issuer]]
-name = "dev"
-issuer = "{iss}"
-discovery = "{iss}/.well-known/openid-configuration"
-audiences = ["api://cae-demo"]
-algorithms = ["RS256", "ES256"]
-realm = ""
-
-[[route]]
-name = "admin-api"
-path_prefix = "/api/admin"
-upstream = "echo"
-issuers = ["dev"]
-identity_headers = {{ "x-user-sub" = "sub", "x-user-sid" = "sid", "x-user-acrs" = "acrs" }}
-[route.cae]
-revocation = true
-auth_context = "c1"
-
-[[route]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-issuers = ["dev"]
-identity_headers = {{ "x-user-sub" = "sub", "x-user-sid" = "sid", "x-user-caps" = "xms_cc" }}
-[route.cae]
-revocation = true
-"#,
-        cert = certs.cert.display(),
-        key = certs.key.display(),
-    )
+    Toml::new()
+        .tls_listener("public", certs, false, "")
+        .admin(&format!("token = \"{ADMIN_TOKEN}\""))
+        .upstream("echo", up, "")
+        .dev_issuer(iss, "algorithms = [\"RS256\", \"ES256\"]\nrealm = \"\"")
+        .route_to(
+            "admin-api",
+            "/api/admin",
+            "echo",
+            "issuers = [\"dev\"]\nidentity_headers = { \"x-user-sub\" = \"sub\", \"x-user-sid\" = \"sid\", \"x-user-acrs\" = \"acrs\" }\n[route.cae]\nrevocation = true\nauth_context = \"c1\"",
+        )
+        .route_to(
+            "api",
+            "/api",
+            "echo",
+            "issuers = [\"dev\"]\nidentity_headers = { \"x-user-sub\" = \"sub\", \"x-user-sid\" = \"sid\", \"x-user-caps\" = \"xms_cc\" }\n[route.cae]\nrevocation = true",
+        )
+        .build()
 }
 
 fn python() -> String {

@@ -56,6 +56,7 @@ impl Proc {
         let mut last = self.fds();
         let mut since = Instant::now();
         while since.elapsed() < Duration::from_millis(1500) && Instant::now() < deadline {
+            // Stillness is the condition: the count must stay put for a while.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let n = self.fds();
             if n != last {
@@ -70,13 +71,13 @@ impl Proc {
     /// and how long it took.
     async fn settle(self, target: usize, within: Duration) -> (usize, Duration) {
         let t0 = Instant::now();
-        loop {
+        let n = poll_until(within, || async {
             let n = self.fds();
-            if n == target || t0.elapsed() > within {
-                return (n, t0.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (n == target).then_some(n)
+        })
+        .await
+        .unwrap_or_else(|| self.fds());
+        (n, t0.elapsed())
     }
 }
 
@@ -99,6 +100,7 @@ impl Sampler {
             while !s.load(Ordering::Relaxed) {
                 f.fetch_max(p.fds(), Ordering::Relaxed);
                 r.fetch_max(p.rss_kib(), Ordering::Relaxed);
+                // The sampling period.
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
@@ -200,46 +202,28 @@ async fn finish(
 }
 
 fn config(up: &str, tx: &DevTransmitter) -> String {
-    format!(
-        r#"
-[server]
-log_level = "info,access=off"
-max_header_bytes = 8192
-max_h2_streams = {MAX_H2_STREAMS}
-header_read_timeout = "1s"
-idle_timeout = "1s"
-[[listener]]
-name = "public"
-address = "127.0.0.1:0"
-[[listener]]
-name = "signals"
-address = "127.0.0.1:0"
-role = "signals"
-[admin]
-address = "127.0.0.1:0"
-[store]
-backend = "memory"
-[upstreams.app]
-url = "{up}"
-# Pooled upstream connections close soon, so descriptor counts settle within the test.
-idle_timeout = "1s"
-[[route]]
-name = "app"
-upstream = "app"
-auth = "none"
-[[transmitter]]
-name = "tx"
-issuer = "{}"
-jwks_uri = "{}"
-audiences = ["cae-proxy"]
-algorithms = ["RS256"]
-[transmitter.push]
-path = "/ssf/tx"
-authorization = "Bearer push-secret"
-"#,
-        tx.issuer_url(),
-        tx.jwks_url()
-    )
+    Toml::new()
+        .log_level("info,access=off")
+        .server(&format!(
+            "max_header_bytes = 8192\nmax_h2_streams = {MAX_H2_STREAMS}\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\""
+        ))
+        .public()
+        .signals()
+        .admin("")
+        .upstream(
+            "app",
+            up,
+            "# Pooled upstream connections close soon, so descriptor counts settle within the test.\nidle_timeout = \"1s\"",
+        )
+        .route("app", "/", "auth = \"none\"")
+        .push_transmitter(
+            "tx",
+            &tx.issuer_url(),
+            &tx.jwks_url(),
+            "cae-proxy",
+            "algorithms = [\"RS256\"]",
+        )
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,19 +248,16 @@ async fn memory_and_descriptors_of_the_binary_stay_bounded_and_return_to_baselin
         json!({"format": "opaque", "id": "warm-up"}),
         None,
     ));
-    let mut warm = false;
-    for _ in 0..100 {
-        if matches!(
-            tx.push(&push_url, Some("Bearer push-secret"), &first).await,
+    let warm = poll_until(Duration::from_secs(5), || async {
+        matches!(
+            tx.push(&push_url, Some(PUSH_AUTH), &first).await,
             Ok((202, _, _))
-        ) {
-            warm = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        )
+        .then_some(())
+    })
+    .await;
     assert!(
-        warm,
+        warm.is_some(),
         "the push endpoint never accepted a SET: {:?}",
         bin.log()
     );
@@ -313,6 +294,7 @@ async fn memory_and_descriptors_of_the_binary_stay_bounded_and_return_to_baselin
             for s in &mut conns {
                 let _ = s.write_all(b"a").await;
             }
+            // The trickle's pace: one byte per client every 200 ms.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // A normal client is served meanwhile.
@@ -492,7 +474,7 @@ async fn memory_and_descriptors_of_the_binary_stay_bounded_and_return_to_baselin
             for s in batch {
                 let (url, s) = (push_url.clone(), s.clone());
                 tasks.spawn(async move {
-                    cae_proxy::dev::transmitter::push(&url, Some("Bearer push-secret"), &s).await
+                    cae_proxy::dev::transmitter::push(&url, Some(PUSH_AUTH), &s).await
                 });
             }
             while let Some(r) = tasks.join_next().await {
@@ -508,7 +490,7 @@ async fn memory_and_descriptors_of_the_binary_stay_bounded_and_return_to_baselin
             Method::POST,
             &push_url,
             &[
-                ("authorization", "Bearer push-secret"),
+                ("authorization", PUSH_AUTH),
                 ("content-type", "application/secevent+jwt"),
             ],
             Bytes::from("x".repeat(1 << 20)),
