@@ -13,7 +13,7 @@ mod common;
 mod h2_floods;
 mod streaming;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One test at a time: the descriptor and memory numbers are then the test's own.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -38,12 +38,10 @@ fn rss_kib() -> u64 {
 
 /// Waits (bounded) until the open descriptors fall to `limit` or below; returns the last count.
 async fn fds_settle(limit: usize, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
+    common::poll_until(within, || async {
         let n = open_fds();
-        if n <= limit || Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (n <= limit).then_some(n)
+    })
+    .await
+    .unwrap_or_else(open_fds)
 }

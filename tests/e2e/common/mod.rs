@@ -479,30 +479,18 @@ impl Binary {
     /// Waits (bounded) for the process to exit; returns its exit code, `None` if it is still
     /// running after `within` (or was killed by a signal).
     pub fn wait(&mut self, within: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s.code();
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until_blocking(within, || self.child.try_wait().expect("try_wait"))
+            .and_then(|s| s.code())
     }
 
     /// Waits (bounded) for the process to exit without blocking the runtime; its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s.code();
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let child = &mut self.child;
+        poll_until(within, || {
+            std::future::ready(child.try_wait().expect("try_wait"))
+        })
+        .await
+        .and_then(|s| s.code())
     }
 
     pub fn log(&self) -> Vec<String> {
