@@ -476,7 +476,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
         .log_level("info")
         .public()
         .admin_token()
-        .store(&format!("path = \"{}/state.redb\"", dir.path().display()))
+        .store(&redb_store(dir.path()))
         .app(&up.url())
         .dev_issuer(&idp.issuer_url(), "")
         .route("api", "/api", "")

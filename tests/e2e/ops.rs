@@ -18,7 +18,7 @@ fn config(iss: &str, up: &str) -> Toml {
         .log_level("info")
         .public()
         .admin("")
-        .store("path = \"{dir}/state.redb\"")
+        .store(REDB)
         .app(up)
         .issuer(
             "dev",
@@ -390,7 +390,7 @@ async fn logs_are_json_lines_without_tokens_or_secrets() {
     let cfg = dir.path().join("cae-proxy.toml");
     // No log_format: JSON is the default when standard output is not a terminal (here a pipe).
     let toml = config(&idp.issuer_url(), &up.url())
-        .store(&format!("path = \"{}/state.redb\"", dir.path().display()))
+        .store(&redb_store(dir.path()))
         .admin(&format!("token = \"{ADMIN_SECRET}\""))
         .signals()
         .transmitter(
@@ -603,8 +603,7 @@ async fn sighup_changes_the_log_level() {
     let up = EchoUpstream::start(listener().await).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cae-proxy.toml");
-    let config = config(&idp.issuer_url(), &up.url())
-        .store(&format!("path = \"{}/state.redb\"", dir.path().display()));
+    let config = config(&idp.issuer_url(), &up.url()).store(&redb_store(dir.path()));
     let text = config.clone().build();
     std::fs::write(&cfg, config.log_level("warn,cae_proxy=info").build()).unwrap();
     let bin = Binary::start(&cfg, 2);

@@ -34,19 +34,11 @@ struct Proc(u32);
 
 impl Proc {
     fn fds(self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.0)).map_or(0, |d| d.count())
+        procfs::open_fds(&self.0.to_string())
     }
 
     fn rss_kib(self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.0))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        procfs::rss_kib(&self.0.to_string())
     }
 
     /// Waits (bounded) until the descriptor count has not changed for 1.5 s (idle pooled upstream

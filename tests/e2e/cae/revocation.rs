@@ -339,8 +339,8 @@ async fn background_expiry_drops_old_entries_in_a_live_process() {
         &up.url(),
         "",
         &format!(
-            "path = \"{}/state.redb\"\nretention = \"3s\"\nexpiry_interval = \"1s\"",
-            dir.path().display()
+            "{}\nretention = \"3s\"\nexpiry_interval = \"1s\"",
+            redb_store(dir.path())
         ),
     );
     let bin = Binary::start(&cfg, 2);
@@ -458,7 +458,7 @@ async fn acknowledged_admin_writes_survive_sigkill() {
         &idp.issuer_url(),
         &up.url(),
         "",
-        &format!("path = \"{}/state.redb\"", dir.path().display()),
+        &redb_store(dir.path()),
     );
     let now = cae_proxy::dev::now_secs();
     let tokens: Vec<String> = (0..20)
@@ -514,7 +514,7 @@ async fn a_corrupt_store_stops_startup_with_a_clear_error() {
         "http://127.0.0.1:9",
         "http://127.0.0.1:9",
         "",
-        &format!("path = \"{}/state.redb\"", dir.path().display()),
+        &redb_store(dir.path()),
     );
     std::fs::write(dir.path().join("state.redb"), vec![0x42u8; 16384]).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"))

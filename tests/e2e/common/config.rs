@@ -21,6 +21,14 @@ pub const MEMORY: &str = "backend = \"memory\"";
 /// `[store]` lines: redb in the harness's temp dir (`{dir}` is replaced by `Harness::start`).
 pub const REDB: &str = "backend = \"redb\"\npath = \"{dir}/state.redb\"";
 
+/// `[store]` lines: redb in `dir` (for a file the harness does not write, such as the binary's).
+pub fn redb_store(dir: &std::path::Path) -> String {
+    format!(
+        "backend = \"redb\"\npath = \"{}/state.redb\"",
+        dir.display()
+    )
+}
+
 /// A configuration file under construction; [`Toml::build`] prints it.
 #[derive(Debug, Clone)]
 pub struct Toml {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod hostile;
 pub mod metrics;
 pub mod net;
+pub mod procfs;
 pub mod redis_server;
 pub mod wait;
 

@@ -7,23 +7,29 @@ use cae_proxy::dev::transmitter::TransmitterOptions;
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_poll_lease_moves_when_its_holder_is_killed() {
-    let w = world(
+/// A fleet whose transmitter answers a long poll after 500 ms.
+async fn poll_world() -> World {
+    world(
         Redis::start(false),
         TransmitterOptions {
             poll_wait: Duration::from_millis(500),
             ..TransmitterOptions::default()
         },
     )
-    .await;
-    let lease_key = format!("{}lease:poll:poller", w.prefix);
-    let holder = |w: &World| -> Option<String> {
-        redis::cmd("GET")
-            .arg(&lease_key)
-            .query(&mut w.redis.conn())
-            .unwrap()
-    };
+    .await
+}
+
+/// The replica holding the fleet's poll lease of `poller`, if any.
+fn holder(w: &World) -> Option<String> {
+    redis::cmd("GET")
+        .arg(format!("{}lease:poll:poller", w.prefix))
+        .query(&mut w.redis.conn())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poll_lease_moves_when_its_holder_is_killed() {
+    let w = poll_world().await;
     let mut a = Replica::process(&w, "a", Delivery::Poll);
     a.wait_ready().await;
     eventually(Duration::from_secs(5), "A to take the lease", || async {
@@ -84,21 +90,7 @@ async fn the_poll_lease_moves_when_its_holder_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_shut_down_gives_its_poll_lease_up_at_once() {
-    let w = world(
-        Redis::start(false),
-        TransmitterOptions {
-            poll_wait: Duration::from_millis(500),
-            ..TransmitterOptions::default()
-        },
-    )
-    .await;
-    let lease_key = format!("{}lease:poll:poller", w.prefix);
-    let holder = |w: &World| -> Option<String> {
-        redis::cmd("GET")
-            .arg(&lease_key)
-            .query(&mut w.redis.conn())
-            .unwrap()
-    };
+    let w = poll_world().await;
     let Replica::InProcess(a) = Replica::in_process(&w, "a", Delivery::Poll, "").await else {
         unreachable!()
     };

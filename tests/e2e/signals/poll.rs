@@ -488,10 +488,7 @@ async fn polled_sets_survive_sigkill_before_and_after_the_ack() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cae-proxy.toml");
     let write_config = |poll: &str| {
-        let store = format!(
-            "backend = \"redb\"\npath = \"{}/state.redb\"",
-            dir.path().display()
-        );
+        let store = redb_store(dir.path());
         let base = base(&idp.issuer_url(), &up.url())
             .log_level("info")
             .store(&store);

@@ -693,10 +693,7 @@ async fn acknowledged_pushes_survive_sigkill() {
     let up = EchoUpstream::start(listener().await).unwrap();
     let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = format!(
-        "backend = \"redb\"\npath = \"{}/state.redb\"",
-        dir.path().display()
-    );
+    let store = redb_store(dir.path());
     let text = base(&idp.issuer_url(), &up.url())
         .log_level("info")
         .store(&store)

@@ -193,10 +193,7 @@ async fn ssf_configuration_naming_another_issuer_keeps_the_transmitter_unready()
     // `bad` expects an issuer the transmitter's ssf-configuration does not name; `good` reads
     // the same document expecting its issuer (with one trailing slash more: still equal).
     let expected_bad = format!("{}/tenant-a", tx.issuer_url());
-    let store = format!(
-        "backend = \"redb\"\npath = \"{}/state.redb\"",
-        dir.path().display()
-    );
+    let store = redb_store(dir.path());
     let text = base(&idp.issuer_url(), &up.url())
         .log_level("info")
         .store(&store)
