@@ -2,7 +2,7 @@
 
 use cae_proxy::demo::{narrate, Demo, DemoError, Style, DEMO_TOML};
 
-use crate::common::eventually;
+use crate::common::{eventually, shell};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narration_passes_every_step() {
@@ -58,21 +58,6 @@ async fn a_taken_port_is_named() {
     );
 }
 
-/// Runs `script` with `sh` (as a user pasting it would); returns standard output.
-fn shell(script: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", script])
-        .output()
-        .expect("sh (and curl) must be installed");
-    assert!(
-        out.status.success(),
-        "{script}\nexit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 /// The status line and the `www-authenticate` header of a `curl -i` answer.
 fn status_and_challenge(curl_i: &str) -> (String, Option<String>) {
     let status = curl_i.lines().next().unwrap_or_default().trim().to_string();
@@ -103,11 +88,7 @@ async fn the_printed_commands_work_when_pasted() {
             .unwrap_or_else(|| panic!("no command with {needles:?}:\n{text}"))
             .clone()
     };
-    let run = |script: String| async move {
-        tokio::task::spawn_blocking(move || shell(&script))
-            .await
-            .expect("shell task")
-    };
+    let run = |script: String| async move { shell(&script).await };
     let mint = |cmd: String| async move {
         let t = run(format!("{cmd}\nprintf '%s' \"$TOKEN\"")).await;
         assert_eq!(t.split('.').count(), 3, "a JWT: {t:?}");

@@ -106,26 +106,6 @@ impl Drop for DevProcess {
     }
 }
 
-/// Runs a printed command as a user would paste it; returns its standard output.
-async fn shell(cmd: &str) -> String {
-    let cmd = cmd.to_string();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new("sh")
-            .args(["-c", &cmd])
-            .output()
-            .expect("sh (and curl) must be installed");
-        assert!(
-            out.status.success(),
-            "{cmd}\nexit {:?}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
 fn claims_of(jwt: &str) -> Value {
     let part = jwt.split('.').nth(1).expect("a JWT");
     serde_json::from_slice(

@@ -344,6 +344,27 @@ pub fn decode_claims(header: &str) -> serde_json::Value {
     .expect("claims JSON")
 }
 
+/// Runs `script` with `sh -c`, as a user pasting a printed command would (on the blocking pool);
+/// expects success and returns the standard output.
+pub async fn shell(script: &str) -> String {
+    let script = script.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh (and curl) must be installed");
+        assert!(
+            out.status.success(),
+            "{script}\nexit {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    })
+    .await
+    .expect("the shell task")
+}
+
 /// Raw bytes over a plain TCP connection; returns what the server sent until it closed or `wait` passed.
 pub async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
