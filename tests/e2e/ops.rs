@@ -244,10 +244,9 @@ async fn every_metric_family_passes_promtool_and_moves() {
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
-    let m = &text;
     let req = |route: &str, status: &str, reason: &str| {
         metric(
-            &m,
+            &text,
             &format!(
                 r#"cae_requests_total{{route="{route}",status="{status}",reason="{reason}"}}"#
             ),
@@ -257,52 +256,59 @@ async fn every_metric_family_passes_promtool_and_moves() {
     assert_eq!(req("gone", "502", "upstream_unavailable"), Some(1.0));
     assert_eq!(req("api", "401", "revoked"), Some(1.0));
     assert_eq!(
-        metric(&m, r#"cae_upstream_errors_total{kind="connect"}"#),
+        metric(&text, r#"cae_upstream_errors_total{kind="connect"}"#),
         Some(1.0)
     );
     assert_eq!(
         metric(
-            &m,
+            &text,
             r#"cae_sets_received_total{transmitter="tx",result="committed"}"#
         ),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric(&m, r#"cae_set_enforce_latency_seconds{transmitter="tx"}"#),
+        metric(
+            &text,
+            r#"cae_set_enforce_latency_seconds{transmitter="tx"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        metric(&m, r#"cae_set_event_lag_seconds{transmitter="tx"}"#),
+        metric(&text, r#"cae_set_event_lag_seconds{transmitter="tx"}"#),
         Some(1.0)
     );
     // The SET's commit and the admin write.
-    assert_eq!(metric(&m, "cae_store_write_duration_seconds"), Some(2.0));
+    assert_eq!(metric(&text, "cae_store_write_duration_seconds"), Some(2.0));
     assert_eq!(
-        metric(&m, r#"cae_table_entries{table="revocations"}"#),
+        metric(&text, r#"cae_table_entries{table="revocations"}"#),
         Some(2.0)
     );
     for name in ["dev", "tx"] {
         assert_eq!(
-            metric(&m, &format!(r#"cae_key_fetches_total{{name="{name}"}}"#)),
+            metric(&text, &format!(r#"cae_key_fetches_total{{name="{name}"}}"#)),
             Some(1.0),
             "{name}"
         );
         assert_eq!(
             metric(
-                &m,
+                &text,
                 &format!(r#"cae_key_fetch_failures_total{{name="{name}"}}"#)
             ),
             Some(0.0),
             "{name}"
         );
-        assert!(metric(&m, &format!(r#"cae_key_set_age_seconds{{name="{name}"}}"#)).is_some());
+        assert!(metric(
+            &text,
+            &format!(r#"cae_key_set_age_seconds{{name="{name}"}}"#)
+        )
+        .is_some());
     }
     assert_eq!(
-        metric(&m, r#"cae_open_connections{listener="public"}"#).map(|v| v >= 1.0),
+        metric(&text, r#"cae_open_connections{listener="public"}"#).map(|v| v >= 1.0),
         Some(true)
     );
-    assert_eq!(metric(&m, "cae_token_cache_misses_total"), Some(1.0));
+    assert_eq!(metric(&text, "cae_token_cache_misses_total"), Some(1.0));
 
     // Prometheus itself asks for OpenMetrics first and gets it.
     let r = get(
