@@ -3,9 +3,12 @@
 //! concern; `common/` holds the harness, the configuration builder and the shared helpers.
 //!
 //! The tests share this process: none sets environment variables or installs a global tracing
-//! subscriber, every proxy has its own metrics registry, and every file lives in a test's own
-//! temp dir. Tests that measure this process's own descriptors or memory live in
-//! `tests/process_bounds/` instead, where nothing else runs beside them.
+//! subscriber, every proxy has its own metrics registry, every file lives in a test's own temp
+//! dir, and every port is bound on 0 (or reserved: `common::ReservedPort`). What cannot share a
+//! process has its own binary: `tests/process_bounds/` (measures this process's descriptors and
+//! memory) and `tests/configs.rs` (sets environment variables); the pure checks
+//! (`tests/properties.rs`, `tests/fuzz_corpus.rs`) start no server. One concern at a time:
+//! `cargo test --test e2e fleet::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
