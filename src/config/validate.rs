@@ -285,8 +285,50 @@ pub(super) fn default_server() -> Server {
     server(&mut c, &ServerFile::default())
 }
 
+pub(super) fn validate(
+    raw: FileConfig,
+    base: &Path,
+    unknown: &[String],
+) -> Result<Config, ConfigErrors> {
+    let mut c = Check {
+        errors: Vec::new(),
+        base,
+    };
+    for path in unknown {
+        c.err(path, "unknown key (see docs/configuration.md)");
+    }
+    let server = server(&mut c, &raw.server);
+    let listeners = listeners(&mut c, &raw.listeners);
+    let admin = raw.admin.as_ref().map(|a| admin(&mut c, a));
+    let store = store(&mut c, &raw.store, base);
+    let upstreams = upstreams(&mut c, &raw.upstreams);
+    let issuers = issuers(&mut c, &raw.issuers);
+    let issuer_names: HashSet<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+    let routes = routes(&mut c, &raw.routes, &upstreams, &issuer_names);
+    let transmitters = transmitters(&mut c, &raw.transmitters, &issuer_names);
+    transmitters_need_signals_listeners(&mut c, &transmitters, &listeners);
+    if let Some(a) = &admin {
+        admin_off_loopback_needs_auth(&mut c, a);
+    }
+    if c.errors.is_empty() {
+        Ok(Config {
+            server,
+            listeners,
+            admin,
+            store,
+            upstreams,
+            routes,
+            issuers,
+            transmitters,
+        })
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+/// `[server]`: timeouts, limits, client-IP trust, logging.
 fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
-    Server {
+    let server = Server {
         worker_threads: s.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -343,22 +385,7 @@ fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
         report_only: s.report_only.unwrap_or(false),
         token_cache_size: s.token_cache_size.unwrap_or(100_000),
         max_token_bytes: s.max_token_bytes.unwrap_or(16 * 1024),
-    }
-}
-
-pub(super) fn validate(
-    raw: FileConfig,
-    base: &Path,
-    unknown: &[String],
-) -> Result<Config, ConfigErrors> {
-    let mut c = Check {
-        errors: Vec::new(),
-        base,
     };
-    for path in unknown {
-        c.err(path, "unknown key (see docs/configuration.md)");
-    }
-    let server = server(&mut c, &raw.server);
     if server.max_connections == 0 {
         c.err("server.max_connections", "must be at least 1");
     }
@@ -371,14 +398,17 @@ pub(super) fn validate(
             format!("{:?} is not a valid log filter", server.log_level),
         );
     }
+    server
+}
 
-    // Listeners.
+/// `[[listener]]`: unique names, addresses, roles, TLS.
+fn listeners(c: &mut Check<'_>, raw: &[ListenerFile]) -> Vec<Listener> {
     let mut listeners = Vec::new();
     let mut names = HashSet::new();
-    if raw.listeners.is_empty() {
+    if raw.is_empty() {
         c.err("listener", "at least one [[listener]] is required");
     }
-    for (i, l) in raw.listeners.iter().enumerate() {
+    for (i, l) in raw.iter().enumerate() {
         let p = format!("listener[{i}]");
         let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
         if !names.insert(name.clone()) {
@@ -416,8 +446,13 @@ pub(super) fn validate(
             tls,
         });
     }
+    listeners
+}
 
-    let admin = raw.admin.as_ref().map(|a| Admin {
+/// `[admin]`: address, token, TLS (reachability is checked last, by
+/// `admin_off_loopback_needs_auth`).
+fn admin(c: &mut Check<'_>, a: &AdminFile) -> Admin {
+    Admin {
         address: match SocketAddr::from_str(a.address.as_deref().unwrap_or("127.0.0.1:9901")) {
             Ok(x) => x,
             Err(_) => {
@@ -427,12 +462,14 @@ pub(super) fn validate(
         },
         token: c.secret("admin.token", &a.token),
         tls: a.tls.as_ref().map(|t| c.tls("admin.tls", t)),
-    });
+    }
+}
 
-    let st = &raw.store;
-    redis_keys_only_with_redis(&mut c, st);
+/// `[store]`: backend (redb, redis, memory), retention, expiry.
+fn store(c: &mut Check<'_>, st: &StoreFile, base: &Path) -> Store {
+    redis_keys_only_with_redis(c, st);
     let backend = match (st.backend.as_deref(), &st.path) {
-        (Some("redis"), _) => redis_backend(&mut c, st, base),
+        (Some("redis"), _) => redis_backend(c, st, base),
         (None | Some("redb"), Some(p)) => StoreBackend::Redb(base.join(p)),
         (None | Some("redb"), None) => StoreBackend::Redb(PathBuf::from(DEFAULT_STORE_PATH)),
         (Some("memory"), _) => StoreBackend::Memory,
@@ -444,7 +481,7 @@ pub(super) fn validate(
             StoreBackend::Memory
         }
     };
-    let store = Store {
+    Store {
         backend,
         retention: c.duration("store.retention", &st.retention, DEFAULT_RETENTION),
         expiry_interval: {
@@ -459,11 +496,16 @@ pub(super) fn validate(
             d.max(Duration::from_secs(1))
         },
         ignore_corrupt: st.ignore_corrupt.unwrap_or(false),
-    };
+    }
+}
 
-    // Upstreams.
+/// `[upstreams.NAME]`: URL, timeouts, CA and client certificate.
+fn upstreams(
+    c: &mut Check<'_>,
+    raw: &BTreeMap<String, UpstreamFile>,
+) -> BTreeMap<String, Upstream> {
     let mut upstreams = BTreeMap::new();
-    for (name, u) in &raw.upstreams {
+    for (name, u) in raw {
         let p = format!("upstreams.{name}");
         let url = match http::Uri::from_str(&u.url) {
             Ok(uri)
@@ -515,11 +557,14 @@ pub(super) fn validate(
             },
         );
     }
+    upstreams
+}
 
-    // Issuers.
+/// `[[issuer]]`: unique names, tenants, audiences, keys, algorithms, claim map.
+fn issuers(c: &mut Check<'_>, raw: &[IssuerFile]) -> Vec<Issuer> {
     let mut issuers = Vec::new();
     let mut issuer_names = HashSet::new();
-    for (i, is) in raw.issuers.iter().enumerate() {
+    for (i, is) in raw.iter().enumerate() {
         let p = format!("issuer[{i}]");
         if !issuer_names.insert(is.name.clone()) {
             c.err(
@@ -527,84 +572,96 @@ pub(super) fn validate(
                 format!("duplicate issuer name {:?}", is.name),
             );
         }
-        let allow_http = is.allow_insecure_http.unwrap_or(false);
-        if is.issuer.contains("{tenantid}") && is.tenants.is_empty() {
-            c.err(
-                format!("{p}.tenants"),
-                "a {tenantid} issuer template needs an allow-list of tenants",
-            );
-        }
-        if is.audiences.is_empty() {
-            c.err(
-                format!("{p}.audiences"),
-                "at least one audience is required",
-            );
-        }
-        for (key, v) in [("authorization_uri", &is.authorization_uri)] {
-            if let Some(u) = v {
-                c.url(&format!("{p}.{key}"), u, true);
-            }
-        }
-        issuers.push(Issuer {
-            name: is.name.clone(),
-            issuer: is.issuer.clone(),
-            tenants: is.tenants.clone(),
-            keys: c.key_source(&p, &is.discovery, &is.jwks_uri, &is.jwks_file, allow_http),
-            key_policy: key_policy(
-                &mut c,
-                &p,
-                allow_http,
-                &is.refresh_interval,
-                &is.min_refresh,
-                &is.max_refresh,
-                &is.unknown_kid_cooldown,
-            ),
-            audiences: is.audiences.clone(),
-            algorithms: c.algorithms(&format!("{p}.algorithms"), &is.algorithms, TOKEN_ALGS),
-            leeway: c.duration(&format!("{p}.leeway"), &is.leeway, Duration::from_secs(60)),
-            max_lifetime: c.opt_duration(&format!("{p}.max_lifetime"), &is.max_lifetime),
-            authorization_uri: is.authorization_uri.clone(),
-            realm: is.realm.clone(),
-            claim_map: {
-                let d = ClaimMap::default();
-                let one =
-                    |c: &mut Check<'_>, key: &str, v: &Option<String>, default: String| match v {
-                        Some(x) if x.trim().is_empty() => {
-                            c.err(format!("{p}.{key}"), "must name a claim");
-                            default
-                        }
-                        Some(x) => x.clone(),
-                        None => default,
-                    };
-                let many = |c: &mut Check<'_>,
-                            key: &str,
-                            v: &Option<Vec<String>>,
-                            default: Vec<String>| {
-                    match v {
-                        Some(l) if l.is_empty() || l.iter().any(|x| x.trim().is_empty()) => {
-                            c.err(format!("{p}.{key}"), "must list one or more claim names");
-                            default
-                        }
-                        Some(l) => l.clone(),
-                        None => default,
-                    }
-                };
-                ClaimMap {
-                    subject: many(&mut c, "subject_claims", &is.subject_claims, d.subject),
-                    session: one(&mut c, "session_claim", &is.session_claim, d.session),
-                    token_id: many(&mut c, "token_id_claims", &is.token_id_claims, d.token_id),
-                    tenant: one(&mut c, "tenant_claim", &is.tenant_claim, d.tenant),
-                    device: one(&mut c, "device_claim", &is.device_claim, d.device),
-                    email: many(&mut c, "email_claims", &is.email_claims, d.email),
-                }
-            },
-        });
+        issuers.push(issuer(c, &p, is));
     }
+    issuers
+}
 
-    // Routes.
+/// One `[[issuer]]` at TOML path `p`.
+fn issuer(c: &mut Check<'_>, p: &str, is: &IssuerFile) -> Issuer {
+    let allow_http = is.allow_insecure_http.unwrap_or(false);
+    if is.issuer.contains("{tenantid}") && is.tenants.is_empty() {
+        c.err(
+            format!("{p}.tenants"),
+            "a {tenantid} issuer template needs an allow-list of tenants",
+        );
+    }
+    if is.audiences.is_empty() {
+        c.err(
+            format!("{p}.audiences"),
+            "at least one audience is required",
+        );
+    }
+    for (key, v) in [("authorization_uri", &is.authorization_uri)] {
+        if let Some(u) = v {
+            c.url(&format!("{p}.{key}"), u, true);
+        }
+    }
+    Issuer {
+        name: is.name.clone(),
+        issuer: is.issuer.clone(),
+        tenants: is.tenants.clone(),
+        keys: c.key_source(p, &is.discovery, &is.jwks_uri, &is.jwks_file, allow_http),
+        key_policy: key_policy(
+            c,
+            p,
+            allow_http,
+            &is.refresh_interval,
+            &is.min_refresh,
+            &is.max_refresh,
+            &is.unknown_kid_cooldown,
+        ),
+        audiences: is.audiences.clone(),
+        algorithms: c.algorithms(&format!("{p}.algorithms"), &is.algorithms, TOKEN_ALGS),
+        leeway: c.duration(&format!("{p}.leeway"), &is.leeway, Duration::from_secs(60)),
+        max_lifetime: c.opt_duration(&format!("{p}.max_lifetime"), &is.max_lifetime),
+        authorization_uri: is.authorization_uri.clone(),
+        realm: is.realm.clone(),
+        claim_map: claim_map(c, p, is),
+    }
+}
+
+/// An issuer's `*_claim(s)` keys: which claims name the subject, session, token, tenant, device
+/// and e-mail.
+fn claim_map(c: &mut Check<'_>, p: &str, is: &IssuerFile) -> ClaimMap {
+    let d = ClaimMap::default();
+    let one = |c: &mut Check<'_>, key: &str, v: &Option<String>, default: String| match v {
+        Some(x) if x.trim().is_empty() => {
+            c.err(format!("{p}.{key}"), "must name a claim");
+            default
+        }
+        Some(x) => x.clone(),
+        None => default,
+    };
+    let many = |c: &mut Check<'_>, key: &str, v: &Option<Vec<String>>, default: Vec<String>| match v
+    {
+        Some(l) if l.is_empty() || l.iter().any(|x| x.trim().is_empty()) => {
+            c.err(format!("{p}.{key}"), "must list one or more claim names");
+            default
+        }
+        Some(l) => l.clone(),
+        None => default,
+    };
+    ClaimMap {
+        subject: many(c, "subject_claims", &is.subject_claims, d.subject),
+        session: one(c, "session_claim", &is.session_claim, d.session),
+        token_id: many(c, "token_id_claims", &is.token_id_claims, d.token_id),
+        tenant: one(c, "tenant_claim", &is.tenant_claim, d.tenant),
+        device: one(c, "device_claim", &is.device_claim, d.device),
+        email: many(c, "email_claims", &is.email_claims, d.email),
+    }
+}
+
+/// `[[route]]`: unique names, and each route against the upstreams and issuers defined.
+fn routes(
+    c: &mut Check<'_>,
+    raw: &[RouteFile],
+    upstreams: &BTreeMap<String, Upstream>,
+    issuer_names: &HashSet<&str>,
+) -> Vec<Route> {
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
-    for (i, r) in raw.routes.iter().enumerate() {
+    for (i, r) in raw.iter().enumerate() {
         let p = format!("route[{i}]");
         let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
         if !route_names.insert(name.clone()) {
@@ -613,263 +670,316 @@ pub(super) fn validate(
                 format!("duplicate route name {name:?}"),
             );
         }
-        if !upstreams.contains_key(&r.upstream) {
-            c.err(
-                format!("{p}.upstream"),
-                format!("no [upstreams.{}] is defined", r.upstream),
-            );
-        }
-        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
-        if !path_prefix.starts_with('/') {
-            c.err(format!("{p}.path_prefix"), "must start with /");
-        }
-        let hosts = r
-            .hosts
-            .iter()
-            .map(|h| {
-                let h = h.to_ascii_lowercase();
-                match h.strip_prefix("*.") {
-                    Some(sfx) => HostPattern::Suffix(format!(".{sfx}")),
-                    None => HostPattern::Exact(h),
-                }
-            })
-            .collect();
-        let mut methods = Vec::new();
-        for (j, m) in r.methods.iter().enumerate() {
-            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => methods.push(m),
-                Err(_) => c.err(
-                    format!("{p}.methods[{j}]"),
-                    format!("{m:?} is not an HTTP method"),
-                ),
+        routes.push(route(c, &p, name, r, upstreams, issuer_names));
+    }
+    routes
+}
+
+/// One `[[route]]` at TOML path `p`: match (hosts, prefix, methods), auth, grants, headers.
+fn route(
+    c: &mut Check<'_>,
+    p: &str,
+    name: String,
+    r: &RouteFile,
+    upstreams: &BTreeMap<String, Upstream>,
+    issuer_names: &HashSet<&str>,
+) -> Route {
+    if !upstreams.contains_key(&r.upstream) {
+        c.err(
+            format!("{p}.upstream"),
+            format!("no [upstreams.{}] is defined", r.upstream),
+        );
+    }
+    let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') {
+        c.err(format!("{p}.path_prefix"), "must start with /");
+    }
+    let hosts = r
+        .hosts
+        .iter()
+        .map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix("*.") {
+                Some(sfx) => HostPattern::Suffix(format!(".{sfx}")),
+                None => HostPattern::Exact(h),
             }
+        })
+        .collect();
+    let mut methods = Vec::new();
+    for (j, m) in r.methods.iter().enumerate() {
+        match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => methods.push(m),
+            Err(_) => c.err(
+                format!("{p}.methods[{j}]"),
+                format!("{m:?} is not an HTTP method"),
+            ),
         }
-        let auth = match r.auth.as_deref() {
-            None | Some("required") => AuthMode::Required,
-            Some("optional") => AuthMode::Optional,
-            Some("none") => AuthMode::None,
-            Some(o) => {
-                c.err(
-                    format!("{p}.auth"),
-                    format!("{o:?} must be \"required\", \"optional\" or \"none\""),
-                );
-                AuthMode::Required
-            }
-        };
-        if auth != AuthMode::None && raw.issuers.is_empty() {
+    }
+    let auth = match r.auth.as_deref() {
+        None | Some("required") => AuthMode::Required,
+        Some("optional") => AuthMode::Optional,
+        Some("none") => AuthMode::None,
+        Some(o) => {
             c.err(
                 format!("{p}.auth"),
-                "the route requires tokens but no [[issuer]] is configured",
+                format!("{o:?} must be \"required\", \"optional\" or \"none\""),
+            );
+            AuthMode::Required
+        }
+    };
+    if auth != AuthMode::None && issuer_names.is_empty() {
+        c.err(
+            format!("{p}.auth"),
+            "the route requires tokens but no [[issuer]] is configured",
+        );
+    }
+    for (j, iname) in r.issuers.iter().enumerate() {
+        if !issuer_names.contains(iname.as_str()) {
+            c.err(
+                format!("{p}.issuers[{j}]"),
+                format!("no issuer named {iname:?}"),
             );
         }
-        for (j, iname) in r.issuers.iter().enumerate() {
-            if !issuer_names.contains(iname) {
-                c.err(
-                    format!("{p}.issuers[{j}]"),
-                    format!("no issuer named {iname:?}"),
-                );
-            }
+    }
+    let match_mode = match r.match_mode.as_deref() {
+        None | Some("any") => MatchMode::Any,
+        Some("all") => MatchMode::All,
+        Some(o) => {
+            c.err(
+                format!("{p}.match_mode"),
+                format!("{o:?} must be \"any\" or \"all\""),
+            );
+            MatchMode::Any
         }
-        let match_mode = match r.match_mode.as_deref() {
-            None | Some("any") => MatchMode::Any,
-            Some("all") => MatchMode::All,
-            Some(o) => {
+    };
+    let mut claims = Vec::new();
+    for (j, cr) in r.claims.iter().enumerate() {
+        let allowed = match (&cr.equals, &cr.one_of) {
+            (Some(e), None) => vec![e.clone()],
+            (None, Some(l)) if !l.is_empty() => l.clone(),
+            _ => {
                 c.err(
-                    format!("{p}.match_mode"),
-                    format!("{o:?} must be \"any\" or \"all\""),
+                    format!("{p}.claims[{j}]"),
+                    "exactly one of equals or one_of (non-empty) is required",
                 );
-                MatchMode::Any
+                Vec::new()
             }
         };
-        let mut claims = Vec::new();
-        for (j, cr) in r.claims.iter().enumerate() {
-            let allowed = match (&cr.equals, &cr.one_of) {
-                (Some(e), None) => vec![e.clone()],
-                (None, Some(l)) if !l.is_empty() => l.clone(),
-                _ => {
-                    c.err(
-                        format!("{p}.claims[{j}]"),
-                        "exactly one of equals or one_of (non-empty) is required",
-                    );
-                    Vec::new()
-                }
-            };
-            claims.push(ClaimRule {
-                claim: cr.claim.clone(),
-                allowed,
-            });
-        }
-        let mut identity_headers = Vec::new();
-        for (h, claim) in &r.identity_headers {
-            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-                Ok(name) => identity_headers.push((name, claim.clone())),
-                Err(_) => c.err(
-                    format!("{p}.identity_headers.{h}"),
-                    "not a valid header name",
-                ),
-            }
-        }
-        let ca = &r.cae;
-        let cae = CaePolicy {
-            revocation: ca.revocation.unwrap_or(true),
-            token_ip: ca.token_ip.unwrap_or(false),
-            signal_ip: ca.signal_ip.unwrap_or(false),
-            allow_locations: c.nets(&format!("{p}.cae.allow_locations"), &ca.allow_locations),
-            deny_locations: c.nets(&format!("{p}.cae.deny_locations"), &ca.deny_locations),
-            auth_context: ca.auth_context.clone(),
-            acr_values: ca.acr_values.clone(),
-            max_age: c.opt_duration(&format!("{p}.cae.max_age"), &ca.max_age),
-        };
-        if let Some(ctx) = &cae.auth_context {
-            if ctx.is_empty() || !ctx.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                c.err(
-                    format!("{p}.cae.auth_context"),
-                    "must be an auth context id such as \"c1\"",
-                );
-            }
-        }
-        routes.push(Route {
-            name,
-            hosts,
-            path_prefix,
-            methods,
-            upstream: r.upstream.clone(),
-            strip_prefix: r.strip_prefix.unwrap_or(false),
-            auth,
-            issuers: r.issuers.clone(),
-            scopes: r.scopes.clone(),
-            roles: r.roles.clone(),
-            match_mode,
-            claims,
-            identity_headers,
-            forward_authorization: r.forward_authorization.unwrap_or(true),
-            report_only: r.report_only.unwrap_or(false),
-            cae,
+        claims.push(ClaimRule {
+            claim: cr.claim.clone(),
+            allowed,
         });
     }
+    let mut identity_headers = Vec::new();
+    for (h, claim) in &r.identity_headers {
+        match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => identity_headers.push((name, claim.clone())),
+            Err(_) => c.err(
+                format!("{p}.identity_headers.{h}"),
+                "not a valid header name",
+            ),
+        }
+    }
+    Route {
+        name,
+        hosts,
+        path_prefix,
+        methods,
+        upstream: r.upstream.clone(),
+        strip_prefix: r.strip_prefix.unwrap_or(false),
+        auth,
+        issuers: r.issuers.clone(),
+        scopes: r.scopes.clone(),
+        roles: r.roles.clone(),
+        match_mode,
+        claims,
+        identity_headers,
+        forward_authorization: r.forward_authorization.unwrap_or(true),
+        report_only: r.report_only.unwrap_or(false),
+        cae: route_cae(c, p, &r.cae),
+    }
+}
 
-    // Transmitters.
+/// A route's `[route.cae]` policy at TOML path `p`.
+fn route_cae(c: &mut Check<'_>, p: &str, ca: &CaeFile) -> CaePolicy {
+    let cae = CaePolicy {
+        revocation: ca.revocation.unwrap_or(true),
+        token_ip: ca.token_ip.unwrap_or(false),
+        signal_ip: ca.signal_ip.unwrap_or(false),
+        allow_locations: c.nets(&format!("{p}.cae.allow_locations"), &ca.allow_locations),
+        deny_locations: c.nets(&format!("{p}.cae.deny_locations"), &ca.deny_locations),
+        auth_context: ca.auth_context.clone(),
+        acr_values: ca.acr_values.clone(),
+        max_age: c.opt_duration(&format!("{p}.cae.max_age"), &ca.max_age),
+    };
+    if let Some(ctx) = &cae.auth_context {
+        if ctx.is_empty() || !ctx.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            c.err(
+                format!("{p}.cae.auth_context"),
+                "must be an auth context id such as \"c1\"",
+            );
+        }
+    }
+    cae
+}
+
+/// `[[transmitter]]`: each SSF transmitter; push paths are unique across all of them.
+fn transmitters(
+    c: &mut Check<'_>,
+    raw: &[TransmitterFile],
+    issuer_names: &HashSet<&str>,
+) -> Vec<Transmitter> {
     let mut transmitters = Vec::new();
     let mut push_paths = HashSet::new();
-    for (i, t) in raw.transmitters.iter().enumerate() {
+    for (i, t) in raw.iter().enumerate() {
         let p = format!("transmitter[{i}]");
-        let allow_http = t.allow_insecure_http.unwrap_or(false);
-        if t.audiences.is_empty() {
-            c.err(
-                format!("{p}.audiences"),
-                "at least one audience (our receiver id) is required",
-            );
-        }
-        if let Some(ti) = &t.token_issuer {
-            if !issuer_names.contains(ti) {
-                c.err(
-                    format!("{p}.token_issuer"),
-                    format!("no issuer named {ti:?}"),
-                );
-            }
-        }
-        let push = t.push.as_ref().map(|pu| {
-            if !pu.path.starts_with('/') {
-                c.err(format!("{p}.push.path"), "must start with /");
-            }
-            if !push_paths.insert(pu.path.clone()) {
-                c.err(
-                    format!("{p}.push.path"),
-                    format!("path {:?} is used by another transmitter", pu.path),
-                );
-            }
-            let mut client_cert_sha256 = Vec::new();
-            for (j, f) in pu.client_cert_sha256.iter().flatten().enumerate() {
-                match parse_sha256(f) {
-                    Some(d) => client_cert_sha256.push(d),
-                    None => c.err(
-                        format!("{p}.push.client_cert_sha256[{j}]"),
-                        format!(
-                            "{f:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
-                        ),
-                    ),
-                }
-            }
-            Push {
-                path: pu.path.clone(),
-                authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization),
-                max_body: pu.max_body.unwrap_or(64 * 1024),
-                client_cert_sha256,
-            }
-        });
-        let poll = t.poll.as_ref().map(|po| {
-            c.url(&format!("{p}.poll.endpoint"), &po.endpoint, allow_http);
-            Poll {
-                endpoint: po.endpoint.clone(),
-                authorization: c.secret(&format!("{p}.poll.authorization"), &po.authorization),
-                max_events: po.max_events.unwrap_or(100),
-                long_poll: po.long_poll.unwrap_or(true),
-                interval: c.duration(
-                    &format!("{p}.poll.interval"),
-                    &po.interval,
-                    Duration::from_secs(5),
-                ),
-                timeout: c.duration(
-                    &format!("{p}.poll.timeout"),
-                    &po.timeout,
-                    Duration::from_secs(30),
-                ),
-            }
-        });
-        let stream = t.stream.as_ref().map(|s| StreamMgmt {
-            delivery: match s.delivery.as_str() {
-                "push" => Delivery::Push,
-                "poll" => Delivery::Poll,
-                o => {
-                    c.err(
-                        format!("{p}.stream.delivery"),
-                        format!("{o:?} must be \"push\" or \"poll\""),
-                    );
-                    Delivery::Push
-                }
-            },
-            endpoint_url: s.endpoint_url.clone(),
-            events_requested: s.events_requested.clone(),
-            token_endpoint: s.token_endpoint.clone(),
-            client_id: s.client_id.clone(),
-            client_secret: c.secret(&format!("{p}.stream.client_secret"), &s.client_secret),
-            scope: s.scope.clone(),
-            bearer: c.secret(&format!("{p}.stream.bearer"), &s.bearer),
-            verify: s.verify.unwrap_or(true),
-        });
-        if push.is_none() && poll.is_none() && stream.is_none() {
-            c.err(&p, "a transmitter needs push, poll or stream delivery");
-        }
-        if stream.is_some() && t.discovery.is_none() {
-            c.err(
-                format!("{p}.stream"),
-                "stream management needs discovery (the transmitter's ssf-configuration URL)",
-            );
-        }
-        transmitters.push(Transmitter {
-            name: t.name.clone(),
-            issuer: t.issuer.clone(),
-            keys: c.key_source(&p, &t.discovery, &t.jwks_uri, &t.jwks_file, allow_http),
-            key_policy: key_policy(&mut c, &p, allow_http, &None, &None, &None, &None),
-            audiences: t.audiences.clone(),
-            algorithms: c.algorithms(&format!("{p}.algorithms"), &t.algorithms, SET_ALGS),
-            min_rsa_bits: t.min_rsa_bits.unwrap_or(2048),
-            risk_revoke_level: match t.risk_revoke_level.as_deref() {
-                None => RiskLevel::High,
-                Some(l) => RiskLevel::parse(l).unwrap_or_else(|| {
-                    c.err(
-                        format!("{p}.risk_revoke_level"),
-                        format!("{l:?} must be low, medium or high"),
-                    );
-                    RiskLevel::High
-                }),
-            },
-            token_issuer: t.token_issuer.clone(),
-            push,
-            poll,
-            stream,
-        });
+        transmitters.push(transmitter(c, &p, t, issuer_names, &mut push_paths));
     }
+    transmitters
+}
+
+/// One `[[transmitter]]` at TOML path `p`: audiences, delivery (push, poll, stream), keys.
+fn transmitter(
+    c: &mut Check<'_>,
+    p: &str,
+    t: &TransmitterFile,
+    issuer_names: &HashSet<&str>,
+    push_paths: &mut HashSet<String>,
+) -> Transmitter {
+    let allow_http = t.allow_insecure_http.unwrap_or(false);
+    if t.audiences.is_empty() {
+        c.err(
+            format!("{p}.audiences"),
+            "at least one audience (our receiver id) is required",
+        );
+    }
+    if let Some(ti) = &t.token_issuer {
+        if !issuer_names.contains(ti.as_str()) {
+            c.err(
+                format!("{p}.token_issuer"),
+                format!("no issuer named {ti:?}"),
+            );
+        }
+    }
+    let push = t.push.as_ref().map(|pu| push(c, p, pu, push_paths));
+    let poll = t.poll.as_ref().map(|po| poll(c, p, po, allow_http));
+    let stream = t.stream.as_ref().map(|s| stream(c, p, s));
+    if push.is_none() && poll.is_none() && stream.is_none() {
+        c.err(p, "a transmitter needs push, poll or stream delivery");
+    }
+    if stream.is_some() && t.discovery.is_none() {
+        c.err(
+            format!("{p}.stream"),
+            "stream management needs discovery (the transmitter's ssf-configuration URL)",
+        );
+    }
+    Transmitter {
+        name: t.name.clone(),
+        issuer: t.issuer.clone(),
+        keys: c.key_source(p, &t.discovery, &t.jwks_uri, &t.jwks_file, allow_http),
+        key_policy: key_policy(c, p, allow_http, &None, &None, &None, &None),
+        audiences: t.audiences.clone(),
+        algorithms: c.algorithms(&format!("{p}.algorithms"), &t.algorithms, SET_ALGS),
+        min_rsa_bits: t.min_rsa_bits.unwrap_or(2048),
+        risk_revoke_level: match t.risk_revoke_level.as_deref() {
+            None => RiskLevel::High,
+            Some(l) => RiskLevel::parse(l).unwrap_or_else(|| {
+                c.err(
+                    format!("{p}.risk_revoke_level"),
+                    format!("{l:?} must be low, medium or high"),
+                );
+                RiskLevel::High
+            }),
+        },
+        token_issuer: t.token_issuer.clone(),
+        push,
+        poll,
+        stream,
+    }
+}
+
+/// A transmitter's `[transmitter.push]` (RFC 8935): path, authorization, pinned certificates.
+fn push(c: &mut Check<'_>, p: &str, pu: &PushFile, push_paths: &mut HashSet<String>) -> Push {
+    if !pu.path.starts_with('/') {
+        c.err(format!("{p}.push.path"), "must start with /");
+    }
+    if !push_paths.insert(pu.path.clone()) {
+        c.err(
+            format!("{p}.push.path"),
+            format!("path {:?} is used by another transmitter", pu.path),
+        );
+    }
+    let mut client_cert_sha256 = Vec::new();
+    for (j, f) in pu.client_cert_sha256.iter().flatten().enumerate() {
+        match parse_sha256(f) {
+            Some(d) => client_cert_sha256.push(d),
+            None => c.err(
+                format!("{p}.push.client_cert_sha256[{j}]"),
+                format!("{f:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"),
+            ),
+        }
+    }
+    Push {
+        path: pu.path.clone(),
+        authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization),
+        max_body: pu.max_body.unwrap_or(64 * 1024),
+        client_cert_sha256,
+    }
+}
+
+/// A transmitter's `[transmitter.poll]` (RFC 8936): endpoint, authorization, pacing.
+fn poll(c: &mut Check<'_>, p: &str, po: &PollFile, allow_http: bool) -> Poll {
+    c.url(&format!("{p}.poll.endpoint"), &po.endpoint, allow_http);
+    Poll {
+        endpoint: po.endpoint.clone(),
+        authorization: c.secret(&format!("{p}.poll.authorization"), &po.authorization),
+        max_events: po.max_events.unwrap_or(100),
+        long_poll: po.long_poll.unwrap_or(true),
+        interval: c.duration(
+            &format!("{p}.poll.interval"),
+            &po.interval,
+            Duration::from_secs(5),
+        ),
+        timeout: c.duration(
+            &format!("{p}.poll.timeout"),
+            &po.timeout,
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+/// A transmitter's `[transmitter.stream]`: SSF stream management and its credentials.
+fn stream(c: &mut Check<'_>, p: &str, s: &StreamFile) -> StreamMgmt {
+    StreamMgmt {
+        delivery: match s.delivery.as_str() {
+            "push" => Delivery::Push,
+            "poll" => Delivery::Poll,
+            o => {
+                c.err(
+                    format!("{p}.stream.delivery"),
+                    format!("{o:?} must be \"push\" or \"poll\""),
+                );
+                Delivery::Push
+            }
+        },
+        endpoint_url: s.endpoint_url.clone(),
+        events_requested: s.events_requested.clone(),
+        token_endpoint: s.token_endpoint.clone(),
+        client_id: s.client_id.clone(),
+        client_secret: c.secret(&format!("{p}.stream.client_secret"), &s.client_secret),
+        scope: s.scope.clone(),
+        bearer: c.secret(&format!("{p}.stream.bearer"), &s.bearer),
+        verify: s.verify.unwrap_or(true),
+    }
+}
+
+/// Transmitters against listeners: push needs a signals listener; unique names; push without
+/// an authorization secret or with pinned certificates needs every signals listener on mTLS.
+fn transmitters_need_signals_listeners(
+    c: &mut Check<'_>,
+    transmitters: &[Transmitter],
+    listeners: &[Listener],
+) {
     if !transmitters.iter().all(|t| t.push.is_none())
         && !listeners.iter().any(|l| l.role == ListenerRole::Signals)
     {
@@ -909,33 +1019,21 @@ pub(super) fn validate(
             );
         }
     }
-    if let Some(a) = &admin {
-        if a.token.is_none()
-            && !a.address.ip().is_loopback()
-            && !a
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.client_ca.is_some() && t.client_auth_required)
-        {
-            c.err(
-                "admin.token",
-                "an admin listener off loopback needs a token or required client certificates",
-            );
-        }
-    }
-    if c.errors.is_empty() {
-        Ok(Config {
-            server,
-            listeners,
-            admin,
-            store,
-            upstreams,
-            routes,
-            issuers,
-            transmitters,
-        })
-    } else {
-        Err(ConfigErrors(c.errors))
+}
+
+/// An admin listener off loopback needs a token or required client certificates.
+fn admin_off_loopback_needs_auth(c: &mut Check<'_>, a: &Admin) {
+    if a.token.is_none()
+        && !a.address.ip().is_loopback()
+        && !a
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some() && t.client_auth_required)
+    {
+        c.err(
+            "admin.token",
+            "an admin listener off loopback needs a token or required client certificates",
+        );
     }
 }
 
