@@ -156,6 +156,8 @@ pub struct RouteFile {
     pub identity_headers: BTreeMap<String, String>,
     pub forward_authorization: Option<bool>,
     pub report_only: Option<bool>,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to (default `["websocket"]`, the only one).
+    pub upgrades: Option<Vec<String>>,
     #[serde(default)]
     pub cae: CaeFile,
 }

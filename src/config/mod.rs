@@ -280,6 +280,8 @@ pub struct Route {
     pub identity_headers: Vec<(http::HeaderName, String)>,
     pub forward_authorization: bool,
     pub report_only: bool,
+    /// Protocols (lower-case) an HTTP/1.1 `Upgrade` may switch to: empty, or `websocket`.
+    pub upgrades: Vec<String>,
     pub cae: CaePolicy,
 }
 

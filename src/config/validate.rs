@@ -728,6 +728,17 @@ pub(super) fn validate(
                 );
             }
         }
+        let upgrades = r
+            .upgrades
+            .clone()
+            .unwrap_or_else(|| vec!["websocket".into()]);
+        for (j, u) in upgrades
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| *u != "websocket")
+        {
+            c.err(format!("{p}.upgrades[{j}]"), format!("{u:?}: only \"websocket\" can be upgraded to (another tunnel, h2c above all, would carry requests past authentication)"));
+        }
         routes.push(Route {
             name,
             hosts,
@@ -744,6 +755,7 @@ pub(super) fn validate(
             identity_headers,
             forward_authorization: r.forward_authorization.unwrap_or(true),
             report_only: r.report_only.unwrap_or(false),
+            upgrades,
             cae,
         });
     }

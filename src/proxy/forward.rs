@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use super::upstream::ForwardError;
 use super::{headers, route, Outcome, ProxyError};
 use crate::auth::token::Principal;
 use crate::config::Route;
@@ -44,8 +45,13 @@ pub(super) async fn forward(
         .upstreams
         .get(&route.upstream)
         .ok_or(ProxyError::NoRoute)?;
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Only an upgrade to a protocol the route allows (WebSocket) is forwarded as one; any other
+    // `Upgrade` is dropped and the request goes upstream as an ordinary request.
+    let upgrade = match req.version() {
+        Version::HTTP_11 => headers::allowed_upgrade(req.headers(), &route.upgrades),
+        _ => None,
+    };
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let host = headers::authority(&req).map(str::to_string);
 
     // Target: upstream scheme + authority + base path + (stripped) path + query. The common
@@ -77,7 +83,7 @@ pub(super) async fn forward(
     let uri = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
 
     let mut h = std::mem::take(req.headers_mut());
-    headers::strip_hop_by_hop(&mut h, upgrade);
+    headers::strip_hop_by_hop(&mut h, upgrade.as_ref());
     h.insert(HOST, upstream.host.clone());
     for (name, _) in &route.identity_headers {
         h.remove(name);
@@ -108,7 +114,7 @@ pub(super) async fn forward(
 
     let method = req.method().clone();
     let incoming = req.into_body();
-    let body: BoxedBody = if upgrade {
+    let body: BoxedBody = if upgrade.is_some() {
         empty()
     } else {
         Limited::new(incoming, server.max_request_body as usize)
@@ -130,6 +136,17 @@ pub(super) async fn forward(
     out.upstream_status = Some(resp.status().as_u16());
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // A 101 is relayed only as the answer to the upgrade we forwarded, to a protocol we offered:
+    // any other switch would hand the client a tunnel nobody authorised.
+    if switching
+        && !upgrade
+            .as_ref()
+            .is_some_and(|u| headers::switched_as_offered(resp.headers(), u))
+    {
+        return Err(ProxyError::Forward(ForwardError::Upstream(
+            "the upstream switched protocols to one the request did not offer".into(),
+        )));
+    }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -144,7 +161,11 @@ pub(super) async fn forward(
         });
     }
     let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, switching);
+    let relayed_upgrade = match switching {
+        true => parts.headers.get(http::header::UPGRADE).cloned(),
+        false => None,
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, relayed_upgrade.as_ref());
     // The upstream's HTTP version is a property of that hop only: an HTTP/1.0 upstream must not
     // make the client's HTTP/1.1 connection answer in HTTP/1.0 and close after each response.
     parts.version = Version::HTTP_11;

@@ -1,0 +1,685 @@
+//! The front door's edges end to end (issue 16, items 1–6): which protocol upgrades are
+//! tunnelled, upgrade requests with a body, tunnels closed when their token stops being good,
+//! userinfo in the request target, transfer codings and request-body limits and timeouts, and the
+//! keep-alive and header-read timeouts, each against the real listener with a real upstream
+//! (the echo upstream, or a hand-written HTTP/1.1 upstream that records the bytes it received).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
+use cae_proxy::dev::upstream::EchoUpstream;
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 on the wire, both ends
+
+/// One HTTP/1.1 message read off the wire.
+#[derive(Debug, Clone)]
+struct Msg {
+    /// The start line and header lines, as sent.
+    head: String,
+    body: Vec<u8>,
+    /// The body arrived whole (its `Content-Length`, or the last chunk and the trailer section).
+    complete: bool,
+}
+
+impl Msg {
+    fn status(&self) -> u16 {
+        self.head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The request target of a request.
+    fn target(&self) -> &str {
+        self.head.split(' ').nth(1).unwrap_or_default()
+    }
+
+    /// Every value of a header (names compared case-insensitively).
+    fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection with a read buffer: reads whole HTTP/1.1 messages or raw bytes.
+struct Wire {
+    s: Box<dyn Io>,
+    buf: Vec<u8>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Wire {
+    fn new(s: impl Io + 'static) -> Wire {
+        Wire {
+            s: Box::new(s),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.expect("write");
+        self.s.flush().await.expect("flush");
+    }
+
+    /// Reads more bytes into the buffer; false at EOF or on an error.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.s.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    async fn until(&mut self, pat: &[u8]) -> Option<usize> {
+        loop {
+            if let Some(i) = find(&self.buf, pat) {
+                return Some(i);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    async fn line(&mut self) -> Option<String> {
+        let i = self.until(b"\r\n").await?;
+        let l = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+        self.buf.drain(..i + 2);
+        Some(l)
+    }
+
+    /// The next message head (`None` at EOF before a whole head).
+    async fn head(&mut self) -> Option<String> {
+        let i = self.until(b"\r\n\r\n").await?;
+        let h = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+        self.buf.drain(..i + 4);
+        Some(h)
+    }
+
+    /// The body that `head` announces: chunked, `Content-Length`, none, or (a response with
+    /// neither) up to EOF.
+    async fn body(&mut self, head: &str, response: bool) -> (Vec<u8>, bool) {
+        let m = Msg {
+            head: head.to_string(),
+            body: Vec::new(),
+            complete: true,
+        };
+        let status = m.status();
+        if response && (100..200).contains(&status) || status == 204 || status == 304 {
+            return (Vec::new(), true);
+        }
+        if m.header("transfer-encoding")
+            .last()
+            .is_some_and(|v| v.to_ascii_lowercase().ends_with("chunked"))
+        {
+            let mut body = Vec::new();
+            loop {
+                let Some(size) = self.line().await else {
+                    return (body, false);
+                };
+                let hex = size.split(';').next().unwrap_or_default().trim();
+                let Ok(n) = usize::from_str_radix(hex, 16) else {
+                    return (body, false);
+                };
+                if n == 0 {
+                    // The trailer section ends with an empty line.
+                    loop {
+                        match self.line().await {
+                            None => return (body, false),
+                            Some(l) if l.is_empty() => return (body, true),
+                            Some(_) => {}
+                        }
+                    }
+                }
+                let Some(data) = self.take(n + 2).await else {
+                    body.extend(self.buf.drain(..));
+                    return (body, false);
+                };
+                body.extend_from_slice(&data[..n]);
+            }
+        }
+        if let Some(n) = m
+            .header("content-length")
+            .first()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            return match self.take(n).await {
+                Some(b) => (b, true),
+                None => (self.buf.drain(..).collect(), false),
+            };
+        }
+        if response {
+            while self.fill().await {}
+            return (self.buf.drain(..).collect(), true);
+        }
+        (Vec::new(), true)
+    }
+
+    async fn message(&mut self, response: bool) -> Option<Msg> {
+        let head = self.head().await?;
+        let (body, complete) = self.body(&head, response).await;
+        Some(Msg {
+            head,
+            body,
+            complete,
+        })
+    }
+
+    /// The next response, within 10 s.
+    async fn response(&mut self) -> Option<Msg> {
+        tokio::time::timeout(Duration::from_secs(10), self.message(true))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Whether the peer closed the connection within `d` (bytes that arrive meanwhile are kept).
+    async fn closed_within(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, async { while self.fill().await {} })
+            .await
+            .is_ok()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hand-written upstream that records what reached it
+
+/// How the recording upstream answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// `101` to a request with an `Upgrade` header (naming its first protocol), `200 plain`
+    /// otherwise: a server that accepts any upgrade it is offered.
+    UpgradeWhenAsked,
+    /// `101 Upgrade: h2c` to every request: a broken or hostile upstream.
+    AlwaysSwitch,
+    /// `200 plain` only after the whole body was read.
+    AfterBody,
+}
+
+/// One request as the upstream read it.
+#[derive(Debug, Clone)]
+struct Seen {
+    msg: Msg,
+    /// Read after the upstream had switched protocols on that connection.
+    in_tunnel: bool,
+}
+
+struct RawUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    async fn start(answer: Answer) -> RawUpstream {
+        let l = listener().await;
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(serve_raw(Wire::new(s), answer, log.clone()));
+            }
+        });
+        RawUpstream { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` requests were read in full or in part.
+    async fn wait_for(&self, n: usize) -> Vec<Seen> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.seen.lock().unwrap().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.seen()
+    }
+}
+
+async fn serve_raw(mut w: Wire, answer: Answer, log: Arc<Mutex<Vec<Seen>>>) {
+    let mut tunnel = false;
+    loop {
+        let Some(msg) = w.message(false).await else {
+            return;
+        };
+        let offered = msg
+            .header("upgrade")
+            .first()
+            .map(|u| u.split(',').next().unwrap_or_default().trim().to_string());
+        let switch = !tunnel
+            && match answer {
+                Answer::UpgradeWhenAsked => offered.is_some(),
+                Answer::AlwaysSwitch => true,
+                Answer::AfterBody => false,
+            };
+        let complete = msg.complete;
+        log.lock().unwrap().push(Seen {
+            msg,
+            in_tunnel: tunnel,
+        });
+        if !complete {
+            return;
+        }
+        let resp = if switch {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {}\r\n\r\n",
+                offered.unwrap_or_else(|| "h2c".into())
+            )
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nplain".into()
+        };
+        if w.s.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+        tunnel |= switch;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy under test
+
+const ADMIN: &str = "Bearer admin-secret";
+
+struct Env {
+    idp: DevIssuer,
+    echo: EchoUpstream,
+    raw: RawUpstream,
+    h: Harness,
+    /// Trusts the test CA; offers `h2` and `http/1.1` as configured per connection.
+    ca: Arc<rustls::RootCertStore>,
+}
+
+/// Routes: `a` (host `a.test`, no auth), `raw` (`/raw`, the recording upstream), `ws` (`/ws`, the
+/// echo upstream, IP bindings enforced), `extra_routes`, and `default` (any other host and path,
+/// no auth). `server` goes into `[server]`, `app` into `[upstreams.app]`.
+fn config(
+    iss: &str,
+    echo: &str,
+    raw: &str,
+    certs: &Certs,
+    server: &str,
+    app: &str,
+    extra_routes: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+log_level = "warn"
+{server}
+[[listener]]
+name = "public"
+address = "127.0.0.1:0"
+[[listener]]
+name = "tls"
+address = "127.0.0.1:0"
+[listener.tls]
+cert = "{cert}"
+key = "{key}"
+[admin]
+address = "127.0.0.1:0"
+token = "admin-secret"
+[store]
+backend = "memory"
+[upstreams.app]
+url = "{echo}"
+{app}
+[upstreams.raw]
+url = "{raw}"
+request_timeout = "5s"
+[[issuer]]
+name = "dev"
+issuer = "{iss}"
+discovery = "{iss}/.well-known/openid-configuration"
+audiences = ["api://cae-demo"]
+[[route]]
+name = "a"
+hosts = ["a.test"]
+upstream = "app"
+auth = "none"
+[[route]]
+name = "raw"
+path_prefix = "/raw"
+upstream = "raw"
+[[route]]
+name = "ws"
+path_prefix = "/ws"
+upstream = "app"
+cae = {{ signal_ip = true }}
+{extra_routes}
+[[route]]
+name = "default"
+upstream = "app"
+auth = "none"
+"#,
+        cert = certs.cert.display(),
+        key = certs.key.display(),
+    )
+}
+
+impl Env {
+    async fn start(answer: Answer, server: &str, app: &str, extra_routes: &str) -> Env {
+        let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+        let echo = EchoUpstream::start(listener().await).unwrap();
+        let raw = RawUpstream::start(answer).await;
+        let dir = tempfile::tempdir().unwrap();
+        let c = certs(dir.path());
+        let toml = config(
+            &idp.issuer_url(),
+            &echo.url(),
+            &raw.url(),
+            &c,
+            server,
+            app,
+            extra_routes,
+        );
+        let h = Harness::start_in(dir, &toml).await;
+        h.wait_ready().await;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in cae_proxy::tls::load_certs(&c.ca).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        Env {
+            idp,
+            echo,
+            raw,
+            h,
+            ca: Arc::new(roots),
+        }
+    }
+
+    fn addr(&self, listener: &str) -> SocketAddr {
+        self.h.proxy.addr(listener).unwrap()
+    }
+
+    /// A token for `sub`, issued a minute ago (so that a revocation made now covers it).
+    fn token(&self, sub: &str, extra: Value) -> String {
+        let mut claims = json!({"iat": cae_proxy::dev::now_secs() - 60});
+        if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        self.idp.mint(sub, claims)
+    }
+
+    async fn plain(&self) -> Wire {
+        Wire::new(TcpStream::connect(self.addr("public")).await.unwrap())
+    }
+
+    /// A TLS session with the TLS listener that verified its certificate; ALPN offers `alpn`.
+    async fn tls_stream(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(self.ca.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect(self.addr("tls")).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            alpn.first().copied(),
+            "ALPN"
+        );
+        tls
+    }
+
+    async fn tls(&self) -> Wire {
+        Wire::new(self.tls_stream(&[b"http/1.1"]).await)
+    }
+
+    async fn admin(&self, path: &str, body: Value) {
+        let r = send(
+            &client(),
+            Method::POST,
+            &self.h.admin_url(path),
+            &[
+                ("authorization", ADMIN),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from(body.to_string()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+    }
+
+    /// The `/metrics` value of one sample (`name{labels}`), if present.
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = get(&client(), &self.h.admin_url("/metrics"), &[])
+            .await
+            .text();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("metrics parse");
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    }
+}
+
+fn status(m: &Option<Msg>) -> u16 {
+    m.as_ref().map_or(0, Msg::status)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Only WebSocket is upgraded
+
+/// `Upgrade: h2c` (with `HTTP2-Settings`) and `Upgrade: foo/1` on an authenticated request: the
+/// upstream (which would accept any upgrade) receives an ordinary request without `Upgrade` or
+/// `HTTP2-Settings`, the client gets that ordinary answer, and a request without a token sent
+/// next on the same connection is an ordinary request too — refused, never read by the upstream.
+#[tokio::test]
+async fn upgrades_other_than_websocket_are_stripped_and_never_tunnelled() {
+    let env = Env::start(Answer::UpgradeWhenAsked, "", "", "").await;
+    let token = env.token("alice", json!({}));
+    for (offer, connection, extra) in [
+        (
+            "h2c",
+            "Upgrade, HTTP2-Settings",
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        ),
+        ("foo/1", "Upgrade", ""),
+    ] {
+        let before = env.raw.seen().len();
+        let mut c = env.plain().await;
+        c.send(format!(
+            "GET /raw/x HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\nConnection: {connection}\r\nUpgrade: {offer}\r\n{extra}\r\n"
+        ).as_bytes())
+        .await;
+        let first = c.response().await;
+        // Inside a tunnel this would reach the upstream unauthenticated.
+        c.send(b"GET /raw/anything HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await;
+        let second = c.response().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen = env.raw.seen()[before..].to_vec();
+        assert!(
+            seen.iter().all(|s| !s.msg.target().contains("anything")),
+            "{offer}: a request without a token reached the upstream: {seen:#?}"
+        );
+        assert_eq!(status(&first), 200, "{offer}: {first:?}");
+        assert_eq!(first.as_ref().unwrap().body, b"plain");
+        assert_eq!(status(&second), 401, "{offer}: {second:?}");
+        assert_eq!(seen.len(), 1, "{offer}: {seen:#?}");
+        let up = &seen[0].msg;
+        assert_eq!(up.target(), "/raw/x");
+        assert!(!seen[0].in_tunnel);
+        for h in ["upgrade", "http2-settings"] {
+            assert!(up.header(h).is_empty(), "{offer}: upstream got {h}: {up:?}");
+        }
+        assert!(
+            up.header("connection")
+                .iter()
+                .all(|v| !v.to_ascii_lowercase().contains("upgrade")),
+            "{offer}: {up:?}"
+        );
+    }
+}
+
+/// An upstream that answers `101` to a request that did not ask for an upgrade is not relayed as
+/// a tunnel: the client gets `502`, and its next request (without a token) is refused by the
+/// proxy, never read by the upstream.
+#[tokio::test]
+async fn an_unrequested_101_from_the_upstream_is_a_502_never_a_tunnel() {
+    let env = Env::start(Answer::AlwaysSwitch, "", "", "").await;
+    let token = env.token("alice", json!({}));
+    for (offer, connection) in [("", ""), ("h2c", "Upgrade, HTTP2-Settings")] {
+        let before = env.raw.seen().len();
+        let mut c = env.plain().await;
+        let upgrade = if offer.is_empty() {
+            String::new()
+        } else {
+            format!("Connection: {connection}\r\nUpgrade: {offer}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")
+        };
+        c.send(
+            format!(
+                "GET /raw/x HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n{upgrade}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let first = c.response().await;
+        c.send(b"GET /raw/anything HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await;
+        let second = c.response().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen = env.raw.seen()[before..].to_vec();
+        assert!(
+            seen.iter().all(|s| !s.msg.target().contains("anything")),
+            "{offer:?}: a request without a token reached the upstream: {seen:#?}"
+        );
+        assert_eq!(status(&first), 502, "{offer:?}: {first:?}");
+        assert_eq!(first.unwrap().json()["error"], "upstream_unavailable");
+        // The connection is either still HTTP (the request is refused) or closed.
+        assert!(matches!(status(&second), 0 | 401), "{offer:?}: {second:?}");
+    }
+}
+
+/// WebSocket is upgraded by default; `upgrades = []` turns upgrades off for a route (the request
+/// goes upstream as an ordinary one); any token other than `websocket` in the list is a
+/// configuration error with its path.
+#[tokio::test]
+async fn websocket_upgrades_follow_the_route_allow_list() {
+    let env = Env::start(
+        Answer::UpgradeWhenAsked,
+        "",
+        "",
+        "[[route]]\nname = \"noup\"\npath_prefix = \"/noup\"\nupstream = \"app\"\nupgrades = []\n",
+    )
+    .await;
+    let token = env.token("alice", json!({}));
+    let ws = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    };
+    let mut c = env.plain().await;
+    c.send(ws("/ws/chat").as_bytes()).await;
+    let r = c.response().await.expect("answer");
+    assert_eq!(r.status(), 101, "{r:?}");
+    c.send(b"hello").await;
+    assert_eq!(c.take(5).await.as_deref(), Some(&b"hello"[..]));
+
+    // Of several offered protocols only the allowed one goes upstream.
+    let mut c = env.plain().await;
+    c.send(
+        ws("/raw/chat")
+            .replace("Upgrade: websocket", "Upgrade: websocket, h2c")
+            .as_bytes(),
+    )
+    .await;
+    let r = c.response().await.expect("answer");
+    assert_eq!(r.status(), 101, "{r:?}");
+    let seen = env.raw.wait_for(1).await;
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].msg.header("upgrade"), ["websocket"]);
+
+    let mut c = env.plain().await;
+    c.send(ws("/noup/chat").as_bytes()).await;
+    let r = c.response().await.expect("answer");
+    assert_eq!(r.status(), 200, "{r:?}");
+    let echo = r.json();
+    assert!(echo["headers"].get("upgrade").is_none(), "{echo}");
+
+    let bad = config(
+        "https://idp.test",
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1",
+        &Certs {
+            ca: "ca.pem".into(),
+            cert: "/dev/null".into(),
+            key: "/dev/null".into(),
+            client_cert: "/dev/null".into(),
+            client_key: "/dev/null".into(),
+        },
+        "",
+        "",
+        "[[route]]\nname = \"h2c\"\nupstream = \"app\"\nupgrades = [\"websocket\", \"h2c\"]\n",
+    );
+    let err = cae_proxy::config::Config::parse(&bad, std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("route[3].upgrades[1]: \"h2c\""), "{err}");
+}
