@@ -683,3 +683,50 @@ async fn websocket_upgrades_follow_the_route_allow_list() {
         .to_string();
     assert!(err.contains("route[3].upgrades[1]: \"h2c\""), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. An upgrade request with a body
+
+/// WebSocket upgrade headers with a body (`Content-Length` or chunked): `400` at once, nothing
+/// sent upstream (neither to the recording upstream, which would wait for the body, nor to the
+/// echo upstream, which would switch at once and take the body's bytes as tunnel data), the
+/// connection closed. Without a body (`Content-Length: 0`) the upgrade goes through.
+#[tokio::test]
+async fn an_upgrade_request_with_a_body_is_refused_before_the_upstream() {
+    let env = Env::start(Answer::AfterBody, "", "request_timeout = \"3s\"", "").await;
+    let token = env.token("alice", json!({}));
+    let upgrade = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    };
+    for path in ["/raw/chat", "/ws/chat"] {
+        for framing in [
+            "Content-Length: 38\r\n\r\n{\"a\":\"0123456789012345678901234567\"}\r\n",
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let before = (env.echo.requests(), env.raw.seen().len());
+            let mut c = env.plain().await;
+            let t0 = Instant::now();
+            c.send(format!("{}{framing}", upgrade(path)).as_bytes())
+                .await;
+            let r = c.response().await;
+            let took = t0.elapsed();
+            assert_eq!(status(&r), 400, "{path} {framing:?}: {r:?} after {took:?}");
+            let r = r.unwrap();
+            assert_eq!(r.json()["error"], "bad_request", "{r:?}");
+            assert!(took < Duration::from_secs(2), "{took:?}");
+            assert_eq!(r.header("connection"), ["close"], "{r:?}");
+            assert!(c.closed_within(Duration::from_secs(2)).await);
+            assert_eq!(
+                (env.echo.requests(), env.raw.seen().len()),
+                before,
+                "{path} {framing:?}: forwarded"
+            );
+        }
+    }
+    let mut c = env.plain().await;
+    c.send(format!("{}Content-Length: 0\r\n\r\n", upgrade("/ws/chat")).as_bytes())
+        .await;
+    assert_eq!(status(&c.response().await), 101);
+    c.send(b"hello").await;
+    assert_eq!(c.take(5).await.as_deref(), Some(&b"hello"[..]));
+}

@@ -51,6 +51,9 @@ pub(super) async fn forward(
         Version::HTTP_11 => headers::allowed_upgrade(req.headers(), &route.upgrades),
         _ => None,
     };
+    if upgrade.is_some() && !http_body::Body::is_end_stream(req.body()) {
+        return Err(ProxyError::UpgradeWithBody);
+    }
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let host = headers::authority(&req).map(str::to_string);
 

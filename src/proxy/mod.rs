@@ -49,6 +49,10 @@ enum ProxyError {
     /// Host or message framing that two parsers could read differently (request smuggling).
     #[error("ambiguous request: {0}")]
     Ambiguous(&'static str),
+    /// An upgrade carries no body: the upstream would wait for one it never gets, or read it as
+    /// the first bytes of the new protocol.
+    #[error("a request that asks for a protocol upgrade cannot carry a body")]
+    UpgradeWithBody,
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
@@ -65,7 +69,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge | ProxyError::Forward(ForwardError::BodyTooLarge) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
             }
-            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ProxyError::BadRequest(_) | ProxyError::UpgradeWithBody => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             ProxyError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_request"),
             ProxyError::Forward(ForwardError::ClientBody(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_request_body")
@@ -77,6 +83,12 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, "upstream_unavailable")
             }
         }
+    }
+
+    /// Whether the HTTP/1.1 connection must close after the answer: the rest of the stream
+    /// (an unread or unreadable body) cannot be trusted to start at a request boundary.
+    fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::Ambiguous(_) | ProxyError::UpgradeWithBody)
     }
 }
 
@@ -127,8 +139,7 @@ pub async fn handle(
             failure = Some(e.to_string());
             out.reason = code;
             let mut r = json_error(status, code, &e.to_string(), rid);
-            if matches!(e, ProxyError::Ambiguous(_)) && version < Version::HTTP_2 {
-                // The rest of the stream cannot be trusted to start at a request boundary.
+            if e.closes_connection() && version < Version::HTTP_2 {
                 r.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
