@@ -78,6 +78,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabel {
     pub table: &'static str,
 }
@@ -168,6 +173,11 @@ pub struct Metrics {
     pub store_write_duration: Histogram,
     pub upstream_errors: Family<KindLabel, Counter>,
     pub open_connections: Family<ListenerLabel, Gauge<i64, AtomicI64>>,
+    /// Upgraded connections (WebSocket tunnels) open now.
+    pub tunnels_open: Gauge<i64, AtomicI64>,
+    /// Tunnels closed, by reason: `closed` (a side ended), `error`, `token_expired`, or the
+    /// refusal (`revoked`, `account_blocked`, `ip_not_allowed`, …) that ended a tunnel.
+    pub tunnels_closed: Family<ReasonLabel, Counter>,
     pub fleet: FleetMetrics,
 }
 
@@ -197,6 +207,8 @@ impl Metrics {
             store_write_duration: latency(),
             upstream_errors: Family::default(),
             open_connections: Family::default(),
+            tunnels_open: Gauge::default(),
+            tunnels_closed: Family::default(),
             fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
@@ -275,6 +287,16 @@ impl Metrics {
             "open_connections",
             "Open client connections per listener",
             m.open_connections.clone(),
+        );
+        r.register(
+            "tunnels_open",
+            "Upgraded connections (WebSocket tunnels) open now",
+            m.tunnels_open.clone(),
+        );
+        r.register(
+            "tunnels_closed",
+            "Tunnels closed by reason: closed, error, token_expired, or the refusal that ended them",
+            m.tunnels_closed.clone(),
         );
         let f = &m.fleet;
         r.register(

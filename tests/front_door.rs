@@ -730,3 +730,127 @@ async fn an_upgrade_request_with_a_body_is_refused_before_the_upstream() {
     c.send(b"hello").await;
     assert_eq!(c.take(5).await.as_deref(), Some(&b"hello"[..]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. Tunnels close when their token stops being good
+
+/// A WebSocket tunnel through `/ws` for `token`, with one round trip through it.
+async fn open_tunnel(env: &Env, token: &str) -> Wire {
+    let mut c = env.plain().await;
+    c.send(format!("GET /ws/chat HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(status(&c.response().await), 101);
+    assert!(echoes(&mut c).await, "a fresh tunnel carries bytes");
+    c
+}
+
+/// Whether the tunnel still carries a round trip.
+async fn echoes(c: &mut Wire) -> bool {
+    if c.s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(2), c.take(4)).await;
+    matches!(got, Ok(Some(b)) if b == b"ping")
+}
+
+/// A revocation, a block or an IP binding that refuses the tunnel's token closes the tunnel
+/// within a second (the re-run of the request path's decision); a change about someone else
+/// leaves it open. Each close is counted by reason, and the open-tunnel gauge returns to 0.
+#[tokio::test]
+async fn a_tunnel_closes_within_a_second_of_a_revocation_block_or_binding_change() {
+    let env = Env::start(Answer::AfterBody, "", "", "").await;
+    let iss = env.idp.issuer_url();
+    let cases = [
+        (
+            "/admin/revoke",
+            json!({"key": {"type": "subject", "iss": iss, "sub": "u-revoked"}}),
+            "u-revoked",
+            "revoked",
+        ),
+        (
+            "/admin/block",
+            json!({"key": {"type": "subject", "iss": iss, "sub": "u-blocked"}}),
+            "u-blocked",
+            "account_blocked",
+        ),
+        (
+            "/admin/bind",
+            json!({"key": {"type": "session", "iss": iss, "sid": "s-u-bound"}, "nets": ["10.0.0.0/8"]}),
+            "u-bound",
+            "ip_not_allowed",
+        ),
+    ];
+    for (path, body, sub, reason) in cases {
+        let token = env.token(sub, json!({"sid": format!("s-{sub}")}));
+        let mut c = open_tunnel(&env, &token).await;
+        assert_eq!(env.metric("cae_tunnels_open", &[]).await, Some(1.0));
+        // A change about someone else: the tunnel stays.
+        env.admin(
+            path,
+            body.to_string()
+                .replace(sub, "someone-else")
+                .parse()
+                .unwrap(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            echoes(&mut c).await,
+            "{path}: closed by another subject's change"
+        );
+        let t0 = Instant::now();
+        env.admin(path, body.clone()).await;
+        assert!(
+            c.closed_within(Duration::from_secs(3)).await,
+            "{path}: the tunnel is still open 3 s after the change"
+        );
+        let took = t0.elapsed();
+        println!("{path}: the tunnel closed {took:?} after the admin call was sent");
+        assert!(
+            took <= Duration::from_secs(1),
+            "{path}: closed after {took:?}"
+        );
+        // The same token on a new request is refused the same way.
+        let r = get(
+            &client(),
+            &env.h.url("public", "/ws/x"),
+            &[
+                ("host", "app.test"),
+                ("authorization", &format!("Bearer {token}")),
+            ],
+        )
+        .await;
+        assert!(r.status.is_client_error(), "{path}: {}", r.status);
+        assert_eq!(
+            env.metric("cae_tunnels_closed_total", &[("reason", reason)])
+                .await,
+            Some(1.0),
+            "{path}"
+        );
+        assert_eq!(env.metric("cae_tunnels_open", &[]).await, Some(0.0));
+    }
+}
+
+/// A tunnel closes when its token expires (at its `exp`), not later.
+#[tokio::test]
+async fn a_tunnel_closes_when_its_token_expires() {
+    let env = Env::start(Answer::AfterBody, "", "", "").await;
+    let exp = cae_proxy::dev::now_secs() + 3;
+    let token = env.token("u-short", json!({"exp": exp}));
+    let mut c = open_tunnel(&env, &token).await;
+    let closed = c.closed_within(Duration::from_secs(8)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(closed, "the tunnel outlived its token by 5 s");
+    assert!(
+        now >= exp as f64 && now <= exp as f64 + 2.0,
+        "closed at {now}, the token expired at {exp}"
+    );
+    assert_eq!(
+        env.metric("cae_tunnels_closed_total", &[("reason", "token_expired")])
+            .await,
+        Some(1.0)
+    );
+}

@@ -1,6 +1,7 @@
 //! The request rewritten for its upstream (target, hop-by-hop headers, identity headers,
 //! `X-Forwarded-*`, body limit), sent, and the response or upgraded tunnel relayed back.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, HOST};
@@ -10,13 +11,13 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::upstream::ForwardError;
-use super::{headers, route, Outcome, ProxyError};
+use super::{headers, route, tunnel, Outcome, ProxyError};
 use crate::auth::token::Principal;
 use crate::config::Route;
 use crate::metrics::RouteMetrics;
 use crate::reply::{empty, BoxError, BoxedBody};
 use crate::server::conn::ConnInfo;
-use crate::state::Snapshot;
+use crate::state::{Shared, Snapshot};
 
 /// The header value for a claim: strings as they are, arrays joined with commas, others as JSON.
 pub fn claim_header(v: &Value) -> String {
@@ -32,10 +33,10 @@ pub fn claim_header(v: &Value) -> String {
 }
 
 pub(super) async fn forward(
-    snap: &Snapshot,
+    (shared, snap): (&Arc<Shared>, &Snapshot),
     conn: &ConnInfo,
     (route, route_metrics): (&Route, &RouteMetrics),
-    principal: Option<&Principal>,
+    principal: Option<&Arc<Principal>>,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
     out: &mut Outcome<'_>,
@@ -151,17 +152,18 @@ pub(super) async fn forward(
         )));
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((c, u)) => {
-                    let mut c = hyper_util::rt::TokioIo::new(c);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
+        let grant = principal.map(|p| tunnel::Grant {
+            route: route.clone(),
+            principal: p.clone(),
+            client_ip: out.client_ip,
         });
+        tunnel::spawn(
+            shared.clone(),
+            client_upgrade,
+            hyper::upgrade::on(&mut resp),
+            grant,
+            request_id.to_str().unwrap_or_default().to_string(),
+        );
     }
     let (mut parts, body) = resp.into_parts();
     let relayed_upgrade = match switching {

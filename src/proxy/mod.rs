@@ -5,6 +5,7 @@ mod authenticate;
 mod forward;
 pub mod headers;
 pub mod route;
+mod tunnel;
 pub mod upstream;
 
 pub use authenticate::{refusal, Refusal};
@@ -287,10 +288,10 @@ async fn inner<'s>(
         },
     };
     forward::forward(
-        snap,
+        (shared, snap),
         conn,
         (&route, route_metrics),
-        principal.as_deref(),
+        principal.as_ref(),
         req,
         request_id,
         out,
