@@ -854,3 +854,105 @@ async fn a_tunnel_closes_when_its_token_expires() {
         Some(1.0)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Userinfo in the request target
+
+/// An HTTP/2 request over `conn` (h2c with prior knowledge, or TLS with ALPN `h2`): status and
+/// body.
+async fn h2_request(
+    conn: impl Io + 'static,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, Vec<u8>), String> {
+    let (send, driver) = h2::client::handshake(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    let mut send = send.ready().await.map_err(|e| e.to_string())?;
+    let mut req = http::Request::builder().uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, _) = send
+        .send_request(req.body(()).unwrap(), true)
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((status, bytes))
+}
+
+/// `http://u:p@a.test/x` as an HTTP/1.1 absolute-form target (cleartext and TLS), and
+/// `:authority: u:p@a.test` over h2c and over TLS with ALPN `h2`: `400` before routing (RFC 9110
+/// §4.2.4, RFC 9113 §8.3.1), nothing forwarded; without the userinfo the same request is routed
+/// to the `a.test` route.
+#[tokio::test]
+async fn userinfo_in_the_request_target_is_refused_on_every_transport() {
+    let env = Env::start(Answer::AfterBody, "", "", "").await;
+    for userinfo in ["u:p@", "u@", "@"] {
+        for tls in [false, true] {
+            let before = env.echo.requests();
+            let mut c = if tls {
+                env.tls().await
+            } else {
+                env.plain().await
+            };
+            c.send(
+                format!("GET http://{userinfo}a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            let r = c.response().await;
+            assert_eq!(status(&r), 400, "HTTP/1.1 tls={tls} {userinfo}: {r:?}");
+            assert_eq!(r.unwrap().json()["error"], "ambiguous_request");
+            assert_eq!(env.echo.requests(), before, "{userinfo}: forwarded");
+        }
+        for tls in [false, true] {
+            let before = env.echo.requests();
+            let scheme = if tls { "https" } else { "http" };
+            let uri = format!("{scheme}://{userinfo}a.test/x");
+            let got = if tls {
+                h2_request(env.tls_stream(&[b"h2"]).await, &uri, &[]).await
+            } else {
+                h2_request(
+                    TcpStream::connect(env.addr("public")).await.unwrap(),
+                    &uri,
+                    &[],
+                )
+                .await
+            };
+            let (st, body) = got.unwrap_or_else(|e| panic!("h2 tls={tls} {userinfo}: {e}"));
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            assert_eq!(
+                st,
+                StatusCode::BAD_REQUEST,
+                "h2 tls={tls} {userinfo}: {body}"
+            );
+            assert_eq!(body["error"], "ambiguous_request");
+            assert_eq!(env.echo.requests(), before, "h2 {userinfo}: forwarded");
+        }
+    }
+    // The same targets without userinfo reach the `a.test` route.
+    let mut c = env.plain().await;
+    c.send(b"GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await;
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.json()["headers"]["x-forwarded-host"], "a.test");
+    let (st, _) = h2_request(env.tls_stream(&[b"h2"]).await, "https://a.test/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK);
+}

@@ -9,6 +9,16 @@ use http::{Request, Version};
 /// conflicting `Content-Length` values, obsolete line folding and bad header syntax; this adds the
 /// rules it leaves to the application.
 pub fn ambiguity<B>(req: &Request<B>) -> Option<&'static str> {
+    // Userinfo in an absolute-form target or an HTTP/2 `:authority` (RFC 9110 §4.2.4: a sender
+    // must not generate it, a recipient should treat it as an error; RFC 9113 §8.3.1: it must
+    // not be there): `u:p@a.test` names no route's host and would go upstream as the host.
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Some("userinfo in the request target");
+    }
     let h = req.headers();
     let mut hosts = h.get_all(HOST).iter();
     let host = hosts.next();
