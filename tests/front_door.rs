@@ -956,3 +956,209 @@ async fn userinfo_in_the_request_target_is_refused_on_every_transport() {
         .unwrap();
     assert_eq!(st, StatusCode::OK);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Transfer codings, body limits and body timeouts
+
+/// A request to the recording upstream with a token, head only (the caller sends the body).
+fn post_head(path: &str, token: &str, framing: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n{framing}\r\n\r\n")
+}
+
+/// `Transfer-Encoding` other than exactly `chunked` (another coding before it, two field lines):
+/// `501` with the JSON body (RFC 9112 §6.1), nothing forwarded, connection closed. `chunked` in
+/// any case passes, with the body.
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_501() {
+    let env = Env::start(Answer::AfterBody, "", "", "").await;
+    let token = env.token("alice", json!({}));
+    for te in [
+        "Transfer-Encoding: identity, chunked",
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    ] {
+        let before = env.raw.seen().len();
+        let mut c = env.plain().await;
+        c.send(
+            format!(
+                "{}5\r\nhello\r\n0\r\n\r\n",
+                post_head("/raw/up", &token, te)
+            )
+            .as_bytes(),
+        )
+        .await;
+        let r = c.response().await;
+        assert_eq!(status(&r), 501, "{te:?}: {r:?}");
+        let r = r.unwrap();
+        assert_eq!(r.json()["error"], "unsupported_transfer_coding", "{r:?}");
+        assert_eq!(r.header("connection"), ["close"], "{r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(env.raw.seen().len(), before, "{te:?}: forwarded");
+    }
+    let mut c = env.plain().await;
+    c.send(
+        format!(
+            "{}5\r\nhello\r\n0\r\n\r\n",
+            post_head("/raw/up", &token, "Transfer-Encoding: Chunked")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&c.response().await), 200);
+    let seen = env.raw.wait_for(1).await;
+    assert_eq!(seen.last().unwrap().msg.body, b"hello");
+    assert!(seen.last().unwrap().msg.complete);
+}
+
+/// A chunked body that grows past `max_request_body`: `413` with the JSON body, and the upstream
+/// request is aborted (the upstream reads an incomplete body, never a complete request).
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_413_and_the_upstream_request_aborted() {
+    let env = Env::start(Answer::AfterBody, "max_request_body = 1000", "", "").await;
+    let token = env.token("alice", json!({}));
+    let mut c = env.plain().await;
+    let chunk = format!("258\r\n{}\r\n", "a".repeat(600));
+    c.send(post_head("/raw/up", &token, "Transfer-Encoding: chunked").as_bytes())
+        .await;
+    c.send(chunk.as_bytes()).await;
+    // The upstream has the first chunk before the second one breaks the limit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(format!("{chunk}{chunk}0\r\n\r\n").as_bytes()).await;
+    let r = c.response().await;
+    assert_eq!(status(&r), 413, "{r:?}");
+    let r = r.unwrap();
+    assert_eq!(r.json()["error"], "body_too_large", "{r:?}");
+    assert_eq!(r.header("connection"), ["close"], "{r:?}");
+    let seen = env.raw.wait_for(1).await;
+    assert_eq!(seen.len(), 1);
+    let up = &seen[0].msg;
+    assert!(!up.complete, "the upstream read a complete request: {up:?}");
+    assert!(up.body.len() <= 1000, "{} bytes forwarded", up.body.len());
+}
+
+/// `[server]` of the body-timeout tests.
+const SLOW_BODIES: &str = "body_timeout = \"1s\"\nmin_body_rate = 100";
+
+/// A body that stops arriving before any answer: `408` with the JSON body after
+/// `body_timeout` (1 s here), the connection closed, the upstream request aborted.
+#[tokio::test]
+async fn a_stalled_body_is_408_and_the_upstream_request_aborted() {
+    let env = Env::start(Answer::AfterBody, SLOW_BODIES, "", "").await;
+    let token = env.token("alice", json!({}));
+    let mut c = env.plain().await;
+    let t0 = Instant::now();
+    c.send(
+        format!(
+            "{}0123456789",
+            post_head("/raw/up", &token, "Content-Length: 100")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.response().await;
+    let took = t0.elapsed();
+    assert_eq!(status(&r), 408, "{r:?} after {took:?}");
+    let r = r.unwrap();
+    assert_eq!(r.json()["error"], "body_timeout", "{r:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(c.closed_within(Duration::from_secs(2)).await);
+    let seen = env.raw.wait_for(1).await;
+    assert!(!seen[0].msg.complete, "{seen:?}");
+    assert_eq!(seen[0].msg.body, b"0123456789");
+    // A zero window would refuse every body: a configuration error.
+    let err = cae_proxy::config::Config::parse(
+        "[server]\nbody_timeout = \"0s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
+        std::path::Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "server.body_timeout: must be longer than 0s");
+}
+
+/// Twenty clients trickling their bodies (a byte every 200 ms, under `min_body_rate` = 100 B/s)
+/// are each answered `408` within a few `body_timeout` windows, their upstream requests aborted,
+/// while a normal client is served.
+#[tokio::test]
+async fn slow_drip_bodies_are_cut_at_the_minimum_rate_while_others_are_served() {
+    let env = Env::start(Answer::AfterBody, SLOW_BODIES, "", "").await;
+    let token = env.token("alice", json!({}));
+    let mut drips = Vec::new();
+    for _ in 0..20 {
+        let mut c = env.plain().await;
+        let head = post_head("/raw/up", &token, "Content-Length: 1000");
+        drips.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            c.send(head.as_bytes()).await;
+            let answer = async {
+                loop {
+                    if c.s.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if !c.buf.is_empty() || t0.elapsed() > Duration::from_secs(10) {
+                        break;
+                    }
+                    // Pick up an answer that arrived meanwhile, without blocking the drip.
+                    let mut b = [0u8; 4096];
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(1), c.s.read(&mut b)).await
+                    {
+                        if n == 0 {
+                            break;
+                        }
+                        c.buf.extend_from_slice(&b[..n]);
+                    }
+                }
+                c.response().await
+            };
+            (answer.await, t0.elapsed())
+        }));
+    }
+    // Meanwhile a normal request is served.
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        get(
+            &client(),
+            &env.h.url("public", "/x"),
+            &[("host", "app.test")],
+        ),
+    )
+    .await
+    .expect("a normal client is served while the slow ones hold connections");
+    assert_eq!(r.status, StatusCode::OK);
+    for d in drips {
+        let (r, took) = d.await.unwrap();
+        assert_eq!(status(&r), 408, "{r:?} after {took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+    }
+    let seen = env.raw.wait_for(20).await;
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|s| !s.msg.complete), "{seen:?}");
+}
+
+/// A body that stalls after the upstream started answering (the echo upstream streams the body
+/// back): after `body_timeout` the upstream request is aborted and so is the client's response
+/// (the connection closes without the last chunk).
+#[tokio::test]
+async fn a_body_that_stalls_mid_response_aborts_both_sides() {
+    let env = Env::start(Answer::AfterBody, SLOW_BODIES, "", "").await;
+    let mut c = env.plain().await;
+    c.send(b"POST /echo-body HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await;
+    let head = tokio::time::timeout(Duration::from_secs(5), c.head())
+        .await
+        .expect("response head")
+        .expect("response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let t0 = Instant::now();
+    let (body, complete) = tokio::time::timeout(Duration::from_secs(5), c.body(&head, true))
+        .await
+        .expect("the response is cut off within 5 s");
+    assert!(!complete, "the response completed: {body:?}");
+    assert_eq!(body, b"hello");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}

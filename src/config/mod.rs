@@ -114,6 +114,10 @@ pub struct Server {
     pub max_h2_streams: u32,
     pub max_header_bytes: usize,
     pub max_request_body: u64,
+    /// A request body must bring at least `max(1, min_body_rate × body_timeout)` bytes in every
+    /// `body_timeout` the proxy waits for it.
+    pub body_timeout: Duration,
+    pub min_body_rate: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub client_ip_header: ClientIpHeader,
     pub log_format: LogFormat,

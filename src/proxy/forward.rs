@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use http::header::{HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::upstream::ForwardError;
-use super::{headers, route, tunnel, Outcome, ProxyError};
+use super::{body, headers, route, tunnel, Outcome, ProxyError};
 use crate::auth::token::Principal;
 use crate::config::Route;
 use crate::metrics::RouteMetrics;
@@ -121,9 +121,7 @@ pub(super) async fn forward(
     let body: BoxedBody = if upgrade.is_some() {
         empty()
     } else {
-        Limited::new(incoming, server.max_request_body as usize)
-            .map_err(BoxError::from)
-            .boxed()
+        body::Paced::new(incoming, server).boxed()
     };
     let mut up = Request::new(body);
     *up.method_mut() = method;

@@ -2,6 +2,7 @@
 
 mod ambiguity;
 mod authenticate;
+mod body;
 mod forward;
 pub mod headers;
 pub mod route;
@@ -50,6 +51,10 @@ enum ProxyError {
     /// Host or message framing that two parsers could read differently (request smuggling).
     #[error("ambiguous request: {0}")]
     Ambiguous(&'static str),
+    /// A transfer coding other than `chunked` alone (RFC 9112 §6.1: a server answers 501 to
+    /// a coding it does not implement; hyper reads only the chunked framing).
+    #[error("the transfer coding {0:?} is not implemented: only \"chunked\" is")]
+    UnsupportedCoding(String),
     /// An upgrade carries no body: the upstream would wait for one it never gets, or read it as
     /// the first bytes of the new protocol.
     #[error("a request that asks for a protocol upgrade cannot carry a body")]
@@ -74,6 +79,12 @@ impl ProxyError {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             ProxyError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_request"),
+            ProxyError::UnsupportedCoding(_) => {
+                (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding")
+            }
+            ProxyError::Forward(ForwardError::BodyTimeout(_)) => {
+                (StatusCode::REQUEST_TIMEOUT, "body_timeout")
+            }
             ProxyError::Forward(ForwardError::ClientBody(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_request_body")
             }
@@ -89,7 +100,18 @@ impl ProxyError {
     /// Whether the HTTP/1.1 connection must close after the answer: the rest of the stream
     /// (an unread or unreadable body) cannot be trusted to start at a request boundary.
     fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Ambiguous(_) | ProxyError::UpgradeWithBody)
+        matches!(
+            self,
+            ProxyError::Ambiguous(_)
+                | ProxyError::UpgradeWithBody
+                | ProxyError::UnsupportedCoding(_)
+                | ProxyError::BodyTooLarge
+                | ProxyError::Forward(
+                    ForwardError::BodyTooLarge
+                        | ForwardError::BodyTimeout(_)
+                        | ForwardError::ClientBody(_)
+                )
+        )
     }
 }
 
@@ -223,6 +245,9 @@ async fn inner<'s>(
     }
     if let Some(why) = ambiguity::ambiguity(&req) {
         return Err(ProxyError::Ambiguous(why));
+    }
+    if let Some(coding) = ambiguity::unsupported_coding(req.headers()) {
+        return Err(ProxyError::UnsupportedCoding(coding));
     }
     if route::has_dot_segment(req.uri().path()) {
         return Err(ProxyError::BadPath);
