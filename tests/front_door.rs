@@ -1162,3 +1162,108 @@ async fn a_body_that_stalls_mid_response_aborts_both_sides() {
     assert_eq!(body, b"hello");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Keep-alive lasts `idle_timeout`; the head timeout runs from a head's first byte
+
+/// With `header_read_timeout` 1 s and `idle_timeout` 3 s, over cleartext HTTP/1.1 and over TLS:
+/// a keep-alive connection idle for 2 s still carries a POST; a connection that sent half a head
+/// is cut about 1 s after that head's first byte; an idle connection is closed after about 3 s.
+#[tokio::test]
+async fn keep_alive_lasts_idle_timeout_and_the_head_timeout_counts_from_the_first_byte() {
+    let env = Env::start(
+        Answer::AfterBody,
+        "header_read_timeout = \"1s\"\nidle_timeout = \"3s\"",
+        "",
+        "",
+    )
+    .await;
+    for tls in [false, true] {
+        let connect = || async {
+            if tls {
+                env.tls().await
+            } else {
+                env.plain().await
+            }
+        };
+        // Reused after 2 s of idleness (more than the head timeout, less than the idle one).
+        let mut c = connect().await;
+        c.send(b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+        assert_eq!(status(&c.response().await), 200, "tls={tls}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.send(b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi")
+            .await;
+        let r = c.response().await;
+        assert_eq!(
+            status(&r),
+            200,
+            "tls={tls}: the idle connection was closed: {r:?}"
+        );
+        assert_eq!(r.unwrap().json()["body_bytes"], 2);
+
+        // Half a head, 1.5 s into the connection's idleness: cut about 1 s after its first byte.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.send(b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-A: ").await;
+        let t0 = Instant::now();
+        assert!(
+            c.closed_within(Duration::from_secs(5)).await,
+            "tls={tls}: half a head held for 5 s"
+        );
+        let took = t0.elapsed();
+        println!("tls={tls}: half a head cut after {took:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took <= Duration::from_millis(1700),
+            "tls={tls}: cut after {took:?}"
+        );
+
+        // An idle keep-alive connection is closed after idle_timeout, not before.
+        let mut c = connect().await;
+        c.send(b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+        assert_eq!(status(&c.response().await), 200);
+        let t0 = Instant::now();
+        assert!(c.closed_within(Duration::from_secs(6)).await, "tls={tls}");
+        let took = t0.elapsed();
+        println!("tls={tls}: idle connection closed after {took:?}");
+        assert!(
+            took >= Duration::from_millis(2900) && took <= Duration::from_millis(4500),
+            "tls={tls}: idle connection closed after {took:?}"
+        );
+
+        // A new connection must send its first head within header_read_timeout.
+        let mut c = connect().await;
+        let t0 = Instant::now();
+        assert!(c.closed_within(Duration::from_secs(5)).await, "tls={tls}");
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took <= Duration::from_millis(1700),
+            "tls={tls}: a silent new connection closed after {took:?}"
+        );
+    }
+    // HTTP/2 connections have no request heads to time: an idle h2 connection lives past the
+    // head timeout and serves another request.
+    for tls in [false, true] {
+        let io: Box<dyn Io> = if tls {
+            Box::new(env.tls_stream(&[b"h2"]).await)
+        } else {
+            Box::new(TcpStream::connect(env.addr("public")).await.unwrap())
+        };
+        let (send, driver) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        let scheme = if tls { "https" } else { "http" };
+        for _ in 0..2 {
+            let mut s = send.clone().ready().await.expect("h2 connection open");
+            let req = http::Request::get(format!("{scheme}://app.test/x"))
+                .body(())
+                .unwrap();
+            let (resp, _) = s.send_request(req, true).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "h2 tls={tls}");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+}
