@@ -178,7 +178,7 @@ impl Wire {
                     }
                 }
                 let Some(data) = self.take(n + 2).await else {
-                    body.extend(self.buf.drain(..));
+                    body.append(&mut self.buf);
                     return (body, false);
                 };
                 body.extend_from_slice(&data[..n]);
