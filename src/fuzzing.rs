@@ -580,6 +580,7 @@ fn decision_route(f1: u8, f2: u8) -> Route {
         identity_headers: Vec::new(),
         forward_authorization: true,
         report_only: f1 & 8 != 0,
+        upgrades: Vec::new(),
         cae: CaePolicy {
             revocation: f1 & 1 != 0,
             token_ip: f1 & 2 != 0,

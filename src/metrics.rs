@@ -78,6 +78,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabel {
     pub table: &'static str,
 }
@@ -172,6 +177,11 @@ pub struct Metrics {
     pub management_token_refetches: Family<TransmitterLabel, Counter>,
     /// Table entries enforced here whose durable write failed (fail closed, not acknowledged).
     pub local_only_entries: Gauge<i64, AtomicI64>,
+    /// Upgraded connections (WebSocket tunnels) open now.
+    pub tunnels_open: Gauge<i64, AtomicI64>,
+    /// Tunnels closed, by reason: `closed` (a side ended), `error`, `token_expired`, or the
+    /// refusal (`revoked`, `account_blocked`, `ip_not_allowed`, …) that ended a tunnel.
+    pub tunnels_closed: Family<ReasonLabel, Counter>,
     pub fleet: FleetMetrics,
 }
 
@@ -203,6 +213,8 @@ impl Metrics {
             open_connections: Family::default(),
             management_token_refetches: Family::default(),
             local_only_entries: Gauge::default(),
+            tunnels_open: Gauge::default(),
+            tunnels_closed: Family::default(),
             fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
@@ -291,6 +303,16 @@ impl Metrics {
             "store_local_only_entries",
             "Table entries enforced on this replica only: the durable write failed (not acknowledged; gone at restart unless redelivered)",
             m.local_only_entries.clone(),
+        );
+        r.register(
+            "tunnels_open",
+            "Upgraded connections (WebSocket tunnels) open now",
+            m.tunnels_open.clone(),
+        );
+        r.register(
+            "tunnels_closed",
+            "Tunnels closed by reason: closed, error, token_expired, or the refusal that ended them",
+            m.tunnels_closed.clone(),
         );
         let f = &m.fleet;
         r.register(

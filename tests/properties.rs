@@ -175,6 +175,7 @@ fn route(cae: CaePolicy, scopes: Vec<String>, report_only: bool) -> Route {
         identity_headers: vec![],
         forward_authorization: true,
         report_only,
+        upgrades: vec![],
         cae,
     }
 }

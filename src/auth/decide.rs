@@ -455,6 +455,7 @@ mod tests {
             identity_headers: vec![],
             forward_authorization: true,
             report_only: false,
+            upgrades: vec![],
             cae: CaePolicy {
                 revocation: true,
                 ..Default::default()

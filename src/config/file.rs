@@ -41,6 +41,10 @@ pub struct ServerFile {
     pub max_h2_streams: Option<u32>,
     pub max_header_bytes: Option<usize>,
     pub max_request_body: Option<u64>,
+    /// Length of the windows a request body is read in; each must bring `min_body_rate` bytes.
+    pub body_timeout: Option<String>,
+    /// Bytes per second a request body must average over each `body_timeout` window.
+    pub min_body_rate: Option<u64>,
     /// CIDRs whose `X-Forwarded-*` / `Forwarded` headers are believed.
     pub trusted_proxies: Option<Vec<String>>,
     /// The one header trusted proxies name the client in: `x-forwarded-for` (default) or
@@ -156,6 +160,8 @@ pub struct RouteFile {
     pub identity_headers: BTreeMap<String, String>,
     pub forward_authorization: Option<bool>,
     pub report_only: Option<bool>,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to (default `["websocket"]`, the only one).
+    pub upgrades: Option<Vec<String>>,
     #[serde(default)]
     pub cae: CaeFile,
 }

@@ -114,6 +114,10 @@ pub struct Server {
     pub max_h2_streams: u32,
     pub max_header_bytes: usize,
     pub max_request_body: u64,
+    /// A request body must bring at least `max(1, min_body_rate × body_timeout)` bytes in every
+    /// `body_timeout` the proxy waits for it.
+    pub body_timeout: Duration,
+    pub min_body_rate: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub client_ip_header: ClientIpHeader,
     pub log_format: LogFormat,
@@ -280,6 +284,8 @@ pub struct Route {
     pub identity_headers: Vec<(http::HeaderName, String)>,
     pub forward_authorization: bool,
     pub report_only: bool,
+    /// Protocols (lower-case) an HTTP/1.1 `Upgrade` may switch to: empty, or `websocket`.
+    pub upgrades: Vec<String>,
     pub cae: CaePolicy,
 }
 

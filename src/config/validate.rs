@@ -353,6 +353,18 @@ fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
         max_h2_streams: s.max_h2_streams.unwrap_or(256),
         max_header_bytes: s.max_header_bytes.unwrap_or(64 * 1024),
         max_request_body: s.max_request_body.unwrap_or(64 * 1024 * 1024),
+        body_timeout: match c.duration(
+            "server.body_timeout",
+            &s.body_timeout,
+            Duration::from_secs(30),
+        ) {
+            d if d.is_zero() => {
+                c.err("server.body_timeout", "must be longer than 0s");
+                Duration::from_secs(30)
+            }
+            d => d,
+        },
+        min_body_rate: s.min_body_rate.unwrap_or(256),
         trusted_proxies: c.nets(
             "server.trusted_proxies",
             s.trusted_proxies.as_deref().unwrap_or(&[]),
@@ -780,6 +792,17 @@ fn route(
             ),
         }
     }
+    let upgrades = r
+        .upgrades
+        .clone()
+        .unwrap_or_else(|| vec!["websocket".into()]);
+    for (j, u) in upgrades
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| *u != "websocket")
+    {
+        c.err(format!("{p}.upgrades[{j}]"), format!("{u:?}: only \"websocket\" can be upgraded to (another tunnel, h2c above all, would carry requests past authentication)"));
+    }
     Route {
         name,
         hosts,
@@ -796,6 +819,7 @@ fn route(
         identity_headers,
         forward_authorization: r.forward_authorization.unwrap_or(true),
         report_only: r.report_only.unwrap_or(false),
+        upgrades,
         cae: route_cae(c, p, &r.cae),
     }
 }

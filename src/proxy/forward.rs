@@ -1,21 +1,23 @@
 //! The request rewritten for its upstream (target, hop-by-hop headers, identity headers,
 //! `X-Forwarded-*`, body limit), sent, and the response or upgraded tunnel relayed back.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::{headers, route, Outcome, ProxyError};
+use super::upstream::ForwardError;
+use super::{body, headers, route, tunnel, Outcome, ProxyError};
 use crate::auth::token::Principal;
 use crate::config::Route;
 use crate::metrics::RouteMetrics;
 use crate::reply::{empty, BoxError, BoxedBody};
 use crate::server::conn::ConnInfo;
-use crate::state::Snapshot;
+use crate::state::{Shared, Snapshot};
 
 /// The header value for a claim: strings as they are, arrays joined with commas, others as JSON.
 pub fn claim_header(v: &Value) -> String {
@@ -31,10 +33,10 @@ pub fn claim_header(v: &Value) -> String {
 }
 
 pub(super) async fn forward(
-    snap: &Snapshot,
+    (shared, snap): (&Arc<Shared>, &Snapshot),
     conn: &ConnInfo,
     (route, route_metrics): (&Route, &RouteMetrics),
-    principal: Option<&Principal>,
+    principal: Option<&Arc<Principal>>,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
     out: &mut Outcome<'_>,
@@ -44,8 +46,16 @@ pub(super) async fn forward(
         .upstreams
         .get(&route.upstream)
         .ok_or(ProxyError::NoRoute)?;
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Only an upgrade to a protocol the route allows (WebSocket) is forwarded as one; any other
+    // `Upgrade` is dropped and the request goes upstream as an ordinary request.
+    let upgrade = match req.version() {
+        Version::HTTP_11 => headers::allowed_upgrade(req.headers(), &route.upgrades),
+        _ => None,
+    };
+    if upgrade.is_some() && !http_body::Body::is_end_stream(req.body()) {
+        return Err(ProxyError::UpgradeWithBody);
+    }
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let host = headers::authority(&req).map(str::to_string);
 
     // Target: upstream scheme + authority + base path + (stripped) path + query. The common
@@ -77,7 +87,7 @@ pub(super) async fn forward(
     let uri = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
 
     let mut h = std::mem::take(req.headers_mut());
-    headers::strip_hop_by_hop(&mut h, upgrade);
+    headers::strip_hop_by_hop(&mut h, upgrade.as_ref());
     h.insert(HOST, upstream.host.clone());
     for (name, _) in &route.identity_headers {
         h.remove(name);
@@ -108,12 +118,10 @@ pub(super) async fn forward(
 
     let method = req.method().clone();
     let incoming = req.into_body();
-    let body: BoxedBody = if upgrade {
+    let body: BoxedBody = if upgrade.is_some() {
         empty()
     } else {
-        Limited::new(incoming, server.max_request_body as usize)
-            .map_err(BoxError::from)
-            .boxed()
+        body::Paced::new(incoming, server).boxed()
     };
     let mut up = Request::new(body);
     *up.method_mut() = method;
@@ -130,21 +138,37 @@ pub(super) async fn forward(
     out.upstream_status = Some(resp.status().as_u16());
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // A 101 is relayed only as the answer to the upgrade we forwarded, to a protocol we offered:
+    // any other switch would hand the client a tunnel nobody authorised.
+    if switching
+        && !upgrade
+            .as_ref()
+            .is_some_and(|u| headers::switched_as_offered(resp.headers(), u))
+    {
+        return Err(ProxyError::Forward(ForwardError::Upstream(
+            "the upstream switched protocols to one the request did not offer".into(),
+        )));
+    }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((c, u)) => {
-                    let mut c = hyper_util::rt::TokioIo::new(c);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
+        let grant = principal.map(|p| tunnel::Grant {
+            route: route.clone(),
+            principal: p.clone(),
+            client_ip: out.client_ip,
         });
+        tunnel::spawn(
+            shared.clone(),
+            client_upgrade,
+            hyper::upgrade::on(&mut resp),
+            grant,
+            request_id.to_str().unwrap_or_default().to_string(),
+        );
     }
     let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, switching);
+    let relayed_upgrade = match switching {
+        true => parts.headers.get(http::header::UPGRADE).cloned(),
+        false => None,
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, relayed_upgrade.as_ref());
     // The upstream's HTTP version is a property of that hop only: an HTTP/1.0 upstream must not
     // make the client's HTTP/1.1 connection answer in HTTP/1.0 and close after each response.
     parts.version = Version::HTTP_11;

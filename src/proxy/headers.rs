@@ -15,6 +15,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The request's host as the client named it: the target's authority (HTTP/2 `:authority`, an
 /// absolute-form target), else `Host`.
@@ -26,11 +27,13 @@ pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
     })
 }
 
-/// Removes hop-by-hop headers and those named in `Connection`. With `upgrade`, keeps
-/// `Connection: upgrade` and `Upgrade` so the upstream sees the handshake.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+/// Removes hop-by-hop headers and those named in `Connection` (RFC 9110 §7.6.1). With
+/// `upgrade`, the `Upgrade` value to forward (already reduced to the allowed protocols), sets
+/// `Connection: upgrade` and that `Upgrade` so the upstream sees the handshake; without, no
+/// `Upgrade` survives.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     // Most messages carry none of these: one pass over the names instead of ten removals.
-    if !upgrade && !h.keys().any(is_hop_by_hop) {
+    if upgrade.is_none() && !h.keys().any(is_hop_by_hop) {
         return;
     }
     // `keep-alive`, the usual option, goes below anyway: no name to parse, nothing to collect.
@@ -44,15 +47,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
-        if !(upgrade && n == UPGRADE) {
-            h.remove(&n);
-        }
+        h.remove(&n);
     }
     for n in [
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &PROXY_AUTHORIZATION,
         &PROXY_AUTHENTICATE,
+        &HTTP2_SETTINGS,
         &TE,
         &TRAILER,
         &TRANSFER_ENCODING,
@@ -60,14 +62,19 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         h.remove(n);
     }
     h.remove(CONNECTION);
-    if upgrade {
-        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(UPGRADE);
+    match upgrade {
+        Some(u) => {
+            h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(UPGRADE, u.clone());
+        }
+        None => {
+            h.remove(UPGRADE);
+        }
     }
 }
 
-/// Headers that describe one hop only (RFC 9110 §7.6.1), plus the proxy credentials.
+/// Headers that describe one hop only (RFC 9110 §7.6.1; `HTTP2-Settings` belongs to the h2c
+/// upgrade, RFC 7540 §3.2.1), plus the proxy credentials.
 fn is_hop_by_hop(n: &HeaderName) -> bool {
     matches!(
         n.as_str(),
@@ -80,17 +87,48 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
             | "proxy-connection"
             | "proxy-authorization"
             | "proxy-authenticate"
+            | "http2-settings"
     )
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket).
-pub fn wants_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(UPGRADE)
-        && h.get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// The comma-separated tokens of every line of a header.
+fn tokens<'a>(h: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The protocol upgrade an HTTP/1.1 request asks for (`Connection: upgrade` and `Upgrade`, RFC
+/// 9110 §7.8), reduced to the protocols in `allowed` (lower-case names): the `Upgrade` value to
+/// forward, or `None` when nothing allowed is offered — the request then goes upstream as an
+/// ordinary one, without `Upgrade` (an `h2c` or unknown tunnel would carry later requests past
+/// authentication).
+pub fn allowed_upgrade(h: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    if allowed.is_empty()
+        || !h.contains_key(UPGRADE)
+        || !tokens(h, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
+        return None;
+    }
+    let offered: Vec<&str> = tokens(h, &UPGRADE)
+        .filter(|t| allowed.iter().any(|a| a.eq_ignore_ascii_case(t)))
+        .collect();
+    if offered.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&offered.join(", ")).ok()
+}
+
+/// Whether a `101` answer switches only to protocols the request offered (RFC 9110 §15.2.2: the
+/// server names them in `Upgrade`).
+pub fn switched_as_offered(response: &HeaderMap, offered: &HeaderValue) -> bool {
+    let offered = offered.to_str().unwrap_or_default();
+    let mut chosen = tokens(response, &UPGRADE).peekable();
+    chosen.peek().is_some()
+        && chosen.all(|c| offered.split(',').any(|o| o.trim().eq_ignore_ascii_case(c)))
 }
 
 /// The size of a request head as the limit `server.max_header_bytes` counts it: the request
@@ -259,9 +297,44 @@ mod tests {
         h.insert(TE, "trailers".parse().unwrap());
         h.insert(UPGRADE, "websocket".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h, false);
+        h.insert(
+            "http2-settings",
+            "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap(),
+        );
+        strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_kept() {
+        let ws = vec!["websocket".to_string()];
+        let req = |conn: &str, up: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, conn.parse().unwrap());
+            h.insert(UPGRADE, up.parse().unwrap());
+            h
+        };
+        assert_eq!(
+            allowed_upgrade(&req("Upgrade", "WebSocket"), &ws).unwrap(),
+            "WebSocket"
+        );
+        assert_eq!(
+            allowed_upgrade(&req("keep-alive, upgrade", "h2c, websocket"), &ws).unwrap(),
+            "websocket"
+        );
+        assert!(allowed_upgrade(&req("Upgrade, HTTP2-Settings", "h2c"), &ws).is_none());
+        assert!(allowed_upgrade(&req("Upgrade", "foo/1"), &ws).is_none());
+        assert!(allowed_upgrade(&req("keep-alive", "websocket"), &ws).is_none());
+        assert!(allowed_upgrade(&req("Upgrade", "websocket"), &[]).is_none());
+
+        let offered = HeaderValue::from_static("websocket");
+        let mut resp = HeaderMap::new();
+        assert!(!switched_as_offered(&resp, &offered));
+        resp.insert(UPGRADE, "h2c".parse().unwrap());
+        assert!(!switched_as_offered(&resp, &offered));
+        resp.insert(UPGRADE, "WebSocket".parse().unwrap());
+        assert!(switched_as_offered(&resp, &offered));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 
 mod ambiguity;
 pub mod authenticate;
+mod body;
 mod forward;
 pub mod headers;
 pub mod route;
+mod tunnel;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -50,6 +52,14 @@ enum ProxyError {
     /// Host or message framing that two parsers could read differently (request smuggling).
     #[error("ambiguous request: {0}")]
     Ambiguous(&'static str),
+    /// A transfer coding other than `chunked` alone (RFC 9112 §6.1: a server answers 501 to
+    /// a coding it does not implement; hyper reads only the chunked framing).
+    #[error("the transfer coding {0:?} is not implemented: only \"chunked\" is")]
+    UnsupportedCoding(String),
+    /// An upgrade carries no body: the upstream would wait for one it never gets, or read it as
+    /// the first bytes of the new protocol.
+    #[error("a request that asks for a protocol upgrade cannot carry a body")]
+    UpgradeWithBody,
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
@@ -66,8 +76,16 @@ impl ProxyError {
             ProxyError::BodyTooLarge | ProxyError::Forward(ForwardError::BodyTooLarge) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
             }
-            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ProxyError::BadRequest(_) | ProxyError::UpgradeWithBody => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             ProxyError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_request"),
+            ProxyError::UnsupportedCoding(_) => {
+                (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding")
+            }
+            ProxyError::Forward(ForwardError::BodyTimeout(_)) => {
+                (StatusCode::REQUEST_TIMEOUT, "body_timeout")
+            }
             ProxyError::Forward(ForwardError::ClientBody(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_request_body")
             }
@@ -78,6 +96,23 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, "upstream_unavailable")
             }
         }
+    }
+
+    /// Whether the HTTP/1.1 connection must close after the answer: the rest of the stream
+    /// (an unread or unreadable body) cannot be trusted to start at a request boundary.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Ambiguous(_)
+                | ProxyError::UpgradeWithBody
+                | ProxyError::UnsupportedCoding(_)
+                | ProxyError::BodyTooLarge
+                | ProxyError::Forward(
+                    ForwardError::BodyTooLarge
+                        | ForwardError::BodyTimeout(_)
+                        | ForwardError::ClientBody(_)
+                )
+        )
     }
 }
 
@@ -129,8 +164,7 @@ pub async fn handle(
             failure = Some(e.to_string());
             out.reason = code;
             let mut r = json_error(status, code, &e.to_string(), rid);
-            if matches!(e, ProxyError::Ambiguous(_)) && version < Version::HTTP_2 {
-                // The rest of the stream cannot be trusted to start at a request boundary.
+            if e.closes_connection() && version < Version::HTTP_2 {
                 r.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -216,6 +250,9 @@ async fn inner<'s>(
     if let Some(why) = ambiguity::ambiguity(&req) {
         return Err(ProxyError::Ambiguous(why));
     }
+    if let Some(coding) = ambiguity::unsupported_coding(req.headers()) {
+        return Err(ProxyError::UnsupportedCoding(coding));
+    }
     if route::has_dot_segment(req.uri().path()) {
         return Err(ProxyError::BadPath);
     }
@@ -266,10 +303,10 @@ async fn inner<'s>(
     }
     let principal = auth.principal;
     forward::forward(
-        snap,
+        (shared, snap),
         conn,
         (&route, route_metrics),
-        principal.as_deref(),
+        principal.as_ref(),
         req,
         request_id,
         out,

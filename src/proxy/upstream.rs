@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::body::BodyError;
 use crate::config::Upstream;
 use crate::reply::BoxedBody;
 use crate::tls::{self, TlsError};
@@ -22,6 +23,10 @@ pub enum ForwardError {
     Timeout(Duration),
     #[error("the request body exceeds the limit")]
     BodyTooLarge,
+    /// The client's body stalled or trickled below `server.min_body_rate`
+    /// (`proxy::body::Paced`); the upstream request was aborted.
+    #[error("the request body arrived too slowly: {0}")]
+    BodyTimeout(String),
     #[error("the upstream connection failed: {0}")]
     Upstream(String),
     /// The client's request body broke off or was malformed (bad chunked framing, oversize
@@ -36,6 +41,7 @@ impl ForwardError {
             ForwardError::Connect(_) => "connect",
             ForwardError::Timeout(_) => "timeout",
             ForwardError::BodyTooLarge => "body_too_large",
+            ForwardError::BodyTimeout(_) => "body_timeout",
             ForwardError::Upstream(_) => "protocol",
             ForwardError::ClientBody(_) => "client_body",
         }
@@ -109,18 +115,20 @@ impl UpstreamClient {
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return ForwardError::BodyTooLarge;
-        }
-        // hyper's "error from user's Body stream": our request body, i.e. the client's.
-        if s.downcast_ref::<hyper::Error>()
+    let chain = || std::iter::successors(std::error::Error::source(e), |s| s.source());
+    // Our own verdict on the body first: it sits under hyper's "user body" error.
+    if let Some(b) = chain().find_map(|s| s.downcast_ref::<BodyError>()) {
+        return match b {
+            BodyError::TooLarge(_) => ForwardError::BodyTooLarge,
+            BodyError::TooSlow { .. } => ForwardError::BodyTimeout(b.to_string()),
+        };
+    }
+    // hyper's "error from user's Body stream": our request body, i.e. the client's.
+    if let Some(s) = chain().find(|s| {
+        s.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)
-        {
-            return ForwardError::ClientBody(crate::fetch::error_chain(s));
-        }
-        src = s.source();
+    }) {
+        return ForwardError::ClientBody(crate::fetch::error_chain(s));
     }
     let chain = crate::fetch::error_chain(e);
     if e.is_connect() {

@@ -1,13 +1,22 @@
 //! The only place that accepts sockets: TLS handshake, HTTP/1.1 + HTTP/2 (auto), connection limit,
 //! header-read and idle timeouts, graceful drain on shutdown.
+//!
+//! Timeouts of a connection, enforced by one watcher per connection (`serve_io`) from counters
+//! its I/O wrapper keeps (`Activity`), never by a clock read per read or write: a request head
+//! must arrive within `header_read_timeout` of its first byte (a new connection's first head,
+//! of the start of HTTP serving); a connection with no request in flight, no head pending and
+//! no I/O for `idle_timeout` is closed. hyper's own HTTP/1.1 head timer is off: it starts when
+//! the connection begins waiting for the next head, so it cut idle keep-alive connections at
+//! `header_read_timeout`.
 
 pub mod conn;
 
 use conn::ConnInfo;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::reply::BoxedBody;
 use crate::state::Shared;
 
 /// What a listener serves.
@@ -112,7 +122,7 @@ async fn serve_connection(
         tracing::error!(listener = %name, %peer, "listener has no TLS configuration any more; refusing the connection");
         return;
     }
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(peer));
     let info = Arc::new(ConnInfo::new(peer, tls.is_some(), name));
     match tls {
         Some(cfg) => {
@@ -126,6 +136,9 @@ async fn serve_connection(
                         .and_then(|c| c.first())
                     {
                         info.set_client_cert(leaf);
+                    }
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        activity.set_http2();
                     }
                     serve_io(
                         ActivityIo {
@@ -178,7 +191,9 @@ async fn serve_io<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Off: its timer starts when the connection waits for a head, idle keep-alive included;
+        // `serve_io` times heads from their first byte instead.
+        .header_read_timeout(None)
         // Twice the limit: a head just over `max_header_bytes` reaches the service, which answers
         // 431 with a JSON body and the request id; beyond this the HTTP layer's bare 431 answers.
         .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(8192))
@@ -198,8 +213,11 @@ async fn serve_io<I>(
     let svc = service_fn(move |req| {
         let (shared, info, act) = (shared.clone(), info.clone(), act.clone());
         async move {
-            let _busy = Busy::new(act);
-            match role {
+            if req.version() == http::Version::HTTP_2 {
+                act.set_http2();
+            }
+            let busy = Busy::new(act);
+            let resp: Result<http::Response<BoxedBody>, Infallible> = match role {
                 Role::Signals | Role::Admin
                     if crate::proxy::headers::head_size(&req) > limits_head =>
                 {
@@ -223,18 +241,29 @@ async fn serve_io<I>(
                     )
                 }
                 Role::Admin => crate::admin::handle(shared, info, req).await,
-            }
+            };
+            // In flight until hyper has sent (or dropped) the whole response body.
+            resp.map(|r| r.map(|body| InFlight { body, _busy: busy }))
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let idle = limits.idle_timeout;
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(50)));
+    let (idle, head) = (limits.idle_timeout, limits.header_read_timeout);
+    // A quarter of the shorter timeout: a pending head is noticed well before its deadline
+    // (then timed exactly by `head_timer`), an idle connection closed at most that late.
+    let mut tick = tokio::time::interval((idle.min(head) / 4).max(Duration::from_millis(50)));
+    // Armed for the pending head seen at the last tick (`armed_for`: when that head began).
+    let head_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(head_timer);
+    let mut armed_for: Option<Instant> = None;
     let mut draining = *shutdown.borrow();
     if draining {
         conn.as_mut().graceful_shutdown();
     }
-    // Idle means: no I/O and no request in flight across whole ticks since `quiet_since`.
+    // The first request head is due `header_read_timeout` after serving starts.
+    activity.head_starts_now();
+    // Idle means: no I/O, no request in flight and no head pending across whole ticks since
+    // `quiet_since`.
     let mut seen = activity.events();
     let mut quiet_since = Instant::now();
     loop {
@@ -249,10 +278,29 @@ async fn serve_io<I>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !draining => {
-                let now = activity.events();
-                if now != seen || activity.busy() {
-                    seen = now;
+            () = &mut head_timer, if armed_for.is_some() => {
+                let pending = activity.head_pending_since();
+                if pending.is_some() && pending == armed_for && !activity.busy() {
+                    // Part of a head (or none, on a new connection) for too long: drop the
+                    // connection, as hyper's own head timeout would (no answer is owed).
+                    tracing::debug!(peer = %activity.peer, "no complete request head within server.header_read_timeout; closing");
+                    break;
+                }
+                armed_for = None;
+            }
+            _ = tick.tick() => {
+                if activity.busy() {
+                    seen = activity.events();
+                    quiet_since = Instant::now();
+                } else if let Some(since) = activity.head_pending_since() {
+                    if armed_for != Some(since) {
+                        armed_for = Some(since);
+                        head_timer.as_mut().reset((since + head).into());
+                    }
+                } else if draining {
+                    // Graceful shutdown waits for in-flight work; nothing else to watch.
+                } else if activity.events() != seen {
+                    seen = activity.events();
                     quiet_since = Instant::now();
                 } else if quiet_since.elapsed() >= idle {
                     draining = true;
@@ -263,18 +311,36 @@ async fn serve_io<I>(
     }
 }
 
-/// I/O events and requests in flight on one connection, for the idle timeout. Counting events
-/// instead of reading the clock on every read and write keeps the hot path free of clock calls.
+/// No request head pending (`Activity::head_since`).
+const NO_HEAD: u64 = u64::MAX;
+
+/// I/O events, requests in flight and the pending request head of one connection, for the idle
+/// and header-read timeouts. Counting events instead of reading the clock on every read and
+/// write keeps the hot path free of clock calls; the clock is read once per request head, at
+/// its first byte.
 struct Activity {
     events: AtomicU64,
     in_flight: AtomicUsize,
+    /// Nanoseconds after `born` at which the pending HTTP/1.1 request head began, or `NO_HEAD`.
+    head_since: AtomicU64,
+    /// HTTP/2 (ALPN `h2`, or the h2c preface): no request heads to time.
+    http2: AtomicBool,
+    /// Whether no byte was read yet (the first read is checked for the h2c preface).
+    first_read: AtomicBool,
+    born: Instant,
+    peer: SocketAddr,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(peer: SocketAddr) -> Activity {
         Activity {
             events: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            head_since: AtomicU64::new(NO_HEAD),
+            http2: AtomicBool::new(false),
+            first_read: AtomicBool::new(true),
+            born: Instant::now(),
+            peer,
         }
     }
 
@@ -289,14 +355,85 @@ impl Activity {
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
     }
+
+    fn set_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+        self.head_since.store(NO_HEAD, Ordering::Relaxed);
+    }
+
+    /// A request head is due from now (the first one of a connection).
+    fn head_starts_now(&self) {
+        if !self.http2.load(Ordering::Relaxed) {
+            self.head_since
+                .store(self.nanos_since_born(), Ordering::Relaxed);
+        }
+    }
+
+    fn nanos_since_born(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(NO_HEAD - 1)
+    }
+
+    /// Bytes were read. Between requests on HTTP/1.1, the first byte starts the next head's
+    /// clock (the only clock read: one per head).
+    fn read(&self, bytes: &[u8]) {
+        self.touch();
+        if self.first_read.load(Ordering::Relaxed) {
+            self.first_read.store(false, Ordering::Relaxed);
+            if bytes.starts_with(b"PRI * HTTP/2") {
+                self.set_http2();
+            }
+        }
+        if self.head_since.load(Ordering::Relaxed) == NO_HEAD
+            && !self.busy()
+            && !self.http2.load(Ordering::Relaxed)
+        {
+            self.head_since
+                .store(self.nanos_since_born(), Ordering::Relaxed);
+        }
+    }
+
+    /// When the pending request head began, if one is pending.
+    fn head_pending_since(&self) -> Option<Instant> {
+        match self.head_since.load(Ordering::Relaxed) {
+            NO_HEAD => None,
+            n => Some(self.born + Duration::from_nanos(n)),
+        }
+    }
 }
 
-/// Marks a request in flight for its lifetime.
+/// A response body that keeps its request counted in flight until it is dropped.
+struct InFlight {
+    body: BoxedBody,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = bytes::Bytes;
+    type Error = crate::reply::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Marks a request in flight for its lifetime; its head is complete.
 struct Busy(Arc<Activity>);
 
 impl Busy {
     fn new(a: Arc<Activity>) -> Busy {
         a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.head_since.store(NO_HEAD, Ordering::Relaxed);
         Busy(a)
     }
 }
@@ -323,7 +460,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read(&buf.filled()[before..]);
         }
         r
     }

@@ -142,11 +142,24 @@ impl<V> Table<V> {
 
 /// Revocations (key → largest "issued before" time), blocks and bindings, keyed by
 /// [`SubjectKey::encode`]. Reads are at most one sharded-map lookup; no guard escapes a method.
-#[derive(Default)]
 pub struct Tables {
     revocations: Table<i64>,
     blocks: Table<BlockState>,
     bindings: Table<Binding>,
+    /// Counts applied changes; its receivers (open tunnels, [`Tables::subscribe`]) wake after
+    /// each. Only writers touch it: reads never do.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            revocations: Table::default(),
+            blocks: Table::default(),
+            bindings: Table::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// Merge rule for revocations: keep the largest time.
@@ -179,7 +192,7 @@ impl Tables {
             let new = BlockState { blocked, at };
             move |old: Option<&BlockState>| Some(merge_block(old.copied(), new))
         };
-        match change {
+        let changed = match change {
             Change::Revoke { key, at } => self
                 .revocations
                 .upsert(key.encode(), |old| Some(merge_revoke(old.copied(), *at))),
@@ -211,7 +224,19 @@ impl Tables {
                     TableName::Bindings => self.bindings.remove(&k),
                 }
             }
+        };
+        if changed {
+            // After the entry is in place: a woken receiver that decides again sees it.
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
+        changed
+    }
+
+    /// Wakes after every change applied from now on (revocation, block, unblock, binding, unbinding,
+    /// deletion; not the expiry pass, which only drops what no longer refuses anything). Whoever
+    /// holds access granted earlier (an open tunnel) decides again when it fires.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Whether a revocation or a block may exist for keys of this kind under this issuer (false:
@@ -486,6 +511,26 @@ mod tests {
             0
         );
         assert_eq!(t.revoked_at(&any.encode()), None);
+    }
+
+    #[test]
+    fn every_applied_change_wakes_subscribers() {
+        let t = Tables::default();
+        let mut rx = t.subscribe();
+        assert!(!rx.has_changed().unwrap());
+        t.apply(&Change::Revoke {
+            key: user("a"),
+            at: 1,
+        });
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        t.expire(100);
+        assert!(!rx.has_changed().unwrap(), "expiry only widens: no wake-up");
+        t.apply(&Change::Unblock {
+            key: user("a"),
+            at: 2,
+        });
+        assert!(rx.has_changed().unwrap());
     }
 
     #[test]

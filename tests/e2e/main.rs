@@ -22,6 +22,7 @@ mod dev_servers;
 mod durability;
 mod fleet;
 mod forwarding;
+mod front_door;
 mod gateways;
 mod interop;
 mod lifecycle;
