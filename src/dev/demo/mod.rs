@@ -30,7 +30,7 @@ use crate::dev::{
 use crate::{Proxy, StartError, StartOptions};
 
 /// The demo configuration, built into the binary (`config/demo.toml`).
-pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+pub const DEMO_TOML: &str = include_str!("../../../config/demo.toml");
 
 /// Fixed loopback addresses of `config/demo.toml` (the demo fails clearly when one is taken).
 pub const DEMO_ADDRS: [(&str, &str); 6] = [
