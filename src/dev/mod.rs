@@ -11,9 +11,11 @@
 //! - [`transmitter`]: [`DevTransmitter`], a Shared Signals transmitter (push and poll delivery).
 //! - [`upstream`]: [`EchoUpstream`], an upstream that echoes what it received.
 //! - [`emit`]: `POST /dev/events` of the transmitter: a short JSON description → a SET payload.
+//! - [`challenge_parser`]: the one `WWW-Authenticate` parser (RFC 9110 §11), strict or tolerant.
 //! - [`demo`]: `cae-proxy demo` (narrated CAE walkthrough) and `cae-proxy dev issuer|transmitter`.
 //! - `fuzz` (hidden): the fuzz target bodies run by `fuzz/` and `tests/fuzz_corpus.rs`.
 
+pub mod challenge_parser;
 pub mod demo;
 pub mod emit;
 /// Fuzz target bodies (`fuzz/`, `tests/fuzz_corpus.rs`); not part of the API.

@@ -21,7 +21,6 @@ mod steps;
 mod style;
 mod try_it;
 
-pub use answers::{decode_claims, parse_challenge, Challenge};
 pub use dev_command::{main_dev, DevCommand};
 pub use report::{Report, StepResult};
 pub use steps::narrate;

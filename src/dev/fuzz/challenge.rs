@@ -1,6 +1,5 @@
 //! Fuzz target `challenge`: every deny reason's answer parses back to its facts.
 
-use base64::Engine;
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
@@ -8,112 +7,7 @@ use super::common::{Input, NOW};
 use crate::auth::challenge::{self, ChallengeCtx};
 use crate::auth::decide::{DenyReason, IpRule, RevokedBy};
 use crate::auth::token::TokenError;
-
-/// One `WWW-Authenticate` challenge: scheme and parameters in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedChallenge {
-    pub scheme: String,
-    pub params: Vec<(String, String)>,
-}
-
-impl ParsedChallenge {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn is_tchar(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
-}
-
-/// Parses one challenge (RFC 9110 §11.2: `scheme [ 1*SP #auth-param ]`, values as token or
-/// quoted-string with quoted-pairs). Strict: a syntax error is an `Err`.
-pub fn parse_challenge(s: &str) -> Result<ParsedChallenge, String> {
-    let mut chars = s.chars().peekable();
-    let mut scheme = String::new();
-    while let Some(&c) = chars.peek() {
-        if !is_tchar(c) {
-            break;
-        }
-        scheme.push(c);
-        chars.next();
-    }
-    if scheme.is_empty() {
-        return Err("no scheme".into());
-    }
-    let mut params = Vec::new();
-    if chars.peek().is_none() {
-        return Ok(ParsedChallenge { scheme, params });
-    }
-    if chars.next() != Some(' ') {
-        return Err("scheme not followed by a space".into());
-    }
-    loop {
-        while chars.peek() == Some(&' ') {
-            chars.next();
-        }
-        let mut name = String::new();
-        while let Some(&c) = chars.peek() {
-            if !is_tchar(c) {
-                break;
-            }
-            name.push(c);
-            chars.next();
-        }
-        if name.is_empty() {
-            return Err("empty parameter name".into());
-        }
-        if chars.next() != Some('=') {
-            return Err(format!("parameter {name} without '='"));
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    None => return Err("unterminated quoted-string".into()),
-                    Some('"') => break,
-                    Some('\\') => value.push(chars.next().ok_or("dangling backslash")?),
-                    Some(c) if c == '\t' || (' '..='~').contains(&c) => value.push(c),
-                    Some(c) => return Err(format!("{c:?} in a quoted-string")),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if !is_tchar(c) {
-                    break;
-                }
-                value.push(c);
-                chars.next();
-            }
-            if value.is_empty() {
-                return Err(format!("parameter {name} without a value"));
-            }
-        }
-        params.push((name, value));
-        while chars.peek() == Some(&' ') {
-            chars.next();
-        }
-        match chars.next() {
-            None => break,
-            Some(',') => continue,
-            Some(c) => return Err(format!("{c:?} after a parameter")),
-        }
-    }
-    Ok(ParsedChallenge { scheme, params })
-}
-
-/// Decodes a `claims` parameter (standard base64, padding optional) to JSON.
-pub fn decode_claims(b64: &str) -> Option<Value> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64))
-        .ok()?;
-    serde_json::from_slice(&raw).ok()
-}
+use crate::dev::challenge_parser::{decode_claims, parse_one, Syntax};
 
 fn reason_from(inp: &mut Input<'_>) -> DenyReason {
     let token_errors = [
@@ -196,7 +90,7 @@ pub fn challenge(data: &[u8]) {
     check_challenge(&reason, &ctx);
 }
 
-/// The answer `respond` builds for `reason` parses back (with [`parse_challenge`]) to the same
+/// The answer `respond` builds for `reason` parses back (one challenge, [`Syntax::Strict`]) to the same
 /// facts: the status, the error code, quotable values, each parameter once, and a `claims` that
 /// decodes to exactly the claims request for the reason.
 pub(super) fn check_challenge(reason: &DenyReason, ctx: &ChallengeCtx<'_>) {
@@ -207,8 +101,13 @@ pub(super) fn check_challenge(reason: &DenyReason, ctx: &ChallengeCtx<'_>) {
         "not a header value: {:?}",
         c.www_authenticate
     );
-    let p = parse_challenge(&c.www_authenticate)
+    let p = parse_one(&c.www_authenticate, Syntax::Strict)
         .unwrap_or_else(|e| panic!("{e}: {:?}", c.www_authenticate));
+    assert!(
+        p.token68.is_none(),
+        "a token68 where parameters belong: {:?}",
+        c.www_authenticate
+    );
     assert_eq!(p.scheme, "Bearer");
     for (i, (k, v)) in p.params.iter().enumerate() {
         assert!(quotable(v), "{k} is not quotable: {v:?}");
@@ -252,7 +151,7 @@ pub(super) fn check_challenge(reason: &DenyReason, ctx: &ChallengeCtx<'_>) {
                 assert_eq!(error, Some("insufficient_claims"));
                 let claims = p.get("claims").expect("a claims challenge has claims");
                 assert_eq!(
-                    decode_claims(claims),
+                    decode_claims(claims, Syntax::Strict),
                     Some(want),
                     "claims do not round-trip"
                 );

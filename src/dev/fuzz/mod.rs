@@ -29,7 +29,7 @@ mod subject;
 
 pub use admin_body::{admin_body, seed_admin_body};
 pub use authorization::{authorization, seed_authorization};
-pub use challenge::{challenge, decode_claims, parse_challenge, seed_challenge, ParsedChallenge};
+pub use challenge::{challenge, seed_challenge};
 pub use common::{protocol_vectors, NOW, SET_AUD, SET_ISS, TOKEN_AUD, TOKEN_ISS};
 pub use config_toml::config_toml;
 pub use ip::{ip, seed_ip};
