@@ -22,6 +22,3 @@ pub mod push;
 pub mod set;
 pub mod stream;
 pub mod subject;
-
-#[cfg(test)]
-pub(crate) mod testkit;

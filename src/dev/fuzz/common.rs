@@ -106,20 +106,14 @@ pub(super) fn sign_bytes(
     payload: &[u8],
     tamper: u8,
 ) -> String {
-    let input = format!("{}.{}", b64url(header), b64url(payload));
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), key.encoding_key(), alg)
-        .or_else(|_| {
-            jsonwebtoken::crypto::sign(
-                input.as_bytes(),
-                key.encoding_key(),
-                key.alg().jwt_algorithm(),
-            )
-        })
-        .expect("signing with a fixture key");
+    let signed = key.sign_bytes_with(header, payload, alg);
+    let (input, sig) = signed
+        .rsplit_once('.')
+        .expect("a compact JWS has a signature part");
     let sig = match tamper % 4 {
         1 => {
             let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(&sig)
+                .decode(sig)
                 .unwrap_or_default();
             if let Some(b) = raw.first_mut() {
                 *b ^= 1;
@@ -129,7 +123,7 @@ pub(super) fn sign_bytes(
         2 => String::new(),
         3 => jsonwebtoken::crypto::sign(b"other", key.encoding_key(), key.alg().jwt_algorithm())
             .unwrap_or_default(),
-        _ => sig,
+        _ => sig.to_string(),
     };
     format!("{input}.{sig}")
 }
@@ -163,14 +157,6 @@ pub(super) struct TokenFixture {
     pub(super) issuers: Issuers,
 }
 
-pub(super) fn key_without_alg(k: &SigningKey) -> Value {
-    let mut jwk = k.public_jwk().clone();
-    if let Value::Object(m) = &mut jwk {
-        m.remove("alg");
-    }
-    jwk
-}
-
 pub(super) fn token_fixture() -> &'static TokenFixture {
     static F: OnceLock<TokenFixture> = OnceLock::new();
     F.get_or_init(|| {
@@ -179,7 +165,7 @@ pub(super) fn token_fixture() -> &'static TokenFixture {
             SigningKey::generate_with_kid(KeyAlg::Es256, "ec-1").expect("ec key"),
             SigningKey::generate_with_kid(KeyAlg::Rs256, "rsa-noalg").expect("rsa key"),
         ];
-        let jwks = json!({"keys": [keys[0].public_jwk(), keys[1].public_jwk(), key_without_alg(&keys[2])]});
+        let jwks = json!({"keys": [keys[0].public_jwk(), keys[1].public_jwk(), keys[2].public_jwk_without_alg()]});
         let path = std::env::temp_dir().join(format!("cae-proxy-fuzz-jwks-{}.json", std::process::id()));
         std::fs::write(&path, jwks.to_string()).expect("write fixture JWKS");
         let toml = format!(
