@@ -264,13 +264,7 @@ impl Reader {
                 return Err(ChallengeError::Repeated(name));
             }
             c.params.push((name, value));
-            self.skip_ws();
-            match self.bump() {
-                None => return Ok(c),
-                Some(',') => {}
-                Some(ch) => return Err(ChallengeError::Unexpected(ch)),
-            }
-            match self.after_comma()? {
+            match self.after_element()? {
                 Next::End | Next::Challenge => return Ok(c),
                 Next::Param => {}
             }
@@ -279,15 +273,19 @@ impl Reader {
 
     /// After a token68: the end, or a comma and the next challenge.
     fn end_of_token68(&mut self, c: Challenge) -> Result<Challenge, ChallengeError> {
-        self.skip_ws();
-        match self.bump() {
-            None => return Ok(c),
-            Some(',') => {}
-            Some(ch) => return Err(ChallengeError::Unexpected(ch)),
-        }
-        match self.after_comma()? {
+        match self.after_element()? {
             Next::End | Next::Challenge => Ok(c),
             Next::Param => Err(ChallengeError::ParamAfterToken68(self.token())),
+        }
+    }
+
+    /// After a parameter or a token68: the end, or a comma and what follows it.
+    fn after_element(&mut self) -> Result<Next, ChallengeError> {
+        self.skip_ws();
+        match self.bump() {
+            None => Ok(Next::End),
+            Some(',') => self.after_comma(),
+            Some(ch) => Err(ChallengeError::Unexpected(ch)),
         }
     }
 
