@@ -5,13 +5,13 @@
 //! The narration ([`narrate`]) checks every answer (exact status, `WWW-Authenticate` shape, decoded
 //! claims) and returns a [`Report`]; `demo --once` exits 0 only when every step passed.
 //!
-//! - [`style`]: terminal styling and the narration's line layout
-//! - [`client`]: the demo's HTTP client (one answer, read whole, with a deadline)
-//! - [`report`]: the outcome of each step and of the whole narration
-//! - [`answers`]: how a step shows and checks an answer (challenge, claims, token, upstream)
-//! - [`steps`]: the narrated steps a to f
-//! - [`try_it`]: the copy-paste commands of the interactive demo
-//! - [`dev_command`]: `cae-proxy dev issuer|transmitter`, one development server on its own
+//! - `style.rs`: terminal styling and the narration's line layout
+//! - `client.rs`: the demo's HTTP client (one answer, read whole, with a deadline)
+//! - `report.rs`: the outcome of each step and of the whole narration
+//! - `answers.rs`: how a step shows and checks an answer (challenge, claims, token, upstream)
+//! - `steps.rs`: the narrated steps a to f
+//! - `try_it.rs`: the copy-paste commands of the interactive demo
+//! - `dev_command.rs`: `cae-proxy dev issuer|transmitter`, one development server on its own
 
 mod answers;
 mod client;
