@@ -14,20 +14,16 @@
 //! - [`reply`]: the body type and JSON answers every listener uses
 //! - [`fetch`]: outbound client for identity providers
 //! - [`config`]: TOML → validated `Config` (uses nothing else in the crate)
-//! - [`dev`]: built-in development issuer, transmitter and echo upstream (demo, tests)
-//! - [`demo`]: `cae-proxy demo` (narrated CAE walkthrough) and `cae-proxy dev issuer|transmitter`
+//! - [`dev`]: development tooling, fenced off: dev issuer, transmitter and echo upstream, keys,
+//!   `cae-proxy demo` and `cae-proxy dev issuer|transmitter`, the fuzz target bodies
 
 pub mod admin;
 pub mod admin_client;
 pub mod auth;
 pub mod config;
-pub mod demo;
 pub mod dev;
 pub mod fetch;
 pub mod fleet;
-/// Fuzz target bodies (`fuzz/`, `tests/fuzz_corpus.rs`); not part of the API.
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod reply;

@@ -65,7 +65,7 @@ enum Command {
     /// Development servers on their own (NOT for production).
     Dev {
         #[command(subcommand)]
-        server: cae_proxy::demo::DevCommand,
+        server: cae_proxy::dev::demo::DevCommand,
     },
     /// Revoke tokens issued before now (or --at) through a running proxy's admin API.
     Revoke(AdminArgs),
@@ -109,8 +109,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format.as_deref()),
-        Command::Demo { once, config } => cae_proxy::demo::main_demo(once, config.as_deref()),
-        Command::Dev { server } => cae_proxy::demo::main_dev(server),
+        Command::Demo { once, config } => cae_proxy::dev::demo::main_demo(once, config.as_deref()),
+        Command::Dev { server } => cae_proxy::dev::demo::main_dev(server),
         Command::Revoke(a) => admin_call("revoke", a),
         Command::Block(a) => admin_call("block", a),
         Command::Unblock(a) => admin_call("unblock", a),

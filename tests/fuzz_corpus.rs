@@ -1,6 +1,6 @@
 //! Replays every committed fuzz corpus (`fuzz/corpus/<target>/`) and regression input
 //! (`fuzz/regressions/<target>/`) through the same target bodies the cargo-fuzz binaries run
-//! (`cae_proxy::fuzzing`), plus the seeds generated in code. A property a fuzzer once broke
+//! (`cae_proxy::dev::fuzz`), plus the seeds generated in code. A property a fuzzer once broke
 //! stays checked by `cargo test`, with or without cargo-fuzz on the machine.
 //!
 //! `cargo test --test fuzz_corpus -- --ignored write_seeds` rewrites the seed files.
@@ -35,7 +35,7 @@ fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn replay(target: &str) {
-    let (_, f) = cae_proxy::fuzzing::TARGETS
+    let (_, f) = cae_proxy::dev::fuzz::TARGETS
         .iter()
         .find(|(n, _)| *n == target)
         .expect("known target");
@@ -47,7 +47,7 @@ fn replay(target: &str) {
             n += 1;
         }
     }
-    for s in cae_proxy::fuzzing::seeds(target) {
+    for s in cae_proxy::dev::fuzz::seeds(target) {
         f(&s);
         n += 1;
     }
@@ -106,7 +106,7 @@ fn route() {
 
 #[test]
 fn every_target_has_a_committed_corpus() {
-    for (name, _) in cae_proxy::fuzzing::TARGETS {
+    for (name, _) in cae_proxy::dev::fuzz::TARGETS {
         assert!(
             !inputs("corpus", name).is_empty(),
             "fuzz/corpus/{name} is empty: run the ignored write_seeds test"
@@ -126,7 +126,7 @@ fn every_target_has_a_committed_corpus() {
 #[test]
 #[ignore = "rewrites committed files"]
 fn write_seeds() {
-    for (name, _) in cae_proxy::fuzzing::TARGETS {
+    for (name, _) in cae_proxy::dev::fuzz::TARGETS {
         let dir = root().join("fuzz/corpus").join(name);
         std::fs::create_dir_all(&dir).unwrap();
         for e in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
@@ -134,7 +134,7 @@ fn write_seeds() {
                 std::fs::remove_file(e.path()).unwrap();
             }
         }
-        let mut seeds = cae_proxy::fuzzing::seeds(name);
+        let mut seeds = cae_proxy::dev::fuzz::seeds(name);
         if *name == "config_toml" {
             let mut files: Vec<PathBuf> = ["config", "docs/deploy/compose"]
                 .iter()

@@ -1,4 +1,4 @@
-//! cargo-fuzz binary for `cae_proxy::fuzzing::admin_body` (properties documented there).
+//! cargo-fuzz binary for `cae_proxy::dev::fuzz::admin_body` (properties documented there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::fuzzing::admin_body(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::dev::fuzz::admin_body(data));

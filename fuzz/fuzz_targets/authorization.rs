@@ -1,4 +1,4 @@
-//! cargo-fuzz binary for `cae_proxy::fuzzing::authorization` (properties documented there).
+//! cargo-fuzz binary for `cae_proxy::dev::fuzz::authorization` (properties documented there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::fuzzing::authorization(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::dev::fuzz::authorization(data));

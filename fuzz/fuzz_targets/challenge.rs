@@ -1,4 +1,4 @@
-//! cargo-fuzz binary for `cae_proxy::fuzzing::challenge` (properties documented there).
+//! cargo-fuzz binary for `cae_proxy::dev::fuzz::challenge` (properties documented there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::fuzzing::challenge(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::dev::fuzz::challenge(data));

@@ -1,4 +1,4 @@
-//! cargo-fuzz binary for `cae_proxy::fuzzing::config_toml` (properties documented there).
+//! cargo-fuzz binary for `cae_proxy::dev::fuzz::config_toml` (properties documented there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::fuzzing::config_toml(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::dev::fuzz::config_toml(data));

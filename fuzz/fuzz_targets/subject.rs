@@ -1,4 +1,4 @@
-//! cargo-fuzz binary for `cae_proxy::fuzzing::subject` (properties documented there).
+//! cargo-fuzz binary for `cae_proxy::dev::fuzz::subject` (properties documented there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::fuzzing::subject(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cae_proxy::dev::fuzz::subject(data));

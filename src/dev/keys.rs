@@ -242,6 +242,16 @@ impl SigningKey {
         &self.jwk
     }
 
+    /// The public JWK without its `alg` member (optional, RFC 7517 §4.4): a verifier then lets the
+    /// key serve any algorithm of its family (an RSA key: RS256, PS256, …).
+    pub fn public_jwk_without_alg(&self) -> Value {
+        let mut jwk = self.jwk.clone();
+        if let Value::Object(m) = &mut jwk {
+            m.remove("alg");
+        }
+        jwk
+    }
+
     /// The public key as a jsonwebtoken `DecodingKey` (handy to check tokens in tests).
     pub fn decoding_key(&self) -> Result<DecodingKey, DevError> {
         let member = |name: &str| {
@@ -274,21 +284,37 @@ impl SigningKey {
         self.sign_raw(&header, claims)
     }
 
+    /// A Security Event Token (RFC 8417 §2.3): `claims` signed under
+    /// `{"typ":"secevent+jwt","alg":…,"kid":…}`.
+    pub fn sign_set(&self, claims: &Value) -> String {
+        self.sign(Some(json!({"typ": "secevent+jwt"})), claims)
+    }
+
     /// Encodes `header_json` verbatim and signs with this key, whatever the header says.
     pub fn sign_raw(&self, header_json: &Value, claims: &Value) -> String {
-        let message = format!(
-            "{}.{}",
-            b64url(header_json.to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
-        );
-        // Signing with a key generated and checked in-process cannot fail short of an aws-lc bug.
-        #[allow(clippy::expect_used)]
-        let signature = jsonwebtoken::crypto::sign(
-            message.as_bytes(),
-            &self.encoding_key,
+        self.sign_bytes_with(
+            header_json.to_string().as_bytes(),
+            claims.to_string().as_bytes(),
             self.alg.jwt_algorithm(),
         )
-        .expect("signing with a freshly generated dev key");
+    }
+
+    /// Encodes `header` and `payload` verbatim (base64url, any bytes) and signs them with `alg`
+    /// when this key can make that signature (an RSA key: RS256/384/512, PS256/384/512), otherwise
+    /// with its own algorithm: `header.payload.signature`.
+    pub fn sign_bytes_with(&self, header: &[u8], payload: &[u8], alg: Algorithm) -> String {
+        let message = format!("{}.{}", b64url(header), b64url(payload));
+        // Signing with a key generated and checked in-process cannot fail short of an aws-lc bug.
+        #[allow(clippy::expect_used)]
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding_key, alg)
+            .or_else(|_| {
+                jsonwebtoken::crypto::sign(
+                    message.as_bytes(),
+                    &self.encoding_key,
+                    self.alg.jwt_algorithm(),
+                )
+            })
+            .expect("signing with a freshly generated dev key");
         format!("{message}.{signature}")
     }
 }
@@ -344,6 +370,59 @@ pub fn decode_unverified(token: &str) -> Result<(Value, Value), DevError> {
     let header = part("header")?;
     let payload = part("payload")?;
     Ok((header, payload))
+}
+
+/// Signing kit of the SET unit tests in `crate::signals`: one RSA 2048 and one P-256 transmitter
+/// key per test run (generation is slow), their JWKS, and SETs signed with them.
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+pub(crate) mod set_kit {
+    use std::sync::OnceLock;
+
+    use jsonwebtoken::Algorithm;
+    use serde_json::{json, Value};
+
+    use super::{KeyAlg, SigningKey};
+
+    pub(crate) const ISS: &str = "https://transmitter.example.com";
+    pub(crate) const AUD: &str = "https://receiver.example.com";
+
+    /// RFC 8935 §2.1 example payload (its header says HS256).
+    pub(crate) const RFC8935_PAYLOAD: &str = r#"{"iss":"https://idp.example.com/","jti":"756E69717565206964656E746966696572","iat":1508184845,"aud":"636C69656E745F6964","events":{"https://schemas.openid.net/secevent/risc/event-type/account-disabled":{"subject":{"subject_type":"iss-sub","iss":"https://idp.example.com/","sub":"7375626A656374"},"reason":"hijacking"}}}"#;
+
+    /// The RSA 2048 key, kid `rsa-1`.
+    pub(crate) fn rsa() -> SigningKey {
+        static K: OnceLock<SigningKey> = OnceLock::new();
+        K.get_or_init(|| SigningKey::generate_with_kid(KeyAlg::Rs256, "rsa-1").expect("RSA key"))
+            .clone()
+    }
+
+    /// The P-256 key, kid `ec-1`.
+    pub(crate) fn ec() -> SigningKey {
+        static K: OnceLock<SigningKey> = OnceLock::new();
+        K.get_or_init(|| SigningKey::generate_with_kid(KeyAlg::Es256, "ec-1").expect("EC key"))
+            .clone()
+    }
+
+    /// The JWKS publishing `key`. The RSA key's JWK names no `alg`, so PS256 SETs verify too.
+    pub(crate) fn jwks(key: &SigningKey) -> Value {
+        let jwk = match key.alg() {
+            KeyAlg::Rs256 => key.public_jwk_without_alg(),
+            KeyAlg::Es256 => key.public_jwk().clone(),
+        };
+        json!({"keys": [jwk]})
+    }
+
+    /// A SET whose header names `alg`, signed with it (with the key's own algorithm when the key
+    /// cannot make that signature).
+    pub(crate) fn sign_alg(key: &SigningKey, claims: &Value, alg: Algorithm) -> String {
+        let header = json!({"typ": "secevent+jwt", "alg": alg, "kid": key.kid()});
+        key.sign_bytes_with(
+            header.to_string().as_bytes(),
+            claims.to_string().as_bytes(),
+            alg,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Built-in development servers and helpers: a dev identity provider, a dev SSF transmitter and an
-//! echo upstream, used by the demo and by tests.
+//! Development tooling, fenced off in one place: a dev identity provider, a dev SSF transmitter, an
+//! echo upstream and signing keys (used by the demo and by tests), the demo itself, and the fuzz
+//! target bodies.
 //!
 //! None of this is meant for production. Every server is started on a [`tokio::net::TcpListener`]
 //! that the caller binds (usually `127.0.0.1:0`), serves HTTP/1.1 and HTTP/2 (prior knowledge) via
@@ -9,8 +10,17 @@
 //! - [`issuer`]: [`DevIssuer`], an OIDC-like issuer (discovery, JWKS, `/token`, claims requests).
 //! - [`transmitter`]: [`DevTransmitter`], a Shared Signals transmitter (push and poll delivery).
 //! - [`upstream`]: [`EchoUpstream`], an upstream that echoes what it received.
+//! - [`emit`]: `POST /dev/events` of the transmitter: a short JSON description → a SET payload.
+//! - [`challenge_parser`]: the one `WWW-Authenticate` parser (RFC 9110 §11), strict or tolerant.
+//! - [`demo`]: `cae-proxy demo` (narrated CAE walkthrough) and `cae-proxy dev issuer|transmitter`.
+//! - `fuzz` (hidden): the fuzz target bodies run by `fuzz/` and `tests/fuzz_corpus.rs`.
 
+pub mod challenge_parser;
+pub mod demo;
 pub mod emit;
+/// Fuzz target bodies (`fuzz/`, `tests/fuzz_corpus.rs`); not part of the API.
+#[doc(hidden)]
+pub mod fuzz;
 pub mod issuer;
 pub mod keys;
 pub mod transmitter;

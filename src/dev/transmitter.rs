@@ -212,8 +212,7 @@ impl Inner {
 
     fn sign_set(&self, payload: Value) -> String {
         let payload = fill_set_payload(payload, &self.issuer, &self.opts.audience, now_secs());
-        self.signing_key()
-            .sign(Some(json!({"typ": "secevent+jwt"})), &payload)
+        self.signing_key().sign_set(&payload)
     }
 
     fn queue(&self, set: &str) {

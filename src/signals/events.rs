@@ -450,15 +450,15 @@ pub fn plan(set: &ValidSet, policy: &EventPolicy) -> Plan {
 mod tests {
     use super::*;
     use crate::auth::keys::parse_jwks;
+    use crate::dev::keys::set_kit::{self as kit, AUD, ISS};
     use crate::signals::set::{tests::policy, verify_set};
-    use crate::signals::testkit::{Signer, AUD, ISS};
     use crate::signals::vocabulary::{CAEP, OAUTH, RISC, STREAM_UPDATED_URI, VERIFICATION_URI};
     use serde_json::json;
 
     fn valid(claims: Value) -> ValidSet {
-        let s = Signer::rsa();
-        let keys = parse_jwks(s.jwks().to_string().as_bytes(), "t", 2048).expect("jwks");
-        verify_set(&s.sign(&claims), &keys, &policy(), 1_700_000_000).expect("valid SET")
+        let s = kit::rsa();
+        let keys = parse_jwks(kit::jwks(&s).to_string().as_bytes(), "t", 2048).expect("jwks");
+        verify_set(&s.sign_set(&claims), &keys, &policy(), 1_700_000_000).expect("valid SET")
     }
 
     fn set(sub_id: Value, uri: &str, body: Value) -> Value {
@@ -496,13 +496,13 @@ mod tests {
               "tenant":{"format":"opaque","id":"123456789"}},
             "events":{"https://schemas.openid.net/secevent/caep/event-type/session-revoked":{"initiating_entity":"policy",
               "reason_admin":{"en":"Landspeed Policy Violation: C076E82F"},"event_timestamp":1615304991}}});
-        let s = Signer::rsa();
-        let keys = parse_jwks(s.jwks().to_string().as_bytes(), "t", 2048).expect("jwks");
+        let s = kit::rsa();
+        let keys = parse_jwks(kit::jwks(&s).to_string().as_bytes(), "t", 2048).expect("jwks");
         let pol = crate::signals::set::SetPolicy {
             issuer: "https://idp.example.com/123456789".into(),
             ..policy()
         };
-        let vs = verify_set(&s.sign(&v), &keys, &pol, 0).expect("valid");
+        let vs = verify_set(&s.sign_set(&v), &keys, &pol, 0).expect("valid");
         let p = plan(&vs, &EventPolicy::default());
         assert_eq!(
             p.changes,
@@ -586,8 +586,7 @@ mod tests {
 
     #[test]
     fn rfc8935_legacy_example_resigned_is_applied() {
-        let mut v: Value =
-            serde_json::from_str(crate::signals::testkit::RFC8935_PAYLOAD).expect("json");
+        let mut v: Value = serde_json::from_str(kit::RFC8935_PAYLOAD).expect("json");
         v["iss"] = json!(ISS);
         v["aud"] = json!(AUD);
         let p = run(v);

@@ -20,6 +20,3 @@ pub mod stream;
 pub mod subject;
 pub mod transmitter;
 pub mod vocabulary;
-
-#[cfg(test)]
-pub(crate) mod testkit;

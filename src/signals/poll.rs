@@ -412,7 +412,8 @@ pub async fn run_poller(
 mod tests {
     use super::*;
     use crate::config::Poll;
-    use crate::signals::testkit::{Signer, AUD, ISS};
+    use crate::dev::keys::set_kit::{self as kit, AUD, ISS};
+    use crate::dev::keys::SigningKey;
     use crate::store::{MemoryStore, SubjectKey};
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
@@ -482,8 +483,8 @@ mod tests {
         format!("http://{addr}/poll")
     }
 
-    fn set_json(s: &Signer, jti: &str, iss: &str) -> String {
-        s.sign(&json!({"iss": iss, "jti": jti, "iat": 1_700_000_000, "aud": AUD,
+    fn set_json(s: &SigningKey, jti: &str, iss: &str) -> String {
+        s.sign_set(&json!({"iss": iss, "jti": jti, "iat": 1_700_000_000, "aud": AUD,
             "sub_id": {"format":"email","email":"Jane@Example.com"},
             "events": {"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {}}}))
     }
@@ -491,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn acks_committed_reports_invalid_and_stops_on_shutdown() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let rt = crate::signals::push::tests::runtime(dir.path(), &s).await;
         let store =
             Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
@@ -561,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn no_endpoint_is_an_error_and_store_failure_keeps_sets_unacknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let rt = crate::signals::push::tests::runtime(dir.path(), &s).await;
         let store =
             Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());

@@ -215,7 +215,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::auth::keys::KeySet;
     use crate::config::{KeyPolicy, KeySource, Push, RiskLevel, Transmitter};
-    use crate::signals::testkit::{Signer, AUD, ISS};
+    use crate::dev::keys::set_kit::{self as kit, AUD, ISS};
+    use crate::dev::keys::SigningKey;
     use crate::signals::transmitter::FreshnessSample;
     use crate::store::{Batch, CommitOutcome, StoreError};
     use crate::store::{Durable, MemoryStore, SubjectKey};
@@ -223,9 +224,9 @@ pub(crate) mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    pub(crate) fn transmitter(dir: &std::path::Path, signer: &Signer) -> Transmitter {
+    pub(crate) fn transmitter(dir: &std::path::Path, signer: &SigningKey) -> Transmitter {
         let path = dir.join("jwks.json");
-        std::fs::write(&path, signer.jwks().to_string()).unwrap();
+        std::fs::write(&path, kit::jwks(signer).to_string()).unwrap();
         Transmitter {
             name: "tx".into(),
             issuer: ISS.into(),
@@ -256,7 +257,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) async fn runtime(dir: &std::path::Path, signer: &Signer) -> Arc<TransmitterRt> {
+    pub(crate) async fn runtime(dir: &std::path::Path, signer: &SigningKey) -> Arc<TransmitterRt> {
         let cfg = transmitter(dir, signer);
         let keys = Arc::new(KeySet::new(
             &cfg.name,
@@ -348,13 +349,13 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn push_statuses_headers_and_bodies() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let rt = runtime(dir.path(), &s).await;
         let store = Arc::new(
             SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 1_700_000_000).unwrap(),
         );
         let now = 1_700_000_100;
-        let set = s.sign(&claims("p-1", revoke_events()));
+        let set = s.sign_set(&claims("p-1", revoke_events()));
 
         // Accepted: 202, empty body, no headers; the change is enforced.
         let (st, h, b) = parts(handle_push(&rt, &store, good(&set), None, now).await).await;
@@ -380,7 +381,7 @@ pub(crate) mod tests {
             &rt,
             &store,
             req(
-                &s.sign(&claims("p-2", revoke_events())),
+                &s.sign_set(&claims("p-2", revoke_events())),
                 Some("application/JWT; charset=utf-8"),
                 Some("Bearer push-secret"),
             ),
@@ -475,19 +476,19 @@ pub(crate) mod tests {
         // Invalid SETs.
         let cases: Vec<(String, &str)> = vec![
             ("not a jwt".into(), r#"{"err":"invalid_request","description":"the body is not a compact JWS: a JWS has exactly three segments"}"#),
-            (s.sign_with_typ(&claims("p-3", revoke_events()), Some("at+jwt")), r#"{"err":"invalid_request","description":"the typ header \"at+jwt\" is not acceptable for a SET"}"#),
-            (s.sign(&json!({"iss": ISS, "jti": "p-4", "iat": 1, "aud": AUD, "events": revoke_events()})), r#"{"err":"invalid_request","description":"no subject identifier for event https://schemas.openid.net/secevent/caep/event-type/session-revoked"}"#),
+            (s.sign(Some(json!({"typ": "at+jwt"})), &claims("p-3", revoke_events())), r#"{"err":"invalid_request","description":"the typ header \"at+jwt\" is not acceptable for a SET"}"#),
+            (s.sign_set(&json!({"iss": ISS, "jti": "p-4", "iat": 1, "aud": AUD, "events": revoke_events()})), r#"{"err":"invalid_request","description":"no subject identifier for event https://schemas.openid.net/secevent/caep/event-type/session-revoked"}"#),
             ({
                 let mut v = claims("p-5", revoke_events());
                 v["iss"] = json!("https://evil.example.com");
-                s.sign(&v)
+                s.sign_set(&v)
             }, r#"{"err":"invalid_issuer","description":"the SET issuer is not the configured transmitter"}"#),
             ({
                 let mut v = claims("p-6", revoke_events());
                 v["aud"] = json!("https://other.example.com");
-                s.sign(&v)
+                s.sign_set(&v)
             }, r#"{"err":"invalid_audience","description":"the SET audience does not name this receiver"}"#),
-            (crate::signals::testkit::sign_raw(&s, &json!({"alg":"RS256","kid":"nope"}), &claims("p-7", revoke_events())), r#"{"err":"invalid_key","description":"no key of the transmitter matches kid \"nope\""}"#),
+            (s.sign_raw(&json!({"alg":"RS256","kid":"nope"}), &claims("p-7", revoke_events())), r#"{"err":"invalid_key","description":"no key of the transmitter matches kid \"nope\""}"#),
         ];
         for (body, want) in cases {
             let (st, h, b) = parts(handle_push(&rt, &store, good(&body), None, now).await).await;
@@ -496,7 +497,7 @@ pub(crate) mod tests {
 
         // Verification: outstanding state, null state, foreign state.
         let ver = |jti: &str, state: Value| {
-            s.sign(&json!({"iss": ISS, "jti": jti, "iat": 1, "aud": AUD, "sub_id": {"format":"opaque","id":"stream-1"},
+            s.sign_set(&json!({"iss": ISS, "jti": jti, "iat": 1, "aud": AUD, "sub_id": {"format":"opaque","id":"stream-1"},
                 "events": {"https://schemas.openid.net/secevent/ssf/event-type/verification": {"state": state}}}))
         };
         let state = TransmitterRt::random_state();
@@ -561,7 +562,7 @@ pub(crate) mod tests {
         );
 
         // Stream updated: paused is flagged.
-        let upd = s.sign(&json!({"iss": ISS, "jti": "su-1", "iat": 5, "aud": AUD, "sub_id": {"format":"opaque","id":"stream-1"},
+        let upd = s.sign_set(&json!({"iss": ISS, "jti": "su-1", "iat": 5, "aud": AUD, "sub_id": {"format":"opaque","id":"stream-1"},
             "events": {"https://schemas.openid.net/secevent/ssf/event-type/stream-updated": {"status": "paused", "reason": "maintenance"}}}));
         assert_eq!(
             handle_push(&rt, &store, good(&upd), None, now)
@@ -574,7 +575,7 @@ pub(crate) mod tests {
 
         // Unknown event: 202, no effect.
         let before = store.tables().stats();
-        let unk = s.sign(&claims(
+        let unk = s.sign_set(&claims(
             "u-1",
             json!({"https://vendor.example/evt": {"x": 1}}),
         ));
@@ -602,7 +603,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn freshness_observer_sees_committed_sets() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let rt = runtime(dir.path(), &s).await;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
@@ -614,7 +615,7 @@ pub(crate) mod tests {
             }));
         let store =
             Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
-        let set = s.sign(&claims("fr-1", revoke_events()));
+        let set = s.sign_set(&claims("fr-1", revoke_events()));
         assert_eq!(
             handle_push(&rt, &store, good(&set), None, 1).await.status(),
             202
@@ -636,13 +637,13 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn store_failure_is_503_with_retry_after() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let rt = runtime(dir.path(), &s).await;
         let store = Arc::new(SignalStore::open(Arc::new(Failing), 100_000, 0).unwrap());
         let r = handle_push(
             &rt,
             &store,
-            good(&s.sign(&claims("f-1", revoke_events()))),
+            good(&s.sign_set(&claims("f-1", revoke_events()))),
             None,
             1,
         )
@@ -660,18 +661,18 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn unknown_kid_refetches_the_jwks_once() {
         let dir = tempfile::tempdir().unwrap();
-        let rsa = Signer::rsa();
+        let rsa = kit::rsa();
         let rt = runtime(dir.path(), &rsa).await;
         let store =
             Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 100_000, 0).unwrap());
         // The transmitter rotates in an EC key after we loaded its JWKS.
-        let ec = Signer::ec();
-        let both = json!({"keys": [rsa.jwks()["keys"][0].clone(), ec.jwks()["keys"][0].clone()]});
+        let ec = kit::ec();
+        let both = json!({"keys": [kit::jwks(&rsa)["keys"][0].clone(), kit::jwks(&ec)["keys"][0].clone()]});
         std::fs::write(dir.path().join("jwks.json"), both.to_string()).unwrap();
         let r = handle_push(
             &rt,
             &store,
-            good(&ec.sign(&claims("k-1", revoke_events()))),
+            good(&ec.sign_set(&claims("k-1", revoke_events()))),
             None,
             1,
         )
@@ -679,8 +680,7 @@ pub(crate) mod tests {
         assert_eq!(r.status(), 202);
         // Within the cooldown a second unknown kid does not refetch.
         let fetches = rt.keys.stats.fetches.load(Ordering::Relaxed);
-        let t = crate::signals::testkit::sign_raw(
-            &rsa,
+        let t = rsa.sign_raw(
             &json!({"alg":"RS256","kid":"later"}),
             &claims("k-2", revoke_events()),
         );
@@ -694,7 +694,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn es256_transmitter_and_no_authorization_configured() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Signer::ec();
+        let s = kit::ec();
         let rt = runtime(dir.path(), &s).await;
         let mut cfg = (*rt.cfg()).clone();
         if let Some(p) = cfg.push.as_mut() {
@@ -707,7 +707,7 @@ pub(crate) mod tests {
             &rt,
             &store,
             req(
-                &s.sign(&claims("e-1", revoke_events())),
+                &s.sign_set(&claims("e-1", revoke_events())),
                 Some("application/secevent+jwt"),
                 None,
             ),

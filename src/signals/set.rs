@@ -432,7 +432,8 @@ pub(crate) mod tests {
     use serde_json::json;
 
     use crate::auth::keys::parse_jwks;
-    use crate::signals::testkit::{sign_raw, Signer, AUD, ISS};
+    use crate::dev::keys::set_kit::{self as kit, AUD, ISS};
+    use crate::dev::keys::SigningKey;
 
     pub(crate) fn policy() -> SetPolicy {
         SetPolicy {
@@ -449,15 +450,15 @@ pub(crate) mod tests {
                    {"credential_type":"password","change_type":"update"}}})
     }
 
-    fn check(s: &Signer, token: &str) -> Result<ValidSet, SetError> {
-        let keys = parse_jwks(s.jwks().to_string().as_bytes(), "test", 2048).expect("jwks");
+    fn check(s: &SigningKey, token: &str) -> Result<ValidSet, SetError> {
+        let keys = parse_jwks(kit::jwks(s).to_string().as_bytes(), "test", 2048).expect("jwks");
         verify_set(token, &keys, &policy(), 1_700_000_000)
     }
 
     #[test]
     fn valid_set_and_typ_variants() {
-        let s = Signer::rsa();
-        let ok = check(&s, &s.sign(&base())).expect("valid");
+        let s = kit::rsa();
+        let ok = check(&s, &s.sign_set(&base())).expect("valid");
         assert_eq!(ok.claims.jti, "j1");
         assert_eq!(ok.alg, Algorithm::RS256);
         assert_eq!(ok.received, 1_700_000_000);
@@ -468,18 +469,18 @@ pub(crate) mod tests {
             Some("JWT"),
             None,
         ] {
-            let t = s.sign_with_typ(&base(), typ);
+            let t = s.sign(Some(json!({"typ": typ})), &base());
             assert!(check(&s, &t).is_ok(), "{typ:?}");
         }
         for typ in ["at+jwt", "application/at+jwt", "JOSE"] {
-            let e = check(&s, &s.sign_with_typ(&base(), Some(typ))).unwrap_err();
+            let e = check(&s, &s.sign(Some(json!({"typ": typ})), &base())).unwrap_err();
             assert_eq!(e.code(), ErrCode::InvalidRequest, "{typ}");
         }
     }
 
     #[test]
     fn structural_errors_are_invalid_request() {
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let mut cases: Vec<(Value, SetError)> = Vec::new();
         for claim in ["jti", "iat", "iss"] {
             let mut v = base();
@@ -528,7 +529,7 @@ pub(crate) mod tests {
             }),
         ));
         for (claims, want) in cases {
-            let got = check(&s, &s.sign(&claims)).unwrap_err();
+            let got = check(&s, &s.sign_set(&claims)).unwrap_err();
             assert_eq!(got, want, "{claims}");
             assert_eq!(got.err_code().0, "invalid_request");
         }
@@ -546,9 +547,8 @@ pub(crate) mod tests {
             SetError::HeaderNotJson
         );
         // Critical extensions are refused.
-        let t = sign_raw(
-            &s,
-            &json!({"alg":"RS256","kid":s.kid,"crit":["b64"],"b64":false}),
+        let t = s.sign_raw(
+            &json!({"alg":"RS256","kid":s.kid(),"crit":["b64"],"b64":false}),
             &base(),
         );
         assert_eq!(check(&s, &t).unwrap_err(), SetError::CriticalHeader);
@@ -556,7 +556,7 @@ pub(crate) mod tests {
 
     #[test]
     fn key_errors_are_invalid_key() {
-        let s = Signer::rsa();
+        let s = kit::rsa();
         // alg none, unsigned.
         let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(json!({"alg":"none","typ":"secevent+jwt"}).to_string());
@@ -565,19 +565,18 @@ pub(crate) mod tests {
         assert_eq!(e, SetError::Unsigned);
         assert_eq!(e.err_code().0, "invalid_key");
         // Corrupted signature.
-        let mut t = s.sign(&base());
+        let mut t = s.sign_set(&base());
         let last = t.pop().expect("char");
         t.push(if last == 'A' { 'B' } else { 'A' });
         assert_eq!(check(&s, &t).unwrap_err(), SetError::BadSignature);
         // Signature of another payload.
-        let other = s.sign(&json!({"x":1}));
+        let other = s.sign_set(&json!({"x":1}));
         let sig = other.rsplit('.').next().expect("sig");
-        let t = s.sign(&base());
+        let t = s.sign_set(&base());
         let forged = format!("{}.{sig}", &t[..t.rfind('.').expect("dot")]);
         assert_eq!(check(&s, &forged).unwrap_err(), SetError::BadSignature);
         // Unknown kid.
-        let t = sign_raw(
-            &s,
+        let t = s.sign_raw(
             &json!({"alg":"RS256","typ":"secevent+jwt","kid":"other"}),
             &base(),
         );
@@ -590,7 +589,7 @@ pub(crate) mod tests {
             &jsonwebtoken::Header {
                 alg: Algorithm::HS256,
                 typ: Some("secevent+jwt".into()),
-                kid: Some(s.kid.clone()),
+                kid: Some(s.kid().to_string()),
                 ..Default::default()
             },
             &base(),
@@ -602,13 +601,13 @@ pub(crate) mod tests {
             SetError::SymmetricAlgorithm("HS256".into())
         );
         // An algorithm outside the allow-list.
-        let t = s.sign_alg(&base(), Algorithm::RS384);
+        let t = kit::sign_alg(&s, &base(), Algorithm::RS384);
         assert_eq!(
             check(&s, &t).unwrap_err(),
             SetError::AlgorithmNotAllowed("RS384".into())
         );
         // ES256 header with an RSA key: key type does not fit.
-        let t = sign_raw(&s, &json!({"alg":"ES256","kid":s.kid}), &base());
+        let t = s.sign_raw(&json!({"alg":"ES256","kid":s.kid()}), &base());
         assert_eq!(
             check(&s, &t).unwrap_err(),
             SetError::KeyMismatch(Algorithm::ES256)
@@ -617,10 +616,10 @@ pub(crate) mod tests {
 
     #[test]
     fn issuer_and_audience() {
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let mut v = base();
         v["iss"] = json!("https://evil.example.com/");
-        let e = check(&s, &s.sign(&v)).unwrap_err();
+        let e = check(&s, &s.sign_set(&v)).unwrap_err();
         assert_eq!(
             e.err_code(),
             (
@@ -631,26 +630,29 @@ pub(crate) mod tests {
         // One trailing slash is tolerated.
         let mut v = base();
         v["iss"] = json!(format!("{ISS}/"));
-        assert!(check(&s, &s.sign(&v)).is_ok());
+        assert!(check(&s, &s.sign_set(&v)).is_ok());
         let mut v = base();
         v["aud"] = json!("https://someone-else.example.com");
         assert_eq!(
-            check(&s, &s.sign(&v)).unwrap_err().err_code().0,
+            check(&s, &s.sign_set(&v)).unwrap_err().err_code().0,
             "invalid_audience"
         );
         let mut v = base();
         v.as_object_mut().expect("obj").remove("aud");
-        assert_eq!(check(&s, &s.sign(&v)).unwrap_err(), SetError::WrongAudience);
+        assert_eq!(
+            check(&s, &s.sign_set(&v)).unwrap_err(),
+            SetError::WrongAudience
+        );
         let mut v = base();
         v["aud"] = json!([
             "https://someone-else.example.com",
             "https://sp.example.com/caep"
         ]);
-        assert!(check(&s, &s.sign(&v)).is_ok());
+        assert!(check(&s, &s.sign_set(&v)).is_ok());
         // Order: a bad signature is reported before a bad issuer.
         let mut v = base();
         v["iss"] = json!("https://evil.example.com/");
-        let mut t = s.sign(&v);
+        let mut t = s.sign_set(&v);
         t.truncate(t.len() - 4);
         t.push_str("AAAA");
         assert_eq!(check(&s, &t).unwrap_err().code(), ErrCode::InvalidKey);
@@ -658,12 +660,12 @@ pub(crate) mod tests {
 
     #[test]
     fn tolerances() {
-        let s = Signer::rsa();
+        let s = kit::rsa();
         // exp in the past and a top-level sub are ignored.
         let mut v = base();
         v["exp"] = json!(1);
         v["sub"] = json!("ignored");
-        let ok = check(&s, &s.sign(&v)).expect("valid");
+        let ok = check(&s, &s.sign_set(&v)).expect("valid");
         assert_eq!(
             ok.claims.events[0].subject,
             Some(Subject::IssSub {
@@ -675,7 +677,7 @@ pub(crate) mod tests {
         let mut v = base();
         v.as_object_mut().expect("obj").remove("sub_id");
         v["sub"] = json!("legacy-sub");
-        let ok = check(&s, &s.sign(&v)).expect("valid");
+        let ok = check(&s, &s.sign_set(&v)).expect("valid");
         assert_eq!(
             ok.claims.events[0].subject,
             Some(Subject::IssSub {
@@ -687,7 +689,7 @@ pub(crate) mod tests {
         let v = json!({"iss": ISS, "jti":"x", "iat": 1, "aud": AUD, "events": {
             "https://schemas.openid.net/secevent/risc/event-type/account-disabled":
               {"subject":{"subject_type":"iss-sub","iss":"https://idp.example.com/","sub":"7375626A656374"},"reason":"hijacking"}}});
-        let ok = check(&s, &s.sign(&v)).expect("valid");
+        let ok = check(&s, &s.sign_set(&v)).expect("valid");
         assert_eq!(
             ok.claims.events[0].subject,
             Some(Subject::IssSub {
@@ -698,7 +700,7 @@ pub(crate) mod tests {
         // sub_id wins over an in-event subject (applied once).
         let mut v = base();
         v["events"] = json!({"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {"subject":{"format":"opaque","id":"other"}}});
-        let ok = check(&s, &s.sign(&v)).expect("valid");
+        let ok = check(&s, &s.sign_set(&v)).expect("valid");
         assert_eq!(
             ok.claims.events[0].subject,
             Some(Subject::IssSub {
@@ -708,24 +710,24 @@ pub(crate) mod tests {
         );
         // Unknown event types need no subject and may have any object shape.
         let v = json!({"iss": ISS, "jti":"x", "iat": 1, "aud": AUD, "events": {"https://vendor.example/evt": {"subject": 5}}});
-        assert!(check(&s, &s.sign(&v)).is_ok());
+        assert!(check(&s, &s.sign_set(&v)).is_ok());
         // Verification needs no subject.
         let v = json!({"iss": ISS, "jti":"x", "iat": 1, "aud": AUD, "events": {"https://schemas.openid.net/secevent/ssf/event-type/verification": {"state": null}}});
-        assert!(check(&s, &s.sign(&v)).is_ok());
+        assert!(check(&s, &s.sign_set(&v)).is_ok());
         // Trailing newline around the body.
-        assert!(check(&s, &format!("{}\r\n", s.sign(&base()))).is_ok());
+        assert!(check(&s, &format!("{}\r\n", s.sign_set(&base()))).is_ok());
     }
 
     #[test]
     fn es256_and_ps256_signatures() {
-        let s = Signer::ec();
+        let s = kit::ec();
         assert_eq!(
-            check(&s, &s.sign(&base())).expect("es256").alg,
+            check(&s, &s.sign_set(&base())).expect("es256").alg,
             Algorithm::ES256
         );
-        let r = Signer::rsa();
+        let r = kit::rsa();
         assert_eq!(
-            check(&r, &r.sign_alg(&base(), Algorithm::PS256))
+            check(&r, &kit::sign_alg(&r, &base(), Algorithm::PS256))
                 .expect("ps256")
                 .alg,
             Algorithm::PS256
@@ -735,13 +737,12 @@ pub(crate) mod tests {
     #[test]
     fn rfc8935_example_signed_hs256_is_invalid_key() {
         // The example header of RFC 8935 §2.1, as given.
-        let s = Signer::rsa();
+        let s = kit::rsa();
         let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(r#"{"typ":"secevent+jwt","alg":"HS256"}"#);
         let t = format!(
             "{h}.{}.Y4rXxMD406P2edv00cr9Wf3_XwNtLjB9n-jTqN1_lLc",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(crate::signals::testkit::RFC8935_PAYLOAD)
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kit::RFC8935_PAYLOAD)
         );
         assert_eq!(check(&s, &t).unwrap_err().err_code().0, "invalid_key");
     }

@@ -595,7 +595,7 @@ mod tests {
     use super::*;
     use crate::auth::keys::KeySet;
     use crate::config::{KeySource, Secret, StreamMgmt};
-    use crate::signals::testkit::Signer;
+    use crate::dev::keys::set_kit as kit;
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
     use std::sync::Mutex;
@@ -696,8 +696,8 @@ mod tests {
 
     async fn setup(tx: Arc<Tx>) -> (Arc<TransmitterRt>, String) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Signer::rsa();
-        let base = serve(tx, s.jwks()).await;
+        let s = kit::rsa();
+        let base = serve(tx, kit::jwks(&s)).await;
         let mut cfg = crate::signals::push::tests::transmitter(dir.path(), &s);
         cfg.issuer = base.clone();
         cfg.keys = KeySource::Discovery(format!("{base}/.well-known/ssf-configuration"));

@@ -1,6 +1,6 @@
 //! The demo narration run in-process on free ports: every step checks real answers of the proxy.
 
-use cae_proxy::demo::{narrate, Demo, DemoError, Style, DEMO_TOML};
+use cae_proxy::dev::demo::{narrate, Demo, DemoError, Style, DEMO_TOML};
 
 use crate::common::{eventually, shell};
 
@@ -73,7 +73,7 @@ fn status_and_challenge(curl_i: &str) -> (String, Option<String>) {
 async fn the_printed_commands_work_when_pasted() {
     let demo = Demo::start_ephemeral().await.expect("demo starts");
     let mut out = Vec::new();
-    cae_proxy::demo::print_try_it(&demo, &mut out, Style { color: false });
+    cae_proxy::dev::demo::print_try_it(&demo, &mut out, Style { color: false });
     let text = String::from_utf8(out).expect("utf-8 output");
     let commands: Vec<String> = text
         .lines()
