@@ -594,6 +594,7 @@ fn decision_route(f1: u8, f2: u8) -> Route {
             },
             max_age: (f2 & 128 != 0).then_some(std::time::Duration::from_secs(300)),
         },
+        sender: Default::default(),
     }
 }
 

@@ -128,6 +128,7 @@ impl Proxy {
                 shared.metrics.fleet.clone(),
                 &shared.shutdown,
             );
+            shared.replay.use_redis(fleet.link().clone());
             let _ = shared.fleet.set(fleet);
         }
         let snap = shared.build(config)?;

@@ -176,6 +176,7 @@ fn route(cae: CaePolicy, scopes: Vec<String>, report_only: bool) -> Route {
         forward_authorization: true,
         report_only,
         cae,
+        sender: Default::default(),
     }
 }
 
