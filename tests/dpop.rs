@@ -1170,3 +1170,71 @@ async fn certificate_bound_tokens_through_a_trusted_proxy_header() {
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+// ---- configuration ----
+
+#[test]
+fn sender_settings_are_validated_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[server]
+client_cert_header = "x-client-cert"
+[[listener]]
+address = "127.0.0.1:0"
+[store]
+backend = "redis"
+redis_url = "redis://127.0.0.1:1/"
+[upstreams.app]
+url = "http://127.0.0.1:1"
+[[issuer]]
+name = "i"
+issuer = "https://i.example"
+jwks_uri = "https://i.example/keys"
+audiences = ["a"]
+sender_constraint = "always"
+dpop_algorithms = ["ES256", "HS256", "none"]
+dpop_nonce = true
+[[route]]
+upstream = "app"
+dpop_algorithms = []
+dpop_proof_window = "20m"
+dpop_nonce_rotation = "1s"
+"#;
+    let errors = cae_proxy::config::Config::parse(text, dir.path())
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| e.path)
+        .collect::<Vec<_>>();
+    for path in [
+        "server.client_cert_header",
+        "issuer[0].sender_constraint",
+        "issuer[0].dpop_algorithms[1]",
+        "issuer[0].dpop_algorithms[2]",
+        "route[0].dpop_algorithms",
+        "route[0].dpop_proof_window",
+        "route[0].dpop_nonce_rotation",
+        "server.dpop_nonce_secret",
+    ] {
+        assert!(errors.iter().any(|e| e == path), "{path} not in {errors:?}");
+    }
+    // With the secret, fleet mode may issue nonces.
+    let ok = text
+        .replace(
+            "client_cert_header = \"x-client-cert\"",
+            "dpop_nonce_secret = \"s\"",
+        )
+        .replace(
+            "sender_constraint = \"always\"",
+            "sender_constraint = \"required\"",
+        )
+        .replace(", \"HS256\", \"none\"", "")
+        .replace("dpop_algorithms = []\n", "")
+        .replace("\"20m\"", "\"20s\"")
+        .replace("\"1s\"", "\"1m\"");
+    let c = cae_proxy::config::Config::parse(&ok, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.issuers[0].sender.constraint,
+        Some(cae_proxy::config::SenderConstraint::Required)
+    );
+}
