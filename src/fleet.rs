@@ -142,6 +142,11 @@ impl Fleet {
         self.link.replica()
     }
 
+    /// The Redis link (DPoP replay detection shares it).
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
+    }
+
     /// True once the retained log was replayed since start.
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)

@@ -125,6 +125,7 @@ impl Proxy {
                 &shared.shutdown,
                 &shared.tasks,
             );
+            shared.replay.use_redis(fleet.link().clone());
             let _ = shared.fleet.set(fleet);
         }
         let snap = shared.build(config)?;

@@ -67,6 +67,15 @@ pub struct ResultLabels {
     pub reason: &'static str,
 }
 
+/// A sender-constraint check: how the token was held to its sender (`dpop`, `certificate`,
+/// `none`), `ok` or `refused`, and the refusal's cause.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SenderLabels {
+    pub method: &'static str,
+    pub result: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NameLabel {
     pub name: String,
@@ -164,6 +173,7 @@ pub struct Metrics {
     pub token_validations: Family<ResultLabels, Counter>,
     pub token_cache_hits: Counter,
     pub token_cache_misses: Counter,
+    pub sender_checks: Family<SenderLabels, Counter>,
     pub table_entries: Family<TableLabel, Gauge<i64, AtomicI64>>,
     pub sets_received: Family<SetLabels, Counter>,
     pub set_enforce_latency: Family<TransmitterLabel, Histogram, fn() -> Histogram>,
@@ -202,6 +212,7 @@ impl Metrics {
             token_validations: Family::default(),
             token_cache_hits: Counter::default(),
             token_cache_misses: Counter::default(),
+            sender_checks: Family::default(),
             table_entries: Family::default(),
             sets_received: Family::default(),
             set_enforce_latency: Family::new_with_constructor(latency),
@@ -247,6 +258,11 @@ impl Metrics {
             "token_cache_misses",
             "Verified-token cache misses",
             m.token_cache_misses.clone(),
+        );
+        r.register(
+            "sender_checks",
+            "Sender-constraint checks (DPoP proof, client certificate) of valid tokens by method, result and reason",
+            m.sender_checks.clone(),
         );
         r.register_collector(Box::new(key_sets.clone()));
         r.register(

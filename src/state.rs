@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arc_swap::ArcSwap;
 
 use crate::auth::cache::TokenCache;
+use crate::auth::dpop::NonceKey;
 use crate::auth::keys::KeySets;
+use crate::auth::replay::ReplayCache;
 use crate::auth::token::{IssuerRt, Issuers};
 use crate::config::{Config, Upstream};
 use crate::fetch::Fetcher;
@@ -36,6 +38,8 @@ pub struct Snapshot {
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
     pub signals: crate::signals::runtime::SignalsSnapshot,
+    /// Key of the DPoP nonces: from `server.dpop_nonce_secret`, else the process's own.
+    pub nonces: Arc<NonceKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,10 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub store: Arc<SignalStore>,
     pub cache: TokenCache,
+    /// DPoP proofs seen (in Redis in fleet mode).
+    pub replay: ReplayCache,
+    /// The DPoP nonce key used when the configuration names none (one per process).
+    process_nonces: Arc<NonceKey>,
     pub fetcher: Fetcher,
     pub metrics: Metrics,
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -99,6 +107,8 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             store,
             cache: TokenCache::new(cache_size),
+            replay: ReplayCache::default(),
+            process_nonces: Arc::new(NonceKey::random()),
             fetcher: Fetcher::new(),
             metrics: Metrics::new(&key_sets),
             shutdown,
@@ -174,8 +184,13 @@ impl Shared {
                     .iter()
                     .any(|t| &t.keys == src && t.issuer == iss)
         });
+        let nonces = match &config.server.dpop_nonce_secret {
+            Some(secret) => Arc::new(NonceKey::new(secret.expose().as_bytes())),
+            None => self.process_nonces.clone(),
+        };
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Snapshot {
+            nonces,
             generation,
             router: Router::with_metrics(&config.routes, &self.metrics),
             issuers,
@@ -202,6 +217,8 @@ impl Shared {
     /// Installs a snapshot.
     pub fn install(&self, snap: Snapshot) {
         self.metrics.config_generation.set(snap.generation as i64);
+        self.replay
+            .set_capacity(snap.config.server.dpop_replay_cache_size);
         self.snapshot.store(Arc::new(snap));
         self.cache.clear();
     }
@@ -276,6 +293,7 @@ impl Snapshot {
             tls: HashMap::new(),
             admin_tls: None,
             signals: Default::default(),
+            nonces: Arc::new(NonceKey::random()),
         }
     }
 }

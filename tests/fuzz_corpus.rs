@@ -105,6 +105,11 @@ fn route() {
 }
 
 #[test]
+fn dpop_proof() {
+    replay("dpop_proof");
+}
+
+#[test]
 fn every_target_has_a_committed_corpus() {
     for (name, _) in cae_proxy::dev::fuzz::TARGETS {
         assert!(

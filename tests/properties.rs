@@ -177,6 +177,7 @@ fn route(cae: CaePolicy, scopes: Vec<String>, report_only: bool) -> Route {
         report_only,
         upgrades: vec![],
         cae,
+        sender: Default::default(),
     }
 }
 

@@ -1,4 +1,6 @@
-//! One exhaustive mapping from deny reason to status, `WWW-Authenticate` and JSON body (protocols.md §2).
+//! One exhaustive mapping from deny reason to status, `WWW-Authenticate` and JSON body
+//! (protocols.md §2), in the `Bearer` scheme (RFC 6750 §3) or the `DPoP` scheme (RFC 9449 §7.1:
+//! the same parameters after `algs`).
 
 use base64::Engine;
 use http::StatusCode;
@@ -21,6 +23,7 @@ pub struct ChallengeCtx<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
     pub status: StatusCode,
+    /// Empty for the one answer that is no challenge (503: a DPoP replay check unavailable).
     pub www_authenticate: String,
     /// Machine-readable code (Microsoft Graph style).
     pub code: &'static str,
@@ -51,9 +54,9 @@ fn q(s: &str) -> String {
         .collect()
 }
 
-/// One `Bearer` challenge: parameters quoted, separated by `, `, in the order given.
-fn bearer(params: &[(&str, &str)]) -> String {
-    let mut out = String::from("Bearer ");
+/// One challenge of `scheme`: parameters quoted, separated by `, `, in the order given.
+fn challenge(scheme: &str, params: &[(&str, &str)]) -> String {
+    let mut out = format!("{scheme} ");
     for (i, (k, v)) in params.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
@@ -66,17 +69,30 @@ fn bearer(params: &[(&str, &str)]) -> String {
     out
 }
 
+/// Maps a deny reason to its `Bearer` answer ([`respond_as`] without DPoP).
+pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
+    respond_as(reason, ctx, None)
+}
+
 /// Maps a deny reason to its answer. No wildcard arm: a new reason must be mapped here. The
 /// challenge's parameters are chosen first; the header and the body's `error` (the same one,
-/// absent for a request without a token) both come from them.
-pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
-    let invalid = |desc: &str| {
+/// absent for a request without a token) both come from them. With `dpop_algs` (the accepted
+/// proof algorithms, space-separated) the challenge is `DPoP algs="…", ` and the same parameters
+/// (RFC 9449 §7.1), so that a DPoP client gets its proof errors and a CAE client its claims
+/// challenge.
+pub fn respond_as(
+    reason: &DenyReason,
+    ctx: &ChallengeCtx<'_>,
+    dpop_algs: Option<&str>,
+) -> Challenge {
+    let invalid_as = |error: &str, desc: &str| {
         vec![
             ("realm", ctx.realm.to_string()),
-            ("error", "invalid_token".to_string()),
+            ("error", error.to_string()),
             ("error_description", desc.to_string()),
         ]
     };
+    let invalid = |desc: &str| invalid_as("invalid_token", desc);
     // A CAE client gets a claims challenge; any other client must sign in again.
     let cae = |claims: String, desc: &str| {
         if !ctx.cp1 {
@@ -98,12 +114,26 @@ pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
                 "MissingToken",
                 "a bearer token is required".into(),
             ),
-            DenyReason::InvalidToken(e) => (
-                StatusCode::UNAUTHORIZED,
-                invalid(&e.to_string()),
-                "InvalidAuthenticationToken",
-                e.to_string(),
-            ),
+            DenyReason::InvalidToken(e) => match e.error_code() {
+                Some(error) => (
+                    StatusCode::UNAUTHORIZED,
+                    invalid_as(error, &e.to_string()),
+                    match e.kind() {
+                        "invalid_dpop_proof" => "InvalidDpopProof",
+                        "use_dpop_nonce" => "UseDpopNonce",
+                        "sender_binding" => "SenderConstraintNotMet",
+                        _ => "InvalidAuthenticationToken",
+                    },
+                    e.to_string(),
+                ),
+                // Fail closed, but the client is not at fault: no challenge, retry later.
+                None => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Vec::new(),
+                    "DpopReplayCheckUnavailable",
+                    e.to_string(),
+                ),
+            },
             DenyReason::Revoked { revoked_at, .. } => {
                 let desc = "the token was issued before a revocation of its subject, session or id";
                 (
@@ -191,12 +221,24 @@ pub fn respond(reason: &DenyReason, ctx: &ChallengeCtx<'_>) -> Challenge {
                 format!("the token's {claim} claim is not allowed on this route"),
             ),
         };
-    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let error = pairs.iter().find(|(k, _)| *k == "error").map(|(_, v)| *v);
-    let body = serde_json::json!({"error": error, "code": code, "message": message, "request_id": ctx.request_id}).to_string();
+    let body_error = match error {
+        None if status == StatusCode::SERVICE_UNAVAILABLE => Some("temporarily_unavailable"),
+        e => e,
+    };
+    let body = serde_json::json!({"error": body_error, "code": code, "message": message, "request_id": ctx.request_id}).to_string();
+    let www_authenticate = match dpop_algs {
+        _ if pairs.is_empty() => String::new(),
+        None => challenge("Bearer", &pairs),
+        Some(algs) => {
+            pairs.insert(0, ("algs", algs));
+            challenge("DPoP", &pairs)
+        }
+    };
     Challenge {
         status,
-        www_authenticate: bearer(&pairs),
+        www_authenticate,
         code,
         body,
     }
@@ -259,6 +301,65 @@ mod tests {
             "{}",
             legacy.www_authenticate
         );
+    }
+
+    #[test]
+    fn dpop_answers() {
+        use crate::auth::dpop::ProofError;
+        let ctx = ChallengeCtx {
+            realm: "api",
+            authorization_uri: Some("https://login.example/authorize"),
+            cp1: true,
+            request_id: "r",
+            now: 5,
+        };
+        let algs = Some("ES256 PS256");
+        let c = respond_as(
+            &DenyReason::InvalidToken(TokenError::DpopProof(ProofError::Method)),
+            &ctx,
+            algs,
+        );
+        assert_eq!(
+            (c.status, c.www_authenticate.as_str()),
+            (
+                StatusCode::UNAUTHORIZED,
+                r#"DPoP algs="ES256 PS256", realm="api", error="invalid_dpop_proof", error_description="the DPoP proof htm does not match the request method""#
+            )
+        );
+        let body: serde_json::Value = serde_json::from_str(&c.body).unwrap();
+        assert_eq!(body["error"], "invalid_dpop_proof");
+        let n = respond_as(&DenyReason::InvalidToken(TokenError::DpopNonce), &ctx, algs);
+        assert!(
+            n.www_authenticate
+                .starts_with(r#"DPoP algs="ES256 PS256", realm="api", error="use_dpop_nonce""#),
+            "{}",
+            n.www_authenticate
+        );
+        assert_eq!(
+            respond_as(&DenyReason::MissingToken, &ctx, algs).www_authenticate,
+            r#"DPoP algs="ES256 PS256", realm="api""#
+        );
+        let revoked = respond_as(
+            &DenyReason::Revoked {
+                by: crate::auth::decide::RevokedBy::Session,
+                revoked_at: 1604106651,
+            },
+            &ctx,
+            algs,
+        );
+        assert_eq!(
+            revoked.www_authenticate,
+            r#"DPoP algs="ES256 PS256", realm="api", authorization_uri="https://login.example/authorize", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNjA0MTA2NjUxIn19fQ==""#
+        );
+        let down = respond_as(
+            &DenyReason::InvalidToken(TokenError::ReplayCheckUnavailable),
+            &ctx,
+            algs,
+        );
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.www_authenticate, "");
+        let body: serde_json::Value = serde_json::from_str(&down.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
     }
 
     #[test]

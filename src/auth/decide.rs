@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::auth::token::{Principal, Rejected, TokenError, TokenIp};
-use crate::config::{AuthMode, MatchMode, Route};
+use crate::config::{AuthMode, MatchMode, Route, SenderConstraint};
 use crate::store::keys::{
     encode_into, ANY_ISSUER, KIND_DEVICE, KIND_EMAIL, KIND_SESSION, KIND_SUBJECT, KIND_TENANT,
     KIND_TOKEN,
@@ -122,6 +122,9 @@ pub struct Refusal {
     pub issuer: Option<Arc<str>>,
     /// The client understands claims challenges (`xms_cc` contains `cp1`).
     pub cp1: bool,
+    /// Answer with a `DPoP` challenge (RFC 9449 §7.1): the request used the `DPoP` scheme, the
+    /// token is DPoP-bound, or (no token) the route requires sender-constrained tokens.
+    pub dpop: bool,
 }
 
 /// Decides a request. Order: no token or an invalid one, an issuer the route does not accept,
@@ -140,17 +143,23 @@ pub fn decide(
     let accepts =
         |issuer: &str| route.issuers.is_empty() || route.issuers.iter().any(|i| **i == *issuer);
     let route_issuer = || route.issuers.first().map(|n| Arc::from(n.as_str()));
-    let deny = |reason, issuer, cp1| {
+    let deny = |reason, issuer, cp1, dpop| {
         Decision::Deny(Refusal {
             reason,
             issuer,
             cp1,
+            dpop,
         })
     };
     match presented {
         _ if route.auth == AuthMode::None => Decision::Allow,
         Credential::Absent if route.auth == AuthMode::Optional => Decision::Allow,
-        Credential::Absent => deny(DenyReason::MissingToken, route_issuer(), false),
+        Credential::Absent => deny(
+            DenyReason::MissingToken,
+            route_issuer(),
+            false,
+            route.sender.constraint == Some(SenderConstraint::Required),
+        ),
         // The issuer the token's `iss` names, when the route accepts it: only a choice among
         // configured issuers, so an unverified `iss` selects, never supplies.
         Credential::Invalid(r) => deny(
@@ -160,21 +169,23 @@ pub fn decide(
                 .filter(|i| accepts(i))
                 .or_else(route_issuer),
             false,
+            r.dpop,
         ),
         Credential::Valid(p) if !accepts(&p.issuer) => deny(
             DenyReason::InvalidToken(TokenError::IssuerNotAllowed),
             route_issuer(),
             p.cp1,
+            p.cnf.jkt.is_some(),
         ),
         Credential::Valid(p) => match check(route, p, tables, client_ip, now) {
             Ok(()) => Decision::Allow,
             Err(reason) if reason.is_cae() && (route.report_only || server_report_only) => {
                 match check_grants(route, p) {
                     Ok(()) => Decision::ReportOnly(reason),
-                    Err(grant) => deny(grant, Some(p.issuer.clone()), p.cp1),
+                    Err(grant) => deny(grant, Some(p.issuer.clone()), p.cp1, p.cnf.jkt.is_some()),
                 }
             }
-            Err(reason) => deny(reason, Some(p.issuer.clone()), p.cp1),
+            Err(reason) => deny(reason, Some(p.issuer.clone()), p.cp1, p.cnf.jkt.is_some()),
         },
     }
 }
@@ -206,11 +217,13 @@ impl DenyReason {
         }
     }
 
-    /// Stable label for metrics and the access log.
+    /// Stable label for metrics and the access log (a refused credential by its kind:
+    /// `invalid_token`, `invalid_dpop_proof`, `use_dpop_nonce`, `sender_binding`,
+    /// `replay_check_unavailable`).
     pub fn label(&self) -> &'static str {
         match self {
             DenyReason::MissingToken => "missing_token",
-            DenyReason::InvalidToken(_) => "invalid_token",
+            DenyReason::InvalidToken(e) => e.kind(),
             DenyReason::Revoked { .. } => "revoked",
             DenyReason::AccountBlocked { .. } => "account_blocked",
             DenyReason::IpNotAllowed { .. } => "ip_not_allowed",
@@ -460,6 +473,7 @@ mod tests {
                 revocation: true,
                 ..Default::default()
             },
+            sender: Default::default(),
         }
     }
 

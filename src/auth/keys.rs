@@ -607,34 +607,85 @@ fn key_from_jwk(v: serde_json::Value, min_rsa_bits: usize) -> Result<VerifyKey, 
 /// lexicographic order, no white space (`{"e":…,"kty":"RSA","n":…}`, `{"crv":…,"kty":"EC","x":…,
 /// "y":…}`, `{"crv":"Ed25519","kty":"OKP","x":…}`). `None` for key types we do not verify with.
 pub fn jwk_thumbprint(key: &AlgorithmParameters) -> Option<[u8; 32]> {
-    // Member values are base64url without padding (RFC 7515 §2); tolerate trailing `=`.
-    let v = |s: &str| serde_json::Value::from(s.trim_end_matches('=')).to_string();
-    let canonical = match key {
-        AlgorithmParameters::RSA(p) => {
-            format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, v(&p.e), v(&p.n))
-        }
-        AlgorithmParameters::EllipticCurve(p) => {
-            let crv = match p.curve {
+    let public = match key {
+        AlgorithmParameters::RSA(p) => PublicJwk::Rsa { n: &p.n, e: &p.e },
+        AlgorithmParameters::EllipticCurve(p) => PublicJwk::Ec {
+            crv: match p.curve {
                 EllipticCurve::P256 => "P-256",
                 EllipticCurve::P384 => "P-384",
                 EllipticCurve::P521 => "P-521",
                 _ => return None,
-            };
-            format!(
-                r#"{{"crv":"{crv}","kty":"EC","x":{},"y":{}}}"#,
-                v(&p.x),
-                v(&p.y)
-            )
-        }
+            },
+            x: &p.x,
+            y: &p.y,
+        },
         AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            format!(r#"{{"crv":"Ed25519","kty":"OKP","x":{}}}"#, v(&p.x))
+            PublicJwk::Okp {
+                crv: "Ed25519",
+                x: &p.x,
+            }
         }
         _ => return None,
     };
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    Some(out)
+    Some(public.thumbprint())
+}
+
+/// The required public members of a JWK (RFC 7638 §3.2), as base64url strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicJwk<'a> {
+    Rsa {
+        n: &'a str,
+        e: &'a str,
+    },
+    Ec {
+        crv: &'a str,
+        x: &'a str,
+        y: &'a str,
+    },
+    Okp {
+        crv: &'a str,
+        x: &'a str,
+    },
+}
+
+impl PublicJwk<'_> {
+    /// The RFC 7638 §3 SHA-256 thumbprint: the required members in lexicographic order, no
+    /// white space.
+    pub fn thumbprint(&self) -> [u8; 32] {
+        // Member values are base64url without padding (RFC 7515 §2); tolerate trailing `=`.
+        let v = |s: &str| serde_json::Value::from(s.trim_end_matches('=')).to_string();
+        let canonical = match self {
+            PublicJwk::Rsa { n, e } => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, v(e), v(n)),
+            PublicJwk::Ec { crv, x, y } => format!(
+                r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
+                v(crv),
+                v(x),
+                v(y)
+            ),
+            PublicJwk::Okp { crv, x } => {
+                format!(r#"{{"crv":{},"kty":"OKP","x":{}}}"#, v(crv), v(x))
+            }
+        };
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    /// The public key in the form aws-lc-rs parses for verification: PKCS#1 DER for RSA, the
+    /// uncompressed point for EC, the raw key for Ed25519. `None` when a member is not base64url.
+    pub fn public_bytes(&self) -> Option<Vec<u8>> {
+        let b64 = |v: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v.trim_end_matches('='))
+                .ok()
+        };
+        Some(match self {
+            PublicJwk::Rsa { n, e } => rsa_public_der(&b64(n)?, &b64(e)?),
+            PublicJwk::Ec { x, y, .. } => [vec![4u8], b64(x)?, b64(y)?].concat(),
+            PublicJwk::Okp { x, .. } => b64(x)?,
+        })
+    }
 }
 
 fn key_alg(ka: KeyAlgorithm) -> Option<Algorithm> {

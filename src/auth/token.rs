@@ -9,6 +9,7 @@ use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use super::dpop::ProofError;
 use super::keys::{KeySet, VerifyKey};
 use crate::config;
 
@@ -52,6 +53,32 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("the issuer keys are not available yet")]
     KeysUnavailable,
+    /// RFC 9449 §4.3: the proof failed a check (`error="invalid_dpop_proof"`).
+    #[error("{0}")]
+    DpopProof(ProofError),
+    /// RFC 9449 §9: the route wants a nonce this proxy issued (`error="use_dpop_nonce"`).
+    #[error("the DPoP proof must carry the nonce this server provides")]
+    DpopNonce,
+    #[error("the access token is not bound to a DPoP key")]
+    NotDpopBound,
+    #[error("the DPoP proof key is not the key the access token is bound to")]
+    DpopKeyMismatch,
+    /// RFC 9449 §7.2: a DPoP-bound token presented as a bearer token.
+    #[error("a DPoP-bound access token must be sent with the DPoP scheme")]
+    DpopBoundAsBearer,
+    /// RFC 8705 §3: a certificate-bound token without a client certificate.
+    #[error("the access token is bound to a client certificate and none was presented")]
+    NoClientCertificate,
+    /// RFC 8705 §3: another certificate than the one the token is bound to.
+    #[error("the access token is bound to another client certificate")]
+    CertificateMismatch,
+    #[error("the access token confirmation (cnf) is not one this server can check")]
+    UnsupportedBinding,
+    #[error("this route requires a sender-constrained access token (DPoP or certificate-bound)")]
+    NotSenderConstrained,
+    /// Fail closed: the replay cache is full or Redis is unreachable (answered 503).
+    #[error("the DPoP proof cannot be checked for replay now; retry later")]
+    ReplayCheckUnavailable,
 }
 
 impl TokenError {
@@ -76,7 +103,97 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::DpopProof(e) => e.reason(),
+            TokenError::DpopNonce => "dpop_nonce",
+            TokenError::NotDpopBound => "not_dpop_bound",
+            TokenError::DpopKeyMismatch => "dpop_key_mismatch",
+            TokenError::DpopBoundAsBearer => "dpop_bound_as_bearer",
+            TokenError::NoClientCertificate => "no_client_certificate",
+            TokenError::CertificateMismatch => "certificate_mismatch",
+            TokenError::UnsupportedBinding => "unsupported_binding",
+            TokenError::NotSenderConstrained => "not_sender_constrained",
+            TokenError::ReplayCheckUnavailable => "replay_check_unavailable",
         }
+    }
+
+    /// The kind of refusal, for the `reason` of metrics and the access line: `invalid_token`,
+    /// `invalid_dpop_proof`, `use_dpop_nonce`, `sender_binding` (the token's binding is not met)
+    /// or `replay_check_unavailable`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenError::DpopProof(_) => "invalid_dpop_proof",
+            TokenError::DpopNonce => "use_dpop_nonce",
+            TokenError::NotDpopBound
+            | TokenError::DpopKeyMismatch
+            | TokenError::DpopBoundAsBearer
+            | TokenError::NoClientCertificate
+            | TokenError::CertificateMismatch
+            | TokenError::UnsupportedBinding
+            | TokenError::NotSenderConstrained => "sender_binding",
+            TokenError::ReplayCheckUnavailable => "replay_check_unavailable",
+            _ => "invalid_token",
+        }
+    }
+
+    /// The challenge's `error` code (RFC 6750 §3.1, RFC 9449 §7.1, §9); `None` for the 503 of
+    /// an unavailable replay check, which is no challenge.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            TokenError::DpopProof(_) => Some("invalid_dpop_proof"),
+            TokenError::DpopNonce => Some("use_dpop_nonce"),
+            TokenError::ReplayCheckUnavailable => None,
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+/// The token's confirmation claim (`cnf`, RFC 7800) as far as sender constraint goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cnf {
+    /// `cnf.jkt`: RFC 7638 thumbprint of the DPoP key (RFC 9449 §6.1).
+    pub jkt: Option<[u8; 32]>,
+    /// `cnf.x5t#S256`: SHA-256 of the client certificate's DER (RFC 8705 §3.1).
+    pub x5t_s256: Option<[u8; 32]>,
+    /// A `cnf` this server cannot check: not an object, a `jkt` or `x5t#S256` that is not a
+    /// base64url SHA-256, or only other confirmation methods (`jwk`, `kid`, …). Refused (fail
+    /// closed) wherever sender constraint is checked.
+    pub unsupported: bool,
+}
+
+impl Cnf {
+    /// Reads `cnf` from the claims.
+    pub fn from_claims(claims: &Map<String, Value>) -> Cnf {
+        let digest = |v: &Value| -> Option<[u8; 32]> {
+            let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v.as_str()?.trim_end_matches('='))
+                .ok()?;
+            b.try_into().ok()
+        };
+        match claims.get("cnf") {
+            None | Some(Value::Null) => Cnf::default(),
+            Some(Value::Object(m)) => {
+                let mut c = Cnf::default();
+                if let Some(v) = m.get("jkt") {
+                    c.jkt = digest(v);
+                    c.unsupported |= c.jkt.is_none();
+                }
+                if let Some(v) = m.get("x5t#S256") {
+                    c.x5t_s256 = digest(v);
+                    c.unsupported |= c.x5t_s256.is_none();
+                }
+                c.unsupported |= !m.is_empty() && c.jkt.is_none() && c.x5t_s256.is_none();
+                c
+            }
+            Some(_) => Cnf {
+                unsupported: true,
+                ..Cnf::default()
+            },
+        }
+    }
+
+    /// Whether the token is sender-constrained at all.
+    pub fn is_bound(&self) -> bool {
+        self.jkt.is_some() || self.x5t_s256.is_some() || self.unsupported
     }
 }
 
@@ -115,6 +232,8 @@ pub struct Principal {
     /// while this very key is still published (not merely its `kid`).
     pub key_thumbprint: [u8; 32],
     pub alg: Option<Algorithm>,
+    /// The sender-constraint binding (`cnf`), checked on every request, cached or not.
+    pub cnf: Cnf,
     pub claims: Map<String, Value>,
 }
 
@@ -135,6 +254,9 @@ pub enum TokenIp {
 pub struct Rejected {
     pub error: TokenError,
     pub issuer: Option<Arc<str>>,
+    /// The refusal answers with a `DPoP` challenge (RFC 9449 §7.1): the request used the `DPoP`
+    /// scheme, or the token is DPoP-bound.
+    pub dpop: bool,
 }
 
 impl From<TokenError> for Rejected {
@@ -142,6 +264,7 @@ impl From<TokenError> for Rejected {
         Rejected {
             error,
             issuer: None,
+            dpop: false,
         }
     }
 }
@@ -223,14 +346,38 @@ impl Issuers {
     }
 }
 
+/// The `Authorization` scheme an access token came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// RFC 6750.
+    Bearer,
+    /// RFC 9449 §7.1: the token with a `DPoP` proof header.
+    Dpop,
+}
+
 /// Takes the bearer token from the request: exactly one `Authorization: Bearer …` header.
 /// Returns `Ok(None)` when there is no bearer token at all: no `Authorization`, or another
-/// scheme (`Basic …`), which RFC 6750 §3.1 answers with a challenge without an error code.
+/// scheme (`Basic …`, and `DPoP …`: see [`access_token`]), which RFC 6750 §3.1 answers with a
+/// challenge without an error code.
 pub fn bearer<'a>(
     headers: &'a HeaderMap,
     query: Option<&str>,
     max_bytes: usize,
 ) -> Result<Option<&'a str>, TokenError> {
+    match access_token(headers, query, max_bytes)? {
+        Some((Scheme::Bearer, t)) => Ok(Some(t)),
+        _ => Ok(None),
+    }
+}
+
+/// Takes the access token from the request: exactly one `Authorization` header with the
+/// `Bearer` or the `DPoP` scheme (RFC 9449 §7.1), scheme names case-insensitive. `Ok(None)`:
+/// no `Authorization`, or another scheme.
+pub fn access_token<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+    max_bytes: usize,
+) -> Result<Option<(Scheme, &'a str)>, TokenError> {
     if query.is_some_and(|q| {
         q.split('&')
             .any(|kv| kv.split('=').next() == Some("access_token"))
@@ -250,9 +397,13 @@ pub fn bearer<'a>(
         .filter(|v| v.is_ascii())
         .ok_or(TokenError::Malformed("non-ASCII Authorization header"))?;
     let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Ok(None);
-    }
+    };
     let token = token.trim_matches(' ');
     if token.len() > max_bytes {
         return Err(TokenError::TooLarge);
@@ -260,7 +411,7 @@ pub fn bearer<'a>(
     if token.is_empty() {
         return Err(TokenError::Malformed("empty token"));
     }
-    Ok(Some(token))
+    Ok(Some((scheme, token)))
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
@@ -372,6 +523,7 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
     let named = |error| Rejected {
         error,
         issuer: Some(Arc::from(issuer.cfg.name.as_str())),
+        dpop: false,
     };
     verify(issuer, header, iss, claims, signing_input, &signature, now)
         .await
@@ -512,6 +664,7 @@ fn principal(
         kid: header.kid,
         key_thumbprint: key.thumbprint,
         alg: Some(header.alg),
+        cnf: Cnf::from_claims(&claims),
         iss,
         claims,
     }

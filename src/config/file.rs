@@ -60,6 +60,14 @@ pub struct ServerFile {
     pub token_cache_size: Option<usize>,
     /// Largest accepted bearer token, in bytes.
     pub max_token_bytes: Option<usize>,
+    /// Key of the DPoP nonces this proxy issues (secret reference); the same on every replica of
+    /// a fleet. Absent: a random key per process.
+    pub dpop_nonce_secret: Option<String>,
+    /// DPoP proof `jti`s remembered for replay detection (without Redis).
+    pub dpop_replay_cache_size: Option<usize>,
+    /// The one header trusted proxies pass the client certificate in: `client-cert` (RFC 9440,
+    /// default) or `x-forwarded-client-cert` (Envoy).
+    pub client_cert_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +172,17 @@ pub struct RouteFile {
     pub upgrades: Option<Vec<String>>,
     #[serde(default)]
     pub cae: CaeFile,
+    /// Sender constraint (RFC 9449 DPoP, RFC 8705 certificate-bound): `none`, `allowed` or
+    /// `required`.
+    pub sender_constraint: Option<String>,
+    /// DPoP proof algorithms accepted.
+    pub dpop_algorithms: Option<Vec<String>>,
+    /// How far a DPoP proof's `iat` may be from now.
+    pub dpop_proof_window: Option<String>,
+    /// Require a server-issued DPoP nonce (RFC 9449 §9).
+    pub dpop_nonce: Option<bool>,
+    /// How often the DPoP nonce changes.
+    pub dpop_nonce_rotation: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +246,17 @@ pub struct IssuerFile {
     pub tenant_claim: Option<String>,
     /// Claims holding e-mail addresses (default `["email", "upn", "preferred_username"]`).
     pub email_claims: Option<Vec<String>>,
+    /// Sender constraint (RFC 9449 DPoP, RFC 8705 certificate-bound): `none`, `allowed` or
+    /// `required`.
+    pub sender_constraint: Option<String>,
+    /// DPoP proof algorithms accepted.
+    pub dpop_algorithms: Option<Vec<String>>,
+    /// How far a DPoP proof's `iat` may be from now.
+    pub dpop_proof_window: Option<String>,
+    /// Require a server-issued DPoP nonce (RFC 9449 §9).
+    pub dpop_nonce: Option<bool>,
+    /// How often the DPoP nonce changes.
+    pub dpop_nonce_rotation: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

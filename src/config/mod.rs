@@ -125,6 +125,111 @@ pub struct Server {
     pub report_only: bool,
     pub token_cache_size: usize,
     pub max_token_bytes: usize,
+    /// Key of the DPoP nonces (RFC 9449 §9); `None`: a random key per process.
+    pub dpop_nonce_secret: Option<Secret>,
+    /// DPoP proof `jti`s remembered for replay detection without Redis (RFC 9449 §11.1).
+    pub dpop_replay_cache_size: usize,
+    /// The header trusted proxies pass the client certificate in (RFC 8705 §3 through a proxy).
+    pub client_cert_header: ClientCertHeader,
+}
+
+/// The one header a trusted proxy passes the client certificate in. Only that one is read, like
+/// [`ClientIpHeader`]: a front proxy that sets one and passes the other through from the client
+/// must not let the client choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertHeader {
+    /// RFC 9440 `Client-Cert`: the DER certificate as a structured-field byte sequence.
+    ClientCert,
+    /// Envoy's `X-Forwarded-Client-Cert`: the `Hash` (or `Cert`) of the element the nearest proxy
+    /// added.
+    Xfcc,
+}
+
+/// Sender constraint of tokens (RFC 9449 DPoP `cnf.jkt`, RFC 8705 `cnf.x5t#S256`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SenderConstraint {
+    /// Not checked: `cnf` is ignored and the `DPoP` scheme is not accepted (bearer tokens only).
+    None,
+    /// A bound token must be used with its binding; unbound bearer tokens are accepted.
+    #[default]
+    Allowed,
+    /// Every token must be bound (DPoP or certificate) and used with its binding.
+    Required,
+}
+
+/// A DPoP proof signature algorithm: asymmetric only (RFC 9449 §4.2). `Ed25519` is the
+/// fully-specified name some clients use for `EdDSA` over Ed25519.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DpopAlg {
+    ES256,
+    ES384,
+    PS256,
+    PS384,
+    PS512,
+    RS256,
+    RS384,
+    RS512,
+    EdDSA,
+    Ed25519,
+}
+
+impl DpopAlg {
+    /// Every algorithm, in the order of their names in `algs`.
+    pub const ALL: [DpopAlg; 10] = [
+        DpopAlg::ES256,
+        DpopAlg::ES384,
+        DpopAlg::PS256,
+        DpopAlg::PS384,
+        DpopAlg::PS512,
+        DpopAlg::RS256,
+        DpopAlg::RS384,
+        DpopAlg::RS512,
+        DpopAlg::EdDSA,
+        DpopAlg::Ed25519,
+    ];
+
+    /// Accepted when `dpop_algorithms` is not set.
+    pub const DEFAULT: [DpopAlg; 6] = [
+        DpopAlg::ES256,
+        DpopAlg::ES384,
+        DpopAlg::EdDSA,
+        DpopAlg::Ed25519,
+        DpopAlg::PS256,
+        DpopAlg::RS256,
+    ];
+
+    /// The JOSE `alg` name (exact, case-sensitive: RFC 7515 §4.1.1).
+    pub fn name(self) -> &'static str {
+        match self {
+            DpopAlg::ES256 => "ES256",
+            DpopAlg::ES384 => "ES384",
+            DpopAlg::PS256 => "PS256",
+            DpopAlg::PS384 => "PS384",
+            DpopAlg::PS512 => "PS512",
+            DpopAlg::RS256 => "RS256",
+            DpopAlg::RS384 => "RS384",
+            DpopAlg::RS512 => "RS512",
+            DpopAlg::EdDSA => "EdDSA",
+            DpopAlg::Ed25519 => "Ed25519",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DpopAlg> {
+        DpopAlg::ALL.into_iter().find(|a| a.name() == s)
+    }
+}
+
+/// Sender-constraint settings of an issuer or a route, as written: a route's value wins over
+/// the token issuer's, which wins over the default (see `auth::sender::Effective`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderPolicy {
+    pub constraint: Option<SenderConstraint>,
+    pub dpop_algorithms: Option<Vec<DpopAlg>>,
+    /// Largest distance of a proof's `iat` from now.
+    pub proof_window: Option<Duration>,
+    /// Proofs must carry a nonce this proxy issued.
+    pub nonce: Option<bool>,
+    pub nonce_rotation: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +392,8 @@ pub struct Route {
     /// Protocols (lower-case) an HTTP/1.1 `Upgrade` may switch to: empty, or `websocket`.
     pub upgrades: Vec<String>,
     pub cae: CaePolicy,
+    /// DPoP and certificate-bound tokens on this route (unset keys: the issuer's).
+    pub sender: SenderPolicy,
 }
 
 /// Where an issuer's keys come from.
@@ -323,6 +430,8 @@ pub struct Issuer {
     pub realm: Option<String>,
     /// Which token claims the revocation, block and binding keys are looked up by.
     pub claim_map: ClaimMap,
+    /// DPoP and certificate-bound tokens of this issuer (a route's settings win).
+    pub sender: SenderPolicy,
 }
 
 /// Token claims that name the user, session, token, tenant, device and e-mail addresses, i.e.

@@ -310,6 +310,7 @@ pub(super) fn validate(
     if let Some(a) = &admin {
         admin_off_loopback_needs_auth(&mut c, a);
     }
+    fleet_nonce_needs_a_secret(&mut c, &server, &store, &issuers, &routes);
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -397,6 +398,9 @@ fn server(c: &mut Check<'_>, s: &ServerFile) -> Server {
         report_only: s.report_only.unwrap_or(false),
         token_cache_size: s.token_cache_size.unwrap_or(100_000),
         max_token_bytes: s.max_token_bytes.unwrap_or(16 * 1024),
+        dpop_nonce_secret: c.secret("server.dpop_nonce_secret", &s.dpop_nonce_secret),
+        dpop_replay_cache_size: s.dpop_replay_cache_size.unwrap_or(1_000_000),
+        client_cert_header: client_cert_header(c, &s.client_cert_header),
     };
     if server.max_connections == 0 {
         c.err("server.max_connections", "must be at least 1");
@@ -630,6 +634,7 @@ fn issuer(c: &mut Check<'_>, p: &str, is: &IssuerFile) -> Issuer {
         authorization_uri: is.authorization_uri.clone(),
         realm: is.realm.clone(),
         claim_map: claim_map(c, p, is),
+        sender: sender_policy(c, p, SenderKeys::of_issuer(is)),
     }
 }
 
@@ -821,6 +826,7 @@ fn route(
         report_only: r.report_only.unwrap_or(false),
         upgrades,
         cae: route_cae(c, p, &r.cae),
+        sender: sender_policy(c, p, SenderKeys::of_route(r)),
     }
 }
 
@@ -1226,6 +1232,149 @@ fn key_policy(
             cooldown,
             Duration::from_secs(30),
         ),
+    }
+}
+
+/// The sender-constraint keys an issuer and a route share (RFC 9449, RFC 8705).
+struct SenderKeys<'a> {
+    constraint: &'a Option<String>,
+    algorithms: &'a Option<Vec<String>>,
+    window: &'a Option<String>,
+    nonce: Option<bool>,
+    rotation: &'a Option<String>,
+}
+
+impl SenderKeys<'_> {
+    fn of_issuer(f: &IssuerFile) -> SenderKeys<'_> {
+        SenderKeys {
+            constraint: &f.sender_constraint,
+            algorithms: &f.dpop_algorithms,
+            window: &f.dpop_proof_window,
+            nonce: f.dpop_nonce,
+            rotation: &f.dpop_nonce_rotation,
+        }
+    }
+
+    fn of_route(f: &RouteFile) -> SenderKeys<'_> {
+        SenderKeys {
+            constraint: &f.sender_constraint,
+            algorithms: &f.dpop_algorithms,
+            window: &f.dpop_proof_window,
+            nonce: f.dpop_nonce,
+            rotation: &f.dpop_nonce_rotation,
+        }
+    }
+}
+
+/// `sender_constraint`, `dpop_algorithms`, `dpop_proof_window`, `dpop_nonce` and
+/// `dpop_nonce_rotation` of the issuer or route at `p`; unset keys stay `None`.
+fn sender_policy(c: &mut Check<'_>, p: &str, k: SenderKeys<'_>) -> SenderPolicy {
+    let constraint = k.constraint.as_deref().map(|v| match v {
+        "none" => SenderConstraint::None,
+        "allowed" => SenderConstraint::Allowed,
+        "required" => SenderConstraint::Required,
+        o => {
+            c.err(
+                format!("{p}.sender_constraint"),
+                format!("{o:?} must be \"none\", \"allowed\" or \"required\""),
+            );
+            SenderConstraint::Required
+        }
+    });
+    let dpop_algorithms = k.algorithms.as_ref().map(|list| {
+        if list.is_empty() {
+            c.err(
+                format!("{p}.dpop_algorithms"),
+                "at least one algorithm is required",
+            );
+        }
+        let mut out = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            match DpopAlg::parse(a) {
+                Some(alg) => out.push(alg),
+                None => c.err(
+                    format!("{p}.dpop_algorithms[{i}]"),
+                    format!(
+                        "{a:?} is not an asymmetric JOSE algorithm (one of {})",
+                        DpopAlg::ALL.map(DpopAlg::name).join(", ")
+                    ),
+                ),
+            }
+        }
+        out
+    });
+    let mut bounded = |key: &str, v: &Option<String>, min: Duration, max: Duration| {
+        let d = c.opt_duration(&format!("{p}.{key}"), v)?;
+        if d < min || d > max {
+            c.err(
+                format!("{p}.{key}"),
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+        Some(d.clamp(min, max))
+    };
+    let proof_window = bounded(
+        "dpop_proof_window",
+        k.window,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    );
+    let nonce_rotation = bounded(
+        "dpop_nonce_rotation",
+        k.rotation,
+        Duration::from_secs(10),
+        Duration::from_secs(86_400),
+    );
+    SenderPolicy {
+        constraint,
+        dpop_algorithms,
+        proof_window,
+        nonce: k.nonce,
+        nonce_rotation,
+    }
+}
+
+/// `server.client_cert_header`: `client-cert` (default) or `x-forwarded-client-cert`.
+fn client_cert_header(c: &mut Check<'_>, v: &Option<String>) -> ClientCertHeader {
+    match v.as_deref() {
+        None => ClientCertHeader::ClientCert,
+        Some(h) if h.eq_ignore_ascii_case("client-cert") => ClientCertHeader::ClientCert,
+        Some(h) if h.eq_ignore_ascii_case("x-forwarded-client-cert") => ClientCertHeader::Xfcc,
+        Some(h) => {
+            c.err(
+                "server.client_cert_header",
+                format!("{h:?} must be \"client-cert\" or \"x-forwarded-client-cert\""),
+            );
+            ClientCertHeader::ClientCert
+        }
+    }
+}
+
+/// Replicas of a fleet must accept each other's DPoP nonces: with a nonce on anywhere, fleet mode
+/// needs `server.dpop_nonce_secret` (else each replica would draw its own key).
+fn fleet_nonce_needs_a_secret(
+    c: &mut Check<'_>,
+    server: &Server,
+    store: &Store,
+    issuers: &[Issuer],
+    routes: &[Route],
+) {
+    let nonce = issuers
+        .iter()
+        .map(|i| &i.sender)
+        .chain(routes.iter().map(|r| &r.sender));
+    if matches!(store.backend, StoreBackend::Redis(_))
+        && server.dpop_nonce_secret.is_none()
+        && nonce.into_iter().any(|s| s.nonce == Some(true))
+    {
+        c.err(
+            "server.dpop_nonce_secret",
+            "required in fleet mode when dpop_nonce is on (every replica must accept the nonces the others issue)",
+        );
     }
 }
 

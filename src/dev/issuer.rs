@@ -274,6 +274,18 @@ fn parse_token_request(is_form: bool, body: &[u8]) -> Result<TokenRequest, DevEr
                         })?)
                 }
                 "alg" => req.alg = Some(v.parse()?),
+                // Sender-constrained tokens: `cnf.jkt` (RFC 9449 §6.1; the parameter name is
+                // §10's) and `cnf.x5t#S256` (RFC 8705 §3.1), both base64url SHA-256 values.
+                "dpop_jkt" | "x5t#S256" => {
+                    let member = if k == "dpop_jkt" { "jkt" } else { "x5t#S256" };
+                    let cnf = req
+                        .extra
+                        .entry("cnf")
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Value::Object(m) = cnf {
+                        m.insert(member.into(), Value::String(v.into_owned()));
+                    }
+                }
                 _ => {}
             }
         }
@@ -761,6 +773,8 @@ mod tests {
         assert_eq!(r.extra["scp"], "read write");
         assert_eq!(r.extra["xms_cc"], json!(["cp1"]));
         assert!(r.claims_request.is_some());
+        let r = parse_token_request(true, b"dpop_jkt=abc&x5t%23S256=def").unwrap();
+        assert_eq!(r.extra["cnf"], json!({"jkt": "abc", "x5t#S256": "def"}));
 
         let r = parse_token_request(
             false,

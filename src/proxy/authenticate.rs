@@ -1,6 +1,6 @@
-//! Authentication of one request: the bearer token (per-connection memo, shared cache or full
-//! validation) becomes a [`Credential`], [`decide`] decides, and a refusal becomes its challenge
-//! response. Used by the proxy pipeline on the request itself, and by the authorization service
+//! Authentication of one request: the access token (per-connection memo, shared cache or full
+//! validation) and its sender constraint (DPoP proof, client certificate: checked every time)
+//! become a [`Credential`], [`decide`] decides, and a refusal becomes its challenge response. Used by the proxy pipeline on the request itself, and by the authorization service
 //! on the original request a gateway asks about ([`Inbound`] is what both know of it).
 
 use std::sync::Arc;
@@ -11,9 +11,11 @@ use http::{HeaderMap, Method, Response};
 use crate::auth::cache;
 use crate::auth::challenge::{self, ChallengeCtx};
 use crate::auth::decide::{decide, Credential, Decision, Refusal};
-use crate::auth::token::{self, Principal, Rejected};
-use crate::config::{AuthMode, Route};
-use crate::metrics::ResultLabels;
+use crate::auth::dpop::DPOP_NONCE;
+use crate::auth::sender::{self, Checker, Effective, RequestView};
+use crate::auth::token::{self, Principal, Rejected, Scheme, TokenError};
+use crate::config::{AuthMode, Route, SenderConstraint};
+use crate::metrics::{ResultLabels, SenderLabels};
 use crate::reply::{full, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
@@ -30,14 +32,51 @@ pub struct Inbound<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub client_ip: std::net::IpAddr,
+    /// The socket peer: a trusted proxy's `X-Forwarded-Proto`/`-Host` (DPoP `htu`) and client
+    /// certificate header are believed, nobody else's.
+    pub peer: std::net::IpAddr,
     /// SHA-256 of the client certificate the TLS handshake verified, if any.
     pub client_cert_sha256: Option<&'a [u8; 32]>,
 }
 
-/// The principal a valid token names, and the decision on the request.
+impl Inbound<'_> {
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: self.method.as_str(),
+            scheme: self.scheme,
+            host: self.host,
+            path: self.path,
+            headers: self.headers,
+            peer: self.peer,
+            tls_cert: self.client_cert_sha256,
+        }
+    }
+}
+
+/// The principal a valid token names, the decision on the request, and what a DPoP answer
+/// carries.
 pub struct Authenticated {
     pub principal: Option<Arc<Principal>>,
     pub decision: Decision,
+    pub dpop: DpopAnswer,
+}
+
+/// What the answer to a DPoP request carries besides the decision.
+#[derive(Debug, Clone, Default)]
+pub struct DpopAnswer {
+    /// A refusal is a `DPoP` challenge with these `algs` (RFC 9449 §7.1).
+    pub algs: Option<String>,
+    /// A fresh nonce for the `DPoP-Nonce` header (RFC 9449 §9): with every refusal of a DPoP
+    /// challenge on a route that wants nonces, and with an answer to a proof whose nonce is
+    /// from the previous period (rotation).
+    pub nonce: Option<HeaderValue>,
+}
+
+/// What the request's `Authorization` came to.
+struct Found {
+    credential: Result<Option<Arc<Principal>>, Rejected>,
+    /// The proof's nonce is from the previous period.
+    stale_nonce: bool,
 }
 
 /// Reads the request's credential and decides. `conn` remembers the last token of a connection.
@@ -53,10 +92,11 @@ pub async fn authenticate(
         return Authenticated {
             principal: None,
             decision: Decision::Allow,
+            dpop: DpopAnswer::default(),
         };
     }
-    let found = credential(shared, snap, conn, req, now).await;
-    let presented = match &found {
+    let found = credential(shared, snap, conn, route, req, now).await;
+    let presented = match &found.credential {
         Ok(None) => Credential::Absent,
         Ok(Some(p)) => Credential::Valid(p),
         Err(rejected) => Credential::Invalid(rejected),
@@ -70,21 +110,60 @@ pub async fn authenticate(
         req.client_ip,
         now,
     );
+    let dpop = dpop_answer(snap, route, &found, &decision, now);
     Authenticated {
-        principal: found.ok().flatten(),
+        principal: found.credential.ok().flatten(),
         decision,
+        dpop,
     }
 }
 
-/// The request's bearer token as a validated principal (`Ok(None)`: no bearer token), from the
-/// connection's memo, the shared cache, or validation.
+/// The `algs` of a `DPoP` challenge and the nonce to send, under the policy of the issuer the
+/// token (or the refusal) names.
+fn dpop_answer(
+    snap: &Snapshot,
+    route: &Route,
+    found: &Found,
+    decision: &Decision,
+    now: i64,
+) -> DpopAnswer {
+    let refusal = match decision {
+        Decision::Deny(r) => Some(r),
+        _ => None,
+    };
+    let dpop_refusal = refusal.is_some_and(|r| r.dpop);
+    if !dpop_refusal && !found.stale_nonce {
+        return DpopAnswer::default();
+    }
+    let issuer = match &found.credential {
+        Ok(Some(p)) => Some(p.issuer.clone()),
+        _ => refusal.and_then(|r| r.issuer.clone()),
+    };
+    let issuer = issuer
+        .as_deref()
+        .and_then(|n| snap.issuers.by_name(n))
+        .or_else(|| snap.issuers.list.first());
+    let policy = Effective::of(&route.sender, issuer.map(|i| &i.cfg.sender));
+    let nonce = (policy.nonce && (dpop_refusal || found.stale_nonce))
+        .then(|| HeaderValue::from_str(&snap.nonces.issue(policy.rotation, now)).ok())
+        .flatten();
+    DpopAnswer {
+        algs: dpop_refusal.then(|| policy.algs_param()),
+        nonce,
+    }
+}
+
+/// The request's access token as a validated principal (`Ok(None)`: no token), from the
+/// connection's memo, the shared cache, or validation; then its sender constraint, which is
+/// checked on every request (a fresh DPoP proof, the client certificate), cached token or not.
 async fn credential(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
+    route: &Route,
     req: &Inbound<'_>,
     now: i64,
-) -> Result<Option<Arc<Principal>>, Rejected> {
+) -> Found {
     let m = &shared.metrics;
     let invalid = |reason| {
         m.token_validations
@@ -94,15 +173,86 @@ async fn credential(
             })
             .inc();
     };
+    let done = |credential| Found {
+        credential,
+        stale_nonce: false,
+    };
     let max = snap.config.server.max_token_bytes;
-    let token = match token::bearer(req.headers, req.query, max) {
+    let (scheme, token) = match token::access_token(req.headers, req.query, max) {
         Ok(Some(t)) => t,
-        Ok(None) => return Ok(None),
+        Ok(None) => return done(Ok(None)),
         Err(e) => {
             invalid(e.reason());
-            return Err(e.into());
+            return done(Err(e.into()));
         }
     };
+    // A route that does not do sender constraint knows only bearer tokens (RFC 6750 §3.1).
+    if scheme == Scheme::Dpop && route.sender.constraint == Some(SenderConstraint::None) {
+        return done(Ok(None));
+    }
+    let dpop = scheme == Scheme::Dpop;
+    let principal = match validated(shared, snap, conn, token, now).await {
+        Ok(p) => p,
+        Err(mut rejected) => {
+            invalid(rejected.error.reason());
+            rejected.dpop = dpop;
+            return done(Err(rejected));
+        }
+    };
+    let issuer = snap.issuers.by_name(&principal.issuer);
+    let policy = Effective::of(&route.sender, issuer.map(|i| &i.cfg.sender));
+    if dpop && policy.constraint == SenderConstraint::None {
+        return done(Ok(None));
+    }
+    let checker = Checker {
+        policy,
+        server: &snap.config.server,
+        nonces: &snap.nonces,
+        replay: &shared.replay,
+        now,
+    };
+    let method = sender::method(&principal, scheme);
+    let count = |result, reason| {
+        m.sender_checks
+            .get_or_create(&SenderLabels {
+                method,
+                result,
+                reason,
+            })
+            .inc();
+    };
+    match checker.check(&principal, scheme, token, &req.view()).await {
+        Ok(bound) => {
+            count("ok", "");
+            Found {
+                credential: Ok(Some(principal)),
+                stale_nonce: bound.stale_nonce,
+            }
+        }
+        Err(error) => {
+            count("refused", error.reason());
+            let rejected = Rejected {
+                dpop: dpop
+                    || principal.cnf.jkt.is_some()
+                    || error == TokenError::NotSenderConstrained,
+                issuer: Some(principal.issuer.clone()),
+                error,
+            };
+            done(Err(rejected))
+        }
+    }
+}
+
+/// The token as a validated principal: the connection's memo, the shared cache (either skips
+/// the signature only), or full validation.
+async fn validated(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    token: &str,
+    now: i64,
+) -> Result<Arc<Principal>, Rejected> {
+    let m = &shared.metrics;
     let usable = |p: &Principal| cache::usable(p, now, &snap.issuers);
     let remembered = conn
         .remembered(token, snap.generation)
@@ -117,37 +267,31 @@ async fn credential(
     });
     if let Some(p) = cached {
         m.token_cache_hits.inc();
-        return Ok(Some(p));
+        return Ok(p);
     }
     m.token_cache_misses.inc();
-    match token::validate(token, &snap.issuers, now).await {
-        Ok(p) => {
-            m.token_validations
-                .get_or_create(&ResultLabels {
-                    result: "valid",
-                    reason: "",
-                })
-                .inc();
-            let p = Arc::new(p);
-            if shared.cache.enabled() {
-                let k = key.unwrap_or_else(|| cache::key(token));
-                shared.cache.insert(k, p.clone());
-                conn.remember(token, &p, snap.generation);
-            }
-            Ok(Some(p))
-        }
-        Err(rejected) => {
-            invalid(rejected.error.reason());
-            Err(rejected)
-        }
+    let p = Arc::new(token::validate(token, &snap.issuers, now).await?);
+    m.token_validations
+        .get_or_create(&ResultLabels {
+            result: "valid",
+            reason: "",
+        })
+        .inc();
+    if shared.cache.enabled() {
+        let k = key.unwrap_or_else(|| cache::key(token));
+        shared.cache.insert(k, p.clone());
+        conn.remember(token, &p, snap.generation);
     }
+    Ok(p)
 }
 
 /// The challenge answering a refusal: the issuer it names gives the realm and
-/// `authorization_uri` (the first configured issuer when the refusal names none).
+/// `authorization_uri` (the first configured issuer when the refusal names none); a DPoP
+/// refusal is a `DPoP` challenge and may carry a `DPoP-Nonce`.
 pub fn challenge(
     snap: &Snapshot,
     refusal: &Refusal,
+    dpop: &DpopAnswer,
     req: &Inbound<'_>,
     request_id: &str,
     now: i64,
@@ -165,18 +309,24 @@ pub fn challenge(
         request_id,
         now,
     };
-    let c = challenge::respond(&refusal.reason, &ctx);
+    let algs = dpop.algs.as_deref().filter(|_| refusal.dpop);
+    let c = challenge::respond_as(&refusal.reason, &ctx, algs);
     let mut r = Response::new(full(c.body));
     *r.status_mut() = c.status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(v) = HeaderValue::from_str(&c.www_authenticate) {
+    if c.www_authenticate.is_empty() {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    } else if let Ok(v) = HeaderValue::from_str(&c.www_authenticate) {
         h.insert(WWW_AUTHENTICATE, v);
+    }
+    if let Some(n) = &dpop.nonce {
+        h.insert(&DPOP_NONCE, n.clone());
     }
     if req.headers.contains_key(http::header::ORIGIN) {
         h.insert(
             http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("WWW-Authenticate"),
+            HeaderValue::from_static("WWW-Authenticate, DPoP-Nonce"),
         );
     }
     r

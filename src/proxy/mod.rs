@@ -282,6 +282,7 @@ async fn inner<'s>(
         query: req.uri().query(),
         headers: req.headers(),
         client_ip: out.client_ip,
+        peer: conn.peer.ip(),
         client_cert_sha256: conn.client_cert_sha256.get(),
     };
     let auth = authenticate::authenticate(shared, snap, conn, &route, &inbound, now).await;
@@ -298,11 +299,13 @@ async fn inner<'s>(
         }
         Decision::Deny(refusal) => {
             out.decision = "deny";
-            return Ok(authenticate::challenge(snap, refusal, &inbound, rid, now));
+            return Ok(authenticate::challenge(
+                snap, refusal, &auth.dpop, &inbound, rid, now,
+            ));
         }
     }
     let principal = auth.principal;
-    forward::forward(
+    let mut resp = forward::forward(
         (shared, snap),
         conn,
         (&route, route_metrics),
@@ -311,5 +314,11 @@ async fn inner<'s>(
         request_id,
         out,
     )
-    .await
+    .await?;
+    if let Some(nonce) = auth.dpop.nonce {
+        // RFC 9449 §9: the next nonce, before the client's one expires.
+        resp.headers_mut()
+            .insert(&crate::auth::dpop::DPOP_NONCE, nonce);
+    }
+    Ok(resp)
 }

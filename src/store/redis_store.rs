@@ -182,6 +182,34 @@ impl RedisLink {
             })
     }
 
+    /// The key that marks a DPoP proof as used (`id`: a digest of its key and `jti`).
+    pub fn dpop_key(&self, id: &[u8; 16]) -> String {
+        let mut k = format!("{}dpop:", self.prefix);
+        for b in id {
+            k.push_str(&format!("{b:02x}"));
+        }
+        k
+    }
+
+    /// `SET key 1 NX PX ttl_ms`: true when this call set it, false when it was set already
+    /// (RFC 9449 §11.1 replay detection shared by the fleet).
+    pub async fn first_use(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, RedisError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// The poll lease key of a transmitter.
     pub fn lease_key(&self, transmitter: &str) -> String {
         format!("{}lease:poll:{transmitter}", self.prefix)

@@ -14,7 +14,7 @@ async fn narration_passes_every_step() {
 
     assert!(!text.contains('\u{1b}'), "plain output has no ANSI escapes");
     let ids: Vec<&str> = report.steps.iter().map(|s| s.id).collect();
-    assert_eq!(ids, ["a", "b.1", "b.2", "c", "d", "e", "f"], "{text}");
+    assert_eq!(ids, ["a", "b.1", "b.2", "c", "d", "e", "f", "g"], "{text}");
     for s in &report.steps {
         assert!(s.passed(), "step {} failed: {:?}\n{text}", s.id, s.failures);
     }

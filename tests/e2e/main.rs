@@ -19,6 +19,7 @@ mod cae;
 mod demo;
 mod deploy;
 mod dev_servers;
+mod dpop;
 mod durability;
 mod fleet;
 mod forwarding;

@@ -15,6 +15,7 @@ use super::client::{Answer, Http};
 use super::report::{Report, Step};
 use super::style::{abbreviate, Out, Style};
 use super::Demo;
+use crate::dev::challenge_parser::{parse_one, Syntax};
 use crate::dev::{keys::decode_unverified, now_secs, random_id, DevTransmitter};
 
 /// The address a token is bound to in step e (TEST-NET-3, never the caller).
@@ -146,6 +147,7 @@ pub async fn narrate(demo: &Demo, w: &mut dyn Write, style: Style) -> Report {
     step_d(demo, &http, out, &mut story, &mut report).await;
     step_e(demo, &http, out, &mut report).await;
     step_f(demo, &http, out, &mut story, &mut report).await;
+    step_g(demo, &http, out, &mut report).await;
 
     print_summary(out, &report);
     report
@@ -738,4 +740,100 @@ impl Demo {
             out.line(&format!("  {k:<12} {url}{url_pad} {what}"));
         }
     }
+}
+
+/// A DPoP-bound token (RFC 9449): stolen, it is useless without the client's key; with a proof it
+/// passes once, and a replayed proof is refused.
+async fn step_g(demo: &Demo, http: &Http, out: &mut Out<'_>, report: &mut Report) {
+    use crate::dev::keys::{b64url, KeyAlg, SigningKey};
+    let mut step = Step::new(
+        out,
+        "g",
+        "a DPoP-bound token: useless without the client's key",
+    );
+    out.explain(
+        "The client holds a key pair and the IdP binds the token to it (cnf.jkt, the key's \
+         RFC 7638 thumbprint). Sent as a bearer token, as a thief would, it is refused; sent as \
+         DPoP with a fresh proof signed by the key it passes, and that proof cannot be replayed.",
+    );
+    let Ok(key) = SigningKey::generate(KeyAlg::Es256) else {
+        step.check(out, false, "cannot make an ES256 client key");
+        return step.finish(out, report, "DPoP: not run");
+    };
+    let jwk = key.public_jwk();
+    let member = |m: &str| jwk.get(m).and_then(Value::as_str).unwrap_or_default();
+    let jkt = b64url(
+        &crate::auth::keys::PublicJwk::Ec {
+            crv: member("crv"),
+            x: member("x"),
+            y: member("y"),
+        }
+        .thumbprint(),
+    );
+    let pairs = [("sub", "carol"), ("dpop_jkt", jkt.as_str())];
+    let Some(token) = get_token(http, out, &mut step, demo, TokenBody::Form(&pairs), "").await
+    else {
+        return step.finish(out, report, "DPoP: no token");
+    };
+    let url = format!("{}{}/orders", demo.proxy_url(), demo.plan.api_path);
+    if let Some(a) = call_api(http, out, &mut step, &url, &token).await {
+        step.expect_status(out, a.status, 401);
+        let raw = a.header("www-authenticate").unwrap_or_default();
+        out.kv("WWW-Authenticate", raw);
+        let c = parse_one(raw, Syntax::Tolerant);
+        step.check(
+            out,
+            c.as_ref().is_ok_and(|c| {
+                c.scheme == "DPoP"
+                    && c.get("algs").is_some()
+                    && c.get("error") == Some("invalid_token")
+            }),
+            "a DPoP challenge with algs and error=invalid_token",
+        );
+    }
+    let proof = key.sign_raw(
+        &json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}),
+        &json!({"jti": random_id(16), "htm": "GET", "htu": url, "iat": now_secs(),
+                "ath": crate::auth::dpop::access_token_hash(&token)}),
+    );
+    let auth = format!("DPoP {token}");
+    for (want, note) in [(200, "with a fresh proof"), (401, "the same proof again")] {
+        out.request(
+            "GET",
+            &url,
+            &format!("Authorization: DPoP <token>, DPoP: <proof> ({note})"),
+        );
+        let sent = http
+            .send(
+                Method::GET,
+                &url,
+                &[("authorization", &auth), ("dpop", &proof)],
+                Bytes::new(),
+            )
+            .await;
+        match sent {
+            Ok(a) => {
+                out.status(a.status);
+                step.expect_status(out, a.status, want);
+                if want == 401 {
+                    let error = a
+                        .json()
+                        .and_then(|v| v["error"].as_str().map(str::to_string));
+                    step.check(
+                        out,
+                        error.as_deref() == Some("invalid_dpop_proof"),
+                        "a replayed proof must be invalid_dpop_proof",
+                    );
+                }
+            }
+            Err(e) => {
+                step.check(out, false, format!("request failed: {e}"));
+            }
+        }
+    }
+    step.finish(
+        out,
+        report,
+        "DPoP: bearer use refused, proof once, replay refused",
+    );
 }

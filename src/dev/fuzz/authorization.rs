@@ -308,6 +308,7 @@ fn decision_route(f1: u8, f2: u8) -> Route {
         forward_authorization: true,
         report_only: f1 & 8 != 0,
         upgrades: Vec::new(),
+        sender: Default::default(),
         cae: CaePolicy {
             revocation: f1 & 1 != 0,
             token_ip: f1 & 2 != 0,
@@ -368,7 +369,14 @@ fn answer(
     ip: IpAddr,
     enforced: &Result<(), DenyReason>,
 ) -> Result<(), DenyReason> {
-    match decide(route, global_report_only, Credential::Valid(p), tables, ip, NOW) {
+    match decide(
+        route,
+        global_report_only,
+        Credential::Valid(p),
+        tables,
+        ip,
+        NOW,
+    ) {
         Decision::Allow => Ok(()),
         Decision::ReportOnly(reported) => {
             assert!(reported.is_cae(), "report-only forwarded {reported:?}");

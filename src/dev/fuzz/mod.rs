@@ -9,7 +9,7 @@
 //! the same layout for the committed corpora.
 //!
 //! One file per target (`authorization.rs`, `set_push.rs`, `poll_response.rs`, `config_toml.rs`,
-//! `ip.rs`, `subject.rs`, `admin_body.rs`, `jwks.rs`, `challenge.rs`, `route.rs`: the target, its
+//! `ip.rs`, `subject.rs`, `admin_body.rs`, `jwks.rs`, `challenge.rs`, `route.rs`, `dpop_proof.rs`: the target, its
 //! property checks and its seeds) and `common.rs` for what they share (fixed clock, identities and
 //! keys, the input reader, seed writers, signing, the protocols.md §6 SET vectors).
 
@@ -20,6 +20,7 @@ mod authorization;
 mod challenge;
 mod common;
 mod config_toml;
+mod dpop_proof;
 mod ip;
 mod jwks;
 mod poll_response;
@@ -32,6 +33,7 @@ pub use authorization::{authorization, seed_authorization};
 pub use challenge::{challenge, seed_challenge};
 pub use common::{protocol_vectors, NOW, SET_AUD, SET_ISS, TOKEN_AUD, TOKEN_ISS};
 pub use config_toml::config_toml;
+pub use dpop_proof::dpop_proof;
 pub use ip::{ip, seed_ip};
 pub use jwks::{jwks, seed_jwks};
 pub use poll_response::{poll_response, seed_poll_response};
@@ -54,6 +56,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("jwks", jwks),
     ("challenge", challenge),
     ("route", route),
+    ("dpop_proof", dpop_proof),
 ];
 
 /// The seeds of a target (config seeds are the shipped configuration files, read by the caller).
