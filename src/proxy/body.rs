@@ -16,7 +16,7 @@ use crate::config::Server;
 use crate::reply::BoxError;
 
 /// Why the proxy stopped reading a request body.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BodyError {
     #[error("the request body exceeds the limit of {0} bytes")]
     TooLarge(u64),

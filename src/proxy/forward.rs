@@ -145,9 +145,7 @@ pub(super) async fn forward(
             .as_ref()
             .is_some_and(|u| headers::switched_as_offered(resp.headers(), u))
     {
-        return Err(ProxyError::Forward(ForwardError::Upstream(
-            "the upstream switched protocols to one the request did not offer".into(),
-        )));
+        return Err(ProxyError::Forward(ForwardError::UnofferedSwitch));
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let grant = principal.map(|p| tunnel::Grant {

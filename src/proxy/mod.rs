@@ -92,9 +92,11 @@ impl ProxyError {
             ProxyError::Forward(ForwardError::Timeout(_)) => {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
             }
-            ProxyError::Forward(ForwardError::Connect(_) | ForwardError::Upstream(_)) => {
-                (StatusCode::BAD_GATEWAY, "upstream_unavailable")
-            }
+            ProxyError::Forward(
+                ForwardError::Connect(_)
+                | ForwardError::Upstream(_)
+                | ForwardError::UnofferedSwitch,
+            ) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
         }
     }
 
@@ -152,7 +154,8 @@ pub async fn handle(
             if let ProxyError::Forward(
                 f @ (ForwardError::Connect(_)
                 | ForwardError::Timeout(_)
-                | ForwardError::Upstream(_)),
+                | ForwardError::Upstream(_)
+                | ForwardError::UnofferedSwitch),
             ) = &e
             {
                 shared
@@ -161,7 +164,8 @@ pub async fn handle(
                     .get_or_create(&crate::metrics::KindLabel { kind: f.kind() })
                     .inc();
             }
-            failure = Some(e.to_string());
+            // The log line gets the whole chain of causes; the client only the first.
+            failure = Some(crate::fetch::error_chain(&e));
             out.reason = code;
             let mut r = json_error(status, code, &e.to_string(), rid);
             if e.closes_connection() && version < Version::HTTP_2 {

@@ -17,22 +17,25 @@ use crate::tls::{self, TlsError};
 /// Why forwarding failed, classified by side (client fault 4xx, upstream fault 502/504).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("cannot connect to the upstream: {0}")]
-    Connect(String),
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] hyper_util::client::legacy::Error),
     #[error("the upstream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the request body exceeds the limit")]
     BodyTooLarge,
     /// The client's body stalled or trickled below `server.min_body_rate`
     /// (`proxy::body::Paced`); the upstream request was aborted.
-    #[error("the request body arrived too slowly: {0}")]
-    BodyTimeout(String),
-    #[error("the upstream connection failed: {0}")]
-    Upstream(String),
+    #[error("the request body arrived too slowly")]
+    BodyTimeout(#[source] BodyError),
+    #[error("the upstream connection failed")]
+    Upstream(#[source] hyper_util::client::legacy::Error),
+    /// A 101 to a protocol the request did not offer: never relayed as a tunnel.
+    #[error("the upstream switched protocols to one the request did not offer")]
+    UnofferedSwitch,
     /// The client's request body broke off or was malformed (bad chunked framing, oversize
     /// trailers) while it was being forwarded: the client's fault, not the upstream's.
-    #[error("the request body could not be read: {0}")]
-    ClientBody(String),
+    #[error("the request body could not be read")]
+    ClientBody(#[source] hyper_util::client::legacy::Error),
 }
 
 impl ForwardError {
@@ -42,7 +45,7 @@ impl ForwardError {
             ForwardError::Timeout(_) => "timeout",
             ForwardError::BodyTooLarge => "body_too_large",
             ForwardError::BodyTimeout(_) => "body_timeout",
-            ForwardError::Upstream(_) => "protocol",
+            ForwardError::Upstream(_) | ForwardError::UnofferedSwitch => "protocol",
             ForwardError::ClientBody(_) => "client_body",
         }
     }
@@ -109,31 +112,30 @@ impl UpstreamClient {
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => Err(ForwardError::Timeout(timeout)),
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(e)) => Err(classify(e)),
         }
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
-    let chain = || std::iter::successors(std::error::Error::source(e), |s| s.source());
+fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
+    let chain = || std::iter::successors(std::error::Error::source(&e), |s| s.source());
     // Our own verdict on the body first: it sits under hyper's "user body" error.
     if let Some(b) = chain().find_map(|s| s.downcast_ref::<BodyError>()) {
         return match b {
             BodyError::TooLarge(_) => ForwardError::BodyTooLarge,
-            BodyError::TooSlow { .. } => ForwardError::BodyTimeout(b.to_string()),
+            slow @ BodyError::TooSlow { .. } => ForwardError::BodyTimeout(slow.clone()),
         };
     }
     // hyper's "error from user's Body stream": our request body, i.e. the client's.
-    if let Some(s) = chain().find(|s| {
+    let client_body = chain().any(|s| {
         s.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)
-    }) {
-        return ForwardError::ClientBody(crate::fetch::error_chain(s));
-    }
-    let chain = crate::fetch::error_chain(e);
-    if e.is_connect() {
-        ForwardError::Connect(chain)
+    });
+    if client_body {
+        ForwardError::ClientBody(e)
+    } else if e.is_connect() {
+        ForwardError::Connect(e)
     } else {
-        ForwardError::Upstream(chain)
+        ForwardError::Upstream(e)
     }
 }
