@@ -550,7 +550,7 @@ fn decision_route(f1: u8, f2: u8) -> Route {
         hosts: Vec::new(),
         path_prefix: "/".into(),
         methods: Vec::new(),
-        upstream: "u".into(),
+        upstream: Some("u".into()),
         strip_prefix: false,
         auth: AuthMode::Required,
         issuers: Vec::new(),
@@ -1322,8 +1322,13 @@ pub fn config_toml(data: &[u8]) {
             for r in &c.routes {
                 assert!(!r.name.is_empty(), "every route has a name");
                 assert!(
-                    c.upstreams.contains_key(&r.upstream),
-                    "a route names a known upstream"
+                    r.upstream.as_ref().map_or(
+                        c.listeners
+                            .iter()
+                            .any(|l| l.role == crate::config::ListenerRole::Authz),
+                        |u| c.upstreams.contains_key(u)
+                    ),
+                    "a route names a known upstream, or only answers authorization checks"
                 );
             }
         }

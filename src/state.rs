@@ -161,7 +161,14 @@ impl Shared {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Snapshot {
             generation,
-            router: Router::with_metrics(&config.routes, &self.metrics),
+            router: Router::with_metrics(
+                &config.routes,
+                &self.metrics,
+                config
+                    .listeners
+                    .iter()
+                    .any(|l| l.role == crate::config::ListenerRole::Authz),
+            ),
             issuers,
             upstreams,
             tls,

@@ -711,7 +711,8 @@ async fn global_report_only_forwards_logs_and_counts_what_would_have_been_refuse
                     ("route", route),
                     ("status", "200"),
                     ("decision", "report_only"),
-                    ("reason", reason)
+                    ("reason", reason),
+                    ("role", "proxy")
                 ]
             ),
             Some(1.0),
@@ -725,7 +726,8 @@ async fn global_report_only_forwards_logs_and_counts_what_would_have_been_refuse
                 ("route", "scoped"),
                 ("status", "403"),
                 ("decision", "deny"),
-                ("reason", "insufficient_scope")
+                ("reason", "insufficient_scope"),
+                ("role", "proxy")
             ]
         ),
         Some(1.0),

@@ -400,20 +400,23 @@ pub(super) fn validate(
         let role = match l.role.as_deref() {
             None | Some("proxy") => ListenerRole::Proxy,
             Some("signals") => ListenerRole::Signals,
+            Some("authz") => ListenerRole::Authz,
             Some(o) => {
                 c.err(
                     format!("{p}.role"),
-                    format!("{o:?} must be \"proxy\" or \"signals\""),
+                    format!("{o:?} must be \"proxy\", \"signals\" or \"authz\""),
                 );
                 ListenerRole::Proxy
             }
         };
         let tls = l.tls.as_ref().map(|t| c.tls(&format!("{p}.tls"), t));
+        let authz = authz_listener(&mut c, &p, role, l.authz.as_ref());
         listeners.push(Listener {
             name,
             address,
             role,
             tls,
+            authz,
         });
     }
 
@@ -613,11 +616,18 @@ pub(super) fn validate(
                 format!("duplicate route name {name:?}"),
             );
         }
-        if !upstreams.contains_key(&r.upstream) {
-            c.err(
+        match &r.upstream {
+            Some(u) if !upstreams.contains_key(u) => {
+                c.err(
+                    format!("{p}.upstream"),
+                    format!("no [upstreams.{u}] is defined"),
+                );
+            }
+            None if !listeners.iter().any(|l| l.role == ListenerRole::Authz) => c.err(
                 format!("{p}.upstream"),
-                format!("no [upstreams.{}] is defined", r.upstream),
-            );
+                "required (only a route of a configuration with a role = \"authz\" listener may omit it: it then only answers authorization checks)",
+            ),
+            _ => {}
         }
         let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
         if !path_prefix.starts_with('/') {
@@ -937,6 +947,40 @@ pub(super) fn validate(
     } else {
         Err(ConfigErrors(c.errors))
     }
+}
+
+/// `[listener.authz]`: allowed on `role = "authz"` listeners only, where it defaults to
+/// [`Authz::default`]. `path_prefix` starts with `/`, names at least one segment, has no
+/// trailing `/`, and holds only characters a request path carries as they are.
+fn authz_listener(
+    c: &mut Check<'_>,
+    p: &str,
+    role: ListenerRole,
+    raw: Option<&AuthzFile>,
+) -> Option<Authz> {
+    if role != ListenerRole::Authz {
+        if raw.is_some() {
+            c.err(
+                format!("{p}.authz"),
+                "only a listener with role = \"authz\" takes [listener.authz]",
+            );
+        }
+        return None;
+    }
+    let mut authz = Authz::default();
+    if let Some(prefix) = raw.and_then(|a| a.path_prefix.as_ref()) {
+        let plain = prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') || !plain {
+            c.err(
+                format!("{p}.authz.path_prefix"),
+                format!("{prefix:?} must be a path such as \"/authz\": a leading /, no trailing /, no ?, # or %"),
+            );
+        }
+        authz.path_prefix = prefix.clone();
+    }
+    Some(authz)
 }
 
 /// `[store] backend = "redis"`: URL (a secret reference; never echoed in errors), prefix,

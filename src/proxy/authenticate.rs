@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, Method};
 
 use crate::auth::cache;
 use crate::auth::challenge::{self, ChallengeCtx};
@@ -14,7 +14,7 @@ use crate::auth::decide::{decide, Credential, Decision, Refusal};
 use crate::auth::token::{self, Principal, Rejected};
 use crate::config::{AuthMode, Route};
 use crate::metrics::ResultLabels;
-use crate::reply::{full, BoxedBody};
+use crate::reply::Answer;
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
 
@@ -151,7 +151,7 @@ pub fn challenge(
     req: &Inbound<'_>,
     request_id: &str,
     now: i64,
-) -> Response<BoxedBody> {
+) -> Answer {
     let issuer = refusal
         .issuer
         .as_deref()
@@ -166,9 +166,7 @@ pub fn challenge(
         now,
     };
     let c = challenge::respond(&refusal.reason, &ctx);
-    let mut r = Response::new(full(c.body));
-    *r.status_mut() = c.status;
-    let h = r.headers_mut();
+    let mut h = HeaderMap::new();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(&c.www_authenticate) {
         h.insert(WWW_AUTHENTICATE, v);
@@ -179,5 +177,9 @@ pub fn challenge(
             HeaderValue::from_static("WWW-Authenticate"),
         );
     }
-    r
+    Answer {
+        status: c.status,
+        headers: h,
+        body: c.body.into(),
+    }
 }
