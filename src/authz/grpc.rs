@@ -279,3 +279,81 @@ impl Authorization for Checker {
         Ok(tonic::Response::new(response))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap as PbHeaderMap;
+
+    #[test]
+    fn headers_come_from_the_map_or_the_raw_header_map_without_pseudo_headers() {
+        let mut http = HttpRequest::default();
+        http.headers.insert(":path".into(), "/x".into());
+        http.headers
+            .insert("authorization".into(), "Bearer t".into());
+        let h = header_map(&http).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["authorization"], "Bearer t");
+        // With encode_raw_headers, header_map wins, and raw values may be any bytes.
+        http.header_map = Some(PbHeaderMap {
+            headers: vec![
+                PbHeaderValue {
+                    key: "x-a".into(),
+                    value: String::new(),
+                    raw_value: b"caf\xc3\xa9".to_vec(),
+                },
+                PbHeaderValue {
+                    key: "x-a".into(),
+                    value: "2".into(),
+                    raw_value: Vec::new(),
+                },
+            ],
+        });
+        let h = header_map(&http).unwrap();
+        let all: Vec<&[u8]> = h.get_all("x-a").iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(all, [&b"caf\xc3\xa9"[..], b"2"]);
+        assert!(!h.contains_key("authorization"));
+        // An invalid name refuses the CheckRequest.
+        http.header_map = None;
+        http.headers.insert("bad name".into(), "v".into());
+        assert_eq!(
+            header_map(&http).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn refusals_keep_status_headers_and_body() {
+        let mut a = Answer::json_error(StatusCode::NOT_FOUND, "no_route", "m", "r");
+        a.headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"\""),
+        );
+        let r = denied(a);
+        assert_eq!(r.status.unwrap().code, tonic::Code::PermissionDenied as i32);
+        let Some(HttpResponse::DeniedResponse(d)) = r.http_response else {
+            panic!("not a denial")
+        };
+        assert_eq!(d.status.unwrap().code, 404);
+        assert_eq!(
+            d.body,
+            r#"{"error":"no_route","message":"m","request_id":"r"}"#
+        );
+        let keys: Vec<&str> = d
+            .headers
+            .iter()
+            .map(|h| h.header.as_ref().unwrap().key.as_str())
+            .collect();
+        assert_eq!(keys, ["content-type", "www-authenticate"]);
+        // A value that is no text goes as raw bytes.
+        let o = overwrite(
+            &HeaderName::from_static("x-b"),
+            &HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        let h = o.header.unwrap();
+        assert_eq!(
+            (h.value.as_str(), h.raw_value.as_slice()),
+            ("", &b"\xff"[..])
+        );
+    }
+}

@@ -86,7 +86,7 @@ fn one<'h>(h: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, Check
 }
 
 /// Reads the original request out of a check made to `prefix`.
-fn asked<'r>(req: &'r Request<Incoming>, prefix: &str, tls: bool) -> Result<Asked<'r>, CheckError> {
+fn asked<'r, B>(req: &'r Request<B>, prefix: &str, tls: bool) -> Result<Asked<'r>, CheckError> {
     let h = req.headers();
     let scheme = match one(h, &headers::X_FORWARDED_PROTO)? {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
@@ -248,4 +248,143 @@ fn refusal(mut answer: Answer, check: &HeaderMap) -> Response<BoxedBody> {
         }
     }
     answer.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    type Line<'a> = (
+        Dialect,
+        String,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        Option<&'a str>,
+    );
+
+    fn line<'a>(a: &Asked<'a>) -> Line<'a> {
+        (
+            a.dialect,
+            a.method.to_string(),
+            a.scheme,
+            a.host,
+            a.path,
+            a.query,
+        )
+    }
+
+    #[test]
+    fn path_appended_checks_of_envoy_nginx_and_caddy() {
+        // Envoy: the original method, Host, path and query after the prefix.
+        let r = check("POST", "/authz/api/orders?id=7", &[("host", "api.example")]);
+        let a = asked(&r, "/authz", false).unwrap();
+        let want = (
+            Dialect::PathAppended,
+            "POST".into(),
+            "http",
+            Some("api.example"),
+            "/api/orders",
+            Some("id=7"),
+        );
+        assert_eq!(line(&a), want);
+        // nginx: a GET naming the original method; X-Forwarded-Host and -Uri are not believed
+        // in this form (nginx passes a client's copies along).
+        let r = check(
+            "GET",
+            "/authz/api",
+            &[
+                ("host", "api.example"),
+                ("x-forwarded-method", "DELETE"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-uri", "/admin"),
+            ],
+        );
+        let a = asked(&r, "/authz", false).unwrap();
+        let want = (
+            Dialect::PathAppended,
+            "DELETE".into(),
+            "https",
+            Some("api.example"),
+            "/api",
+            None,
+        );
+        assert_eq!(line(&a), want);
+        // The prefix is matched on a segment boundary.
+        assert!(asked(&check("GET", "/authzx/api", &[]), "/authz", false).is_err());
+        assert!(asked(&check("GET", "/api", &[]), "/authz", false).is_err());
+    }
+
+    #[test]
+    fn forward_auth_checks_of_traefik() {
+        let r = check(
+            "GET",
+            "/authz",
+            &[
+                ("host", "cae:9100"),
+                ("x-forwarded-method", "PUT"),
+                ("x-forwarded-host", "api.example"),
+                ("x-forwarded-uri", "/api/x?y=1"),
+            ],
+        );
+        let a = asked(&r, "/authz", true).unwrap();
+        let want = (
+            Dialect::ForwardAuth,
+            "PUT".into(),
+            "https",
+            Some("api.example"),
+            "/api/x",
+            Some("y=1"),
+        );
+        assert_eq!(line(&a), want);
+        // Without X-Forwarded-Host, the Host.
+        let r = check(
+            "GET",
+            "/authz",
+            &[
+                ("host", "api.example"),
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/"),
+            ],
+        );
+        assert_eq!(
+            asked(&r, "/authz", false).unwrap().host,
+            Some("api.example")
+        );
+    }
+
+    #[test]
+    fn checks_that_do_not_describe_a_request() {
+        for headers in [
+            vec![("x-forwarded-method", "GET")],
+            vec![("x-forwarded-uri", "/api")],
+            vec![("x-forwarded-method", "GET"), ("x-forwarded-uri", "api")],
+            vec![("x-forwarded-method", "G(T"), ("x-forwarded-uri", "/api")],
+            vec![
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-method", "POST"),
+                ("x-forwarded-uri", "/api"),
+            ],
+            vec![
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/api"),
+                ("x-forwarded-proto", "ftp"),
+            ],
+        ] {
+            let r = check("GET", "/authz", &headers);
+            assert!(
+                matches!(asked(&r, "/authz", false), Err(CheckError::BadCheck(_))),
+                "{headers:?}"
+            );
+        }
+    }
 }
