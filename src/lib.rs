@@ -6,6 +6,8 @@
 //!   `server::conn` is what a request knows of its connection
 //! - [`admin`]: probes, metrics, reload and the admin API
 //! - [`proxy`]: the pipeline (checks → route → authenticate → forward or challenge)
+//! - [`authz`]: the authorization service of gateways (Envoy ext_authz HTTP and gRPC, nginx
+//!   auth_request, Traefik and Caddy forward auth): the proxy's decision, without forwarding
 //! - [`state`]: the reloadable `Snapshot` and the `Shared` state that outlives it
 //! - [`fleet`]: fleet mode: replicas share changes through a Redis Stream (tailer, poll leases)
 //! - [`signals`]: SSF receiver: SET verification, CAEP/RISC events, push, poll, stream management
@@ -20,6 +22,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod dev;
 pub mod fetch;
@@ -153,6 +156,7 @@ impl Proxy {
             let role = match l.role {
                 ListenerRole::Proxy => Role::Proxy,
                 ListenerRole::Signals => Role::Signals,
+                ListenerRole::Authz => Role::Authz,
             };
             bound.push((
                 tcp,

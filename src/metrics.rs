@@ -22,6 +22,8 @@ pub struct RequestLabels {
     /// `allow`, `deny`, `report_only` or `none` (no auth on the route / no route).
     pub decision: &'static str,
     pub reason: &'static str,
+    /// The listener role that answered: `proxy` or `authz` (a gateway's authorization check).
+    pub role: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,25 +31,52 @@ pub struct RouteLabel {
     pub route: Arc<String>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteRoleLabels {
+    pub route: Arc<String>,
+    /// `proxy` or `authz`.
+    pub role: &'static str,
+}
+
 /// The metric handles of one route (or of "no route"), looked up once per configuration snapshot
 /// instead of once per request.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
     pub route: Arc<String>,
+    /// Proxy listeners: request head to response head.
     pub request_duration: Histogram,
+    /// Authorization listeners: check request to answer (same family, `role="authz"`).
+    pub check_duration: Histogram,
     pub upstream_duration: Histogram,
 }
 
 impl RouteMetrics {
-    /// Handles registered in `m` under `route`.
-    pub fn new(m: &Metrics, route: &str) -> RouteMetrics {
-        let label = RouteLabel {
-            route: Arc::new(route.to_string()),
+    /// Handles registered in `m` under `route`; the `role="authz"` series only when `authz`
+    /// (the configuration has an authorization listener).
+    pub fn new(m: &Metrics, route: &str, authz: bool) -> RouteMetrics {
+        let route = Arc::new(route.to_string());
+        let by_role = |role| RouteRoleLabels {
+            route: route.clone(),
+            role,
         };
+        // One statement per handle: `get_or_create` returns a read guard of its family, which a
+        // second call on the same family (write lock) would wait for while it lives.
+        let request_duration = m.request_duration.get_or_create(&by_role("proxy")).clone();
+        let check_duration = match authz {
+            true => m.request_duration.get_or_create(&by_role("authz")).clone(),
+            false => latency(),
+        };
+        let upstream_duration = m
+            .upstream_duration
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
+            .clone();
         RouteMetrics {
-            request_duration: m.request_duration.get_or_create(&label).clone(),
-            upstream_duration: m.upstream_duration.get_or_create(&label).clone(),
-            route: label.route,
+            request_duration,
+            check_duration,
+            upstream_duration,
+            route,
         }
     }
 
@@ -56,6 +85,7 @@ impl RouteMetrics {
         RouteMetrics {
             route: Arc::new(route.to_string()),
             request_duration: latency(),
+            check_duration: latency(),
             upstream_duration: latency(),
         }
     }
@@ -168,7 +198,7 @@ fn lag() -> Histogram {
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub request_duration: Family<RouteRoleLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub token_validations: Family<ResultLabels, Counter>,
     pub token_cache_hits: Counter,
@@ -231,12 +261,12 @@ impl Metrics {
         };
         r.register(
             "requests",
-            "Requests by route, status, decision and deny reason",
+            "Requests and authorization checks by route, status, decision, deny reason and listener role",
             m.requests.clone(),
         );
         r.register(
             "request_duration_seconds",
-            "Time from request head to response head",
+            "Time from request head to response head (role=\"authz\": check request to answer)",
             m.request_duration.clone(),
         );
         r.register(

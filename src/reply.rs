@@ -7,13 +7,46 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of everything the proxy sends (upstream requests and client responses).
 pub type BoxedBody = BoxBody<Bytes, BoxError>;
+
+/// A complete answer (status, headers, body) held as parts: the proxy sends it as a response;
+/// the authorization service relays it to a gateway as an HTTP answer or as a gRPC
+/// `DeniedHttpResponse`.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// A JSON error naming the request id: `{"error", "message", "request_id"}`.
+    pub fn json_error(status: StatusCode, error: &str, message: &str, request_id: &str) -> Answer {
+        let body =
+            serde_json::json!({"error": error, "message": message, "request_id": request_id})
+                .to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Answer {
+            status,
+            headers,
+            body: body.into(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<BoxedBody> {
+        let mut r = Response::new(full(self.body));
+        *r.status_mut() = self.status;
+        *r.headers_mut() = self.headers;
+        r
+    }
+}
 
 /// A JSON error response naming the request id.
 pub fn json_error(
@@ -22,13 +55,7 @@ pub fn json_error(
     message: &str,
     request_id: &str,
 ) -> Response<BoxedBody> {
-    let body = serde_json::json!({"error": error, "message": message, "request_id": request_id})
-        .to_string();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    Answer::json_error(status, error, message, request_id).into_response()
 }
 
 pub fn full(b: impl Into<Bytes>) -> BoxedBody {

@@ -192,7 +192,14 @@ impl Shared {
         Ok(Snapshot {
             nonces,
             generation,
-            router: Router::with_metrics(&config.routes, &self.metrics),
+            router: Router::with_metrics(
+                &config.routes,
+                &self.metrics,
+                config
+                    .listeners
+                    .iter()
+                    .any(|l| l.role == crate::config::ListenerRole::Authz),
+            ),
             issuers,
             upstreams,
             tls,

@@ -164,7 +164,7 @@ fn route(cae: CaePolicy, scopes: Vec<String>, report_only: bool) -> Route {
         hosts: vec![],
         path_prefix: "/".into(),
         methods: vec![],
-        upstream: "u".into(),
+        upstream: Some("u".into()),
         strip_prefix: false,
         auth: AuthMode::Required,
         issuers: vec![],

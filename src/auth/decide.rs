@@ -457,7 +457,7 @@ mod tests {
             hosts: vec![],
             path_prefix: "/".into(),
             methods: vec![],
-            upstream: "u".into(),
+            upstream: Some("u".into()),
             strip_prefix: false,
             auth: AuthMode::Required,
             issuers: vec![],

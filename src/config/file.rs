@@ -74,9 +74,20 @@ pub struct ServerFile {
 pub struct ListenerFile {
     pub name: Option<String>,
     pub address: String,
-    /// `proxy` (default) or `signals` (SSF push endpoints).
+    /// `proxy` (default), `signals` (SSF push endpoints) or `authz` (authorization checks of
+    /// gateways: Envoy ext_authz HTTP and gRPC, nginx auth_request, forward auth).
     pub role: Option<String>,
     pub tls: Option<TlsFile>,
+    /// `role = "authz"` only.
+    pub authz: Option<AuthzFile>,
+}
+
+/// `[listener.authz]`: how gateways ask an authorization listener.
+#[derive(Debug, Deserialize)]
+pub struct AuthzFile {
+    /// Path of the HTTP check (default `/authz`): exactly it with `X-Forwarded-Uri` (forward
+    /// auth), or it followed by the original path and query (Envoy HTTP, nginx).
+    pub path_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,7 +161,9 @@ pub struct RouteFile {
     pub path_prefix: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
-    pub upstream: String,
+    /// Required unless a listener has `role = "authz"`: a route without one only answers
+    /// authorization checks.
+    pub upstream: Option<String>,
     pub strip_prefix: Option<bool>,
     /// `required` (default), `optional` or `none`.
     pub auth: Option<String>,

@@ -236,6 +236,8 @@ pub struct SenderPolicy {
 pub enum ListenerRole {
     Proxy,
     Signals,
+    /// Answers gateways' authorization checks about requests they forward themselves.
+    Authz,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +246,27 @@ pub struct Listener {
     pub address: SocketAddr,
     pub role: ListenerRole,
     pub tls: Option<Tls>,
+    /// `Some` exactly when `role` is `Authz`.
+    pub authz: Option<Authz>,
+}
+
+/// Default `[listener.authz] path_prefix`.
+pub const DEFAULT_AUTHZ_PATH: &str = "/authz";
+
+/// `[listener.authz]` of an authorization listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authz {
+    /// Where the HTTP dialects ask: this path with `X-Forwarded-Uri` (forward auth), or this path
+    /// followed by the original path and query. Starts with `/`, no trailing `/`.
+    pub path_prefix: String,
+}
+
+impl Default for Authz {
+    fn default() -> Self {
+        Authz {
+            path_prefix: DEFAULT_AUTHZ_PATH.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,7 +400,8 @@ pub struct Route {
     pub hosts: Vec<HostPattern>,
     pub path_prefix: String,
     pub methods: Vec<http::Method>,
-    pub upstream: String,
+    /// `None`: the route only answers authorization checks (listener role `authz`).
+    pub upstream: Option<String>,
     pub strip_prefix: bool,
     pub auth: AuthMode,
     pub issuers: Vec<String>,

@@ -304,7 +304,14 @@ pub(super) fn validate(
     let upstreams = upstreams(&mut c, &raw.upstreams);
     let issuers = issuers(&mut c, &raw.issuers);
     let issuer_names: HashSet<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
-    let routes = routes(&mut c, &raw.routes, &upstreams, &issuer_names);
+    let answers_checks = listeners.iter().any(|l| l.role == ListenerRole::Authz);
+    let routes = routes(
+        &mut c,
+        &raw.routes,
+        &upstreams,
+        &issuer_names,
+        answers_checks,
+    );
     let transmitters = transmitters(&mut c, &raw.transmitters, &issuer_names);
     transmitters_need_signals_listeners(&mut c, &transmitters, &listeners);
     if let Some(a) = &admin {
@@ -446,20 +453,23 @@ fn listeners(c: &mut Check<'_>, raw: &[ListenerFile]) -> Vec<Listener> {
         let role = match l.role.as_deref() {
             None | Some("proxy") => ListenerRole::Proxy,
             Some("signals") => ListenerRole::Signals,
+            Some("authz") => ListenerRole::Authz,
             Some(o) => {
                 c.err(
                     format!("{p}.role"),
-                    format!("{o:?} must be \"proxy\" or \"signals\""),
+                    format!("{o:?} must be \"proxy\", \"signals\" or \"authz\""),
                 );
                 ListenerRole::Proxy
             }
         };
         let tls = l.tls.as_ref().map(|t| c.tls(&format!("{p}.tls"), t));
+        let authz = authz_listener(c, &p, role, l.authz.as_ref());
         listeners.push(Listener {
             name,
             address,
             role,
             tls,
+            authz,
         });
     }
     listeners
@@ -675,6 +685,7 @@ fn routes(
     raw: &[RouteFile],
     upstreams: &BTreeMap<String, Upstream>,
     issuer_names: &HashSet<&str>,
+    answers_checks: bool,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
@@ -687,25 +698,40 @@ fn routes(
                 format!("duplicate route name {name:?}"),
             );
         }
-        routes.push(route(c, &p, name, r, upstreams, issuer_names));
+        routes.push(route(
+            c,
+            &p,
+            name,
+            r,
+            (upstreams, answers_checks),
+            issuer_names,
+        ));
     }
     routes
 }
 
 /// One `[[route]]` at TOML path `p`: match (hosts, prefix, methods), auth, grants, headers.
+/// `answers_checks`: an authz listener exists, so a route may omit its upstream.
 fn route(
     c: &mut Check<'_>,
     p: &str,
     name: String,
     r: &RouteFile,
-    upstreams: &BTreeMap<String, Upstream>,
+    (upstreams, answers_checks): (&BTreeMap<String, Upstream>, bool),
     issuer_names: &HashSet<&str>,
 ) -> Route {
-    if !upstreams.contains_key(&r.upstream) {
-        c.err(
+    match &r.upstream {
+        Some(u) if !upstreams.contains_key(u) => {
+            c.err(
+                format!("{p}.upstream"),
+                format!("no [upstreams.{u}] is defined"),
+            );
+        }
+        None if !answers_checks => c.err(
             format!("{p}.upstream"),
-            format!("no [upstreams.{}] is defined", r.upstream),
-        );
+            "required (only a route of a configuration with a role = \"authz\" listener may omit it: it then only answers authorization checks)",
+        ),
+        _ => {}
     }
     let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
     if !path_prefix.starts_with('/') {
@@ -1065,6 +1091,40 @@ fn admin_off_loopback_needs_auth(c: &mut Check<'_>, a: &Admin) {
             "an admin listener off loopback needs a token or required client certificates",
         );
     }
+}
+
+/// `[listener.authz]`: allowed on `role = "authz"` listeners only, where it defaults to
+/// [`Authz::default`]. `path_prefix` starts with `/`, names at least one segment, has no
+/// trailing `/`, and holds only characters a request path carries as they are.
+fn authz_listener(
+    c: &mut Check<'_>,
+    p: &str,
+    role: ListenerRole,
+    raw: Option<&AuthzFile>,
+) -> Option<Authz> {
+    if role != ListenerRole::Authz {
+        if raw.is_some() {
+            c.err(
+                format!("{p}.authz"),
+                "only a listener with role = \"authz\" takes [listener.authz]",
+            );
+        }
+        return None;
+    }
+    let mut authz = Authz::default();
+    if let Some(prefix) = raw.and_then(|a| a.path_prefix.as_ref()) {
+        let plain = prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') || !plain {
+            c.err(
+                format!("{p}.authz.path_prefix"),
+                format!("{prefix:?} must be a path such as \"/authz\": a leading /, no trailing /, no ?, # or %"),
+            );
+        }
+        authz.path_prefix = prefix.clone();
+    }
+    Some(authz)
 }
 
 /// `[store] backend = "redis"`: URL (a secret reference; never echoed in errors), prefix,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, Method};
 
 use crate::auth::cache;
 use crate::auth::challenge::{self, ChallengeCtx};
@@ -16,7 +16,7 @@ use crate::auth::sender::{self, Checker, Effective, RequestView};
 use crate::auth::token::{self, Principal, Rejected, Scheme, TokenError};
 use crate::config::{AuthMode, Route, SenderConstraint};
 use crate::metrics::{ResultLabels, SenderLabels};
-use crate::reply::{full, BoxedBody};
+use crate::reply::Answer;
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
 
@@ -295,7 +295,7 @@ pub fn challenge(
     req: &Inbound<'_>,
     request_id: &str,
     now: i64,
-) -> Response<BoxedBody> {
+) -> Answer {
     let issuer = refusal
         .issuer
         .as_deref()
@@ -311,9 +311,7 @@ pub fn challenge(
     };
     let algs = dpop.algs.as_deref().filter(|_| refusal.dpop);
     let c = challenge::respond_as(&refusal.reason, &ctx, algs);
-    let mut r = Response::new(full(c.body));
-    *r.status_mut() = c.status;
-    let h = r.headers_mut();
+    let mut h = HeaderMap::new();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if c.www_authenticate.is_empty() {
         h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -329,5 +327,9 @@ pub fn challenge(
             HeaderValue::from_static("WWW-Authenticate, DPoP-Nonce"),
         );
     }
-    r
+    Answer {
+        status: c.status,
+        headers: h,
+        body: c.body.into(),
+    }
 }

@@ -8,7 +8,6 @@ use http::header::{HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::Value;
 
 use super::upstream::ForwardError;
 use super::{body, headers, route, tunnel, Outcome, ProxyError};
@@ -18,19 +17,6 @@ use crate::metrics::RouteMetrics;
 use crate::reply::{empty, BoxError, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
-
-/// The header value for a claim: strings as they are, arrays joined with commas, others as JSON.
-pub fn claim_header(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    }
-}
 
 pub(super) async fn forward(
     (shared, snap): (&Arc<Shared>, &Snapshot),
@@ -42,10 +28,11 @@ pub(super) async fn forward(
     out: &mut Outcome<'_>,
 ) -> Result<Response<BoxedBody>, ProxyError> {
     let server = &snap.config.server;
-    let upstream = snap
-        .upstreams
-        .get(&route.upstream)
-        .ok_or(ProxyError::NoRoute)?;
+    let upstream = route
+        .upstream
+        .as_ref()
+        .and_then(|u| snap.upstreams.get(u))
+        .ok_or_else(|| ProxyError::NoUpstream(route.name.clone()))?;
     // Only an upgrade to a protocol the route allows (WebSocket) is forwarded as one; any other
     // `Upgrade` is dropped and the request goes upstream as an ordinary request.
     let upgrade = match req.version() {
@@ -89,19 +76,11 @@ pub(super) async fn forward(
     let mut h = std::mem::take(req.headers_mut());
     headers::strip_hop_by_hop(&mut h, upgrade.as_ref());
     h.insert(HOST, upstream.host.clone());
-    for (name, _) in &route.identity_headers {
-        h.remove(name);
-    }
-    if let Some(p) = principal {
-        for (name, claim) in &route.identity_headers {
-            if let Some(v) = p
-                .claim(claim)
-                .map(claim_header)
-                .and_then(|s| HeaderValue::from_str(&s).ok())
-            {
-                h.insert(name.clone(), v);
-            }
-        }
+    for (name, value) in headers::identity(route, principal.map(|p| &**p)) {
+        match value {
+            Some(v) => h.insert(name.clone(), v),
+            None => h.remove(name),
+        };
     }
     if !route.forward_authorization {
         h.remove(http::header::AUTHORIZATION);

@@ -1,11 +1,15 @@
-//! Header rules: hop-by-hop removal (RFC 9110 §7.6.1), client address, `X-Forwarded-*`, request id.
+//! Header rules: hop-by-hop removal (RFC 9110 §7.6.1), client address, `X-Forwarded-*`, request
+//! id, identity headers.
 
 use std::net::IpAddr;
 
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::{ClientIpHeader, Server};
+use serde_json::Value;
+
+use crate::auth::token::Principal;
+use crate::config::{ClientIpHeader, Route, Server};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -249,6 +253,37 @@ pub fn set_forwarded(
             }
         }
     }
+}
+
+/// The header value for a claim: strings as they are, arrays joined with commas, others as JSON.
+pub fn claim_header(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The route's identity headers (`identity_headers`) for a request: each name with the value of
+/// its claim in `principal`, or `None` where there is no principal, no such claim, or a value
+/// that is no valid header value. A `None` header is removed from the request, so that a
+/// client's own copy never passes for the identity (proxy: before forwarding; authorization
+/// service: what the gateway is told to remove).
+pub fn identity<'r>(
+    route: &'r Route,
+    principal: Option<&'r Principal>,
+) -> impl Iterator<Item = (&'r HeaderName, Option<HeaderValue>)> + 'r {
+    route.identity_headers.iter().map(move |(name, claim)| {
+        let value = principal
+            .and_then(|p| p.claim(claim))
+            .map(claim_header)
+            .and_then(|s| HeaderValue::from_str(&s).ok());
+        (name, value)
+    })
 }
 
 /// The peer address as an `X-Forwarded-For` entry.

@@ -1,4 +1,5 @@
-//! The request pipeline, in order: route → token → decide → forward or challenge → one access-log line.
+//! The request pipeline, in order: route → token → decide → forward or challenge → one access-log
+//! line. [`record`] (metrics and the access line) serves the authorization listeners too.
 
 mod ambiguity;
 pub mod authenticate;
@@ -14,26 +15,184 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, CONTENT_LENGTH};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::auth::decide::Decision;
-use crate::config::AuthMode;
+use crate::config::{AuthMode, Route};
 use crate::metrics::{RequestLabels, RouteMetrics};
 use crate::reply::{json_error, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
 use upstream::ForwardError;
 
-/// Per-request facts for the access log and metrics.
-struct Outcome<'s> {
-    route: Option<&'s RouteMetrics>,
-    decision: &'static str,
-    reason: &'static str,
+/// The listener role a request is labelled with in metrics and access lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRole {
+    Proxy,
+    Authz,
+}
+
+impl RequestRole {
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestRole::Proxy => "proxy",
+            RequestRole::Authz => "authz",
+        }
+    }
+}
+
+/// Per-request facts for the access log and metrics (proxy and authorization listeners).
+pub(crate) struct Outcome<'s> {
+    pub role: RequestRole,
+    pub route: Option<&'s RouteMetrics>,
+    pub decision: &'static str,
+    pub reason: &'static str,
     /// The precise cause within `reason` (token error, revocation kind, IP rule), access line only.
-    cause: &'static str,
-    upstream_status: Option<u16>,
-    client_ip: std::net::IpAddr,
+    pub cause: &'static str,
+    pub upstream_status: Option<u16>,
+    pub client_ip: std::net::IpAddr,
+    /// Authorization listeners: how the gateway asked (access line only).
+    pub dialect: Option<&'static str>,
+}
+
+impl<'s> Outcome<'s> {
+    pub(crate) fn new(role: RequestRole, client_ip: std::net::IpAddr) -> Outcome<'s> {
+        Outcome {
+            role,
+            route: None,
+            decision: "none",
+            reason: "",
+            cause: "",
+            upstream_status: None,
+            client_ip,
+            dialect: None,
+        }
+    }
+
+    /// Takes the decision's labels; a report-only refusal is logged as a warning.
+    pub(crate) fn decided(&mut self, route: &Route, decision: &Decision, request_id: &str) {
+        if let Some(reason) = decision.reason() {
+            // The reason of the answer actually given (a grant refusal replaces a relaxed one).
+            (self.reason, self.cause) = (reason.label(), reason.cause());
+        }
+        self.decision = match decision {
+            Decision::Allow if route.auth == AuthMode::None => "none",
+            Decision::Allow => "allow",
+            Decision::ReportOnly(reason) => {
+                tracing::warn!(request_id, route = %route.name, role = self.role.label(), reason = reason.label(), cause = reason.cause(), "report-only: this request would have been refused");
+                "report_only"
+            }
+            Decision::Deny(_) => "deny",
+        };
+    }
+}
+
+/// What the access line names of a request: its method, path and host (copied only when the
+/// access log is on).
+pub(crate) struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub host: Option<String>,
+}
+
+impl Seen {
+    /// `Some` only when the access log is enabled.
+    pub(crate) fn when_logged(method: &Method, path: &str, host: Option<&str>) -> Option<Seen> {
+        tracing::enabled!(target: "access", tracing::Level::INFO).then(|| Seen {
+            method: method.clone(),
+            path: path.to_string(),
+            host: host.map(str::to_string),
+        })
+    }
+}
+
+/// How one request ended, for [`record`].
+pub(crate) struct Ending<'a> {
+    pub request_id: &'a str,
+    pub status: u16,
+    /// The answer's `Content-Length`, when known.
+    pub bytes: Option<u64>,
+    pub elapsed: std::time::Duration,
+    /// The error that ended the request, logged as a warning.
+    pub failure: Option<String>,
+}
+
+/// The request metrics (by route, status, decision, reason and listener role) and the one
+/// access-log line (target `access`) of a request.
+pub(crate) fn record(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    out: &Outcome<'_>,
+    seen: Option<Seen>,
+    end: Ending<'_>,
+) {
+    let rm = out.route.unwrap_or(&snap.router.unrouted);
+    let role = out.role.label();
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: rm.route.clone(),
+            status: end.status,
+            decision: out.decision,
+            reason: out.reason,
+            role,
+        })
+        .inc();
+    let duration = match out.role {
+        RequestRole::Proxy => &rm.request_duration,
+        RequestRole::Authz => &rm.check_duration,
+    };
+    duration.observe(end.elapsed.as_secs_f64());
+    let (status, rid) = (end.status, end.request_id);
+    let duration_ms = end.elapsed.as_secs_f64() * 1000.0;
+    if let Some(error) = end.failure {
+        let (method, path, host) = match seen {
+            Some(s) => (Some(s.method), Some(s.path), s.host),
+            None => (None, None, None),
+        };
+        tracing::warn!(
+            target: "access",
+            request_id = rid,
+            method = method.as_ref().map(|m| m.as_str()),
+            host = host.as_deref(),
+            path = path.as_deref(),
+            route = %rm.route,
+            status,
+            upstream_status = out.upstream_status,
+            duration_ms,
+            client_ip = %out.client_ip,
+            decision = out.decision,
+            reason = out.reason,
+            cause = out.cause,
+            listener = %conn.listener,
+            role,
+            dialect = out.dialect,
+            error = %error,
+        );
+    } else if let Some(s) = seen {
+        tracing::info!(
+            target: "access",
+            request_id = rid,
+            method = %s.method,
+            host = s.host.as_deref().unwrap_or(""),
+            path = %s.path,
+            route = %rm.route,
+            status,
+            upstream_status = out.upstream_status,
+            bytes = end.bytes,
+            duration_ms,
+            client_ip = %out.client_ip,
+            decision = out.decision,
+            reason = out.reason,
+            cause = out.cause,
+            listener = %conn.listener,
+            role,
+            dialect = out.dialect,
+        );
+    }
 }
 
 /// Failures that end a request before or while forwarding, each with its status.
@@ -41,6 +200,8 @@ struct Outcome<'s> {
 enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,
+    #[error("route {0} has no upstream: it only answers authorization checks")]
+    NoUpstream(String),
     #[error("the request target contains a dot segment or an encoded slash")]
     BadPath,
     #[error("the request body exceeds the limit")]
@@ -67,7 +228,7 @@ enum ProxyError {
 impl ProxyError {
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
-            ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ProxyError::NoRoute | ProxyError::NoUpstream(_) => (StatusCode::NOT_FOUND, "no_route"),
             ProxyError::BadPath => (StatusCode::BAD_REQUEST, "bad_path"),
             ProxyError::HeadTooLarge(..) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -129,22 +290,8 @@ pub async fn handle(
     let request_id = headers::request_id(req.headers());
     let rid = request_id.to_str().unwrap_or_default();
     let version = req.version();
-    // What the access log needs of the request, copied only when the access log is on.
-    let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
-        (
-            req.method().clone(),
-            req.uri().path().to_string(),
-            headers::authority(&req).map(str::to_string),
-        )
-    });
-    let mut out = Outcome {
-        route: None,
-        decision: "none",
-        reason: "",
-        cause: "",
-        upstream_status: None,
-        client_ip: conn.peer.ip(),
-    };
+    let seen = Seen::when_logged(req.method(), req.uri().path(), headers::authority(&req));
+    let mut out = Outcome::new(RequestRole::Proxy, conn.peer.ip());
     // A failed request's error goes into its one access line, logged as a warning.
     let mut failure: Option<String> = None;
     let mut resp = match inner(&shared, &snap, &conn, req, &request_id, &mut out).await {
@@ -177,61 +324,18 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(&headers::X_REQUEST_ID, request_id.clone());
-    let status = resp.status().as_u16();
-    let elapsed = start.elapsed();
-    let rm = out.route.unwrap_or(&snap.router.unrouted);
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: rm.route.clone(),
-            status,
-            decision: out.decision,
-            reason: out.reason,
-        })
-        .inc();
-    rm.request_duration.observe(elapsed.as_secs_f64());
-    if let Some(error) = failure {
-        let (method, path, host) = match access {
-            Some((m, p, h)) => (Some(m), Some(p), h),
-            None => (None, None, None),
-        };
-        tracing::warn!(
-            target: "access",
-            request_id = rid,
-            method = method.as_ref().map(|m| m.as_str()),
-            host = host.as_deref(),
-            path = path.as_deref(),
-            route = %rm.route,
-            status,
-            upstream_status = out.upstream_status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            client_ip = %out.client_ip,
-            decision = out.decision,
-            reason = out.reason,
-            cause = out.cause,
-            listener = %conn.listener,
-            error = %error,
-        );
-    } else if let Some((method, path, host)) = access {
-        tracing::info!(
-            target: "access",
-            request_id = rid,
-            method = %method,
-            host = host.as_deref().unwrap_or(""),
-            path = %path,
-            route = %rm.route,
-            status,
-            upstream_status = out.upstream_status,
-            bytes = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            client_ip = %out.client_ip,
-            decision = out.decision,
-            reason = out.reason,
-            cause = out.cause,
-            listener = %conn.listener,
-        );
-    }
+    let end = Ending {
+        request_id: rid,
+        status: resp.status().as_u16(),
+        bytes: resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+        elapsed: start.elapsed(),
+        failure,
+    };
+    record(&shared, &snap, &conn, &out, seen, end);
     Ok(resp)
 }
 
@@ -290,23 +394,11 @@ async fn inner<'s>(
         client_cert_sha256: conn.client_cert_sha256.get(),
     };
     let auth = authenticate::authenticate(shared, snap, conn, &route, &inbound, now).await;
-    if let Some(reason) = auth.decision.reason() {
-        // The reason of the answer actually given (a grant refusal replaces a relaxed one).
-        (out.reason, out.cause) = (reason.label(), reason.cause());
-    }
-    match &auth.decision {
-        Decision::Allow if route.auth == AuthMode::None => out.decision = "none",
-        Decision::Allow => out.decision = "allow",
-        Decision::ReportOnly(reason) => {
-            out.decision = "report_only";
-            tracing::warn!(request_id = rid, route = %route.name, reason = reason.label(), cause = reason.cause(), "report-only: this request would have been refused");
-        }
-        Decision::Deny(refusal) => {
-            out.decision = "deny";
-            return Ok(authenticate::challenge(
-                snap, refusal, &auth.dpop, &inbound, rid, now,
-            ));
-        }
+    out.decided(&route, &auth.decision, rid);
+    if let Decision::Deny(refusal) = &auth.decision {
+        return Ok(
+            authenticate::challenge(snap, refusal, &auth.dpop, &inbound, rid, now).into_response(),
+        );
     }
     let principal = auth.principal;
     let mut resp = forward::forward(

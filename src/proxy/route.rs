@@ -25,9 +25,10 @@ impl Router {
         Router::build(routes, RouteMetrics::detached)
     }
 
-    /// A router whose metric handles are registered in `m`.
-    pub fn with_metrics(routes: &[Route], m: &Metrics) -> Router {
-        Router::build(routes, |name| RouteMetrics::new(m, name))
+    /// A router whose metric handles are registered in `m` (the `role="authz"` ones only with
+    /// `authz`: the configuration has an authorization listener).
+    pub fn with_metrics(routes: &[Route], m: &Metrics, authz: bool) -> Router {
+        Router::build(routes, |name| RouteMetrics::new(m, name, authz))
     }
 
     fn build(routes: &[Route], metrics: impl Fn(&str) -> RouteMetrics) -> Router {

@@ -36,6 +36,8 @@ use crate::state::Shared;
 pub enum Role {
     Proxy,
     Signals,
+    /// Authorization checks of gateways (`crate::authz`).
+    Authz,
     Admin,
 }
 
@@ -210,8 +212,10 @@ async fn serve_io<I>(
         .keep_alive_timeout(Duration::from_secs(20));
     let act = activity.clone();
     let limits_head = limits.max_header_bytes;
+    // The gRPC Check service of an authorization listener, one per connection.
+    let grpc = (role == Role::Authz).then(|| crate::authz::grpc::service(&shared, &info));
     let svc = service_fn(move |req| {
-        let (shared, info, act) = (shared.clone(), info.clone(), act.clone());
+        let (shared, info, act, grpc) = (shared.clone(), info.clone(), act.clone(), grpc.clone());
         async move {
             if req.version() == http::Version::HTTP_2 {
                 act.set_http2();
@@ -232,6 +236,7 @@ async fn serve_io<I>(
                     ))
                 }
                 Role::Proxy => crate::proxy::handle(shared, info, req).await,
+                Role::Authz => Ok(crate::authz::handle(&shared, &info, grpc, req).await),
                 Role::Signals => {
                     let snap = shared.snapshot.load_full();
                     let cert = info.client_cert_sha256.get();

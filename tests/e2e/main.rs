@@ -15,6 +15,7 @@
 mod common;
 
 mod adversarial;
+mod authz;
 mod cae;
 mod demo;
 mod deploy;

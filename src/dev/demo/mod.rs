@@ -172,9 +172,10 @@ impl Plan {
                     "no route with cae.token_ip and cae.revocation (and no auth_context)".into(),
                 )
             })?;
-        let upstream = c
-            .upstreams
-            .get(&api.upstream)
+        let upstream = api
+            .upstream
+            .as_ref()
+            .and_then(|u| c.upstreams.get(u))
             .ok_or_else(|| DemoError::Unsuitable(format!("no upstream {:?}", api.upstream)))?;
         if !c
             .listeners

@@ -277,7 +277,7 @@ fn decision_route(f1: u8, f2: u8) -> Route {
         hosts: Vec::new(),
         path_prefix: "/".into(),
         methods: Vec::new(),
-        upstream: "u".into(),
+        upstream: Some("u".into()),
         strip_prefix: false,
         auth: AuthMode::Required,
         issuers: Vec::new(),

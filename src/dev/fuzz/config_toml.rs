@@ -13,8 +13,13 @@ pub fn config_toml(data: &[u8]) {
             for r in &c.routes {
                 assert!(!r.name.is_empty(), "every route has a name");
                 assert!(
-                    c.upstreams.contains_key(&r.upstream),
-                    "a route names a known upstream"
+                    r.upstream.as_ref().map_or(
+                        c.listeners
+                            .iter()
+                            .any(|l| l.role == crate::config::ListenerRole::Authz),
+                        |u| c.upstreams.contains_key(u)
+                    ),
+                    "a route names a known upstream, or only answers authorization checks"
                 );
             }
         }

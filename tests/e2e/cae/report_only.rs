@@ -17,7 +17,7 @@ async fn report_only_forwards_and_counts() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(s.up.requests(), 1);
     let m = get(&client(), &s.h.admin_url("/metrics"), &[]).await.text();
-    assert!(m.contains(r#"cae_requests_total{route="report",status="200",decision="report_only",reason="ip_not_allowed"} 1"#), "{m}");
+    assert!(m.contains(r#"cae_requests_total{route="report",status="200",decision="report_only",reason="ip_not_allowed",role="proxy"} 1"#), "{m}");
     // Report-only never forwards an invalid token.
     assert_eq!(
         call(&s, "/report", "garbage").await.status,

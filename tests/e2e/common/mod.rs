@@ -212,6 +212,20 @@ pub fn client() -> TestClient {
     build(tls_config(None, false), false)
 }
 
+/// Plain HTTP/1.1 client whose connections come from `local` (another loopback address such as
+/// 127.0.0.2 tells a client apart from a gateway on 127.0.0.1).
+pub fn client_from(local: std::net::IpAddr) -> TestClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_local_address(Some(local));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(None, false))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
 /// HTTPS (HTTP/1.1) client trusting the test CA, presenting the given client certificate.
 pub fn tls_client_as(certs: &Certs, cert: &std::path::Path, key: &std::path::Path) -> TestClient {
     let as_client = Certs {
