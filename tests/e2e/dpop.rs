@@ -566,12 +566,12 @@ async fn every_rfc9449_check_refused_one_at_a_time() {
         r#"cae_sender_checks_total{method="dpop",result="refused",reason="dpop_htm"} 2"#,
         r#"cae_sender_checks_total{method="dpop",result="refused",reason="dpop_key_mismatch"} 1"#,
         r#"cae_sender_checks_total{method="dpop",result="ok",reason=""} 1"#,
-        r#"cae_requests_total{route="api",status="401",decision="deny",reason="sender_binding"} 2"#,
+        r#"cae_requests_total{route="api",status="401",decision="deny",reason="sender_binding",role="proxy"} 2"#,
     ] {
         assert!(m.contains(line), "{line} missing:\n{m}");
     }
     assert!(
-        m.contains(r#"cae_requests_total{route="api",status="401",decision="deny",reason="invalid_dpop_proof"}"#),
+        m.contains(r#"cae_requests_total{route="api",status="401",decision="deny",reason="invalid_dpop_proof",role="proxy"}"#),
         "{m}"
     );
 }
