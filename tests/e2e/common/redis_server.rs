@@ -25,6 +25,8 @@ pub struct Redis {
     pub tls: Option<Certs>,
     /// More `redis-server` arguments, given at every (re)start.
     pub args: Vec<String>,
+    /// A cluster node's bus port, held like `port`.
+    bus: Option<ReservedPort>,
     _tmp: tempfile::TempDir,
 }
 
@@ -65,8 +67,39 @@ impl Redis {
             appendonly,
             tls,
             args: Vec::new(),
+            bus: None,
             _tmp: tmp,
         }
+    }
+
+    /// A Redis Cluster node (not in a cluster yet: see [`create_cluster`]); its bus port is
+    /// reserved too.
+    pub fn start_cluster_node() -> Redis {
+        let mut r = Redis::unstarted(false, false);
+        let bus = ReservedPort::new();
+        r.args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus.port().to_string(),
+            "--cluster-node-timeout",
+            "2000",
+        ]
+        .map(String::from)
+        .to_vec();
+        r.bus = Some(bus);
+        r.spawn();
+        r
+    }
+
+    /// `CLUSTER MYID`.
+    pub fn node_id(&self) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.conn())
+            .unwrap()
     }
 
     pub fn port(&self) -> u16 {
@@ -309,4 +342,37 @@ impl Drop for Sentinel {
             let _ = c.wait();
         }
     }
+}
+
+/// Makes a cluster of `nodes` (primaries only; `redis-cli --cluster create` spreads the slots)
+/// and waits (bounded) until every node says the cluster is ok.
+pub fn create_cluster(nodes: &[&Redis]) {
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port()))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli is installed (it comes with redis-server)");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok = poll_until_blocking(Duration::from_secs(20), || {
+        nodes
+            .iter()
+            .all(|n| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(&mut n.conn())
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            })
+            .then_some(())
+    });
+    assert!(ok.is_some(), "the cluster did not become ok");
 }

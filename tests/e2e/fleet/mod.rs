@@ -4,9 +4,11 @@
 //! transmitter and echo upstream. This module holds the fixture; `replication` (changes reaching
 //! every replica, over TLS too, under load), `outages` (Redis or replicas gone), `poll_lease`
 //! (one poller per fleet), `health` (readiness, write readiness, the fleet view, the metrics of
-//! fleet health and Redis persistence), `sentinel` (a Sentinel failover during a burst) and
-//! `partition` (one replica cut off from Redis by a network namespace) the tests.
+//! fleet health and Redis persistence), `sentinel` (a Sentinel failover during a burst),
+//! `cluster` (a Redis Cluster, its slot migrating) and `partition` (one replica cut off from
+//! Redis by a network namespace) the tests.
 
+mod cluster;
 mod health;
 mod outages;
 mod partition;
