@@ -1506,6 +1506,20 @@ timeout = "2s"
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // The polled transmitter's failing polls are counted (the poller needs the poll lease, so
+    // before Redis goes).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !get(&c, &h.admin_url("/metrics"), &[])
+        .await
+        .text()
+        .contains("cae_polls_total{")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no poll counted within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Redis goes away: an admin write is refused, the tailer counts its errors.
     redis.stop();
     let revoke =
