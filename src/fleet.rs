@@ -486,8 +486,12 @@ impl Fleet {
             };
             let primary = self.link.primary_addr().unwrap_or_default();
             if checked.as_deref() != Some(primary.as_str()) {
-                self.check_persistence(c, &primary).await;
-                checked = Some(primary);
+                if self.check_persistence(c, &primary).await {
+                    checked = Some(primary);
+                } else {
+                    conn = None;
+                    continue;
+                }
             }
             match self.link.heartbeat(c, &self.report(), LIVE_WITHIN).await {
                 Ok(live) => {
@@ -500,9 +504,15 @@ impl Fleet {
     }
 
     /// Reads Redis's persistence (`CONFIG GET`), exports it and warns when a crash of the
-    /// primary could lose an acknowledged change.
-    async fn check_persistence(&self, conn: &mut AsyncConn, primary: &str) {
-        let (p, why) = self.link.persistence(conn).await;
+    /// primary could lose an acknowledged change. False when the connection failed (try again).
+    async fn check_persistence(&self, conn: &mut AsyncConn, primary: &str) -> bool {
+        let (p, why) = match self.link.persistence(conn).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.link.error("heartbeat");
+                return false;
+            }
+        };
         for s in Persistence::ALL {
             self.metrics
                 .persistence
@@ -534,6 +544,7 @@ impl Fleet {
         }
         *self.persistence.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((p, primary.to_string()));
+        true
     }
 
     /// The admin view of the fleet: this replica, and what Redis holds of every replica (last

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use redis::RedisError;
 
+use super::redis_primary::wrong_node;
 use super::redis_store::{describe, AsyncConn, RedisLink, StreamInfo};
 
 /// Records a heartbeat and drops replicas not seen for `ARGV[3]` ms; returns how many were seen
@@ -182,17 +183,22 @@ impl RedisLink {
     }
 
     /// Redis's persistence settings (`CONFIG GET`); `Unknown` with the reason when `CONFIG` is
-    /// refused (disabled with `rename-command`, or not allowed by an ACL).
-    pub async fn persistence(&self, conn: &mut AsyncConn) -> (Persistence, Option<String>) {
+    /// refused (disabled with `rename-command`, or not allowed by an ACL). `Err`: the connection
+    /// failed (ask again later).
+    pub async fn persistence(
+        &self,
+        conn: &mut AsyncConn,
+    ) -> Result<(Persistence, Option<String>), RedisError> {
         let appendonly = config_get(&mut conn.conn, "appendonly").await;
         let appendfsync = config_get(&mut conn.conn, "appendfsync").await;
         match (appendonly, appendfsync) {
-            (Ok(Some(a)), Ok(Some(f))) => (Persistence::from_settings(&a, &f), None),
-            (Ok(_), Ok(_)) => (
+            (Ok(Some(a)), Ok(Some(f))) => Ok((Persistence::from_settings(&a, &f), None)),
+            (Ok(_), Ok(_)) => Ok((
                 Persistence::Unknown,
                 Some("CONFIG GET did not return appendonly and appendfsync".into()),
-            ),
-            (Err(e), _) | (_, Err(e)) => (Persistence::Unknown, Some(describe_config(&e))),
+            )),
+            (Err(e), _) | (_, Err(e)) if wrong_node(&e) => self.check(conn, Err(e)),
+            (Err(e), _) | (_, Err(e)) => Ok((Persistence::Unknown, Some(describe_config(&e)))),
         }
     }
 
@@ -271,17 +277,13 @@ async fn config_get(
     Ok(v.get(name).cloned())
 }
 
-/// Why `CONFIG GET` failed, for the log (never credentials).
+/// Why `CONFIG GET` was refused, for the log.
 fn describe_config(e: &RedisError) -> String {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-        describe(e)
-    } else {
-        // "unknown command" (renamed or disabled), NOPERM (ACL), …
-        format!(
-            "CONFIG GET refused ({}): CONFIG is disabled, renamed or not allowed to this user",
-            e.code().unwrap_or("error")
-        )
-    }
+    // "unknown command" (renamed or disabled), NOPERM (ACL), …
+    format!(
+        "CONFIG GET refused ({}): CONFIG is disabled, renamed or not allowed to this user",
+        e.code().unwrap_or("error")
+    )
 }
 
 #[cfg(test)]

@@ -182,7 +182,7 @@ async fn a_primary_killed_during_a_burst_loses_no_acknowledged_change_and_nothin
         refused.push(push_refused(&w, &cl, &urls[during % urls.len()], during).await);
         during += 1;
         // Pacing of the pushes (a transmitter's retries), not a wait.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         if sentinels
             .iter()
             .all(|s| s.primary_port(MASTER) == Some(new_port))
