@@ -64,6 +64,7 @@ pub async fn handle(
                 )
             }
         }
+        (&Method::GET, "/readyz/write") => write_ready(&shared),
         (&Method::GET, "/metrics") => {
             refresh_gauges(&shared);
             // Prometheus asks for OpenMetrics first; everything else (promtool, agents, curl)
@@ -97,6 +98,23 @@ pub async fn handle(
     };
     tracing::debug!(target: "admin", method = %method, path = %path, status = resp.status().as_u16(), request_id = %rid);
     Ok(resp)
+}
+
+/// `GET /readyz/write`: whether a change sent now would be acknowledged. Fleet mode: the last
+/// commit or heartbeat reached the Redis primary (and, with `store.min_replicas_acked`, that many
+/// Redis replicas); otherwise the local store takes every write.
+fn write_ready(shared: &Shared) -> Response<BoxedBody> {
+    let backend = shared.store.backend_name();
+    match shared.fleet.get().map(|f| f.writable()) {
+        Some(Err(why)) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"writable": false, "backend": backend, "reason": why}),
+        ),
+        Some(Ok(())) | None => json_response(
+            StatusCode::OK,
+            json!({"writable": true, "backend": backend}),
+        ),
+    }
 }
 
 fn error_code(s: StatusCode) -> &'static str {
@@ -290,6 +308,7 @@ async fn api(
                 json!({"revocations": s.revocations, "blocks": s.blocks, "bindings": s.bindings, "backend": shared.store.backend_name()}),
             ));
         }
+        (Method::GET, "/admin/fleet") => return fleet_view(shared).await,
         (Method::GET, p) if p.starts_with("/admin/entries/") => {
             return list(shared, &p["/admin/entries/".len()..], &query)
         }
@@ -300,8 +319,8 @@ async fn api(
         ) => change_from_body(&path, &body_bytes(req).await?, now)?,
         (
             _,
-            "/reload" | "/admin/stats" | "/admin/revoke" | "/admin/block" | "/admin/unblock"
-            | "/admin/bind" | "/admin/unbind" | "/admin/delete",
+            "/reload" | "/admin/stats" | "/admin/fleet" | "/admin/revoke" | "/admin/block"
+            | "/admin/unblock" | "/admin/bind" | "/admin/unbind" | "/admin/delete",
         ) => {
             return Err((
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -344,6 +363,32 @@ async fn api(
         StatusCode::OK,
         json!({"stored": change, "changed": changed}),
     ))
+}
+
+/// `GET /admin/fleet`: the replicas Redis heard from (cursor, lag, writability, last
+/// heartbeat), the poll leases of the configured polled transmitters and their holders, the
+/// log's length and ends, and this replica's own view. 404 outside fleet mode.
+async fn fleet_view(shared: &Shared) -> Result<Response<BoxedBody>, ApiError> {
+    let Some(fleet) = shared.fleet.get() else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "fleet mode is off (store.backend is not \"redis\")".into(),
+        ));
+    };
+    let snap = shared.snapshot.load();
+    let polled: Vec<String> = snap
+        .config
+        .transmitters
+        .iter()
+        .filter(|t| {
+            t.poll.is_some()
+                || t.stream
+                    .as_ref()
+                    .is_some_and(|s| s.delivery == crate::config::Delivery::Poll)
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    Ok(json_response(StatusCode::OK, fleet.view(&polled).await))
 }
 
 /// The table and key a change is about.
@@ -461,7 +506,7 @@ fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<BoxedBody>
     ))
 }
 
-/// Scrape-time gauges: table sizes (key sets are read by their own collector).
+/// Scrape-time gauges: table sizes, the fleet lag (key sets are read by their own collector).
 fn refresh_gauges(shared: &Shared) {
     use crate::metrics::TableLabel;
     let m = &shared.metrics;
@@ -479,4 +524,7 @@ fn refresh_gauges(shared: &Shared) {
         .set(s.bindings as i64);
     m.local_only_entries
         .set(shared.store.local_only_count() as i64);
+    if let Some(f) = shared.fleet.get() {
+        f.refresh_metrics();
+    }
 }

@@ -6,25 +6,34 @@
 //!   entry (this replica's own too: changes are idempotent, and applying in log order keeps
 //!   `delete`s consistent) to the in-memory tables, then to the local copy with the new cursor.
 //!   Redis unreachable: requests keep being decided on the local tables; the tailer reconnects
-//!   with backoff and resumes from the cursor.
+//!   with backoff and resumes from the cursor. It keeps the times that give the fleet lag (the
+//!   age of the oldest entry this replica may not have applied), which readiness bounds with
+//!   `store.max_fleet_lag`.
 //! - Poll leases (one task): a transmitter is polled by one replica at a time; the holder renews
 //!   its lease every third of its lifetime, another replica takes over when it expires.
+//! - Heartbeat (one task): every second this replica's cursor, lag and writability go to Redis
+//!   (the admin fleet view reads them back), with `WAIT` when `store.min_replicas_acked` asks for
+//!   replicas: the write-readiness check. On every new primary it reads Redis's persistence
+//!   settings and warns when an acknowledged change could be lost.
 //!
 //! Locks: `leases` is a `Mutex<HashMap>` taken by pollers between polls and by the lease task;
-//! never on the request path, never across `.await`.
+//! `tail.cursor`, `tail.error` and `persistence` are `Mutex`es held for one read or write; never
+//! on the request path, never across `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::sync::{watch, Notify};
 
 use crate::config::RedisBackend;
-use crate::metrics::{FleetMetrics, TransmitterLabel};
+use crate::metrics::{FleetMetrics, StateLabel, TransmitterLabel};
 use crate::store::redis_store::{describe, now_ms, parse_id, LogEntry};
 use crate::store::{
-    Batch, Change, Durable, PollGate, RedbStore, RedisLink, RedisStore, SignalStore, StoreError,
+    AsyncConn, Batch, Change, Durable, Persistence, PollGate, RedbStore, RedisLink, RedisStore,
+    SignalStore, StoreError,
 };
 
 /// `XREAD BLOCK` time once caught up (also how often the age gauge is refreshed when idle).
@@ -35,14 +44,21 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Longest wait for a poll lease release (on shutdown, or when a poller stops).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a replica sends its heartbeat (and checks that changes can be acknowledged).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A replica whose heartbeat Redis got within this long counts as live.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
 /// Readiness reason while the log has not been replayed since start.
 pub const NOT_REPLAYED: &str = "fleet log not replayed yet";
+/// Start of the readiness reason while the lag exceeds `store.max_fleet_lag`.
+pub const LAGGING: &str = "fleet log lagging";
 
 /// What [`open`] prepares for [`Fleet::start`].
 pub struct FleetParts {
     link: Arc<RedisLink>,
     local: Arc<RedbStore>,
     lease_ttl: Duration,
+    max_lag: Option<Duration>,
 }
 
 /// Opens the local redb copy and prepares the Redis link (it connects on first use, so a replica
@@ -71,6 +87,7 @@ pub async fn open(
             link,
             local,
             lease_ttl: cfg.poll_lease,
+            max_lag: cfg.max_fleet_lag,
         },
     ))
 }
@@ -97,6 +114,21 @@ struct Lease {
     held_until: Option<Instant>,
 }
 
+/// What the tailer knows of its progress, for the lag (epoch milliseconds; 0 = never).
+#[derive(Default)]
+struct TailState {
+    /// When the outstanding `XREAD BLOCK` at the log's end was sent; 0 when none is.
+    following_since: AtomicI64,
+    /// Everything appended before this time is applied here.
+    current_at: AtomicI64,
+    /// Entry time of the cursor (everything up to it is applied).
+    cursor_ms: AtomicI64,
+    started: AtomicI64,
+    cursor: Mutex<String>,
+    /// Why the tailer last failed, until it reads again.
+    error: Mutex<Option<String>>,
+}
+
 /// The running fleet side of one replica.
 pub struct Fleet {
     link: Arc<RedisLink>,
@@ -107,6 +139,10 @@ pub struct Fleet {
     lease_ttl: Duration,
     leases: Mutex<HashMap<String, Lease>>,
     lease_wake: Notify,
+    max_lag: Option<Duration>,
+    tail: TailState,
+    /// Redis's persistence as read from the primary `(settings, primary address)`.
+    persistence: Mutex<Option<(Persistence, String)>>,
 }
 
 impl Fleet {
@@ -130,11 +166,16 @@ impl Fleet {
             lease_ttl: parts.lease_ttl,
             leases: Mutex::new(HashMap::new()),
             lease_wake: Notify::new(),
+            max_lag: parts.max_lag,
+            tail: TailState::default(),
+            persistence: Mutex::new(None),
         });
+        fleet.tail.started.store(now_ms(), Ordering::Relaxed);
         store.set_poll_gate(fleet.clone());
-        tracing::info!(replica = %fleet.link.replica(), stream = %fleet.link.stream_key(), "fleet mode: following the fleet log");
+        tracing::info!(replica = %fleet.link.replica(), stream = %fleet.link.stream_key(), mode = fleet.link.mode(), "fleet mode: following the fleet log");
         tasks.spawn(fleet.clone().tail(shutdown.subscribe()));
         tasks.spawn(fleet.clone().keep_leases(shutdown.subscribe()));
+        tokio::spawn(fleet.clone().heartbeat(shutdown.subscribe()));
         fleet
     }
 
@@ -152,9 +193,80 @@ impl Fleet {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    /// Why this replica is not ready on the fleet side.
+    /// Why this replica is not ready on the fleet side: the log not replayed since start, or
+    /// (with `store.max_fleet_lag`) entries older than the bound that may not be applied here.
     pub fn not_ready(&self) -> Option<String> {
-        (!self.caught_up()).then(|| NOT_REPLAYED.to_string())
+        if !self.caught_up() {
+            return Some(NOT_REPLAYED.to_string());
+        }
+        let max = self.max_lag?;
+        let lag = self.lag(now_ms());
+        (lag > max).then(|| {
+            let why = self
+                .tail
+                .error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "the tailer is not following the log".into());
+            format!(
+                "{LAGGING}: entries up to {:.1} s old may be missing here (store.max_fleet_lag = {}): {why}",
+                lag.as_secs_f64(),
+                humantime::format_duration(max)
+            )
+        })
+    }
+
+    /// The fleet lag at `now` (epoch ms): 0 while a read at the log's end is outstanding (and
+    /// not overdue: its answer is due within `BLOCK` + `store.redis_timeout`); otherwise the time
+    /// since this replica last knew it had applied everything (an upper bound on the age of
+    /// any entry it may miss). Before the first read: the time since start.
+    pub fn lag(&self, now: i64) -> Duration {
+        let t = &self.tail;
+        let following = t.following_since.load(Ordering::Acquire);
+        let due = (BLOCK + self.link.timeout() + Duration::from_secs(1)).as_millis() as i64;
+        if following > 0 && now < following + due {
+            return Duration::ZERO;
+        }
+        let known = t
+            .current_at
+            .load(Ordering::Acquire)
+            .max(t.cursor_ms.load(Ordering::Acquire));
+        let since = if known > 0 {
+            known
+        } else {
+            t.started.load(Ordering::Relaxed)
+        };
+        Duration::from_millis((now - since).max(0) as u64)
+    }
+
+    /// Sets the scrape-time fleet gauges.
+    pub fn refresh_metrics(&self) {
+        self.metrics.lag.set(self.lag(now_ms()).as_secs_f64());
+    }
+
+    fn set_tail_error(&self, e: Option<String>) {
+        *self.tail.error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn set_cursor(&self, cursor: &str) {
+        if let Some((ms, _)) = parse_id(cursor) {
+            self.tail.cursor_ms.store(ms as i64, Ordering::Release);
+        }
+        cursor.clone_into(&mut self.tail.cursor.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn cursor(&self) -> String {
+        self.tail
+            .cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `Ok` when a change would be acknowledged now; else why not.
+    pub fn writable(&self) -> Result<(), String> {
+        self.link.writable()
     }
 
     fn cursor_key(&self) -> String {
@@ -182,6 +294,7 @@ impl Fleet {
     /// the local copy (a failed write's retry), once.
     async fn tail(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut cursor = self.load_cursor().await;
+        self.set_cursor(&cursor);
         let mut pending: Vec<Change> = Vec::new();
         self.follow(&mut cursor, &mut pending, &mut shutdown).await;
         if !pending.is_empty() {
@@ -211,6 +324,7 @@ impl Fleet {
                 Ok(c) => c,
                 Err(e) => {
                     self.link.error("connect");
+                    self.set_tail_error(Some(describe(&e)));
                     if !failing {
                         tracing::warn!(error = %describe(&e), caught_up = self.caught_up(), "fleet log unreachable; deciding on the local tables, retrying");
                         failing = true;
@@ -222,26 +336,26 @@ impl Fleet {
                     continue;
                 }
             };
-            if *cursor != "0-0" {
-                if let Ok(Some(max_deleted)) = self.link.max_deleted_id(&mut conn).await {
-                    if parse_id(&max_deleted) > parse_id(cursor) {
-                        tracing::warn!(%cursor, trimmed_up_to = %max_deleted, "the fleet log was trimmed past this replica's cursor: entries older than store.retention were missed (they had expired, except account blocks)");
-                    }
-                }
-            }
+            self.check_log(&mut conn, cursor).await;
             loop {
                 if !pending.is_empty() {
                     self.persist(pending, cursor).await;
                 }
                 let block = self.caught_up().then_some(BLOCK);
+                let sent = now_ms();
+                if block.is_some() {
+                    self.tail.following_since.store(sent, Ordering::Release);
+                }
                 let read = tokio::select! {
                     r = self.link.read(&mut conn, cursor, READ_COUNT, block) => r,
                     _ = shutdown.changed() => return,
                 };
+                self.tail.following_since.store(0, Ordering::Release);
                 let entries = match read {
                     Ok(e) => e,
                     Err(e) => {
                         self.link.error("read");
+                        self.set_tail_error(Some(describe(&e)));
                         if !failing {
                             tracing::warn!(error = %describe(&e), "fleet log read failed; deciding on the local tables, reconnecting");
                             failing = true;
@@ -257,7 +371,9 @@ impl Fleet {
                     tracing::info!(%cursor, "fleet log reachable again; catching up");
                     failing = false;
                 }
+                self.set_tail_error(None);
                 backoff = BACKOFF_START;
+                let complete = entries.len() < READ_COUNT;
                 if entries.is_empty() {
                     if !self.caught_up.swap(true, Ordering::AcqRel) {
                         self.metrics.caught_up.set(1);
@@ -269,7 +385,21 @@ impl Fleet {
                     }
                     if let Some(last) = entries.last() {
                         *cursor = last.id.clone();
+                        self.set_cursor(cursor);
                     }
+                }
+                if complete {
+                    // Everything appended before the read was served is applied now; an empty
+                    // blocking read was served once its block time had passed.
+                    let at = match block {
+                        Some(b) if entries.is_empty() => {
+                            (sent + b.as_millis() as i64).min(now_ms())
+                        }
+                        _ => sent,
+                    };
+                    self.tail.current_at.fetch_max(at, Ordering::AcqRel);
+                }
+                if !entries.is_empty() {
                     self.persist(pending, cursor).await;
                 }
                 if let Some(ms) = last_ms {
@@ -279,6 +409,232 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// On every (re)connection: is the log behind the cursor (a failover or restart lost
+    /// entries this replica had applied, or the log was deleted)? New entries may then get ids
+    /// below the cursor: follow the log from its end. Was it trimmed past the cursor (entries
+    /// missed)? Say so.
+    async fn check_log(&self, conn: &mut AsyncConn, cursor: &mut String) {
+        if *cursor == "0-0" {
+            return;
+        }
+        let Ok(info) = self.link.stream_info(conn).await else {
+            return;
+        };
+        let end = info
+            .as_ref()
+            .map(|i| i.last_generated_id.clone())
+            .unwrap_or_else(|| "0-0".into());
+        if parse_id(&end) < parse_id(cursor) {
+            tracing::warn!(%cursor, log_end = %end, "the fleet log ends before this replica's cursor: a Redis failover or restart lost entries this replica had applied (not acknowledged with store.min_replicas_acked, or Redis without appendfsync always), or the log was deleted; following the log from its end");
+            cursor.clone_from(&end);
+            self.set_cursor(cursor);
+            return;
+        }
+        if let Some(trimmed) = info.and_then(|i| i.max_deleted_id) {
+            if parse_id(&trimmed) > parse_id(cursor) {
+                tracing::warn!(%cursor, trimmed_up_to = %trimmed, "the fleet log was trimmed past this replica's cursor: entries older than store.retention were missed (they had expired, except account blocks)");
+            }
+        }
+    }
+
+    /// What this replica tells the fleet in its heartbeat (and shows in the admin view).
+    fn report(&self) -> serde_json::Value {
+        let mut held: Vec<String> = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, l)| l.held_until.is_some_and(|u| u > Instant::now()))
+            .map(|(t, _)| t.clone())
+            .collect();
+        held.sort();
+        let writable = self.link.writable();
+        json!({
+            "cursor": self.cursor(),
+            "lag_seconds": self.lag(now_ms()).as_secs_f64(),
+            "caught_up": self.caught_up(),
+            "writable": writable.is_ok(),
+            "not_writable_reason": writable.err(),
+            "poll_leases": held,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": self.tail.started.load(Ordering::Relaxed) / 1000,
+        })
+    }
+
+    /// Every `HEARTBEAT`: this replica's report to Redis, which is also the write-readiness
+    /// check (with `WAIT` for `store.min_replicas_acked`); on every new primary, Redis's
+    /// persistence settings first. Untracked: nothing is owed at shutdown.
+    async fn heartbeat(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut conn: Option<AsyncConn> = None;
+        let mut checked: Option<String> = None;
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if conn.is_none() {
+                match self.link.connect(self.link.ack_wait()).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        self.link.error("heartbeat");
+                        self.link.set_writable(Err(describe(&e)));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                continue;
+            };
+            let primary = self.link.primary_addr().unwrap_or_default();
+            if checked.as_deref() != Some(primary.as_str()) {
+                if self.check_persistence(c, &primary).await {
+                    checked = Some(primary);
+                } else {
+                    conn = None;
+                    continue;
+                }
+            }
+            match self.link.heartbeat(c, &self.report(), LIVE_WITHIN).await {
+                Ok(live) => {
+                    self.metrics.replicas_live.set(live as i64);
+                }
+                // A new connection next time (to the primary found again, if it changed).
+                Err(_) => conn = None,
+            }
+        }
+    }
+
+    /// Reads Redis's persistence (`CONFIG GET`), exports it and warns when a crash of the
+    /// primary could lose an acknowledged change. False when the connection failed (try again).
+    async fn check_persistence(&self, conn: &mut AsyncConn, primary: &str) -> bool {
+        let (p, why) = match self.link.persistence(conn).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.link.error("heartbeat");
+                return false;
+            }
+        };
+        for s in Persistence::ALL {
+            self.metrics
+                .persistence
+                .get_or_create(&StateLabel { state: s.label() })
+                .set(i64::from(s == p));
+        }
+        let acked = self.link.min_replicas_acked();
+        match p {
+            Persistence::AofAlways => {
+                tracing::info!(%primary, persistence = p.label(), "Redis persistence keeps every acknowledged change across a crash (appendonly yes, appendfsync always)")
+            }
+            Persistence::Unknown => tracing::warn!(
+                %primary,
+                persistence = p.label(),
+                reason = why.as_deref().unwrap_or(""),
+                "cannot read Redis's persistence settings: whether an acknowledged change survives a Redis crash is not checked"
+            ),
+            _ if acked > 0 => tracing::warn!(
+                %primary,
+                persistence = p.label(),
+                min_replicas_acked = acked,
+                "Redis may lose acknowledged changes if the primary crashes and restarts without a failover (appendonly yes with appendfsync always avoids it); with a failover, store.min_replicas_acked replicas hold each acknowledged change"
+            ),
+            _ => tracing::warn!(
+                %primary,
+                persistence = p.label(),
+                "Redis may lose acknowledged changes on a crash: set appendonly yes and appendfsync always, or replicate them (store.min_replicas_acked with Sentinel)"
+            ),
+        }
+        *self.persistence.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((p, primary.to_string()));
+        true
+    }
+
+    /// The admin view of the fleet: this replica, and what Redis holds of every replica (last
+    /// heartbeat, cursor, lag), of the poll leases of `transmitters` and of the log. Redis
+    /// unreachable: this replica's own view, with the reason.
+    pub async fn view(&self, transmitters: &[String]) -> serde_json::Value {
+        let me = self.report();
+        let persistence = self
+            .persistence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(p, _)| p.label());
+        let seen = match self.link.connect(Duration::ZERO).await {
+            Ok(mut c) => self.link.view(&mut c, transmitters).await,
+            Err(e) => Err(e),
+        };
+        let mut out = json!({
+            "replica": self.replica(),
+            "mode": self.link.mode(),
+            "primary": self.link.primary_addr(),
+            "persistence": persistence,
+            "min_replicas_acked": self.link.min_replicas_acked(),
+            "max_fleet_lag_seconds": self.max_lag.map(|d| d.as_secs_f64()),
+            "self": me,
+        });
+        match seen {
+            Ok(v) => {
+                let end = v.log.as_ref().and_then(|l| parse_id(&l.last_generated_id));
+                let replicas: Vec<serde_json::Value> = v
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        let cursor = r.report["cursor"].as_str().and_then(parse_id);
+                        // Time between the newest entry and the last one this replica applied.
+                        let behind = match (end, cursor) {
+                            (Some(e), Some(c)) if c < e => {
+                                Some(e.0.saturating_sub(c.0) as f64 / 1000.0)
+                            }
+                            (Some(_), Some(_)) => Some(0.0),
+                            _ => None,
+                        };
+                        let mut o = json!({
+                            "replica": r.replica,
+                            "live": r.seen_ms_ago <= LIVE_WITHIN.as_millis() as i64,
+                            "seen_seconds_ago": r.seen_ms_ago as f64 / 1000.0,
+                            "behind_seconds": behind,
+                        });
+                        if let (Some(o), Some(rep)) = (o.as_object_mut(), r.report.as_object()) {
+                            for (k, v) in rep {
+                                o.entry(k.clone()).or_insert(v.clone());
+                            }
+                        }
+                        o
+                    })
+                    .collect();
+                let leases: Vec<serde_json::Value> = v
+                    .leases
+                    .iter()
+                    .map(|l| {
+                        json!({
+                            "transmitter": l.transmitter,
+                            "holder": l.holder,
+                            "expires_in_seconds": l.expires_in_ms.map(|ms| ms as f64 / 1000.0),
+                        })
+                    })
+                    .collect();
+                out["redis_reachable"] = json!(true);
+                out["log"] = match &v.log {
+                    Some(l) => json!({
+                        "length": l.length,
+                        "first_id": l.first_id,
+                        "last_id": l.last_generated_id,
+                    }),
+                    None => serde_json::Value::Null,
+                };
+                out["replicas"] = json!(replicas);
+                out["poll_leases"] = json!(leases);
+            }
+            Err(e) => {
+                out["redis_reachable"] = json!(false);
+                out["redis_error"] = json!(describe(&e));
+            }
+        }
+        out
     }
 
     /// Applies entries to the tables at once; queues their changes for the local copy. Returns

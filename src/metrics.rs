@@ -170,6 +170,22 @@ pub struct FleetMetrics {
     pub caught_up: Gauge<i64, AtomicI64>,
     /// 1 while this replica holds the poll lease of a transmitter.
     pub poll_lease_held: Family<TransmitterLabel, Gauge<i64, AtomicI64>>,
+    /// Age of the oldest fleet-log entry that may not be applied here yet (0 while following
+    /// the log's end); set at scrape time.
+    pub lag: Gauge<f64, AtomicU64>,
+    /// 1 while a change would be acknowledged (the last commit or heartbeat went through,
+    /// replicas included with `min_replicas_acked`).
+    pub writable: Gauge<i64, AtomicI64>,
+    /// 1 for Redis's persistence (`state`: `aof_always`, `aof_everysec`, `aof_no`, `no_aof`,
+    /// `unknown`) as read from its primary.
+    pub persistence: Family<StateLabel, Gauge<i64, AtomicI64>>,
+    /// Replicas whose heartbeat Redis got within the last few seconds (this one included).
+    pub replicas_live: Gauge<i64, AtomicI64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
 }
 
 impl Default for FleetMetrics {
@@ -182,6 +198,10 @@ impl Default for FleetMetrics {
             last_applied_age: Gauge::default(),
             caught_up: Gauge::default(),
             poll_lease_held: Family::default(),
+            lag: Gauge::default(),
+            writable: Gauge::default(),
+            persistence: Family::default(),
+            replicas_live: Gauge::default(),
         }
     }
 }
@@ -222,7 +242,25 @@ pub struct Metrics {
     /// Tunnels closed, by reason: `closed` (a side ended), `error`, `token_expired`, or the
     /// refusal (`revoked`, `account_blocked`, `ip_not_allowed`, …) that ended a tunnel.
     pub tunnels_closed: Family<ReasonLabel, Counter>,
+    /// RFC 8936 polls by transmitter and result (`ok` or the failure).
+    pub polls: Family<PollLabels, Counter>,
+    /// Push requests refused before their SET was read: transmitter authentication failed.
+    pub push_auth_failures: Family<TransmitterReasonLabels, Counter>,
+    /// Unix time of the last SET received per transmitter (any result).
+    pub set_last_received: Family<TransmitterLabel, Gauge<f64, AtomicU64>>,
     pub fleet: FleetMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    pub transmitter: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransmitterReasonLabels {
+    pub transmitter: String,
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -256,6 +294,9 @@ impl Metrics {
             local_only_entries: Gauge::default(),
             tunnels_open: Gauge::default(),
             tunnels_closed: Family::default(),
+            polls: Family::default(),
+            push_auth_failures: Family::default(),
+            set_last_received: Family::default(),
             fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
@@ -360,6 +401,21 @@ impl Metrics {
             "Tunnels closed by reason: closed, error, token_expired, or the refusal that ended them",
             m.tunnels_closed.clone(),
         );
+        r.register(
+            "polls",
+            "RFC 8936 polls by transmitter and result: ok (answered, or a long poll that ended with nothing), or the failure",
+            m.polls.clone(),
+        );
+        r.register(
+            "push_auth_failures",
+            "Push requests refused because the transmitter was not authenticated, by reason",
+            m.push_auth_failures.clone(),
+        );
+        r.register(
+            "set_last_received_timestamp_seconds",
+            "Unix time of the last SET received from a transmitter (any result)",
+            m.set_last_received.clone(),
+        );
         let f = &m.fleet;
         r.register(
             "fleet_redis_errors",
@@ -395,6 +451,26 @@ impl Metrics {
             "fleet_poll_lease_held",
             "Fleet mode: 1 while this replica holds a transmitter's poll lease",
             f.poll_lease_held.clone(),
+        );
+        r.register(
+            "fleet_lag_seconds",
+            "Fleet mode: age of the oldest fleet-log entry that may not be applied here yet (0 while following the log's end)",
+            f.lag.clone(),
+        );
+        r.register(
+            "fleet_writable",
+            "Fleet mode: 1 while changes can be acknowledged (Redis takes writes, with the replicas store.min_replicas_acked asks for)",
+            f.writable.clone(),
+        );
+        r.register(
+            "fleet_redis_persistence",
+            "Fleet mode: 1 for the persistence Redis reports (aof_always keeps every acknowledged change across a crash; the others may lose some; unknown: CONFIG refused)",
+            f.persistence.clone(),
+        );
+        r.register(
+            "fleet_replicas_live",
+            "Fleet mode: replicas whose heartbeat reached Redis within the last 5 s",
+            f.replicas_live.clone(),
         );
         Metrics { registry: r, ..m }
     }

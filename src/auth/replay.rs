@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
 
-use crate::store::redis_store::{describe, now_ms};
+use crate::store::redis_store::{describe, now_ms, AsyncConn};
 use crate::store::RedisLink;
 
 const SHARDS: usize = 16;
@@ -155,7 +154,7 @@ impl ReplayCache {
 /// The fleet's set: one Redis key per proof, expiring with the proof's window.
 struct RedisReplay {
     link: Arc<RedisLink>,
-    conn: ArcSwapOption<MultiplexedConnection>,
+    conn: ArcSwapOption<AsyncConn>,
     connecting: tokio::sync::Mutex<()>,
     down_until_ms: AtomicI64,
     /// Logged once per outage.
@@ -163,7 +162,7 @@ struct RedisReplay {
 }
 
 impl RedisReplay {
-    async fn connection(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+    async fn connection(&self) -> Result<AsyncConn, redis::RedisError> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }

@@ -139,6 +139,22 @@ pub struct StoreFile {
     pub redis_client_cert: Option<String>,
     /// `rediss://` only: PEM private key of `redis_client_cert`.
     pub redis_client_key: Option<String>,
+    /// Sentinel-managed Redis: the sentinels' `host:port`s; the primary is asked of them.
+    pub redis_sentinels: Option<Vec<String>>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> …`).
+    pub redis_sentinel_master: Option<String>,
+    /// The sentinels' own password (`requirepass` of the sentinels), a secret reference.
+    pub redis_sentinel_password: Option<String>,
+    /// Redis Cluster: `host:port` of some nodes; the node serving the fleet's hash slot is found
+    /// from them.
+    pub redis_cluster_nodes: Option<Vec<String>>,
+    /// An acknowledged change must be on this many Redis replicas (`WAIT`) first (default 0).
+    pub min_replicas_acked: Option<u32>,
+    /// Longest wait for those replicas (default 1s).
+    pub replicas_ack_timeout: Option<String>,
+    /// `/readyz` is 503 while this replica may have missed fleet-log entries older than this
+    /// (default 30s; "0s": never).
+    pub max_fleet_lag: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -289,7 +289,7 @@ pub enum StoreBackend {
     Redb(PathBuf),
     Memory,
     /// Fleet mode: changes go to a Redis Stream shared by every replica and to a local redb copy.
-    Redis(RedisBackend),
+    Redis(Box<RedisBackend>),
 }
 
 /// The header that trusted proxies name the client in. Only that one is read: reading both would
@@ -323,7 +323,40 @@ pub struct RedisBackend {
     /// With a `rediss://` URL: `store.redis_ca`, `store.redis_client_cert` / `redis_client_key`,
     /// when any is set.
     pub tls: Option<RedisTls>,
+    /// Where the primary holding the fleet's keys is: the URL's server, the one Sentinel names,
+    /// or the cluster node serving the fleet's hash slot.
+    pub topology: RedisTopology,
+    /// Redis replicas that must hold a change (`WAIT`) before it is acknowledged (0: none).
+    pub min_replicas_acked: u32,
+    /// Longest `WAIT` for them; fewer in time: the change is refused (503).
+    pub replicas_ack_timeout: Duration,
+    /// Readiness bound on how old a fleet-log entry this replica may have missed can be
+    /// (`None`: readiness ignores the lag).
+    pub max_fleet_lag: Option<Duration>,
 }
+
+/// How the Redis primary of the fleet is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// `redis_url`'s server.
+    Standalone,
+    /// Asked of the sentinels (`SENTINEL GET-MASTER-ADDR-BY-NAME`), confirmed with `ROLE`;
+    /// `redis_url` gives the scheme, credentials and database.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        password: Option<Secret>,
+    },
+    /// The node serving the fleet's hash slot (every key is hash-tagged with the prefix), found
+    /// from these seeds (`CLUSTER SLOTS`); `redis_url` gives the scheme and credentials.
+    Cluster { nodes: Vec<(String, u16)> },
+}
+
+/// Default `store.replicas_ack_timeout`.
+pub const DEFAULT_REPLICAS_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Default `store.max_fleet_lag`.
+pub const DEFAULT_MAX_FLEET_LAG: Duration = Duration::from_secs(30);
 
 /// Fleet mode over `rediss://`: a private CA and/or a client certificate for Redis (PEM files,
 /// read at start). Without it, `rediss://` verifies Redis against the system roots and presents

@@ -1180,7 +1180,41 @@ fn redis_backend(c: &mut Check<'_>, st: &StoreFile, base: &Path) -> StoreBackend
         c.err("store.poll_lease", "must be at least 300ms");
     }
     let tls = redis_tls(c, st, &url);
-    StoreBackend::Redis(RedisBackend {
+    let topology = redis_topology(c, st, &url);
+    let min_replicas_acked = st.min_replicas_acked.unwrap_or(0);
+    if min_replicas_acked > 16 {
+        c.err(
+            "store.min_replicas_acked",
+            "at most 16 (the Redis replicas that must hold a change before it is acknowledged)",
+        );
+    }
+    let replicas_ack_timeout = c.duration(
+        "store.replicas_ack_timeout",
+        &st.replicas_ack_timeout,
+        DEFAULT_REPLICAS_ACK_TIMEOUT,
+    );
+    if st.replicas_ack_timeout.is_some() {
+        if min_replicas_acked == 0 {
+            c.err(
+                "store.replicas_ack_timeout",
+                "only used with min_replicas_acked of 1 or more",
+            );
+        } else if replicas_ack_timeout < Duration::from_millis(10) {
+            c.err("store.replicas_ack_timeout", "must be at least 10ms");
+        }
+    }
+    let max_fleet_lag = c.duration(
+        "store.max_fleet_lag",
+        &st.max_fleet_lag,
+        DEFAULT_MAX_FLEET_LAG,
+    );
+    if !max_fleet_lag.is_zero() && max_fleet_lag < Duration::from_secs(1) {
+        c.err(
+            "store.max_fleet_lag",
+            "must be at least 1s, or \"0s\" for a readiness that ignores the fleet lag",
+        );
+    }
+    StoreBackend::Redis(Box::new(RedisBackend {
         url,
         key_prefix,
         path: st
@@ -1192,7 +1226,108 @@ fn redis_backend(c: &mut Check<'_>, st: &StoreFile, base: &Path) -> StoreBackend
         timeout,
         poll_lease,
         tls,
-    })
+        topology,
+        min_replicas_acked,
+        replicas_ack_timeout,
+        max_fleet_lag: (!max_fleet_lag.is_zero()).then_some(max_fleet_lag),
+    }))
+}
+
+/// `store.redis_sentinels` (with `redis_sentinel_master`, `redis_sentinel_password`) or
+/// `store.redis_cluster_nodes`: where the primary is found, instead of `redis_url`'s host.
+fn redis_topology(c: &mut Check<'_>, st: &StoreFile, url: &Secret) -> RedisTopology {
+    let nodes = |c: &mut Check<'_>, key: &str, list: &[String]| -> Vec<(String, u16)> {
+        if list.is_empty() {
+            c.err(format!("store.{key}"), "must name at least one host:port");
+        }
+        let mut out = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            match host_port(n) {
+                Some(hp) => out.push(hp),
+                None => c.err(
+                    format!("store.{key}[{i}]"),
+                    format!(
+                        "{n:?} is not host:port (an IPv6 address in brackets: \"[::1]:26379\")"
+                    ),
+                ),
+            }
+        }
+        out
+    };
+    if st.redis_sentinels.is_none() {
+        for (key, set) in [
+            ("redis_sentinel_master", st.redis_sentinel_master.is_some()),
+            (
+                "redis_sentinel_password",
+                st.redis_sentinel_password.is_some(),
+            ),
+        ] {
+            if set {
+                c.err(format!("store.{key}"), "only used with redis_sentinels");
+            }
+        }
+    }
+    match (&st.redis_sentinels, &st.redis_cluster_nodes) {
+        (Some(_), Some(_)) => {
+            c.err(
+                "store.redis_cluster_nodes",
+                "either redis_sentinels (Sentinel) or redis_cluster_nodes (Redis Cluster), not both",
+            );
+            RedisTopology::Standalone
+        }
+        (Some(list), None) => {
+            let sentinels = nodes(c, "redis_sentinels", list);
+            let master = match &st.redis_sentinel_master {
+                Some(m) if !m.is_empty() && !m.chars().any(|ch| ch.is_whitespace()) => m.clone(),
+                Some(_) => {
+                    c.err(
+                        "store.redis_sentinel_master",
+                        "must be the name the sentinels monitor (non-empty, no spaces)",
+                    );
+                    String::new()
+                }
+                None => {
+                    c.err(
+                        "store.redis_sentinel_master",
+                        "required with redis_sentinels (the name in `sentinel monitor <name> …`)",
+                    );
+                    String::new()
+                }
+            };
+            let password = c.secret("store.redis_sentinel_password", &st.redis_sentinel_password);
+            RedisTopology::Sentinel {
+                sentinels,
+                master,
+                password,
+            }
+        }
+        (None, Some(list)) => {
+            let nodes = nodes(c, "redis_cluster_nodes", list);
+            // Redis Cluster has database 0 only.
+            if let Ok(u) = url::Url::parse(url.expose()) {
+                if !matches!(u.path(), "" | "/" | "/0") {
+                    c.err(
+                        "store.redis_url",
+                        "Redis Cluster has database 0 only: no /<db> in the URL (value not shown: it may hold a password)",
+                    );
+                }
+            }
+            RedisTopology::Cluster { nodes }
+        }
+        (None, None) => RedisTopology::Standalone,
+    }
+}
+
+/// `host:port` or `[v6]:port`, port not 0.
+fn host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().ok()?.to_string(),
+        None if !host.is_empty() && !host.contains([':', '/', '@', ' ']) => host.to_string(),
+        None => return None,
+    };
+    Some((host, port))
 }
 
 /// `store.redis_ca`, `store.redis_client_cert` / `redis_client_key`: PEM files that must exist,
@@ -1258,6 +1393,16 @@ fn redis_keys_only_with_redis(c: &mut Check<'_>, st: &StoreFile) {
         ("redis_ca", st.redis_ca.is_some()),
         ("redis_client_cert", st.redis_client_cert.is_some()),
         ("redis_client_key", st.redis_client_key.is_some()),
+        ("redis_sentinels", st.redis_sentinels.is_some()),
+        ("redis_sentinel_master", st.redis_sentinel_master.is_some()),
+        (
+            "redis_sentinel_password",
+            st.redis_sentinel_password.is_some(),
+        ),
+        ("redis_cluster_nodes", st.redis_cluster_nodes.is_some()),
+        ("min_replicas_acked", st.min_replicas_acked.is_some()),
+        ("replicas_ack_timeout", st.replicas_ack_timeout.is_some()),
+        ("max_fleet_lag", st.max_fleet_lag.is_some()),
     ] {
         if set {
             c.err(format!("store.{key}"), "only used with backend = \"redis\"");
@@ -1518,6 +1663,102 @@ mod tests {
         assert_eq!(
             store_errs("[store]\nbackend = \"redb\"\nredis_url = \"redis://x\"\n"),
             ["store.redis_url"]
+        );
+    }
+
+    #[test]
+    fn sentinel_cluster_replica_acks_and_fleet_lag_keys() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[store]\nbackend = \"redis\"\npath = \"s.redb\"\n";
+        let redis = |extra: &str| {
+            let c = Config::parse(&format!("{base}{extra}"), Path::new("/x"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            match c.store.backend {
+                StoreBackend::Redis(r) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        let r = redis("redis_url = \"redis://:pw@primary/2\"\n");
+        assert_eq!(r.topology, RedisTopology::Standalone);
+        assert_eq!(r.min_replicas_acked, 0);
+        assert_eq!(r.max_fleet_lag, Some(DEFAULT_MAX_FLEET_LAG));
+        let r = redis("redis_url = \"rediss://:pw@cae/0\"\nredis_sentinels = [\"10.0.0.1:26379\", \"[::1]:26380\", \"s3.example:26379\"]\nredis_sentinel_master = \"cae\"\nredis_sentinel_password = \"sentinel-pw\"\nmin_replicas_acked = 1\nreplicas_ack_timeout = \"250ms\"\nmax_fleet_lag = \"0s\"\n");
+        let RedisTopology::Sentinel {
+            sentinels,
+            master,
+            password,
+        } = &r.topology
+        else {
+            panic!("{:?}", r.topology)
+        };
+        assert_eq!(
+            sentinels,
+            &[
+                ("10.0.0.1".to_string(), 26379),
+                ("::1".to_string(), 26380),
+                ("s3.example".to_string(), 26379)
+            ]
+        );
+        assert_eq!(master, "cae");
+        assert_eq!(password.as_ref().map(|p| p.expose()), Some("sentinel-pw"));
+        assert_eq!(r.min_replicas_acked, 1);
+        assert_eq!(r.replicas_ack_timeout, Duration::from_millis(250));
+        assert_eq!(r.max_fleet_lag, None, "0s turns the readiness bound off");
+        let r = redis(
+            "redis_url = \"redis://:pw@any\"\nredis_cluster_nodes = [\"n1:7000\", \"n2:7001\"]\n",
+        );
+        assert_eq!(
+            r.topology,
+            RedisTopology::Cluster {
+                nodes: vec![("n1".into(), 7000), ("n2".into(), 7001)]
+            }
+        );
+
+        let errs = |extra: &str| -> Vec<String> {
+            let e = Config::parse(&format!("{base}{extra}"), Path::new("/x")).unwrap_err();
+            e.0.iter().map(|e| e.path.clone()).collect()
+        };
+        assert_eq!(
+            errs("redis_url = \"redis://r\"\nredis_sentinels = [\"nope\", \"h:0\"]\n"),
+            [
+                "store.redis_sentinels[0]",
+                "store.redis_sentinels[1]",
+                "store.redis_sentinel_master"
+            ]
+        );
+        assert_eq!(
+            errs("redis_url = \"redis://r\"\nredis_sentinels = []\nredis_sentinel_master = \"a b\"\n"),
+            ["store.redis_sentinels", "store.redis_sentinel_master"]
+        );
+        assert_eq!(
+            errs("redis_url = \"redis://r\"\nredis_sentinels = [\"a:1\"]\nredis_sentinel_master = \"m\"\nredis_cluster_nodes = [\"b:2\"]\n"),
+            ["store.redis_cluster_nodes"]
+        );
+        assert_eq!(
+            errs("redis_url = \"redis://r/3\"\nredis_cluster_nodes = [\"b:2\"]\nredis_sentinel_master = \"m\"\n"),
+            ["store.redis_sentinel_master", "store.redis_url"]
+        );
+        assert_eq!(
+            errs("redis_url = \"redis://r\"\nmin_replicas_acked = 17\nreplicas_ack_timeout = \"1ms\"\nmax_fleet_lag = \"500ms\"\n"),
+            [
+                "store.min_replicas_acked",
+                "store.replicas_ack_timeout",
+                "store.max_fleet_lag"
+            ]
+        );
+        assert_eq!(
+            errs("redis_url = \"redis://r\"\nreplicas_ack_timeout = \"1s\"\n"),
+            ["store.replicas_ack_timeout"]
+        );
+        let other = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[store]\nbackend = \"redb\"\nmax_fleet_lag = \"5s\"\nmin_replicas_acked = 1\nredis_sentinels = [\"a:1\"]\n";
+        let e = Config::parse(other, Path::new("/x")).unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "store.redis_sentinels",
+                "store.min_replicas_acked",
+                "store.max_fleet_lag"
+            ]
         );
     }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::process::{process_set, ProcessError};
 use super::stream::{StreamClient, StreamError};
-use super::transmitter::{DeliveryKind, TransmitterRt};
+use super::transmitter::{DeliveryKind, Tally, TransmitterRt};
 use crate::config::Secret;
 use crate::fetch::{FetchError, Fetcher};
 use crate::store::SignalStore;
@@ -72,6 +72,21 @@ pub struct PollResponse {
 /// Parses a poll response body (pure, so it can be fuzzed apart from the HTTP exchange).
 pub fn parse_response(body: &[u8]) -> Result<PollResponse, PollError> {
     serde_json::from_slice(body).map_err(|e| PollError::BadResponse(e.to_string()))
+}
+
+impl PollError {
+    /// The `result` label of `cae_polls_total` for this failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PollError::NoEndpoint => "no_endpoint",
+            PollError::Fetch(FetchError::Timeout { .. }) => "timeout",
+            PollError::Fetch(FetchError::Connect { .. } | FetchError::Url(_)) => "unreachable",
+            PollError::Fetch(FetchError::Body { .. }) | PollError::BadResponse(_) => "bad_response",
+            PollError::Status(_) => "http_status",
+            PollError::Unavailable(_) => "store_unavailable",
+            PollError::Token(_) => "no_token",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,6 +388,12 @@ pub async fn run_poller(
             r = poll_with(&rt, &store, &fetcher, &mut pending, &s) => r,
             _ = shutdown.changed() => break,
         };
+        rt.tally(Tally::Poll(match &result {
+            Ok(_) => "ok",
+            // A long poll that outlived our timeout: nothing happened.
+            Err(PollError::Fetch(FetchError::Timeout { .. })) if s.long_poll => "ok",
+            Err(e) => e.label(),
+        }));
         let wait = match result {
             Ok(c) => {
                 backoff = BACKOFF_START;
@@ -387,7 +408,6 @@ pub async fn run_poller(
             // A long poll that outlived our timeout just means nothing happened.
             Err(PollError::Fetch(FetchError::Timeout { .. })) if s.long_poll => Duration::ZERO,
             Err(e) => {
-                rt.counters.poll_failures.fetch_add(1, Ordering::Relaxed);
                 let w = jittered(backoff);
                 tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %e, retry_in = ?w, "poll failed");
                 backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +12,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::process::process_set;
 use super::set::ErrCode;
-use super::transmitter::{DeliveryKind, TransmitterRt};
+use super::transmitter::{DeliveryKind, Tally, TransmitterRt};
 use crate::config::Secret;
 use crate::reply::{json_error, BoxError, BoxedBody};
 use crate::store::SignalStore;
@@ -141,7 +140,7 @@ where
         return r;
     }
     if !authenticated(push.authorization.as_ref(), &parts.headers) {
-        rt.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        rt.tally(Tally::PushAuthFailure("authorization"));
         tracing::warn!(target: "cae_proxy::signals", transmitter = %cfg.name, "push request without the configured Authorization");
         return error_response(
             ErrCode::AuthenticationFailed.as_str(),
@@ -150,14 +149,14 @@ where
     }
     if !push.client_cert_sha256.is_empty() {
         let Some(cert) = client_cert else {
-            rt.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            rt.tally(Tally::PushAuthFailure("client_certificate_missing"));
             return error_response(
                 ErrCode::AuthenticationFailed.as_str(),
                 "a client certificate is required",
             );
         };
         if !push.client_cert_sha256.iter().any(|pinned| pinned == cert) {
-            rt.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            rt.tally(Tally::PushAuthFailure("client_certificate_not_bound"));
             tracing::warn!(target: "cae_proxy::signals", transmitter = %cfg.name, "push with a client certificate not bound to this transmitter");
             return error_response(
                 ErrCode::AccessDenied.as_str(),
@@ -221,6 +220,7 @@ pub(crate) mod tests {
     use crate::store::{Batch, CommitOutcome, StoreError};
     use crate::store::{Durable, MemoryStore, SubjectKey};
     use serde_json::{json, Value};
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
     use std::time::Duration;
 

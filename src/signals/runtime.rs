@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::transmitter::Tally;
 use super::transmitter::TransmitterRt;
 use super::{poll, stream};
 use crate::auth::keys::KeySets;
 use crate::config::{Config, Delivery};
 use crate::fetch::Fetcher;
-use crate::metrics::{Metrics, SetLabels, TransmitterLabel};
+use crate::metrics::{Metrics, PollLabels, SetLabels, TransmitterLabel, TransmitterReasonLabels};
 use crate::store::SignalStore;
 
 /// What building the signals side needs of the process state.
@@ -161,8 +162,37 @@ fn install_observers(metrics: &Metrics, rt: &Arc<TransmitterRt>) {
             })
             .clone(),
     );
+    let (polls, auth_failures) = (metrics.polls.clone(), metrics.push_auth_failures.clone());
+    rt.set_tally_observer(Box::new(move |transmitter, t| match t {
+        Tally::Poll(result) => {
+            polls
+                .get_or_create(&PollLabels {
+                    transmitter: transmitter.to_string(),
+                    result,
+                })
+                .inc();
+        }
+        Tally::PushAuthFailure(reason) => {
+            auth_failures
+                .get_or_create(&TransmitterReasonLabels {
+                    transmitter: transmitter.to_string(),
+                    reason,
+                })
+                .inc();
+        }
+    }));
     let received = metrics.sets_received.clone();
+    let last_received = metrics.set_last_received.clone();
     rt.set_event_observer(Box::new(move |e| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        last_received
+            .get_or_create(&TransmitterLabel {
+                transmitter: e.transmitter.to_string(),
+            })
+            .set(now);
         let events: &[&str] = if e.events.is_empty() {
             &["none"]
         } else {

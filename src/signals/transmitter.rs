@@ -99,6 +99,19 @@ impl SignalEvent<'_> {
 /// Callback for each SET's outcome (the metrics module installs one).
 pub type EventObserver = Box<dyn Fn(&SignalEvent<'_>) + Send + Sync>;
 
+/// What a transmitter counts besides SETs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// One poll (RFC 8936) and its result: `ok` or the failure.
+    Poll(&'static str),
+    /// A push refused before its SET was read: the transmitter was not authenticated
+    /// (RFC 8935 §2.3); the reason.
+    PushAuthFailure(&'static str),
+}
+
+/// Callback for each [`Tally`], with the transmitter's name (the metrics module installs one).
+pub type TallyObserver = Box<dyn Fn(&str, Tally) + Send + Sync>;
+
 /// Callback for freshness samples (the metrics module installs one).
 pub type FreshnessObserver = Box<dyn Fn(&FreshnessSample) + Send + Sync>;
 
@@ -164,6 +177,7 @@ pub struct TransmitterRt {
     poll_target: ArcSwapOption<PollTarget>,
     /// Called once per SET with what was logged (the metrics module installs one).
     pub(super) event_observer: ArcSwapOption<EventObserver>,
+    tally_observer: ArcSwapOption<TallyObserver>,
     pub counters: Counters,
     pub freshness: Freshness,
     /// `cae_management_token_refetches_total` of this transmitter, once installed.
@@ -195,6 +209,7 @@ impl TransmitterRt {
             stream: Mutex::new(StreamState::default()),
             poll_target: ArcSwapOption::empty(),
             event_observer: ArcSwapOption::empty(),
+            tally_observer: ArcSwapOption::empty(),
             counters: Counters::default(),
             freshness: Freshness::default(),
             token_refetch_metric: std::sync::OnceLock::new(),
@@ -204,6 +219,27 @@ impl TransmitterRt {
     /// Installs the per-SET observer (metrics).
     pub fn set_event_observer(&self, f: EventObserver) {
         self.event_observer.store(Some(Arc::new(f)));
+    }
+
+    /// Installs the observer of polls and push authentication failures (metrics).
+    pub fn set_tally_observer(&self, f: TallyObserver) {
+        self.tally_observer.store(Some(Arc::new(f)));
+    }
+
+    /// Counts a poll or a push authentication failure.
+    pub fn tally(&self, t: Tally) {
+        match t {
+            Tally::Poll("ok") => {}
+            Tally::Poll(_) => {
+                self.counters.poll_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Tally::PushAuthFailure(_) => {
+                self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(f) = self.tally_observer.load().as_ref() {
+            f(&self.cfg.load().name, t);
+        }
     }
 
     /// Installs the counter of management tokens fetched again after a 401 (metrics).

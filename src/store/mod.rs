@@ -7,6 +7,8 @@
 pub mod keys;
 mod memory;
 mod redb_store;
+pub(crate) mod redis_health;
+mod redis_primary;
 pub(crate) mod redis_store;
 mod tables;
 
@@ -19,7 +21,8 @@ use serde::{Deserialize, Serialize};
 pub use keys::SubjectKey;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
-pub use redis_store::{RedisLink, RedisStore};
+pub use redis_health::{FleetView, Persistence};
+pub use redis_store::{AsyncConn, RedisLink, RedisStore, StreamInfo};
 pub use tables::{BlockState, TableStats, Tables};
 
 /// One accepted change to the tables. Applying the same change twice is harmless (idempotent),

@@ -5,11 +5,18 @@
 //! refused (the sender retries); a change Redis took but redb did not is still applied here later
 //! by the tailer (`crate::fleet`), which applies every log entry, this replica's own included.
 //! SET dedupe and the append are one Lua script, so a SET is marked seen only if its entry exists.
+//! With `store.min_replicas_acked`, `WAIT` follows the script on the same connection: the change
+//! is acknowledged only once that many Redis replicas hold it.
+//!
+//! Which server: [`Primary`] (the URL's, Sentinel's primary, or the cluster node of the fleet's
+//! hash slot), found again when a connection fails or a node answers `READONLY`/`MOVED`.
 //!
 //! Locks: a small pool of blocking connections (a `Mutex<Vec<_>>`, held only to take or return a
-//! connection) serves the commit path, which runs on the blocking pool like every `Durable`.
+//! connection) serves the commit path, which runs on the blocking pool like every `Durable`;
+//! `write_state` (a `Mutex`) is held to record one outcome.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -18,18 +25,22 @@ use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, RedisError};
 
 use super::redb_store::RedbStore;
+use super::redis_primary::{wrong_node, Primary};
 use super::{Batch, Change, CommitOutcome, Durable, StoreError};
-use crate::config::{RedisBackend, RedisTls};
+use crate::config::{RedisBackend, RedisTls, RedisTopology};
 use crate::metrics::{FleetMetrics, OpLabel, OutcomeLabel};
 
 /// Blocking connections kept for the commit path.
 const POOL_MAX: usize = 8;
 
 /// SET dedupe (optional `KEYS[2]`) and append, atomically. ARGV: change JSON, origin replica,
-/// MINID (ms), dedupe TTL (s). Returns the entry id, or nil for a SET seen before.
+/// MINID (ms), dedupe TTL (s). Returns the entry id, or nil for a SET seen before. A repeat
+/// renews its dedupe mark: that write is what a following `WAIT` waits for, and it comes after
+/// the first delivery's entry in the replication stream, so "replicated" covers that entry too.
 const APPEND_LUA: &str = r"
 if KEYS[2] then
   if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[4]) then
+    redis.call('EXPIRE', KEYS[2], ARGV[4])
     return false
   end
 end
@@ -69,50 +80,165 @@ pub struct LogEntry {
     pub origin: String,
 }
 
-/// The Redis side of fleet mode: commit path, log reads, leases. Shared by the store and the
-/// fleet tasks.
+/// A connection of the tailer, the lease keeper or the heartbeat, with the discovery generation
+/// of the node it reaches (a failure that says "not the primary" forgets that node).
+#[derive(Clone)]
+pub struct AsyncConn {
+    pub conn: MultiplexedConnection,
+    generation: u64,
+}
+
+/// Whether changes can be acknowledged now, as the last commit or heartbeat found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct WriteState {
+    /// `None`: not checked yet.
+    writable: Option<bool>,
+    /// Why not, when not.
+    why: String,
+}
+
+/// The Redis side of fleet mode: commit path, log reads, leases, heartbeats. Shared by the store
+/// and the fleet tasks.
 pub struct RedisLink {
-    client: redis::Client,
+    pub(super) primary: Arc<Primary>,
     prefix: String,
     replica: String,
-    timeout: Duration,
-    pool: Mutex<Vec<redis::Connection>>,
+    pub(super) timeout: Duration,
+    /// Blocking connections with the generation of the node they reach.
+    pool: Mutex<Vec<(u64, redis::Connection)>>,
     append: redis::Script,
     lease: redis::Script,
     release: redis::Script,
-    metrics: OnceLock<FleetMetrics>,
+    pub(super) heartbeat: redis::Script,
+    pub(super) metrics: OnceLock<FleetMetrics>,
+    /// `store.min_replicas_acked` and its `WAIT` timeout.
+    pub(super) min_replicas_acked: u32,
+    pub(super) ack_timeout: Duration,
+    write_state: Mutex<WriteState>,
+    /// Set once the first commit or heartbeat found Redis writable (logs the transitions).
+    seen_writable: AtomicBool,
 }
 
 impl RedisLink {
     /// Parses the URL (no connection is made here: Redis may be down at start). With
     /// `cfg.tls`, a private CA and/or a client certificate for the `rediss://` URL: the PEM files
-    /// are read and parsed here, so a bad file fails the start.
+    /// are read and parsed here, so a bad file fails the start. In Redis Cluster every key is
+    /// hash-tagged with the prefix (`{cae:}changes`), so the fleet lives in one slot.
     pub fn new(cfg: &RedisBackend, replica: String) -> Result<RedisLink, StoreError> {
-        let client = match &cfg.tls {
-            None => redis::Client::open(cfg.url.expose()),
-            Some(t) => redis::Client::build_with_tls(cfg.url.expose(), tls_certificates(t)?),
-        }
-        .map_err(|e| StoreError::Open {
+        let prefix = key_prefix(&cfg.key_prefix, &cfg.topology);
+        let tls = cfg.tls.as_ref().map(tls_certificates).transpose()?;
+        let primary = Primary::new(
+            &cfg.url,
+            tls,
+            cfg.topology.clone(),
+            cfg.timeout,
+            format!("{prefix}changes"),
+        )
+        .map_err(|reason| StoreError::Open {
             path: "store.redis_url".into(),
-            // The error may quote the URL; keep only its kind.
-            reason: format!("invalid Redis URL or TLS settings ({:?})", e.kind()),
+            reason,
         })?;
         Ok(RedisLink {
-            client,
-            prefix: cfg.key_prefix.clone(),
+            primary: Arc::new(primary),
+            prefix,
             replica,
             timeout: cfg.timeout,
             pool: Mutex::new(Vec::new()),
             append: redis::Script::new(APPEND_LUA),
             lease: redis::Script::new(LEASE_LUA),
             release: redis::Script::new(RELEASE_LUA),
+            heartbeat: redis::Script::new(super::redis_health::HEARTBEAT_LUA),
             metrics: OnceLock::new(),
+            min_replicas_acked: cfg.min_replicas_acked,
+            ack_timeout: cfg.replicas_ack_timeout,
+            write_state: Mutex::new(WriteState::default()),
+            seen_writable: AtomicBool::new(false),
         })
+    }
+
+    /// `standalone`, `sentinel` or `cluster`.
+    pub fn mode(&self) -> &'static str {
+        self.primary.mode()
+    }
+
+    /// `store.redis_timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `store.min_replicas_acked`.
+    pub fn min_replicas_acked(&self) -> u32 {
+        self.min_replicas_acked
+    }
+
+    /// How much longer than `store.redis_timeout` an answer may take on a connection that
+    /// waits for replicas (`WAIT`).
+    pub fn ack_wait(&self) -> Duration {
+        if self.min_replicas_acked > 0 {
+            self.ack_timeout
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The primary in use (`host:port`), if one is known.
+    pub fn primary_addr(&self) -> Option<String> {
+        self.primary.known().map(|n| n.addr.clone())
+    }
+
+    /// `Ok` when the last commit or heartbeat could have been acknowledged; else why not.
+    pub fn writable(&self) -> Result<(), String> {
+        let s = self.write_state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.writable {
+            Some(true) => Ok(()),
+            Some(false) => Err(s.why.clone()),
+            None => Err("not checked yet".into()),
+        }
+    }
+
+    /// Records whether a change could be acknowledged now (a commit's or a heartbeat's outcome).
+    pub fn set_writable(&self, r: Result<(), String>) {
+        let mut s = self.write_state.lock().unwrap_or_else(|p| p.into_inner());
+        let was = s.writable;
+        match &r {
+            Ok(()) => {
+                s.writable = Some(true);
+                s.why.clear();
+            }
+            Err(why) => {
+                s.writable = Some(false);
+                s.why.clone_from(why);
+            }
+        }
+        drop(s);
+        if let Some(m) = self.metrics.get() {
+            m.writable.set(i64::from(r.is_ok()));
+        }
+        // Transitions after the first success are logged (a start with Redis down is logged by
+        // the tailer already).
+        let seen = match r {
+            Ok(()) => self.seen_writable.swap(true, Ordering::Relaxed),
+            Err(_) => self.seen_writable.load(Ordering::Relaxed),
+        };
+        match (was, &r) {
+            (Some(true), Err(why)) if seen => {
+                tracing::warn!(reason = %why, "fleet log not writable: changes are refused (503) until Redis takes them again")
+            }
+            (Some(false), Ok(())) if seen => {
+                tracing::info!("fleet log writable again: changes are acknowledged")
+            }
+            _ => {}
+        }
     }
 
     /// This replica's id (the `origin` of its entries, the value of its leases).
     pub fn replica(&self) -> &str {
         &self.replica
+    }
+
+    /// The prefix of every key of this fleet (hash-tagged in Redis Cluster).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The fleet-log stream key.
@@ -195,19 +321,21 @@ impl RedisLink {
     /// (RFC 9449 §11.1 replay detection shared by the fleet).
     pub async fn first_use(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut AsyncConn,
         key: &str,
         ttl_ms: u64,
     ) -> Result<bool, RedisError> {
-        let set: Option<String> = redis::cmd("SET")
+        let set: Result<Option<String>, RedisError> = redis::cmd("SET")
             .arg(key)
             .arg(1)
             .arg("NX")
             .arg("PX")
             .arg(ttl_ms.max(1))
-            .query_async(conn)
-            .await?;
-        Ok(set.is_some())
+            .query_async(&mut conn.conn)
+            .await;
+        // A failover makes the old primary refuse writes: find the new one for the next call.
+        set.inspect_err(|e| self.failed(conn.generation, e))
+            .map(|s| s.is_some())
     }
 
     /// The poll lease key of a transmitter.
@@ -233,52 +361,85 @@ impl RedisLink {
         }
     }
 
-    fn connect_blocking(&self) -> Result<redis::Connection, RedisError> {
-        let c = self.client.get_connection_with_timeout(self.timeout)?;
-        c.set_read_timeout(Some(self.timeout))?;
-        c.set_write_timeout(Some(self.timeout))?;
-        Ok(c)
+    /// A new blocking connection to the primary (discovered first if needed), and its node's
+    /// generation.
+    fn connect_blocking(&self) -> Result<(u64, redis::Connection), RedisError> {
+        let node = self.primary.node()?;
+        let connect = || {
+            let c = node.client.get_connection_with_timeout(self.timeout)?;
+            c.set_read_timeout(Some(self.timeout))?;
+            c.set_write_timeout(Some(self.timeout))?;
+            Ok::<_, RedisError>(c)
+        };
+        match connect() {
+            Ok(c) => Ok((node.generation, c)),
+            Err(e) => {
+                self.primary.forget(node.generation);
+                Err(e)
+            }
+        }
     }
 
-    fn put_conn(&self, c: redis::Connection) {
+    fn put_conn(&self, generation: u64, c: redis::Connection) {
+        let current = self.primary.known().map(|n| n.generation);
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_MAX {
-            pool.push(c);
+        if pool.len() < POOL_MAX && current == Some(generation) {
+            pool.push((generation, c));
+        }
+    }
+
+    /// `e` on a connection to the node of `generation`: if it says that node may not be the
+    /// primary any more, the pool is emptied and the node forgotten (found again next time).
+    fn failed(&self, generation: u64, e: &RedisError) {
+        if wrong_node(e) {
+            self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.primary.forget(generation);
         }
     }
 
     /// Runs `f` on a pooled blocking connection; a connection that failed is dropped.
     ///
     /// A pooled connection that Redis dropped while it sat idle (Redis restarted or failed over,
-    /// or closed idle clients) fails at once: `f` is then run once more on a new connection,
-    /// after emptying the pool (its other connections are most likely dropped too). Otherwise
-    /// the first change after every Redis restart would be refused. Running `f` twice is
-    /// harmless: the append script's SET dedupe answers a repeat as a duplicate, and every other
-    /// change is idempotent. Timeouts are not retried (the caller's deadline is spent).
+    /// or closed idle clients) fails at once, and one to a node that is no longer the primary
+    /// answers `READONLY` or `MOVED`: `f` is then run once more on a new connection (to the
+    /// primary found again), after emptying the pool (its other connections are most likely in
+    /// the same state). Otherwise the first change after every Redis restart or failover would be
+    /// refused. Running `f` twice is harmless: the append script's SET dedupe answers a repeat as
+    /// a duplicate, and every other change is idempotent. Timeouts are not retried (the caller's
+    /// deadline is spent).
     fn with_conn<T>(
         &self,
         f: impl Fn(&mut redis::Connection) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(mut c) = pooled {
+        if let Some((generation, mut c)) = pooled {
             match f(&mut c) {
                 Ok(v) => {
-                    self.put_conn(c);
+                    self.put_conn(generation, c);
                     return Ok(v);
                 }
-                Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
-                    tracing::debug!(error = %describe(&e), "pooled Redis connection was dropped; retrying on a new one");
-                    self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Err(e) => {
+                    self.failed(generation, &e);
+                    let dropped = e.is_connection_dropped() && !e.is_timeout();
+                    let moved = matches!(e.code(), Some("READONLY" | "MOVED"));
+                    if !(dropped || moved) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %describe(&e), "pooled Redis connection dropped or not on the primary; retrying on a new one");
                 }
-                Err(e) => return Err(e),
             }
         }
-        let mut c = self.connect_blocking()?;
-        let r = f(&mut c);
-        if r.is_ok() {
-            self.put_conn(c);
+        let (generation, mut c) = self.connect_blocking()?;
+        match f(&mut c) {
+            Ok(v) => {
+                self.put_conn(generation, c);
+                Ok(v)
+            }
+            Err(e) => {
+                self.failed(generation, &e);
+                Err(e)
+            }
         }
-        r
     }
 
     /// Blocking: dedupe (when `set_id`) and append `changes`; `None` for a SET seen before.
@@ -296,27 +457,68 @@ impl RedisLink {
             if let Some((iss, jti)) = set_id {
                 inv.key(self.set_key(iss, jti));
             }
-            inv.arg(&json)
+            let id = inv
+                .arg(&json)
                 .arg(&self.replica)
                 .arg(minid)
                 .arg(retention_secs.max(1))
-                .invoke::<Option<String>>(c)
+                .invoke::<Option<String>>(c)?;
+            let acked = self.wait_replicas(c)?;
+            Ok((id, acked))
         });
         match r {
-            Ok(Some(id)) => {
+            Ok((id, acked)) if acked < self.min_replicas_acked => {
+                // In the primary's log (the tailers may apply it), but not acknowledged: a
+                // failover now could lose it. The sender retries; a SET's retry is a repeat,
+                // acknowledged once `WAIT` says the replicas have it.
+                self.error("replicas");
+                self.outcome("not_replicated");
+                let why = self.not_replicated(acked);
+                self.set_writable(Err(why.clone()));
+                tracing::debug!(entry = id.as_deref().unwrap_or("repeat"), "{why}");
+                Err(StoreError::FleetLog(why))
+            }
+            Ok((Some(id), _)) => {
                 self.outcome("appended");
+                self.set_writable(Ok(()));
                 Ok(Some(id))
             }
-            Ok(None) => {
+            Ok((None, _)) => {
                 self.outcome("duplicate");
+                self.set_writable(Ok(()));
                 Ok(None)
             }
             Err(e) => {
                 self.error("append");
                 self.outcome("failed");
-                Err(StoreError::FleetLog(describe(&e)))
+                let why = describe(&e);
+                self.set_writable(Err(why.clone()));
+                Err(StoreError::FleetLog(why))
             }
         }
+    }
+
+    /// With `min_replicas_acked`: `WAIT` for that many replicas (bounded by the ack timeout) on
+    /// the connection that just wrote; how many acknowledged. Without: 0, no round trip.
+    fn wait_replicas(&self, c: &mut redis::Connection) -> Result<u32, RedisError> {
+        if self.min_replicas_acked == 0 {
+            return Ok(0);
+        }
+        c.set_read_timeout(Some(self.timeout + self.ack_timeout))?;
+        let n: i64 = redis::cmd("WAIT")
+            .arg(self.min_replicas_acked)
+            .arg(self.ack_timeout.as_millis().max(1) as u64)
+            .query(c)?;
+        c.set_read_timeout(Some(self.timeout))?;
+        Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+    }
+
+    /// Why a write with `acked` replicas is not acknowledged.
+    pub(super) fn not_replicated(&self, acked: u32) -> String {
+        format!(
+            "only {acked} of the {} Redis replicas store.min_replicas_acked asks for acknowledged within {:?}",
+            self.min_replicas_acked, self.ack_timeout
+        )
     }
 
     /// Blocking: claims `<prefix><name>` for `secs` (`SET NX EX`); true if this replica got it.
@@ -356,21 +558,46 @@ impl RedisLink {
         })
     }
 
-    /// A new multiplexed connection for the tailer or the lease keeper. `extra` is added to the
-    /// response timeout (the tailer's `XREAD BLOCK` time).
-    pub async fn connect(&self, extra: Duration) -> Result<MultiplexedConnection, RedisError> {
+    /// A new multiplexed connection to the primary (discovered first if needed) for the tailer,
+    /// the lease keeper or the heartbeat. `extra` is added to the response timeout (the
+    /// tailer's `XREAD BLOCK` time, the heartbeat's `WAIT`).
+    pub async fn connect(&self, extra: Duration) -> Result<AsyncConn, RedisError> {
+        let node = self.primary.node_async().await?;
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout + extra));
-        self.client
+        match node
+            .client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
+        {
+            Ok(conn) => Ok(AsyncConn {
+                conn,
+                generation: node.generation,
+            }),
+            Err(e) => {
+                self.primary.forget(node.generation);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets the node of `conn` when `r` failed in a way that says it may not be the primary.
+    pub(super) fn check<T>(
+        &self,
+        conn: &AsyncConn,
+        r: Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        if let Err(e) = &r {
+            self.failed(conn.generation, e);
+        }
+        r
     }
 
     /// Reads up to `count` entries after `cursor`, waiting up to `block` for the first one.
     pub async fn read(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut AsyncConn,
         cursor: &str,
         count: usize,
         block: Option<Duration>,
@@ -381,7 +608,8 @@ impl RedisLink {
             cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS").arg(self.stream_key()).arg(cursor);
-        let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
+        let r = cmd.query_async(&mut conn.conn).await;
+        let reply: Option<StreamReadReply> = self.check(conn, r)?;
         let mut out = Vec::new();
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for e in key.ids {
@@ -400,76 +628,51 @@ impl RedisLink {
         Ok(out)
     }
 
-    /// The largest id Redis ever trimmed from the log (`XINFO STREAM`), if any.
-    pub async fn max_deleted_id(
+    /// What `XINFO STREAM` says of the log; `None` when there is no log (yet).
+    pub async fn stream_info(
         &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<Option<String>, RedisError> {
-        let v: redis::Value = match redis::cmd("XINFO")
+        conn: &mut AsyncConn,
+    ) -> Result<Option<StreamInfo>, RedisError> {
+        let r = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(self.stream_key())
-            .query_async(conn)
-            .await
-        {
+            .query_async(&mut conn.conn)
+            .await;
+        let v: redis::Value = match r {
             Ok(v) => v,
-            // No stream yet: nothing was ever trimmed.
-            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+            // No stream yet: nothing was ever appended (or trimmed).
+            Err(e) if !wrong_node(&e) => return Ok(None),
+            Err(e) => return self.check(conn, Err(e)),
         };
-        let pairs: Vec<(redis::Value, redis::Value)> = match v {
-            redis::Value::Map(m) => m,
-            redis::Value::Array(a) => {
-                let mut out = Vec::new();
-                let mut it = a.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    out.push((k, v));
-                }
-                out
-            }
-            _ => Vec::new(),
-        };
-        for (k, v) in pairs {
-            let key: Option<String> = redis::from_redis_value(k).ok();
-            if key.as_deref() == Some("max-deleted-entry-id") {
-                let id: Option<String> = redis::from_redis_value(v).ok();
-                return Ok(id.filter(|i| i != "0-0"));
-            }
-        }
-        Ok(None)
+        Ok(Some(StreamInfo::parse(v)))
     }
 
     /// Takes or renews the poll lease of `transmitter` for `ttl`; true when this replica holds it.
     pub async fn lease(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut AsyncConn,
         transmitter: &str,
         ttl: Duration,
     ) -> Result<bool, RedisError> {
-        let held: i64 = self
+        let r = self
             .lease
             .key(self.lease_key(transmitter))
             .arg(&self.replica)
             .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(conn)
-            .await?;
-        Ok(held == 1)
+            .invoke_async::<i64>(&mut conn.conn)
+            .await;
+        Ok(self.check(conn, r)? == 1)
     }
 
     /// Gives up the lease of `transmitter` if this replica holds it.
-    pub async fn release(
-        &self,
-        conn: &mut MultiplexedConnection,
-        transmitter: &str,
-    ) -> Result<(), RedisError> {
-        let _: i64 = self
+    pub async fn release(&self, conn: &mut AsyncConn, transmitter: &str) -> Result<(), RedisError> {
+        let r = self
             .release
             .key(self.lease_key(transmitter))
             .arg(&self.replica)
-            .invoke_async(conn)
-            .await?;
-        Ok(())
+            .invoke_async::<i64>(&mut conn.conn)
+            .await;
+        self.check(conn, r).map(|_| ())
     }
 }
 
@@ -524,8 +727,96 @@ fn tls_certificates(t: &RedisTls) -> Result<redis::TlsCertificates, StoreError> 
     })
 }
 
+/// The prefix of every key: in Redis Cluster, the configured one as a hash tag (`{cae:}`) unless
+/// it holds one already, so that the log, the dedupe keys, leases and heartbeats share one slot
+/// (the append script touches two of them).
+pub fn key_prefix(configured: &str, topology: &RedisTopology) -> String {
+    let tagged = configured
+        .split_once('{')
+        .is_some_and(|(_, rest)| rest.find('}').is_some_and(|end| end > 0));
+    match topology {
+        RedisTopology::Cluster { .. } if !tagged => format!("{{{configured}}}"),
+        _ => configured.to_string(),
+    }
+}
+
+/// What `XINFO STREAM` tells of the fleet log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub length: u64,
+    /// The id of the last entry ever appended (`0-0` for none).
+    pub last_generated_id: String,
+    /// The largest id trimmed from the log, if any (Redis ≥ 7.0).
+    pub max_deleted_id: Option<String>,
+    /// The oldest entry still in the log.
+    pub first_id: Option<String>,
+}
+
+impl StreamInfo {
+    fn parse(v: redis::Value) -> StreamInfo {
+        let pairs: Vec<(redis::Value, redis::Value)> = match v {
+            redis::Value::Map(m) => m,
+            redis::Value::Array(a) => {
+                let mut out = Vec::new();
+                let mut it = a.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    out.push((k, v));
+                }
+                out
+            }
+            _ => Vec::new(),
+        };
+        let mut info = StreamInfo {
+            last_generated_id: "0-0".into(),
+            ..StreamInfo::default()
+        };
+        for (k, v) in pairs {
+            let key: Option<String> = redis::from_redis_value(k).ok();
+            match key.as_deref() {
+                Some("length") => info.length = redis::from_redis_value(v).unwrap_or(0),
+                Some("last-generated-id") => {
+                    if let Ok(id) = redis::from_redis_value::<String>(v) {
+                        info.last_generated_id = id;
+                    }
+                }
+                Some("max-deleted-entry-id") => {
+                    info.max_deleted_id = redis::from_redis_value::<String>(v)
+                        .ok()
+                        .filter(|i| i != "0-0");
+                }
+                Some("first-entry") => {
+                    // [id, [field, value, …]] or nil.
+                    if let redis::Value::Array(e) = v {
+                        info.first_id = e
+                            .into_iter()
+                            .next()
+                            .and_then(|id| redis::from_redis_value(id).ok());
+                    }
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
 /// A Redis error for logs and answers: its kind and message, never the URL or credentials.
 pub fn describe(e: &RedisError) -> String {
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::MasterNameNotFoundBySentinel
+            | redis::ErrorKind::ClusterConnectionNotFound
+    ) {
+        // Made by `Primary`: addresses and reasons only.
+        return e.detail().unwrap_or("no Redis primary found").to_string();
+    }
+    if let Some(
+        code @ ("READONLY" | "MOVED" | "ASK" | "MASTERDOWN" | "CLUSTERDOWN" | "LOADING"
+        | "TRYAGAIN" | "NOPERM" | "NOAUTH" | "WRONGPASS"),
+    ) = e.code()
+    {
+        return format!("Redis answered {code}");
+    }
     if e.is_timeout() {
         "Redis did not answer in time".into()
     } else if e.is_connection_refusal() {
@@ -671,6 +962,19 @@ impl std::fmt::Debug for RedisLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_keys_share_the_prefix_as_a_hash_tag() {
+        let cluster = RedisTopology::Cluster { nodes: vec![] };
+        assert_eq!(key_prefix("cae:", &cluster), "{cae:}");
+        assert_eq!(key_prefix("{gw}:", &cluster), "{gw}:");
+        assert_eq!(
+            key_prefix("a{}b:", &cluster),
+            "{a{}b:}",
+            "an empty tag is no tag"
+        );
+        assert_eq!(key_prefix("cae:", &RedisTopology::Standalone), "cae:");
+    }
 
     #[test]
     fn ids_parse_and_order() {

@@ -899,15 +899,9 @@ fn dockerfile_is_distroless_labelled_non_root_and_hadolint_clean() {
 /// name listed here is exported (remove it from the list), and when a name the dashboard uses is
 /// neither exported nor listed here.
 const PENDING: &[&str] = &[
-    // gauge, label `transmitter`: Unix time of the last SET received (any result).
-    "cae_set_last_received_timestamp_seconds",
     // gauge, labels `transmitter`, `status` (enabled, paused, disabled): 1 for the current status
     // of a managed SSF stream.
     "cae_stream_status",
-    // counter, labels `transmitter`, `result` (`ok` or the failure): RFC 8936 polls.
-    "cae_polls_total",
-    // gauge: age of the oldest fleet-log entry not applied here yet (0 when caught up).
-    "cae_fleet_lag_seconds",
 ];
 
 /// Labels Prometheus adds to every scraped series (not exported by the proxy).
@@ -1441,7 +1435,7 @@ timeout = "2s"
     );
     let h = Harness::start(&toml).await;
     h.wait_ready().await;
-    // From now on every poll fails (the pending poll metric would count them).
+    // From now on every poll fails (cae_polls_total counts them).
     polled.set_available(false);
 
     let c = client();
@@ -1512,6 +1506,20 @@ timeout = "2s"
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // The polled transmitter's failing polls are counted (the poller needs the poll lease, so
+    // before Redis goes).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !get(&c, &h.admin_url("/metrics"), &[])
+        .await
+        .text()
+        .contains("cae_polls_total{")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no poll counted within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Redis goes away: an admin write is refused, the tailer counts its errors.
     redis.stop();
     let revoke =

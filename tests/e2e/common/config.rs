@@ -131,6 +131,14 @@ impl Toml {
         self
     }
 
+    /// `[admin]` on `address` with `token = "admin-secret"` ([`ADMIN`]).
+    pub fn admin_token_at(mut self, address: &str) -> Toml {
+        self.admin = Some(format!(
+            "address = \"{address}\"\ntoken = \"{ADMIN_TOKEN}\"\n"
+        ));
+        self
+    }
+
     /// `[admin]` on 127.0.0.1:0 with `token = "admin-secret"` ([`ADMIN`]).
     pub fn admin_token(self) -> Toml {
         self.admin(&format!("token = \"{ADMIN_TOKEN}\""))

@@ -8,6 +8,7 @@ pub mod gateways;
 pub mod hostile;
 pub mod metrics;
 pub mod net;
+pub mod netns;
 pub mod procfs;
 pub mod redis_server;
 pub mod wait;
@@ -415,8 +416,33 @@ impl Binary {
         at: Option<&str>,
         early: impl FnOnce(u32),
     ) -> Binary {
+        Binary::start_inner(&[], config, expect, at, early)
+    }
+
+    /// [`Binary::start`] through a command prefix (`ip netns exec NAME`: the process is the
+    /// proxy itself once it starts, so its pid is the proxy's).
+    pub fn start_via(prefix: &[String], config: &std::path::Path, expect: usize) -> Binary {
+        Binary::start_inner(prefix, config, expect, None, |_| {})
+    }
+
+    fn start_inner(
+        prefix: &[String],
+        config: &std::path::Path,
+        expect: usize,
+        at: Option<&str>,
+        early: impl FnOnce(u32),
+    ) -> Binary {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"))
+        let bin = env!("CARGO_BIN_EXE_cae-proxy");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let mut child = cmd
             .args([
                 "run",
                 "--config",

@@ -2,12 +2,19 @@
 //! (`common::redis_server`: a reserved loopback port, files in a temp dir, never the machine's
 //! own Redis), replicas in-process and as real processes (to SIGKILL them), a dev issuer,
 //! transmitter and echo upstream. This module holds the fixture; `replication` (changes reaching
-//! every replica, over TLS too, under load), `outages` (Redis or replicas gone) and `poll_lease`
-//! (one poller per fleet) the tests.
+//! every replica, over TLS too, under load), `outages` (Redis or replicas gone), `poll_lease`
+//! (one poller per fleet), `health` (readiness, write readiness, the fleet view, the metrics of
+//! fleet health and Redis persistence), `sentinel` (a Sentinel failover during a burst),
+//! `cluster` (a Redis Cluster, its slot migrating) and `partition` (one replica cut off from
+//! Redis by a network namespace) the tests.
 
+mod cluster;
+mod health;
 mod outages;
+mod partition;
 mod poll_lease;
 mod replication;
+mod sentinel;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,9 +124,14 @@ impl Replica {
     }
 
     fn process(w: &World, name: &str, delivery: Delivery) -> Replica {
+        Replica::process_with(w, name, delivery, "")
+    }
+
+    /// A real process with more `[store]` lines.
+    fn process_with(w: &World, name: &str, delivery: Delivery, store_extra: &str) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cae-proxy.toml");
-        let toml = replica_toml(w, name, dir.path(), delivery, "").build();
+        let toml = replica_toml(w, name, dir.path(), delivery, store_extra).build();
         std::fs::write(&config, toml).unwrap();
         Replica::Process {
             bin: Binary::start(&config, 3),
@@ -146,6 +158,14 @@ impl Replica {
         match self {
             Replica::InProcess(h) => h.wait_ready().await,
             Replica::Process { bin, .. } => bin.wait_ready().await,
+        }
+    }
+
+    /// Waits (bounded) for the JSON log line of a process replica whose `message` is `message`.
+    async fn log_message(&self, message: &str) -> serde_json::Value {
+        match self {
+            Replica::Process { bin, .. } => bin.wait_message(message).await,
+            Replica::InProcess(_) => panic!("in-process replicas log to the test's output"),
         }
     }
 
@@ -196,6 +216,15 @@ impl Replica {
 
     async fn readyz(&self) -> Reply {
         get(&client(), &self.admin("/readyz"), &[]).await
+    }
+
+    async fn write_readyz(&self) -> Reply {
+        get(&client(), &self.admin("/readyz/write"), &[]).await
+    }
+
+    /// `GET /admin/fleet` (expects 200).
+    async fn fleet_view(&self) -> serde_json::Value {
+        admin_get(&self.admin("/admin/fleet")).await
     }
 
     async fn metrics(&self) -> String {

@@ -131,7 +131,7 @@ async fn the_same_set_pushed_to_two_replicas_is_accepted_by_both_and_applied_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_blocks_are_republished_so_a_replica_joining_after_trimming_learns_them() {
-    use cae_proxy::config::{RedisBackend, Secret, DEFAULT_RETENTION};
+    use cae_proxy::config::{RedisBackend, RedisTopology, Secret, DEFAULT_RETENTION};
     use cae_proxy::store::{Batch, Change, Durable, RedbStore, RedisLink, RedisStore, SubjectKey};
     use std::sync::Arc;
 
@@ -145,6 +145,10 @@ async fn old_blocks_are_republished_so_a_replica_joining_after_trimming_learns_t
         timeout: Duration::from_secs(2),
         poll_lease: Duration::from_secs(1),
         tls: None,
+        topology: RedisTopology::Standalone,
+        min_replicas_acked: 0,
+        replicas_ack_timeout: Duration::from_secs(1),
+        max_fleet_lag: None,
     };
     let retention = DEFAULT_RETENTION.as_secs() as i64;
     let store = RedisStore::new(
