@@ -431,3 +431,106 @@ impl Server {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `path (line L, column C): message` of every error, in order.
+    fn lines(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new(".")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn type_missing_unknown_and_semantic_errors_come_together_with_path_and_position() {
+        let text = "\
+[server]
+max_connections = \"many\"
+max_h2_streams = -1
+[[listener]]
+address = \"127.0.0.1:0\"
+adress = \"127.0.0.1:8080\"
+[upstreams.app]
+url = \"http://127.0.0.1:9\"
+[[route]]
+upstream = \"app\"
+auth = \"none\"
+strip_prefix = \"yes\"
+methods = [\"GET\", 5]
+[[route]]
+path_prefix = \"v2\"
+auth = \"none\"
+";
+        assert_eq!(
+            lines(text),
+            [
+                "server.max_connections (line 2, column 19): expected a whole number (0 or more), found the string \"many\"",
+                "server.max_h2_streams (line 3, column 18): expected a whole number from 0 to 4294967295, found -1",
+                "listener[0].adress (line 6, column 1): unknown key (see docs/configuration.md)",
+                "route[0].strip_prefix (line 12, column 16): expected a boolean (true or false), found the string \"yes\"",
+                "route[0].methods[1] (line 13, column 19): expected a string, found an integer",
+                "route[1].upstream (line 14, column 1): required key missing from this table",
+                "route[1].path_prefix (line 15, column 15): must start with /",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_table_or_array_is_one_error_and_its_contents_none() {
+        let text = "\
+[[listener]]
+address = \"127.0.0.1:0\"
+tls = \"yes\"
+[[route]]
+upstream = \"nowhere\"
+auth = \"none\"
+hosts = \"a.test\"
+cae = [1]
+";
+        assert_eq!(
+            lines(text),
+            [
+                "listener[0].tls (line 3, column 7): expected a table, found the string \"yes\"",
+                "route[0].upstream (line 5, column 12): no [upstreams.nowhere] is defined",
+                "route[0].hosts (line 7, column 9): expected an array, found the string \"a.test\"",
+                "route[0].cae (line 8, column 7): expected a table, found an array",
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_found_where_a_string_belongs_are_not_echoed() {
+        // A number where a secret reference (a string) belongs: its value stays out of the error.
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\ntoken = 123456789\n";
+        assert_eq!(
+            lines(text),
+            ["admin.token (line 4, column 9): expected a string, found an integer"]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_stops_the_parse_with_its_line_and_column() {
+        let errs = lines("[server]\nlog_level = \"info\"\n[[listener]\naddress = 1\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("line 3, column ") && errs[0].contains(": invalid TOML: "),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn positions_count_characters_from_one() {
+        // The multi-byte `é` before the bad element counts as one column.
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"x\"\nauth = \"none\"\nhosts = [\"é.test\", 5]\n";
+        assert_eq!(
+            lines(text),
+            [
+                "route[0].upstream (line 4, column 12): no [upstreams.x] is defined",
+                "route[0].hosts[1] (line 6, column 20): expected a string, found an integer",
+            ]
+        );
+    }
+}
