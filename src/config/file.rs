@@ -1,5 +1,6 @@
-//! Serde mirror of the TOML file: raw values only (unknown keys are collected by `Config::parse`
-//! and reported as errors with their paths); `validate.rs` turns it into `Config`.
+//! Serde mirror of the TOML file: raw values only, read by `lenient.rs` (wrong types, missing
+//! required keys and unknown keys all reported, with their paths and positions); `validate.rs`
+//! turns it into `Config`.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,8 @@
 //! Typed configuration: what `validate.rs` produces from the TOML file. Uses nothing else in the crate.
 
+mod error;
 mod file;
+mod lenient;
 mod secret;
 mod validate;
 
@@ -11,9 +13,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use error::{ConfigError, ConfigErrors, Position};
 pub use file::FileConfig;
 pub use secret::Secret;
-pub use validate::{is_loopback_host, parse_net, ConfigError, ConfigErrors};
+pub use validate::{is_loopback_host, parse_net};
 
 /// Longest token lifetime (Entra CAE: 28 h) plus leeway: how long revocations are kept.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(28 * 3600 + 300);
@@ -66,35 +69,77 @@ impl Config {
         }
     }
 
-    /// Parses TOML text; relative file paths are resolved against `base`.
+    /// Parses TOML text; relative file paths are resolved against `base`. Every mistake is
+    /// reported at once, with its TOML path and, where the file has it, its line and column:
+    /// values of the wrong type, required keys missing and unknown keys (found while reading,
+    /// `lenient.rs`), then what `validate.rs` finds in the rest. A document that is not TOML
+    /// is reported by its first syntax error alone.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let toml_error = |e: toml::de::Error| ConfigErrors::one(validate::toml_error(&e));
-        let de = toml::de::Deserializer::parse(text).map_err(toml_error)?;
-        let mut unknown = Vec::new();
-        let raw: FileConfig = serde_ignored::deserialize(de, |path| unknown.push(toml_path(&path)))
-            .map_err(toml_error)?;
-        validate::validate(raw, base, &unknown)
+        // The parser goes on after a syntax error, but what it finds next is mostly the same
+        // mistake seen again (after an unclosed array every line is an error): only the first
+        // one in the file is reported.
+        let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+        if let Some(first) = syntax
+            .iter()
+            .map(|e| ConfigError::syntax(text, e))
+            .min_by_key(|e| e.position)
+        {
+            return Err(ConfigErrors::one(first));
+        }
+        let root = toml::Spanned::new(doc.span(), toml::de::DeValue::Table(doc.into_inner()));
+        let (raw, found) = lenient::read::<FileConfig>(&root);
+        let mut errors: Vec<ConfigError> = found
+            .into_iter()
+            .map(|f| ConfigError::new(f.path, f.message).at(Position::of(text, f.span.start)))
+            .collect();
+        match raw.map(|raw| validate::validate(raw, base)) {
+            Some(Ok(config)) if errors.is_empty() => return Ok(config),
+            Some(Err(rules)) => place_rule_errors(&mut errors, rules, &root, text),
+            _ => {}
+        }
+        // File order; mistakes of the file as a whole (no position) last.
+        errors.sort_by_key(|e| (e.position.is_none(), e.position));
+        Err(ConfigErrors(errors))
     }
 }
 
-/// `listener[0].tls.cert`-style path of a key serde_ignored reports.
-fn toml_path(p: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match p {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", toml_path(parent)),
-        Path::Map { parent, key } => {
-            let parent = toml_path(parent);
-            if parent.is_empty() {
-                key.clone()
-            } else {
-                format!("{parent}.{key}")
-            }
+/// Adds what `validate.rs` found to the mistakes found while reading, each at its value or, when
+/// that key is absent, at the nearest table that is there. A key already reported (wrong type,
+/// missing) was read as a stand-in: what the rules say about it, or about what is inside it, is
+/// not news and is left out.
+fn place_rule_errors(
+    errors: &mut Vec<ConfigError>,
+    rules: ConfigErrors,
+    root: &toml::Spanned<toml::de::DeValue<'_>>,
+    text: &str,
+) {
+    let starts = lenient::starts(root);
+    let reported: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+    for e in rules.0 {
+        if reported.iter().any(|p| is_within(&e.path, p)) {
+            continue;
         }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => toml_path(parent),
+        let start = ancestors(&e.path).find_map(|p| starts.get(p)).copied();
+        errors.push(match start {
+            Some(start) => e.at(Position::of(text, start)),
+            None => e,
+        });
     }
+}
+
+/// `path` is `outer` or inside it (`route[0].cae.max_age` is within `route[0].cae`).
+fn is_within(path: &str, outer: &str) -> bool {
+    path.strip_prefix(outer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+/// `route[0].cae.max_age`, `route[0].cae`, `route[0]`, `route`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(path).filter(|p| !p.is_empty()), |p| {
+        p.rfind(['.', '['])
+            .map(|i| &p[..i])
+            .filter(|p| !p.is_empty())
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -595,5 +640,128 @@ impl Server {
     /// True when `ip` belongs to a configured trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `path (line L, column C): message` of every error, in order.
+    fn lines(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new(".")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn type_missing_unknown_and_semantic_errors_come_together_with_path_and_position() {
+        let text = "\
+[server]
+max_connections = \"many\"
+max_h2_streams = -1
+[[listener]]
+address = \"127.0.0.1:0\"
+adress = \"127.0.0.1:8080\"
+[upstreams.app]
+url = \"http://127.0.0.1:9\"
+[[route]]
+upstream = \"app\"
+auth = \"none\"
+strip_prefix = \"yes\"
+methods = [\"GET\", 5]
+[[route]]
+path_prefix = \"v2\"
+auth = \"none\"
+";
+        assert_eq!(
+            lines(text),
+            [
+                "server.max_connections (line 2, column 19): expected a whole number (0 or more), found the string \"many\"",
+                "server.max_h2_streams (line 3, column 18): expected a whole number from 0 to 4294967295, found -1",
+                "listener[0].adress (line 6, column 1): unknown key (see docs/configuration.md)",
+                "route[0].strip_prefix (line 12, column 16): expected a boolean (true or false), found the string \"yes\"",
+                "route[0].methods[1] (line 13, column 19): expected a string, found an integer",
+                "route[1].upstream (line 14, column 1): required key missing from this table",
+                "route[1].path_prefix (line 15, column 15): must start with /",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_table_or_array_is_one_error_and_its_contents_none() {
+        let text = "\
+[[listener]]
+address = \"127.0.0.1:0\"
+tls = \"yes\"
+[[route]]
+upstream = \"nowhere\"
+auth = \"none\"
+hosts = \"a.test\"
+cae = [1]
+";
+        assert_eq!(
+            lines(text),
+            [
+                "listener[0].tls (line 3, column 7): expected a table, found the string \"yes\"",
+                "route[0].upstream (line 5, column 12): no [upstreams.nowhere] is defined",
+                "route[0].hosts (line 7, column 9): expected an array, found the string \"a.test\"",
+                "route[0].cae (line 8, column 7): expected a table, found an array",
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_found_where_a_string_belongs_are_not_echoed() {
+        // A number where a secret reference (a string) belongs: its value stays out of the error.
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\ntoken = 123456789\n";
+        assert_eq!(
+            lines(text),
+            ["admin.token (line 4, column 9): expected a string, found an integer"]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_stop_the_parse_with_their_line_and_column() {
+        assert_eq!(
+            lines("[server]\nlog_level = \"info\"\n[[listener]\naddress = 1\n"),
+            ["line 3, column 12: invalid TOML: unclosed array table, expected `]`"]
+        );
+        // The first one in the file (the parser reports another one first); nothing else is
+        // checked.
+        assert_eq!(
+            lines("[server]\nx = \n[[listener]]\naddress = \"x\" y\nmax_connections = \"many\"\n"),
+            ["line 2, column 5: invalid TOML: string values must be quoted, expected literal string"]
+        );
+        // After an unclosed array every line is an error: only the first is reported.
+        assert_eq!(
+            lines("[server]\ntrusted_proxies = [\"10.0.0.0/8\"\nlog_level = \"info\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n"),
+            ["line 3, column 1: invalid TOML: missing comma between array elements, expected `,`"]
+        );
+    }
+
+    #[test]
+    fn an_optional_value_of_the_wrong_type_is_read_as_absent() {
+        // `push = 5` is reported alone: no stand-in push table sets off the push rules (a
+        // signals listener, an authorization secret).
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[transmitter]]\nname = \"t\"\nissuer = \"https://t.example\"\njwks_uri = \"https://t.example/jwks\"\naudiences = [\"me\"]\npush = 5\n[transmitter.poll]\nendpoint = \"https://t.example/poll\"\n";
+        assert_eq!(
+            lines(text),
+            ["transmitter[0].push (line 8, column 8): expected a table, found the integer 5"]
+        );
+    }
+
+    #[test]
+    fn positions_count_characters_from_one() {
+        // The multi-byte `é` before the bad element counts as one column.
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"x\"\nauth = \"none\"\nhosts = [\"é.test\", 5]\n";
+        assert_eq!(
+            lines(text),
+            [
+                "route[0].upstream (line 4, column 12): no [upstreams.x] is defined",
+                "route[0].hosts[1] (line 6, column 20): expected a string, found an integer",
+            ]
+        );
     }
 }

@@ -1,7 +1,6 @@
 //! Raw `FileConfig` → typed `Config`, collecting every mistake at once with its TOML path.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
@@ -11,67 +10,6 @@ use ipnet::IpNet;
 
 use super::file::*;
 use super::*;
-
-/// One configuration mistake and where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every mistake found in one file.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    pub fn one(e: ConfigError) -> ConfigErrors {
-        ConfigErrors(vec![e])
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-pub(super) fn toml_error(e: &toml::de::Error) -> ConfigError {
-    let msg = e.message().trim().to_string();
-    ConfigError::new(
-        "",
-        format!(
-            "invalid TOML: {msg}{}",
-            e.span()
-                .map(|s| format!(" (at byte {})", s.start))
-                .unwrap_or_default()
-        ),
-    )
-}
 
 /// Collects errors while converting.
 struct Check<'a> {
@@ -285,18 +223,11 @@ pub(super) fn default_server() -> Server {
     server(&mut c, &ServerFile::default())
 }
 
-pub(super) fn validate(
-    raw: FileConfig,
-    base: &Path,
-    unknown: &[String],
-) -> Result<Config, ConfigErrors> {
+pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let mut c = Check {
         errors: Vec::new(),
         base,
     };
-    for path in unknown {
-        c.err(path, "unknown key (see docs/configuration.md)");
-    }
     let server = server(&mut c, &raw.server);
     let listeners = listeners(&mut c, &raw.listeners);
     let admin = raw.admin.as_ref().map(|a| admin(&mut c, a));

@@ -275,8 +275,8 @@ async fn sighup_with_a_broken_file_keeps_the_old_routing_and_a_fixed_file_adds_t
     assert_eq!(line["level"], "ERROR", "{line}");
     assert_eq!(
         line["error"],
-        "server.idle_timeout: invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\"); route[2].upstream: no [upstreams.missing] is defined",
-        "every error with its TOML path"
+        "server.idle_timeout (line 3, column 16): invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\"); route[2].upstream (line 28, column 12): no [upstreams.missing] is defined",
+        "every error with its TOML path and position"
     );
     // The old configuration serves: /app still reaches a, /v2 is still unrouted.
     let before = a.requests();
@@ -319,6 +319,110 @@ async fn sighup_with_a_broken_file_keeps_the_old_routing_and_a_fixed_file_adds_t
     assert_eq!(b.requests(), 1);
     let r = get(&c, &bin.url("public", "/app/y"), &[]).await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// A file with a value of the wrong type, a route without its required `upstream`, an unknown key
+/// and a route naming an undefined upstream, in the order they appear.
+fn four_mistakes(upstream_url: &str) -> String {
+    format!(
+        "[server]
+log_level = \"info\"
+[[listener]]
+name = \"public\"
+address = \"127.0.0.1:0\"
+[admin]
+address = \"127.0.0.1:0\"
+[store]
+backend = \"memory\"
+[upstreams.a]
+url = \"{upstream_url}\"
+[[route]]
+name = \"app\"
+path_prefix = \"/app\"
+auth = \"none\"
+[[route]]
+name = \"v2\"
+path_prefix = \"/v2\"
+upstream = \"b\"
+auth = \"none\"
+strip_prefix = \"yes\"
+cache = true
+"
+    )
+}
+
+/// The errors of [`four_mistakes`], each with its TOML path, line and column, in file order.
+const FOUR_MISTAKES: [&str; 4] = [
+    "route[0].upstream (line 12, column 1): required key missing from this table",
+    "route[1].upstream (line 19, column 12): no [upstreams.b] is defined",
+    "route[1].strip_prefix (line 21, column 16): expected a boolean (true or false), found the string \"yes\"",
+    "route[1].cache (line 22, column 1): unknown key (see docs/configuration.md)",
+];
+
+/// A reload of a file with a type error, a missing required key, an unknown key and a semantic
+/// error, by SIGHUP and by `POST /reload`: refused with all four at once (log line and answer),
+/// each with its path, line and column; the old configuration keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_post_reload_report_every_error_with_its_position_and_keep_the_old_config() {
+    let a = echo().await;
+    let old = config("", &[("a", &a.url())], &[("app", "/app", "a")]);
+    let (_dir, cfg) = config_file(&old);
+    let bin = Binary::start(&cfg, 2);
+    let c = client();
+    let metrics_url = bin.url("admin", "/metrics");
+    let all = FOUR_MISTAKES.join("; ");
+
+    replace_file(&cfg, &four_mistakes(&a.url()));
+    bin.signal(libc::SIGHUP);
+    let line = bin
+        .wait_message("configuration reload failed; the previous configuration keeps serving")
+        .await;
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["error"], all.as_str());
+    let m = wait_series(
+        &c,
+        &metrics_url,
+        "cae_reloads_total{result=\"failed\",reason=\"\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(metric(&m, "cae_config_generation"), Some(1.0));
+
+    let r = send(
+        &c,
+        Method::POST,
+        &bin.admin_url("/reload"),
+        &[("x-request-id", "reload-1")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"error": "bad_request", "message": all, "request_id": "reload-1"})
+    );
+    let m = wait_series(
+        &c,
+        &metrics_url,
+        "cae_reloads_total{result=\"failed\",reason=\"\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(metric(&m, "cae_config_generation"), Some(1.0));
+    assert_eq!(
+        metric(&m, "cae_reloads_total{result=\"ok\",reason=\"\"}"),
+        None
+    );
+
+    // The old configuration serves: /app reaches a (the broken file's route[0] has no upstream),
+    // /v2 is still unrouted.
+    let before = a.requests();
+    let r = get(&c, &bin.url("public", "/app/still"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["path"], "/app/still");
+    assert_eq!(a.requests(), before + 1);
+    let r = get(&c, &bin.url("public", "/v2/x"), &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,7 +842,7 @@ async fn tls_certificates_rotate_on_reload_and_bad_files_keep_the_old_certificat
             // Checked by validation: reported with its TOML path.
             "missing key",
             Box::new(|| std::fs::remove_file(&a.key).unwrap()),
-            format!("listener[0].tls.key: file {key_path} does not exist"),
+            format!("listener[0].tls.key (line 8, column 7): file {key_path} does not exist"),
         ),
         (
             // Half a rotation: the new certificate is in place, its key not yet.
@@ -914,36 +1018,40 @@ auth = "none"
         err,
         format!(
             "{p}: 5 error(s)\n\
-             \x20 server.idle_timeout: invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\")\n\
-             \x20 server.max_connections: must be at least 1\n\
-             \x20 listener[0].address: \"nowhere\" is not an address like 0.0.0.0:8443\n\
-             \x20 upstreams.app.url: \"ftp://x\" must be an http:// or https:// URL\n\
-             \x20 route[0].upstream: no [upstreams.missing] is defined\n"
+             \x20 server.idle_timeout (line 3, column 16): invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\")\n\
+             \x20 server.max_connections (line 4, column 19): must be at least 1\n\
+             \x20 listener[0].address (line 7, column 11): \"nowhere\" is not an address like 0.0.0.0:8443\n\
+             \x20 upstreams.app.url (line 11, column 7): \"ftp://x\" must be an http:// or https:// URL\n\
+             \x20 route[0].upstream (line 13, column 12): no [upstreams.missing] is defined\n"
         )
     );
 
-    // Unknown keys are reported all at once with their TOML paths, beside the other errors.
+    // Unknown keys are reported all at once with their TOML paths (at the key), beside the
+    // other errors, in file order.
     let unknown = "[server]\nlog_level = \"info\"\nnot_a_key = 1\nshutdown_grace = \"soon\"\n[[listener]]\naddress = \"127.0.0.1:0\"\nadress = \"x\"\n";
     replace_file(&path, unknown);
     let (code, out, err) = cli(&["check", "--config", &p], Duration::from_secs(10));
     assert_eq!(code, Some(2));
     assert_eq!(out, "");
-    assert!(err.starts_with(&format!("{p}: 3 error(s)\n")), "{err}");
-    for line in [
-        "  server.not_a_key: unknown key (see docs/configuration.md)\n",
-        "  listener[0].adress: unknown key (see docs/configuration.md)\n",
-        "  server.shutdown_grace: invalid duration \"soon\"",
-    ] {
-        assert!(err.contains(line), "{line:?} missing in {err}");
-    }
-    // A TOML syntax error stops the parse: reported alone, by byte offset.
+    assert_eq!(
+        err,
+        format!(
+            "{p}: 3 error(s)\n\
+             \x20 server.not_a_key (line 3, column 1): unknown key (see docs/configuration.md)\n\
+             \x20 server.shutdown_grace (line 4, column 18): invalid duration \"soon\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\")\n\
+             \x20 listener[0].adress (line 7, column 1): unknown key (see docs/configuration.md)\n"
+        )
+    );
+    // A TOML syntax error stops the parse: reported alone, by line and column.
     let broken = "[server\nlog_level = 1\n";
     replace_file(&path, broken);
     let (code, _, err) = cli(&["check", "--config", &p], Duration::from_secs(10));
     assert_eq!(code, Some(2));
-    assert!(
-        err.starts_with(&format!("{p}: 1 error(s)\n  invalid TOML: ")) && err.contains("(at byte "),
-        "{err}"
+    assert_eq!(
+        err,
+        format!(
+            "{p}: 1 error(s)\n  line 1, column 8: invalid TOML: unclosed table, expected `]`\n"
+        )
     );
 
     let missing = dir.path().join("absent.toml").display().to_string();
@@ -960,6 +1068,29 @@ auth = "none"
         format!("{p}: ok (1 listener, 1 route, 0 issuers, 0 transmitters)\n")
     );
     assert_eq!(err, "");
+}
+
+/// `check` and `run` on a file with a type error, a missing required key, an unknown key and a
+/// semantic error: all four at once, each with its TOML path, line and column; exit 2.
+#[test]
+fn check_and_run_report_type_missing_unknown_and_semantic_errors_at_once_with_positions() {
+    let (_dir, path) = config_file(&four_mistakes("http://127.0.0.1:9"));
+    let p = path.display().to_string();
+    let want = format!(
+        "{p}: 4 error(s)\n{}",
+        FOUR_MISTAKES.map(|e| format!("  {e}\n")).concat()
+    );
+    let (code, out, err) = cli(&["check", "--config", &p], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err, want);
+    let (code, out, err) = cli(
+        &["run", "--config", &p, "--log-format", "json"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err, want);
 }
 
 #[test]
@@ -990,7 +1121,7 @@ fn run_exits_2_on_an_invalid_file_before_binding_and_1_when_the_port_is_taken() 
     assert_eq!(out, "");
     assert_eq!(
         err,
-        format!("{p}: 1 error(s)\n  server.idle_timeout: invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\")\n")
+        format!("{p}: 1 error(s)\n  server.idle_timeout (line 3, column 16): invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\")\n")
     );
     assert!(!store.exists(), "the store was opened before validation");
 

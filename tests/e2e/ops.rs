@@ -109,7 +109,7 @@ async fn metrics_parse_and_move_with_traffic() {
     assert!(r.json()["message"]
         .as_str()
         .unwrap()
-        .contains("server.not_a_key: unknown key"));
+        .contains("server.not_a_key (line 2, column 1): unknown key"));
     let m = get(&c, &h.admin_url("/metrics"), &[]).await.text();
     assert_eq!(metric(&m, r#"cae_reloads_total{result="ok"}"#), Some(1.0));
     assert_eq!(

@@ -286,8 +286,9 @@ upstream = "app"
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("issuer[0].subject_claims: must list one or more claim names")
-            && err.contains("issuer[0].session_claim: must name a claim"),
+        err.contains(
+            "issuer[0].subject_claims (line 9, column 18): must list one or more claim names"
+        ) && err.contains("issuer[0].session_claim (line 10, column 17): must name a claim"),
         "{err}"
     );
 }

@@ -677,12 +677,12 @@ authorization = "Bearer x"
     .to_string();
     assert!(
         err.contains(
-            "transmitter[0].push.client_cert_sha256[1]: \"zz\" is not a SHA-256 fingerprint"
+            "transmitter[0].push.client_cert_sha256[1] (line 16, column 91): \"zz\" is not a SHA-256 fingerprint"
         ),
         "{err}"
     );
     assert!(
-        err.contains("transmitter[0].push.client_cert_sha256: needs every signals listener to require client certificates"),
+        err.contains("transmitter[0].push.client_cert_sha256 (line 16, column 22): needs every signals listener to require client certificates"),
         "{err}"
     );
 }
