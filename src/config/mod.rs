@@ -683,7 +683,7 @@ auth = \"none\"
                 "listener[0].adress (line 6, column 1): unknown key (see docs/configuration.md)",
                 "route[0].strip_prefix (line 12, column 16): expected a boolean (true or false), found the string \"yes\"",
                 "route[0].methods[1] (line 13, column 19): expected a string, found an integer",
-                "route[1].upstream (line 14, column 1): required key missing from this table",
+                "route[1].upstream (line 14, column 1): required (only a route of a configuration with a role = \"authz\" listener may omit it: it then only answers authorization checks)",
                 "route[1].path_prefix (line 15, column 15): must start with /",
             ]
         );

@@ -1646,19 +1646,22 @@ mod tests {
 
         let errs = |extra: &str| -> Vec<String> {
             let e = Config::parse(&format!("{base}{extra}"), Path::new("/x")).unwrap_err();
-            e.0.iter().map(|e| e.path.clone()).collect()
+            // Sorted: this test names the keys each mistake is reported at, not their order.
+            let mut paths: Vec<String> = e.0.iter().map(|e| e.path.clone()).collect();
+            paths.sort();
+            paths
         };
         assert_eq!(
             errs("redis_url = \"redis://r\"\nredis_sentinels = [\"nope\", \"h:0\"]\n"),
             [
+                "store.redis_sentinel_master",
                 "store.redis_sentinels[0]",
-                "store.redis_sentinels[1]",
-                "store.redis_sentinel_master"
+                "store.redis_sentinels[1]"
             ]
         );
         assert_eq!(
             errs("redis_url = \"redis://r\"\nredis_sentinels = []\nredis_sentinel_master = \"a b\"\n"),
-            ["store.redis_sentinels", "store.redis_sentinel_master"]
+            ["store.redis_sentinel_master", "store.redis_sentinels"]
         );
         assert_eq!(
             errs("redis_url = \"redis://r\"\nredis_sentinels = [\"a:1\"]\nredis_sentinel_master = \"m\"\nredis_cluster_nodes = [\"b:2\"]\n"),
@@ -1670,11 +1673,7 @@ mod tests {
         );
         assert_eq!(
             errs("redis_url = \"redis://r\"\nmin_replicas_acked = 17\nreplicas_ack_timeout = \"1ms\"\nmax_fleet_lag = \"500ms\"\n"),
-            [
-                "store.min_replicas_acked",
-                "store.replicas_ack_timeout",
-                "store.max_fleet_lag"
-            ]
+            ["store.max_fleet_lag", "store.min_replicas_acked", "store.replicas_ack_timeout"]
         );
         assert_eq!(
             errs("redis_url = \"redis://r\"\nreplicas_ack_timeout = \"1s\"\n"),
@@ -1683,12 +1682,13 @@ mod tests {
         let other = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[store]\nbackend = \"redb\"\nmax_fleet_lag = \"5s\"\nmin_replicas_acked = 1\nredis_sentinels = [\"a:1\"]\n";
         let e = Config::parse(other, Path::new("/x")).unwrap_err();
         let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        // In file order.
         assert_eq!(
             paths,
             [
-                "store.redis_sentinels",
+                "store.max_fleet_lag",
                 "store.min_replicas_acked",
-                "store.max_fleet_lag"
+                "store.redis_sentinels"
             ]
         );
     }

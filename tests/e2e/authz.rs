@@ -819,7 +819,11 @@ fn authz_listener_settings_are_validated_with_their_paths() {
     let base = std::path::Path::new(".");
     let errors = |text: &str| match Config::parse(text, base) {
         Ok(_) => Vec::new(),
-        Err(e) => e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        Err(e) => {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect::<Vec<_>>()
+        }
     };
     let upstream = "[upstreams.app]\nurl = \"http://127.0.0.1:1\"\n";
     let ok = format!(

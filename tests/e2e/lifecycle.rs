@@ -353,7 +353,7 @@ cache = true
 
 /// The errors of [`four_mistakes`], each with its TOML path, line and column, in file order.
 const FOUR_MISTAKES: [&str; 4] = [
-    "route[0].upstream (line 12, column 1): required key missing from this table",
+    "route[0].upstream (line 12, column 1): required (only a route of a configuration with a role = \"authz\" listener may omit it: it then only answers authorization checks)",
     "route[1].upstream (line 19, column 12): no [upstreams.b] is defined",
     "route[1].strip_prefix (line 21, column 16): expected a boolean (true or false), found the string \"yes\"",
     "route[1].cache (line 22, column 1): unknown key (see docs/configuration.md)",
