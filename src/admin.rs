@@ -479,4 +479,5 @@ fn refresh_gauges(shared: &Shared) {
         .set(s.bindings as i64);
     m.local_only_entries
         .set(shared.store.local_only_count() as i64);
+    crate::signals::runtime::refresh_stream_gauges(&shared.snapshot.load().signals, m);
 }

@@ -100,6 +100,18 @@ pub struct TransmitterLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransmitterResultLabels {
+    pub transmitter: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamStatusLabels {
+    pub transmitter: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -182,6 +194,12 @@ pub struct Metrics {
     /// Tunnels closed, by reason: `closed` (a side ended), `error`, `token_expired`, or the
     /// refusal (`revoked`, `account_blocked`, `ip_not_allowed`, …) that ended a tunnel.
     pub tunnels_closed: Family<ReasonLabel, Counter>,
+    /// 1 for the status a managed SSF stream has now (set at scrape time).
+    pub stream_status: Family<StreamStatusLabels, Gauge<i64, AtomicI64>>,
+    /// Outcomes of the verifications this receiver asked for.
+    pub stream_verifications: Family<TransmitterResultLabels, Counter>,
+    /// Unix time of the last accepted verification event (set at scrape time).
+    pub stream_last_verified: Family<TransmitterLabel, Gauge<i64, AtomicI64>>,
     pub fleet: FleetMetrics,
 }
 
@@ -215,6 +233,9 @@ impl Metrics {
             local_only_entries: Gauge::default(),
             tunnels_open: Gauge::default(),
             tunnels_closed: Family::default(),
+            stream_status: Family::default(),
+            stream_verifications: Family::default(),
+            stream_last_verified: Family::default(),
             fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
@@ -313,6 +334,21 @@ impl Metrics {
             "tunnels_closed",
             "Tunnels closed by reason: closed, error, token_expired, or the refusal that ended them",
             m.tunnels_closed.clone(),
+        );
+        r.register(
+            "stream_status",
+            "1 for the status (enabled, paused, disabled) a managed SSF stream has now, as the transmitter reports or announces it",
+            m.stream_status.clone(),
+        );
+        r.register(
+            "stream_verifications",
+            "Verifications asked of a transmitter by outcome: verified, missing (no event within verify_timeout), failed (request refused)",
+            m.stream_verifications.clone(),
+        );
+        r.register(
+            "stream_last_verified_timestamp_seconds",
+            "Unix time of the last verification event accepted for a managed SSF stream",
+            m.stream_last_verified.clone(),
         );
         let f = &m.fleet;
         r.register(

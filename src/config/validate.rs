@@ -887,7 +887,7 @@ fn transmitter(
     }
     let push = t.push.as_ref().map(|pu| push(c, p, pu, push_paths));
     let poll = t.poll.as_ref().map(|po| poll(c, p, po, allow_http));
-    let stream = t.stream.as_ref().map(|s| stream(c, p, s));
+    let stream = t.stream.as_ref().map(|s| stream(c, p, &t.name, s));
     if push.is_none() && poll.is_none() && stream.is_none() {
         c.err(p, "a transmitter needs push, poll or stream delivery");
     }
@@ -943,9 +943,19 @@ fn push(c: &mut Check<'_>, p: &str, pu: &PushFile, push_paths: &mut HashSet<Stri
             ),
         }
     }
+    if pu.previous_authorization.is_some() && pu.authorization.is_none() {
+        c.err(
+            format!("{p}.push.previous_authorization"),
+            "needs authorization (the value the transmitter moves to)",
+        );
+    }
     Push {
         path: pu.path.clone(),
         authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization),
+        previous_authorization: c.secret(
+            &format!("{p}.push.previous_authorization"),
+            &pu.previous_authorization,
+        ),
         max_body: pu.max_body.unwrap_or(64 * 1024),
         client_cert_sha256,
     }
@@ -972,8 +982,31 @@ fn poll(c: &mut Check<'_>, p: &str, po: &PollFile, allow_http: bool) -> Poll {
     }
 }
 
-/// A transmitter's `[transmitter.stream]`: SSF stream management and its credentials.
-fn stream(c: &mut Check<'_>, p: &str, s: &StreamFile) -> StreamMgmt {
+/// A transmitter's `[transmitter.stream]`: SSF stream management, its credentials, periodic
+/// verification and what happens to the stream when the transmitter is removed.
+fn stream(c: &mut Check<'_>, p: &str, name: &str, s: &StreamFile) -> StreamMgmt {
+    let verify_interval =
+        c.opt_duration(&format!("{p}.stream.verify_interval"), &s.verify_interval);
+    let verify_timeout = c.duration(
+        &format!("{p}.stream.verify_timeout"),
+        &s.verify_timeout,
+        Duration::from_secs(30),
+    );
+    if verify_interval.is_some_and(|d| d.is_zero()) {
+        c.err(
+            format!("{p}.stream.verify_interval"),
+            "must be above 0 (leave it out to turn periodic verification off)",
+        );
+    }
+    if verify_timeout.is_zero() {
+        c.err(format!("{p}.stream.verify_timeout"), "must be above 0");
+    }
+    if verify_interval.is_some_and(|i| !i.is_zero() && verify_timeout > i) {
+        c.err(
+            format!("{p}.stream.verify_timeout"),
+            "must not be longer than verify_interval",
+        );
+    }
     StreamMgmt {
         delivery: match s.delivery.as_str() {
             "push" => Delivery::Push,
@@ -988,12 +1021,30 @@ fn stream(c: &mut Check<'_>, p: &str, s: &StreamFile) -> StreamMgmt {
         },
         endpoint_url: s.endpoint_url.clone(),
         events_requested: s.events_requested.clone(),
+        description: s
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("cae-proxy receiver {name}")),
         token_endpoint: s.token_endpoint.clone(),
         client_id: s.client_id.clone(),
         client_secret: c.secret(&format!("{p}.stream.client_secret"), &s.client_secret),
         scope: s.scope.clone(),
         bearer: c.secret(&format!("{p}.stream.bearer"), &s.bearer),
         verify: s.verify.unwrap_or(true),
+        verify_interval: verify_interval.filter(|d| !d.is_zero()),
+        verify_timeout,
+        ready_needs_verification: s.ready_needs_verification.unwrap_or(true),
+        on_remove: match s.on_remove.as_deref() {
+            None | Some("delete") => OnRemove::Delete,
+            Some("keep") => OnRemove::Keep,
+            Some(o) => {
+                c.err(
+                    format!("{p}.stream.on_remove"),
+                    format!("{o:?} must be \"delete\" or \"keep\""),
+                );
+                OnRemove::Delete
+            }
+        },
     }
 }
 
