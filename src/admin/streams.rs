@@ -19,7 +19,6 @@ use crate::signals::stream::{redacted, StreamError};
 use crate::signals::subject::Subject;
 use crate::signals::transmitter::TransmitterRt;
 use crate::state::Shared;
-use crate::store::now_secs;
 
 /// Longest verification wait a request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -231,7 +230,6 @@ pub(super) async fn handle(
         .as_ref()
         .map(|s| s.verify_timeout)
         .unwrap_or(Duration::from_secs(30));
-    let now = now_secs();
     let body = body_bytes(req).await?;
     let no_body = || {
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -246,7 +244,7 @@ pub(super) async fn handle(
     let r = match op {
         Op::Show => {
             no_body()?;
-            json_response(StatusCode::OK, l.show(now).await.map_err(stream_error)?)
+            json_response(StatusCode::OK, l.show().await.map_err(stream_error)?)
         }
         Op::Delete => {
             no_body()?;
@@ -271,7 +269,7 @@ pub(super) async fn handle(
                 ));
             }
             let (id, u) = l
-                .set_status(&b.status, b.reason.as_deref(), now)
+                .set_status(&b.status, b.reason.as_deref())
                 .await
                 .map_err(stream_error)?;
             let (status, reason, pending) = match u {

@@ -206,6 +206,8 @@ struct Inner {
     management_token: Mutex<Option<String>>,
     /// Every management request, in order.
     management: Mutex<Vec<ManagementRequest>>,
+    /// How long each management request waits before it is served (a slow transmitter).
+    management_delay: Mutex<Duration>,
 }
 
 /// Where one SET goes (see `Inner::route`).
@@ -528,6 +530,10 @@ impl Inner {
         }
         let method = req.method().to_string();
         let stream_id = query_param(req.uri().query(), "stream_id");
+        let delay = *lock(&self.management_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut body = Value::Null;
         let resp = self.clone().serve(req, &mut body).await;
         lock(&self.management).push(ManagementRequest {
@@ -931,6 +937,7 @@ impl DevTransmitter {
             verifications: AtomicBool::new(true),
             management_token: Mutex::new(opts.management_token.clone()),
             management: Mutex::new(Vec::new()),
+            management_delay: Mutex::new(Duration::ZERO),
             opts,
         });
         let handler_inner = inner.clone();
@@ -1113,6 +1120,11 @@ impl DevTransmitter {
             .unwrap_or_else(|| random_id(8));
         lock(&self.inner.streams).insert(id.clone(), Stream::new(config));
         id
+    }
+
+    /// Every management request waits `delay` before it is served (a slow transmitter).
+    pub fn set_management_delay(&self, delay: Duration) {
+        *lock(&self.inner.management_delay) = delay;
     }
 
     /// `false`: verification requests are answered `204` but no verification event is sent

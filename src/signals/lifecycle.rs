@@ -96,11 +96,7 @@ impl Lifecycle {
     /// Creates or reuses the stream, reconciles its configuration when `reconcile` (not for a
     /// stream created now) and reads its status. `Ok(None)`: an operator deleted the stream,
     /// nothing was done.
-    pub async fn set_up(
-        &self,
-        reconcile: bool,
-        now: i64,
-    ) -> Result<Option<(StreamInfo, bool)>, StreamError> {
+    pub async fn set_up(&self, reconcile: bool) -> Result<Option<(StreamInfo, bool)>, StreamError> {
         let _one = self.rt.management.lock().await;
         if self.rt.stream_state().deleted_by_operator {
             return Ok(None);
@@ -109,7 +105,7 @@ impl Lifecycle {
         if reconcile && !created {
             info = self.reconcile_locked(info, false).await?.stream;
         }
-        self.client.status(&info.stream_id, now).await?;
+        self.client.status(&info.stream_id).await?;
         Ok(Some((info, created)))
     }
 
@@ -237,10 +233,10 @@ impl Lifecycle {
 
     /// The stream as the transmitter reports it now (configuration and status, read live) and
     /// as this receiver sees it. The push secret in the configuration is redacted.
-    pub async fn show(&self, now: i64) -> Result<Value, StreamError> {
+    pub async fn show(&self) -> Result<Value, StreamError> {
         let id = self.stream_id()?;
         let info = self.client.read_stream(&id).await?;
-        let status = self.client.status(&id, now).await?;
+        let status = self.client.status(&id).await?;
         Ok(json!({
             "transmitter": self.rt.name(),
             "stream_id": id,
@@ -256,10 +252,9 @@ impl Lifecycle {
         &self,
         status: &str,
         reason: Option<&str>,
-        now: i64,
     ) -> Result<(String, Option<StreamUpdate>), StreamError> {
         let id = self.stream_id()?;
-        let u = self.client.set_status(&id, status, reason, now).await?;
+        let u = self.client.set_status(&id, status, reason).await?;
         tracing::info!(target: "cae_proxy::signals", transmitter = %self.rt.name(), stream_id = %id, status, reason = reason.unwrap_or("-"), "stream status set by an operator");
         Ok((id, u))
     }
@@ -318,7 +313,7 @@ impl Lifecycle {
             self.rt.set_deleted_by_operator(false);
             self.rt.set_stream_error(None);
             self.client.refresh_poll_target(&stream).await?;
-            self.client.status(&stream.stream_id, now_secs()).await?;
+            self.client.status(&stream.stream_id).await?;
             tracing::info!(target: "cae_proxy::signals", transmitter = %self.rt.name(), previous = previous.as_deref().unwrap_or("-"), stream_id = %stream.stream_id, "SSF stream re-created by an operator");
             (previous, stream)
         };
@@ -364,7 +359,7 @@ pub fn receiver_view(rt: &TransmitterRt) -> Value {
         "stream_id": st.stream_id,
         "status": st.status.as_ref().map(StreamStatus::as_str),
         "reason": st.reason,
-        "status_at": (st.at > 0).then_some(st.at),
+        "status_at": (st.at_ms > 0).then_some(st.at_ms / 1000),
         "verified_at": rt.verified_at(),
         "verification": verification,
         "deleted_by_operator": st.deleted_by_operator,
@@ -430,7 +425,7 @@ pub async fn run_stream_manager(
         }
         if !set_up {
             let r = tokio::select! {
-                r = l.set_up(reconcile, now_secs()) => r,
+                r = l.set_up(reconcile) => r,
                 _ = shutdown.changed() => return,
             };
             match r {

@@ -20,7 +20,7 @@ use super::transmitter::{PollTarget, TransmitterRt, STATE_TTL_SECS};
 use crate::config::Delivery;
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::store::keys::normalize_iss;
-use crate::store::{SignalStore, StoreError};
+use crate::store::{now_secs, SignalStore, StoreError};
 
 /// RFC 8935 push delivery method URI.
 pub const PUSH_METHOD: &str = "urn:ietf:rfc:8935";
@@ -731,13 +731,14 @@ impl StreamClient {
     }
 
     /// Reads the stream status (`GET status_endpoint?stream_id=`, SSF §8.1.2.1) and records it
-    /// in the runtime.
-    pub async fn status(&self, stream_id: &str, now: i64) -> Result<StreamUpdate, StreamError> {
+    /// in the runtime, as of the second it was answered (status events carry seconds: one of the
+    /// same second that arrives later wins).
+    pub async fn status(&self, stream_id: &str) -> Result<StreamUpdate, StreamError> {
         let url = with_stream_id(&self.status_endpoint()?, stream_id)?;
         let (_, v) = self
             .call(Method::GET, &url, None, "status_endpoint")
             .await?;
-        let u = parse_status(&v, now)?;
+        let u = parse_status(&v, answered_at())?;
         self.rt.update_stream_status(&u);
         Ok(u)
     }
@@ -749,7 +750,6 @@ impl StreamClient {
         stream_id: &str,
         status: &str,
         reason: Option<&str>,
-        now: i64,
     ) -> Result<Option<StreamUpdate>, StreamError> {
         let mut body = json!({"stream_id": stream_id, "status": status});
         if let Some(r) = reason {
@@ -766,13 +766,14 @@ impl StreamClient {
         if code == 202 {
             return Ok(None);
         }
+        let now = answered_at();
         let u = match parse_status(&v, now) {
             Ok(u) => u,
             // A 200 without the status document: it is what we asked for.
             Err(_) => StreamUpdate {
                 status: StreamStatus::parse(status),
                 reason: reason.map(str::to_string),
-                at: now,
+                at_ms: now,
             },
         };
         self.rt.update_stream_status(&u);
@@ -851,8 +852,13 @@ impl StreamClient {
     }
 }
 
-/// A status document (SSF §8.1.2.1).
-fn parse_status(v: &Value, now: i64) -> Result<StreamUpdate, StreamError> {
+/// The time a status answer counts as of: this second, in milliseconds.
+fn answered_at() -> i64 {
+    now_secs().saturating_mul(1000)
+}
+
+/// A status document (SSF §8.1.2.1), as of `now_ms`.
+fn parse_status(v: &Value, now_ms: i64) -> Result<StreamUpdate, StreamError> {
     let status = v
         .get("status")
         .and_then(Value::as_str)
@@ -863,7 +869,7 @@ fn parse_status(v: &Value, now: i64) -> Result<StreamUpdate, StreamError> {
     Ok(StreamUpdate {
         status: StreamStatus::parse(status),
         reason: v.get("reason").and_then(Value::as_str).map(str::to_string),
-        at: now,
+        at_ms: now_ms,
     })
 }
 
@@ -1036,7 +1042,7 @@ mod tests {
             .state_outstanding(&rt.state_scope(), "other", 100)
             .await
             .unwrap());
-        let u = c.status("s1", 100).await.unwrap();
+        let u = c.status("s1").await.unwrap();
         assert_eq!(u.status, StreamStatus::Paused);
         assert!(!rt.stream_active());
         assert!(c.delete_stream("s1").await.unwrap());

@@ -142,8 +142,9 @@ pub struct StreamState {
     pub stream_id: Option<String>,
     pub status: Option<StreamStatus>,
     pub reason: Option<String>,
-    /// Event time of the status (epoch seconds).
-    pub at: i64,
+    /// Event time of the status (epoch milliseconds): an event's time, or when the transmitter
+    /// answered a status read or change.
+    pub at_ms: i64,
     /// Why stream management last failed (cleared by a success), for readiness.
     pub last_error: Option<String>,
     /// An operator deleted the stream (admin API): the manager does not create it again until
@@ -422,7 +423,7 @@ impl TransmitterRt {
             if s.stream_id != id {
                 s.status = None;
                 s.reason = None;
-                s.at = 0;
+                s.at_ms = 0;
                 s.authorization_sent = None;
             }
             s.stream_id = id;
@@ -449,11 +450,11 @@ impl TransmitterRt {
         let Ok(mut s) = self.stream.lock() else {
             return false;
         };
-        if s.status.is_none() || u.at >= s.at {
+        if s.status.is_none() || u.at_ms >= s.at_ms {
             let changed = s.status.as_ref() != Some(&u.status) || s.reason != u.reason;
             s.status = Some(u.status.clone());
             s.reason = u.reason.clone();
-            s.at = u.at;
+            s.at_ms = u.at_ms;
             return changed;
         }
         false
