@@ -901,9 +901,6 @@ fn dockerfile_is_distroless_labelled_non_root_and_hadolint_clean() {
 const PENDING: &[&str] = &[
     // gauge, label `transmitter`: Unix time of the last SET received (any result).
     "cae_set_last_received_timestamp_seconds",
-    // gauge, labels `transmitter`, `status` (enabled, paused, disabled): 1 for the current status
-    // of a managed SSF stream.
-    "cae_stream_status",
     // counter, labels `transmitter`, `result` (`ok` or the failure): RFC 8936 polls.
     "cae_polls_total",
     // gauge: age of the oldest fleet-log entry not applied here yet (0 when caught up).
