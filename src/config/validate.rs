@@ -1455,6 +1455,95 @@ mod tests {
     }
 
     #[test]
+    fn stream_lifecycle_keys_are_checked() {
+        let config = |stream: &str, push: &str| {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"signals\"\n[[transmitter]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\ndiscovery = \"https://idp.example.com/.well-known/ssf-configuration\"\naudiences = [\"r\"]\n[transmitter.push]\npath = \"/ssf/corp\"\n{push}\n[transmitter.stream]\ndelivery = \"push\"\n{stream}\n"
+            )
+        };
+        let ok =
+            Config::parse(&config("", "authorization = \"Bearer a\""), Path::new(".")).unwrap();
+        let s = ok.transmitters[0].stream.clone().unwrap();
+        assert_eq!(s.description, "cae-proxy receiver corp");
+        assert_eq!(s.verify_interval, None, "off by default");
+        assert_eq!(s.verify_timeout, Duration::from_secs(30));
+        assert!(s.ready_needs_verification);
+        assert_eq!(s.on_remove, OnRemove::Delete);
+        let ok = Config::parse(
+            &config(
+                "description = \"eu\"\nverify_interval = \"1h\"\nverify_timeout = \"5s\"\nready_needs_verification = false\non_remove = \"keep\"",
+                "authorization = \"Bearer b\"\nprevious_authorization = \"Bearer a\"",
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        let t = &ok.transmitters[0];
+        let s = t.stream.clone().unwrap();
+        assert_eq!(
+            (s.description.as_str(), s.verify_interval, s.verify_timeout),
+            (
+                "eu",
+                Some(Duration::from_secs(3600)),
+                Duration::from_secs(5)
+            )
+        );
+        assert!(!s.ready_needs_verification);
+        assert_eq!(s.on_remove, OnRemove::Keep);
+        let push = t.push.as_ref().unwrap();
+        assert_eq!(
+            push.previous_authorization.as_ref().map(|a| a.expose()),
+            Some("Bearer a")
+        );
+
+        let errors = |stream: &str, push: &str| -> Vec<(String, String)> {
+            Config::parse(&config(stream, push), Path::new("."))
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|e| (e.path, e.message))
+                .collect()
+        };
+        let e = |p: &str, m: &str| (p.to_string(), m.to_string());
+        assert_eq!(
+            errors(
+                "verify_interval = \"0s\"\nverify_timeout = \"0s\"\non_remove = \"archive\"",
+                "authorization = \"Bearer a\""
+            ),
+            [
+                e(
+                    "transmitter[0].stream.verify_interval",
+                    "must be above 0 (leave it out to turn periodic verification off)"
+                ),
+                e("transmitter[0].stream.verify_timeout", "must be above 0"),
+                e(
+                    "transmitter[0].stream.on_remove",
+                    "\"archive\" must be \"delete\" or \"keep\""
+                ),
+            ]
+        );
+        assert_eq!(
+            errors(
+                "verify_interval = \"10s\"\nverify_timeout = \"1m\"",
+                "previous_authorization = \"Bearer a\""
+            ),
+            [
+                e(
+                    "transmitter[0].push.previous_authorization",
+                    "needs authorization (the value the transmitter moves to)"
+                ),
+                e(
+                    "transmitter[0].stream.verify_timeout",
+                    "must not be longer than verify_interval"
+                ),
+                e(
+                    "transmitter[0].push.authorization",
+                    "push needs an authorization secret unless every signals listener requires client certificates (mTLS)"
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn http_key_urls_need_loopback_or_opt_in() {
         let text = r#"
             [[listener]]

@@ -314,6 +314,16 @@ async fn read_and_status_update_with_events_held_while_paused() {
     ready_eventually(h, StatusCode::OK, "enabled again").await;
     assert_revoked(&m, &alice, at, "held, then delivered").await;
     assert_eq!(stream_status_metric(h, "managed").await, (1.0, 0.0, 0.0));
+    // A stream-updated event naming another stream: accepted and ignored.
+    let other = tx.sign_set(DevTransmitter::stream_updated(
+        "another-stream",
+        "disabled",
+        Some("not ours"),
+    ));
+    let (status, _, _) = tx.push(&m.push_url, Some(PUSH_AUTH), &other).await.unwrap();
+    assert_eq!(status, 202);
+    assert_eq!(readyz(h).await.status, StatusCode::OK);
+    assert_eq!(stream_status_metric(h, "managed").await, (1.0, 0.0, 0.0));
 
     // The transmitter disables the stream on its own (stream-updated with a reason): readiness,
     // the metric and the stream view follow.
