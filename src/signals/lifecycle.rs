@@ -98,6 +98,15 @@ impl Lifecycle {
     /// nothing was done.
     pub async fn set_up(&self, reconcile: bool) -> Result<Option<(StreamInfo, bool)>, StreamError> {
         let _one = self.rt.management.lock().await;
+        let r = self.set_up_locked(reconcile).await;
+        self.rt.set_checked(now_ms());
+        r
+    }
+
+    async fn set_up_locked(
+        &self,
+        reconcile: bool,
+    ) -> Result<Option<(StreamInfo, bool)>, StreamError> {
         if self.rt.stream_state().deleted_by_operator {
             return Ok(None);
         }
@@ -166,6 +175,7 @@ impl Lifecycle {
         let asked_at = now_secs();
         self.rt
             .set_verification(VerificationOutcome::Pending { asked_at });
+        self.rt.set_verification_asked_for(stream_id);
         let name = self.rt.name();
         let state = match self.client.request_verification(stream_id, asked_at).await {
             Ok(s) => s,
@@ -363,6 +373,7 @@ pub fn receiver_view(rt: &TransmitterRt) -> Value {
         "verified_at": rt.verified_at(),
         "verification": verification,
         "deleted_by_operator": st.deleted_by_operator,
+        "checked_at_ms": (st.checked_at_ms > 0).then_some(st.checked_at_ms),
         "last_error": st.last_error,
         "poll_endpoint": rt.poll_target().map(|t| t.endpoint.clone()),
     })
@@ -393,6 +404,14 @@ pub async fn remove_stream(rt: Arc<TransmitterRt>, store: Arc<SignalStore>, fetc
     }
 }
 
+/// Epoch milliseconds now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Sleeps until `at`, or forever when `None`.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -415,7 +434,6 @@ pub async fn run_stream_manager(
     let name = rt.name();
     let mut backoff = Duration::from_secs(1);
     let (mut set_up, mut reconcile) = (false, true);
-    let mut verified_stream: Option<String> = None;
     let mut next_status = tokio::time::Instant::now() + STATUS_INTERVAL;
     let mut next_verify: Option<tokio::time::Instant> = None;
     let mut every: Option<Duration> = None;
@@ -440,10 +458,11 @@ pub async fn run_stream_manager(
                     }
                     let sm = rt.cfg().stream.clone();
                     every = l.verify_every(&info);
-                    // Verified once per stream (a new stream is verified again).
+                    // Verified once per stream (a new stream is verified again; one an operator
+                    // re-created was verified then).
                     if let Some(sm) = sm.filter(|s| s.verify) {
-                        if verified_stream.as_deref() != Some(info.stream_id.as_str()) {
-                            verified_stream = Some(info.stream_id.clone());
+                        let asked = rt.stream_state().verification_asked_for;
+                        if asked.as_deref() != Some(info.stream_id.as_str()) {
                             tokio::select! {
                                 _ = l.verify_stream(&info.stream_id, sm.verify_timeout) => {}
                                 _ = shutdown.changed() => return,

@@ -153,6 +153,10 @@ pub struct StreamState {
     /// SHA-256 of the `authorization_header` this process last sent in the stream's delivery
     /// (to tell, on reload, that a rotated push secret must reach the transmitter).
     pub authorization_sent: Option<[u8; 32]>,
+    /// The stream the last verification was asked for (the manager asks once per stream).
+    pub verification_asked_for: Option<String>,
+    /// When the stream manager last set the stream up (epoch milliseconds; 0: never).
+    pub checked_at_ms: i64,
 }
 
 /// What became of the last verification this receiver asked for (SSF §8.1.4.2).
@@ -427,6 +431,21 @@ impl TransmitterRt {
                 s.authorization_sent = None;
             }
             s.stream_id = id;
+        }
+    }
+
+    /// Records that a verification was asked for `stream_id`.
+    pub fn set_verification_asked_for(&self, stream_id: &str) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.verification_asked_for = Some(stream_id.to_string());
+        }
+    }
+
+    /// Records that the stream manager just set the stream up (or found it deleted by an
+    /// operator).
+    pub fn set_checked(&self, at_ms: i64) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.checked_at_ms = at_ms;
         }
     }
 

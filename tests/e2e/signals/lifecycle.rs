@@ -595,8 +595,21 @@ async fn delete_stops_delivery_until_recreate_makes_a_new_verified_stream() {
         );
     }
     assert!(since(tx, mark).is_empty());
-    // A reload does not bring it back (only an operator does).
+    // A reload does not bring it back (only an operator does): the manager checks and sends
+    // nothing.
+    let checked = |v: &Value| v["streams"][0]["checked_at_ms"].as_i64().unwrap();
+    let before = checked(&admin_ok(h, Method::GET, "/admin/streams", None).await);
     admin_ok(h, Method::POST, "/reload", None).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the manager's check after the reload",
+        || async {
+            let v = admin_ok(h, Method::GET, "/admin/streams", None).await;
+            (checked(&v) > before).then_some(())
+        },
+    )
+    .await;
+    assert!(since(tx, mark).is_empty());
     let at = now_secs() - 10;
     let erin = token(&m, "erin", 100, json!({}));
     let pushed = tx.pushes().len();
