@@ -201,6 +201,8 @@ pub struct Metrics {
     /// Unix time of the last accepted verification event (set at scrape time).
     pub stream_last_verified: Family<TransmitterLabel, Gauge<i64, AtomicI64>>,
     pub fleet: FleetMetrics,
+    /// Held by a scrape while it refreshes the scrape-time gauges and encodes.
+    pub scrape: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -237,6 +239,7 @@ impl Metrics {
             stream_verifications: Family::default(),
             stream_last_verified: Family::default(),
             fleet: FleetMetrics::default(),
+            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         r.register(

@@ -68,6 +68,13 @@ pub async fn handle(
             }
         }
         (&Method::GET, "/metrics") => {
+            // One scrape at a time refreshes and encodes: the stream gauges are cleared and set
+            // again, which a concurrent scrape must not see half done.
+            let _one = shared
+                .metrics
+                .scrape
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             refresh_gauges(&shared);
             // Prometheus asks for OpenMetrics first; everything else (promtool, agents, curl)
             // gets the classic text format.

@@ -66,8 +66,10 @@ pub fn build(deps: &Deps<'_>, shared: &SignalsShared, config: &Config) -> Signal
         let rt = match running.get_mut(&t.name) {
             Some(r) => {
                 r.rt.reconfigure(t.clone(), token_iss);
+                // A manager started now reconciles anyway; a running one is asked to.
+                let running_manager = r.manager;
                 spawn_tasks(deps, r);
-                if r.manager {
+                if running_manager {
                     r.rt.request_reconcile();
                 }
                 r.rt.clone()
