@@ -175,7 +175,6 @@ impl Lifecycle {
         let asked_at = now_secs();
         self.rt
             .set_verification(VerificationOutcome::Pending { asked_at });
-        self.rt.set_verification_asked_for(stream_id);
         let name = self.rt.name();
         let state = match self.client.request_verification(stream_id, asked_at).await {
             Ok(s) => s,
@@ -188,6 +187,7 @@ impl Lifecycle {
                 return Err(e);
             }
         };
+        self.rt.set_verification_asked_for(stream_id);
         let started = Instant::now();
         let arrived = self.wait_answered(&state, timeout).await;
         let waited = started.elapsed();
@@ -338,6 +338,22 @@ impl Lifecycle {
         })
     }
 
+    /// With `verify`: asks for a verification of `stream` unless one was asked for it already
+    /// (once per stream; a stream an operator re-created was verified then). A request the
+    /// transmitter refused is an error (the set-up is tried again); a missing event is not.
+    async fn verify_once(&self, stream: &StreamInfo) -> Result<(), StreamError> {
+        let Some(sm) = self.rt.cfg().stream.clone().filter(|s| s.verify) else {
+            return Ok(());
+        };
+        let asked = self.rt.stream_state().verification_asked_for;
+        if asked.as_deref() == Some(stream.stream_id.as_str()) {
+            return Ok(());
+        }
+        self.verify_stream(&stream.stream_id, sm.verify_timeout)
+            .await
+            .map(|_| ())
+    }
+
     /// The periodic verification interval for `stream`: `verify_interval`, but never below the
     /// transmitter's `min_verification_interval` (SSF §8.1.1).
     fn verify_every(&self, stream: &StreamInfo) -> Option<Duration> {
@@ -420,8 +436,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Runs until shutdown: sets the stream up (with backoff: create or reuse, reconcile, status),
-/// asks for verification when `verify` is set (once per stream) and every `verify_interval`,
+/// Runs until shutdown: sets the stream up (with backoff: create or reuse, reconcile, status,
+/// and with `verify` a verification once per stream), asks for one every `verify_interval`,
 /// re-reads the stream every [`STATUS_INTERVAL`] (refreshing the poll target), and sets it up
 /// and reconciles it again after each reload.
 pub async fn run_stream_manager(
@@ -443,7 +459,13 @@ pub async fn run_stream_manager(
         }
         if !set_up {
             let r = tokio::select! {
-                r = l.set_up(reconcile) => r,
+                r = async {
+                    let up = l.set_up(reconcile).await?;
+                    if let Some((info, _)) = &up {
+                        l.verify_once(info).await?;
+                    }
+                    Ok::<_, StreamError>(up)
+                } => r,
                 _ = shutdown.changed() => return,
             };
             match r {
@@ -456,19 +478,7 @@ pub async fn run_stream_manager(
                         let st = rt.stream_state();
                         tracing::warn!(target: "cae_proxy::signals", transmitter = %name, status = st.status.as_ref().map(StreamStatus::as_str).unwrap_or("-"), reason = st.reason.as_deref().unwrap_or("-"), "SSF stream is not enabled");
                     }
-                    let sm = rt.cfg().stream.clone();
                     every = l.verify_every(&info);
-                    // Verified once per stream (a new stream is verified again; one an operator
-                    // re-created was verified then).
-                    if let Some(sm) = sm.filter(|s| s.verify) {
-                        let asked = rt.stream_state().verification_asked_for;
-                        if asked.as_deref() != Some(info.stream_id.as_str()) {
-                            tokio::select! {
-                                _ = l.verify_stream(&info.stream_id, sm.verify_timeout) => {}
-                                _ = shutdown.changed() => return,
-                            }
-                        }
-                    }
                     if next_verify.is_none() || every.is_none() {
                         next_verify = every.map(|d| tokio::time::Instant::now() + d);
                     }
