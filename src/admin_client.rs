@@ -1,10 +1,11 @@
-//! Client side of the admin API, for the `cae-proxy revoke|block|unblock` commands.
+//! Client side of the admin API, for the `cae-proxy revoke|block|unblock` and `cae-proxy
+//! stream …` commands.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::fetch::{FetchError, Fetcher};
 use crate::store::SubjectKey;
@@ -92,19 +93,43 @@ pub async fn call(
     if let Some(at) = at {
         body["at"] = json!(at);
     }
-    let mut headers = vec![("content-type", "application/json".to_string())];
+    request(
+        fetcher,
+        admin,
+        token,
+        Method::POST,
+        &format!("/admin/{action}"),
+        Some(body),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Sends one admin API request (`body` as JSON) and returns the answer body; an answer other
+/// than 2xx is [`AdminClientError::Refused`]. `timeout` bounds the whole exchange.
+pub async fn request(
+    fetcher: &Fetcher,
+    admin: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    timeout: Duration,
+) -> Result<String, AdminClientError> {
+    let mut headers = vec![("accept", "application/json".to_string())];
+    let bytes = match body {
+        Some(b) => {
+            headers.push(("content-type", "application/json".to_string()));
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
     if let Some(t) = token {
         headers.push(("authorization", format!("Bearer {t}")));
     }
-    let url = format!("{}/admin/{action}", admin.trim_end_matches('/'));
+    let url = format!("{}{path}", admin.trim_end_matches('/'));
     let r = fetcher
-        .request(
-            Method::POST,
-            &url,
-            &headers,
-            Bytes::from(body.to_string()),
-            Duration::from_secs(10),
-        )
+        .request(method, &url, &headers, bytes, timeout)
         .await?;
     let text = String::from_utf8_lossy(&r.body).into_owned();
     if !r.status.is_success() {
@@ -114,4 +139,25 @@ pub async fn call(
         });
     }
     Ok(text)
+}
+
+/// `/admin/streams/{transmitter}[/action]`, the name percent-encoded.
+pub fn stream_path(transmitter: &str, action: Option<&str>) -> String {
+    let name =
+        percent_encoding::utf8_percent_encode(transmitter, percent_encoding::NON_ALPHANUMERIC);
+    match action {
+        Some(a) => format!("/admin/streams/{name}/{a}"),
+        None => format!("/admin/streams/{name}"),
+    }
+}
+
+/// A subject identifier given on the command line: an RFC 9493 JSON object
+/// (`{"format":"email","email":"alice@example.com"}`).
+pub fn subject(arg: &str) -> Result<Value, AdminClientError> {
+    match serde_json::from_str::<Value>(arg) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(AdminClientError::Usage(format!(
+            "{arg:?} is not a subject identifier: give an RFC 9493 JSON object such as '{{\"format\":\"email\",\"email\":\"alice@example.com\"}}'"
+        ))),
+    }
 }

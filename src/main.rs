@@ -73,6 +73,11 @@ enum Command {
     Block(AdminArgs),
     /// Lift an account block.
     Unblock(AdminArgs),
+    /// See and steer a transmitter's managed SSF stream through a running proxy's admin API.
+    Stream {
+        #[command(subcommand)]
+        action: StreamCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -87,6 +92,88 @@ struct AdminArgs {
     /// Event time, epoch seconds (default: now).
     #[arg(long)]
     at: Option<i64>,
+    #[command(flatten)]
+    conn: AdminConn,
+}
+
+/// The `cae-proxy stream` commands (SSF 1.0 §8.1), one admin API call each.
+#[derive(Subcommand)]
+enum StreamCommand {
+    /// Every managed stream as this proxy sees it (GET /admin/streams).
+    List {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// The stream as the transmitter reports it now: configuration and status.
+    Show(StreamArgs),
+    /// Ask for a verification event and wait for it (exit 1 when it does not arrive).
+    Verify(WaitArgs),
+    /// Pause the stream at the transmitter (it holds events until resumed).
+    Pause(StatusArgs),
+    /// Enable the stream again.
+    Resume(StatusArgs),
+    /// Disable the stream (the transmitter drops events until enabled).
+    Disable(StatusArgs),
+    /// Add a subject (RFC 9493 JSON) to the stream.
+    AddSubject(SubjectArgs),
+    /// Remove a subject (RFC 9493 JSON): its events are no longer sent.
+    RemoveSubject(SubjectArgs),
+    /// Delete the stream at the transmitter (no events until `recreate`).
+    Delete(StreamArgs),
+    /// Delete, discover again, create and verify the stream.
+    Recreate(WaitArgs),
+    /// Update the stream (PATCH) where it differs from [transmitter.stream].
+    Update(StreamArgs),
+    /// Replace the stream's configuration (PUT) with [transmitter.stream].
+    Replace(StreamArgs),
+}
+
+#[derive(clap::Args)]
+struct StreamArgs {
+    /// The transmitter's name in the configuration.
+    transmitter: String,
+    #[command(flatten)]
+    conn: AdminConn,
+}
+
+#[derive(clap::Args)]
+struct WaitArgs {
+    /// The transmitter's name in the configuration.
+    transmitter: String,
+    /// Longest wait for the verification event, seconds (default: verify_timeout).
+    #[arg(long)]
+    timeout: Option<f64>,
+    #[command(flatten)]
+    conn: AdminConn,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The transmitter's name in the configuration.
+    transmitter: String,
+    /// Why, as the transmitter records it.
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    conn: AdminConn,
+}
+
+#[derive(clap::Args)]
+struct SubjectArgs {
+    /// The transmitter's name in the configuration.
+    transmitter: String,
+    /// The subject identifier, e.g. '{"format":"email","email":"alice@example.com"}'.
+    subject: String,
+    /// add-subject: the subject's identity was verified (SSF §8.1.3.2).
+    #[arg(long)]
+    verified: bool,
+    #[command(flatten)]
+    conn: AdminConn,
+}
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(clap::Args)]
+struct AdminConn {
     /// Admin listener URL.
     #[arg(long, default_value = "http://127.0.0.1:9901")]
     admin: String,
@@ -114,38 +201,174 @@ fn main() -> ExitCode {
         Command::Revoke(a) => admin_call("revoke", a),
         Command::Block(a) => admin_call("block", a),
         Command::Unblock(a) => admin_call("unblock", a),
+        Command::Stream { action } => stream_call(action),
     }
 }
 
-fn admin_call(action: &str, a: AdminArgs) -> ExitCode {
-    use cae_proxy::admin_client;
+/// Runs `f` on a current-thread runtime and prints its answer: stdout and exit 0, or
+/// `<what> failed: …` on stderr and exit 1.
+fn run_client<F>(what: &str, f: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<String, String>>,
+{
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                let key = admin_client::key(&a.kind, &a.value, a.iss.as_deref())
-                    .map_err(|e| e.to_string())?;
-                let fetcher =
-                    admin_client::fetcher(a.cacert.as_deref(), a.cert.as_deref(), a.key.as_deref())
-                        .map_err(|e| e.to_string())?;
-                let token = a.admin_token.as_deref();
-                admin_client::call(&fetcher, &a.admin, token, action, key, a.at)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
+        .and_then(|rt| rt.block_on(f));
     match result {
         Ok(body) => {
             println!("{body}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{action} failed: {e}");
+            eprintln!("{what} failed: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// One admin API call of a `cae-proxy stream` command.
+struct StreamRequest {
+    conn: AdminConn,
+    method: http::Method,
+    path: String,
+    body: Option<serde_json::Value>,
+    /// The verification wait asked for, seconds.
+    wait: Option<f64>,
+}
+
+impl StreamRequest {
+    fn new(conn: AdminConn, method: http::Method, transmitter: &str, action: Option<&str>) -> Self {
+        StreamRequest {
+            conn,
+            method,
+            path: cae_proxy::admin_client::stream_path(transmitter, action),
+            body: None,
+            wait: None,
+        }
+    }
+
+    fn body(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// The command's name and its call (or why it cannot be made).
+fn stream_request(action: StreamCommand) -> (&'static str, Result<StreamRequest, String>) {
+    use cae_proxy::admin_client::subject;
+    use http::Method;
+    use serde_json::json;
+    let status = |a: StatusArgs, status: &str| {
+        let mut body = json!({"status": status});
+        if let Some(r) = a.reason {
+            body["reason"] = json!(r);
+        }
+        Ok(StreamRequest::new(a.conn, Method::POST, &a.transmitter, Some("status")).body(body))
+    };
+    let wait = |a: WaitArgs, action: &str| {
+        let mut r = StreamRequest::new(a.conn, Method::POST, &a.transmitter, Some(action));
+        if let Some(t) = a.timeout {
+            r = r.body(json!({"timeout_seconds": t}));
+            r.wait = Some(t);
+        }
+        Ok(r)
+    };
+    let plain = |a: StreamArgs, method: Method, action: Option<&str>| {
+        Ok(StreamRequest::new(a.conn, method, &a.transmitter, action))
+    };
+    match action {
+        StreamCommand::List { conn } => (
+            "stream list",
+            Ok(StreamRequest {
+                conn,
+                method: Method::GET,
+                path: "/admin/streams".into(),
+                body: None,
+                wait: None,
+            }),
+        ),
+        StreamCommand::Show(a) => ("stream show", plain(a, Method::GET, None)),
+        StreamCommand::Verify(a) => ("stream verify", wait(a, "verify")),
+        StreamCommand::Pause(a) => ("stream pause", status(a, "paused")),
+        StreamCommand::Resume(a) => ("stream resume", status(a, "enabled")),
+        StreamCommand::Disable(a) => ("stream disable", status(a, "disabled")),
+        StreamCommand::AddSubject(a) => (
+            "stream add-subject",
+            subject(&a.subject).map_err(|e| e.to_string()).map(|s| {
+                let mut body = json!({"subject": s});
+                if a.verified {
+                    body["verified"] = json!(true);
+                }
+                StreamRequest::new(a.conn, Method::POST, &a.transmitter, Some("subjects:add"))
+                    .body(body)
+            }),
+        ),
+        StreamCommand::RemoveSubject(a) => (
+            "stream remove-subject",
+            match subject(&a.subject) {
+                Err(e) => Err(e.to_string()),
+                Ok(_) if a.verified => Err("--verified applies to add-subject only".into()),
+                Ok(s) => Ok(StreamRequest::new(
+                    a.conn,
+                    Method::POST,
+                    &a.transmitter,
+                    Some("subjects:remove"),
+                )
+                .body(json!({"subject": s}))),
+            },
+        ),
+        StreamCommand::Delete(a) => ("stream delete", plain(a, Method::DELETE, None)),
+        StreamCommand::Recreate(a) => ("stream recreate", wait(a, "recreate")),
+        StreamCommand::Update(a) => ("stream update", plain(a, Method::POST, Some("update"))),
+        StreamCommand::Replace(a) => ("stream replace", plain(a, Method::POST, Some("replace"))),
+    }
+}
+
+fn stream_call(action: StreamCommand) -> ExitCode {
+    let (what, request) = stream_request(action);
+    run_client(what, async move {
+        let r = request?;
+        let fetcher = r.conn.fetcher()?;
+        // A verification may take its whole wait (default verify_timeout, at most 300 s).
+        let wait = r.wait.unwrap_or(300.0).clamp(1.0, 300.0);
+        cae_proxy::admin_client::request(
+            &fetcher,
+            &r.conn.admin,
+            r.conn.admin_token.as_deref(),
+            r.method,
+            &r.path,
+            r.body,
+            std::time::Duration::from_secs_f64(wait + 60.0),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    })
+}
+
+impl AdminConn {
+    fn fetcher(&self) -> Result<cae_proxy::fetch::Fetcher, String> {
+        cae_proxy::admin_client::fetcher(
+            self.cacert.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn admin_call(action: &str, a: AdminArgs) -> ExitCode {
+    use cae_proxy::admin_client;
+    run_client(action, async move {
+        let key =
+            admin_client::key(&a.kind, &a.value, a.iss.as_deref()).map_err(|e| e.to_string())?;
+        let fetcher = a.conn.fetcher()?;
+        let token = a.conn.admin_token.as_deref();
+        admin_client::call(&fetcher, &a.conn.admin, token, action, key, a.at)
+            .await
+            .map_err(|e| e.to_string())
+    })
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -139,6 +139,18 @@ pub struct TransmitterLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransmitterResultLabels {
+    pub transmitter: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamStatusLabels {
+    pub transmitter: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -248,7 +260,15 @@ pub struct Metrics {
     pub push_auth_failures: Family<TransmitterReasonLabels, Counter>,
     /// Unix time of the last SET received per transmitter (any result).
     pub set_last_received: Family<TransmitterLabel, Gauge<f64, AtomicU64>>,
+    /// 1 for the status a managed SSF stream has now (set at scrape time).
+    pub stream_status: Family<StreamStatusLabels, Gauge<i64, AtomicI64>>,
+    /// Outcomes of the verifications this receiver asked for.
+    pub stream_verifications: Family<TransmitterResultLabels, Counter>,
+    /// Unix time of the last accepted verification event (set at scrape time).
+    pub stream_last_verified: Family<TransmitterLabel, Gauge<i64, AtomicI64>>,
     pub fleet: FleetMetrics,
+    /// Held by a scrape while it refreshes the scrape-time gauges and encodes.
+    pub scrape: std::sync::Mutex<()>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -297,7 +317,11 @@ impl Metrics {
             polls: Family::default(),
             push_auth_failures: Family::default(),
             set_last_received: Family::default(),
+            stream_status: Family::default(),
+            stream_verifications: Family::default(),
+            stream_last_verified: Family::default(),
             fleet: FleetMetrics::default(),
+            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         r.register(
@@ -415,6 +439,21 @@ impl Metrics {
             "set_last_received_timestamp_seconds",
             "Unix time of the last SET received from a transmitter (any result)",
             m.set_last_received.clone(),
+        );
+        r.register(
+            "stream_status",
+            "1 for the status (enabled, paused, disabled) a managed SSF stream has now, as the transmitter reports or announces it",
+            m.stream_status.clone(),
+        );
+        r.register(
+            "stream_verifications",
+            "Verifications asked of a transmitter by outcome: verified, missing (no event within verify_timeout), failed (request refused)",
+            m.stream_verifications.clone(),
+        );
+        r.register(
+            "stream_last_verified_timestamp_seconds",
+            "Unix time of the last verification event accepted for a managed SSF stream",
+            m.stream_last_verified.clone(),
         );
         let f = &m.fleet;
         r.register(

@@ -315,6 +315,8 @@ pub struct PushFile {
     pub path: String,
     /// Expected `Authorization` header value (secret reference).
     pub authorization: Option<String>,
+    /// The value before a rotation, still accepted until the transmitter uses the new one.
+    pub previous_authorization: Option<String>,
     pub max_body: Option<usize>,
     /// SHA-256 fingerprints (hex, colons allowed) of the client certificates this transmitter
     /// pushes with; another certificate is refused with `access_denied`.
@@ -339,6 +341,7 @@ pub struct StreamFile {
     pub endpoint_url: Option<String>,
     #[serde(default)]
     pub events_requested: Vec<String>,
+    pub description: Option<String>,
     pub token_endpoint: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
@@ -346,4 +349,10 @@ pub struct StreamFile {
     /// Static bearer token for management calls, instead of client credentials.
     pub bearer: Option<String>,
     pub verify: Option<bool>,
+    /// Periodic verification (duration; absent = off).
+    pub verify_interval: Option<String>,
+    pub verify_timeout: Option<String>,
+    pub ready_needs_verification: Option<bool>,
+    /// `delete` or `keep`: the stream when the transmitter is removed from the file.
+    pub on_remove: Option<String>,
 }

@@ -585,6 +585,8 @@ impl RiskLevel {
 pub struct Push {
     pub path: String,
     pub authorization: Option<Secret>,
+    /// Also accepted while the transmitter moves to a rotated `authorization` (never sent).
+    pub previous_authorization: Option<Secret>,
     pub max_body: usize,
     /// When not empty: the push must come over mTLS with one of these certificates (SHA-256 of
     /// the DER leaf), which ties a client certificate to this transmitter.
@@ -607,17 +609,36 @@ pub enum Delivery {
     Poll,
 }
 
+/// What happens to a managed stream when its transmitter leaves the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRemove {
+    /// Delete the stream at the transmitter (SSF §8.1.1.5).
+    Delete,
+    /// Leave it (another receiver, or a later configuration, takes it over).
+    Keep,
+}
+
 #[derive(Debug, Clone)]
 pub struct StreamMgmt {
     pub delivery: Delivery,
     pub endpoint_url: Option<String>,
     pub events_requested: Vec<String>,
+    /// The stream's `description` (default `cae-proxy receiver <name>`).
+    pub description: String,
     pub token_endpoint: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
     pub scope: Option<String>,
     pub bearer: Option<Secret>,
+    /// Ask for a verification event once the stream exists.
     pub verify: bool,
+    /// Ask for one periodically (off: `None`).
+    pub verify_interval: Option<Duration>,
+    /// How long a requested verification event may take to arrive.
+    pub verify_timeout: Duration,
+    /// `/readyz` waits for the first verification and reports one that did not arrive.
+    pub ready_needs_verification: bool,
+    pub on_remove: OnRemove,
 }
 
 #[derive(Debug, Clone)]

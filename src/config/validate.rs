@@ -850,7 +850,7 @@ fn transmitter(
     }
     let push = t.push.as_ref().map(|pu| push(c, p, pu, push_paths));
     let poll = t.poll.as_ref().map(|po| poll(c, p, po, allow_http));
-    let stream = t.stream.as_ref().map(|s| stream(c, p, s));
+    let stream = t.stream.as_ref().map(|s| stream(c, p, &t.name, s));
     if push.is_none() && poll.is_none() && stream.is_none() {
         c.err(p, "a transmitter needs push, poll or stream delivery");
     }
@@ -906,9 +906,19 @@ fn push(c: &mut Check<'_>, p: &str, pu: &PushFile, push_paths: &mut HashSet<Stri
             ),
         }
     }
+    if pu.previous_authorization.is_some() && pu.authorization.is_none() {
+        c.err(
+            format!("{p}.push.previous_authorization"),
+            "needs authorization (the value the transmitter moves to)",
+        );
+    }
     Push {
         path: pu.path.clone(),
         authorization: c.secret(&format!("{p}.push.authorization"), &pu.authorization),
+        previous_authorization: c.secret(
+            &format!("{p}.push.previous_authorization"),
+            &pu.previous_authorization,
+        ),
         max_body: pu.max_body.unwrap_or(64 * 1024),
         client_cert_sha256,
     }
@@ -935,8 +945,31 @@ fn poll(c: &mut Check<'_>, p: &str, po: &PollFile, allow_http: bool) -> Poll {
     }
 }
 
-/// A transmitter's `[transmitter.stream]`: SSF stream management and its credentials.
-fn stream(c: &mut Check<'_>, p: &str, s: &StreamFile) -> StreamMgmt {
+/// A transmitter's `[transmitter.stream]`: SSF stream management, its credentials, periodic
+/// verification and what happens to the stream when the transmitter is removed.
+fn stream(c: &mut Check<'_>, p: &str, name: &str, s: &StreamFile) -> StreamMgmt {
+    let verify_interval =
+        c.opt_duration(&format!("{p}.stream.verify_interval"), &s.verify_interval);
+    let verify_timeout = c.duration(
+        &format!("{p}.stream.verify_timeout"),
+        &s.verify_timeout,
+        Duration::from_secs(30),
+    );
+    if verify_interval.is_some_and(|d| d.is_zero()) {
+        c.err(
+            format!("{p}.stream.verify_interval"),
+            "must be above 0 (leave it out to turn periodic verification off)",
+        );
+    }
+    if verify_timeout.is_zero() {
+        c.err(format!("{p}.stream.verify_timeout"), "must be above 0");
+    }
+    if verify_interval.is_some_and(|i| !i.is_zero() && verify_timeout > i) {
+        c.err(
+            format!("{p}.stream.verify_timeout"),
+            "must not be longer than verify_interval",
+        );
+    }
     StreamMgmt {
         delivery: match s.delivery.as_str() {
             "push" => Delivery::Push,
@@ -951,12 +984,30 @@ fn stream(c: &mut Check<'_>, p: &str, s: &StreamFile) -> StreamMgmt {
         },
         endpoint_url: s.endpoint_url.clone(),
         events_requested: s.events_requested.clone(),
+        description: s
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("cae-proxy receiver {name}")),
         token_endpoint: s.token_endpoint.clone(),
         client_id: s.client_id.clone(),
         client_secret: c.secret(&format!("{p}.stream.client_secret"), &s.client_secret),
         scope: s.scope.clone(),
         bearer: c.secret(&format!("{p}.stream.bearer"), &s.bearer),
         verify: s.verify.unwrap_or(true),
+        verify_interval: verify_interval.filter(|d| !d.is_zero()),
+        verify_timeout,
+        ready_needs_verification: s.ready_needs_verification.unwrap_or(true),
+        on_remove: match s.on_remove.as_deref() {
+            None | Some("delete") => OnRemove::Delete,
+            Some("keep") => OnRemove::Keep,
+            Some(o) => {
+                c.err(
+                    format!("{p}.stream.on_remove"),
+                    format!("{o:?} must be \"delete\" or \"keep\""),
+                );
+                OnRemove::Delete
+            }
+        },
     }
 }
 
@@ -1781,6 +1832,95 @@ mod tests {
                 "server.report_onyl"
             ],
             "{err}"
+        );
+    }
+
+    #[test]
+    fn stream_lifecycle_keys_are_checked() {
+        let config = |stream: &str, push: &str| {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"signals\"\n[[transmitter]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\ndiscovery = \"https://idp.example.com/.well-known/ssf-configuration\"\naudiences = [\"r\"]\n[transmitter.push]\npath = \"/ssf/corp\"\n{push}\n[transmitter.stream]\ndelivery = \"push\"\n{stream}\n"
+            )
+        };
+        let ok =
+            Config::parse(&config("", "authorization = \"Bearer a\""), Path::new(".")).unwrap();
+        let s = ok.transmitters[0].stream.clone().unwrap();
+        assert_eq!(s.description, "cae-proxy receiver corp");
+        assert_eq!(s.verify_interval, None, "off by default");
+        assert_eq!(s.verify_timeout, Duration::from_secs(30));
+        assert!(s.ready_needs_verification);
+        assert_eq!(s.on_remove, OnRemove::Delete);
+        let ok = Config::parse(
+            &config(
+                "description = \"eu\"\nverify_interval = \"1h\"\nverify_timeout = \"5s\"\nready_needs_verification = false\non_remove = \"keep\"",
+                "authorization = \"Bearer b\"\nprevious_authorization = \"Bearer a\"",
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        let t = &ok.transmitters[0];
+        let s = t.stream.clone().unwrap();
+        assert_eq!(
+            (s.description.as_str(), s.verify_interval, s.verify_timeout),
+            (
+                "eu",
+                Some(Duration::from_secs(3600)),
+                Duration::from_secs(5)
+            )
+        );
+        assert!(!s.ready_needs_verification);
+        assert_eq!(s.on_remove, OnRemove::Keep);
+        let push = t.push.as_ref().unwrap();
+        assert_eq!(
+            push.previous_authorization.as_ref().map(|a| a.expose()),
+            Some("Bearer a")
+        );
+
+        let errors = |stream: &str, push: &str| -> Vec<(String, String)> {
+            Config::parse(&config(stream, push), Path::new("."))
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|e| (e.path, e.message))
+                .collect()
+        };
+        let e = |p: &str, m: &str| (p.to_string(), m.to_string());
+        assert_eq!(
+            errors(
+                "verify_interval = \"0s\"\nverify_timeout = \"0s\"\non_remove = \"archive\"",
+                "authorization = \"Bearer a\""
+            ),
+            [
+                e(
+                    "transmitter[0].stream.verify_interval",
+                    "must be above 0 (leave it out to turn periodic verification off)"
+                ),
+                e("transmitter[0].stream.verify_timeout", "must be above 0"),
+                e(
+                    "transmitter[0].stream.on_remove",
+                    "\"archive\" must be \"delete\" or \"keep\""
+                ),
+            ]
+        );
+        assert_eq!(
+            errors(
+                "verify_interval = \"10s\"\nverify_timeout = \"1m\"",
+                "previous_authorization = \"Bearer a\""
+            ),
+            [
+                e(
+                    "transmitter[0].push.previous_authorization",
+                    "needs authorization (the value the transmitter moves to)"
+                ),
+                e(
+                    "transmitter[0].stream.verify_timeout",
+                    "must not be longer than verify_interval"
+                ),
+                e(
+                    "transmitter[0].push.authorization",
+                    "push needs an authorization secret unless every signals listener requires client certificates (mTLS)"
+                ),
+            ]
         );
     }
 

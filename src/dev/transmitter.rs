@@ -1,6 +1,9 @@
-//! `DevTransmitter`: a development Shared Signals (SSF 1.0) transmitter with stream management,
-//! push delivery (RFC 8935) and poll delivery (RFC 8936), plus builders for CAEP / RISC / OAuth
-//! SET payloads (protocols.md §3, §5).
+//! `DevTransmitter`: a development Shared Signals (SSF 1.0) transmitter with stream management
+//! (SSF §8.1: create, read, update, replace, delete, status, subjects, verification; every
+//! management request recorded), push delivery (RFC 8935) and poll delivery (RFC 8936), plus
+//! builders for CAEP / RISC / OAuth SET payloads (protocols.md §3, §5). A paused stream holds its
+//! events until it is enabled again, a disabled one drops them (SSF §8.1.2), and a removed
+//! subject's events are no longer sent to that stream (SSF §8.1.3.3).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,6 +62,9 @@ pub struct TransmitterOptions {
     /// Issuer of the users named by `sub` in `POST /dev/events` when the request gives no `iss`
     /// (the development issuer's URL in `cae-proxy dev transmitter`).
     pub subject_issuer: Option<String>,
+    /// `false`: `PATCH` of a stream configuration answers `405` (a transmitter that only
+    /// replaces configurations with `PUT`).
+    pub patch_supported: bool,
 }
 
 impl Default for TransmitterOptions {
@@ -70,6 +76,7 @@ impl Default for TransmitterOptions {
             alg: KeyAlg::Rs256,
             poll_wait: MAX_POLL_WAIT,
             subject_issuer: None,
+            patch_supported: true,
         }
     }
 }
@@ -85,21 +92,94 @@ pub struct PushRecord {
     pub body: String,
 }
 
+/// One management request the transmitter received (every `/ssf/...` call but polls).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagementRequest {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// `stream_id` of the query, when given.
+    pub stream_id: Option<String>,
+    /// The JSON body (`Null` when empty, a string when it is not JSON).
+    pub body: Value,
+    /// The status answered.
+    pub status: u16,
+}
+
 #[derive(Debug, Clone)]
 struct Stream {
     config: Value,
     status: String,
     reason: Option<String>,
+    /// Subjects added (SSF §8.1.3.2).
     subjects: Vec<Value>,
+    /// Subjects removed (SSF §8.1.3.3): their events are not sent to this stream any more.
+    removed: Vec<Value>,
+    /// SETs held while the stream is paused, sent in order once it is enabled again.
+    held: Vec<String>,
 }
 
 impl Stream {
+    fn new(config: Value) -> Stream {
+        Stream {
+            config,
+            status: "enabled".into(),
+            reason: None,
+            subjects: Vec::new(),
+            removed: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+
     fn delivery_method(&self) -> &str {
         self.config
             .pointer("/delivery/method")
             .and_then(Value::as_str)
             .unwrap_or(POLL_METHOD)
     }
+
+    fn push_target(&self) -> (String, Option<String>) {
+        let url = self
+            .config
+            .pointer("/delivery/endpoint_url")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let auth = self
+            .config
+            .pointer("/delivery/authorization_header")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        (url, auth)
+    }
+
+    /// Whether events about `subject` go to this stream: not when the receiver removed it (or,
+    /// for a complex subject, one of its members).
+    fn includes(&self, subject: Option<&Value>) -> bool {
+        let Some(subject) = subject else {
+            return true;
+        };
+        let members = subject
+            .as_object()
+            .filter(|m| m.get("format").and_then(Value::as_str) == Some("complex"))
+            .map(|m| m.values().filter(|v| v.is_object()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        !self
+            .removed
+            .iter()
+            .any(|r| r == subject || members.contains(&r))
+    }
+}
+
+/// The subject of a SET: `sub_id`, else the first event's `subject`.
+fn set_subject(set: &str) -> Option<Value> {
+    let (_, p) = super::keys::decode_unverified(set).ok()?;
+    p.get("sub_id").cloned().or_else(|| {
+        p.get("events")?
+            .as_object()?
+            .values()
+            .find_map(|e| e.get("subject").cloned())
+    })
 }
 
 struct Keys {
@@ -120,8 +200,25 @@ struct Inner {
     polls: AtomicUsize,
     jwks_fetches: AtomicUsize,
     available: AtomicBool,
+    /// `false`: verification requests are answered `204` but no verification event is sent.
+    verifications: AtomicBool,
     /// The bearer `/ssf/...` calls need now (starts as `opts.management_token`).
     management_token: Mutex<Option<String>>,
+    /// Every management request, in order.
+    management: Mutex<Vec<ManagementRequest>>,
+    /// How long each management request waits before it is served (a slow transmitter).
+    management_delay: Mutex<Duration>,
+}
+
+/// Where one SET goes (see `Inner::route`).
+#[derive(Default)]
+struct Route {
+    /// (stream id, endpoint URL, authorization header) of push streams.
+    push: Vec<(String, String, Option<String>)>,
+    /// Poll streams (one shared queue).
+    poll: Vec<String>,
+    /// Paused streams that hold it.
+    held: Vec<String>,
 }
 
 /// A development SSF transmitter.
@@ -269,32 +366,19 @@ impl Inner {
             v
         };
         if r.deliver {
-            let streams: Vec<(String, Stream)> = lock(&self.streams)
-                .iter()
-                .filter(|(_, s)| s.status == "enabled")
-                .map(|(id, s)| (id.clone(), s.clone()))
-                .collect();
-            let mut queued = false;
-            for (id, s) in streams {
-                if s.delivery_method() == PUSH_METHOD {
-                    let url = s
-                        .config
-                        .pointer("/delivery/endpoint_url")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    let auth = s
-                        .config
-                        .pointer("/delivery/authorization_header")
-                        .and_then(Value::as_str);
-                    let rec = self.push_and_record(url, auth, &set).await;
-                    delivered.push(pushed(Some(&id), rec));
-                } else {
-                    if !queued {
-                        self.queue(&set);
-                        queued = true;
-                    }
-                    delivered.push(json!({"method": POLL_METHOD, "stream_id": id, "queued": true}));
-                }
+            let route = self.route(&set);
+            for (id, url, auth) in route.push {
+                let rec = self.push_and_record(&url, auth.as_deref(), &set).await;
+                delivered.push(pushed(Some(&id), rec));
+            }
+            if !route.poll.is_empty() {
+                self.queue(&set);
+            }
+            for id in route.poll {
+                delivered.push(json!({"method": POLL_METHOD, "stream_id": id, "queued": true}));
+            }
+            for id in route.held {
+                delivered.push(json!({"stream_id": id, "held": true}));
             }
         }
         if let Some(p) = &r.push_to {
@@ -309,26 +393,47 @@ impl Inner {
         )
     }
 
-    /// Delivers `set` by the stream's method (push in a task, or the poll queue).
-    fn deliver_to_stream(self: &Arc<Self>, stream: &Stream, set: String) {
+    /// Where `set` goes now: each enabled stream that includes its subject (push streams with
+    /// their target; poll streams share one queue); a paused stream that includes it holds it;
+    /// a disabled one drops it.
+    fn route(&self, set: &str) -> Route {
+        let subject = set_subject(set);
+        let mut route = Route::default();
+        for (id, s) in lock(&self.streams).iter_mut() {
+            if !s.includes(subject.as_ref()) {
+                continue;
+            }
+            match s.status.as_str() {
+                "enabled" if s.delivery_method() == PUSH_METHOD => {
+                    let (url, auth) = s.push_target();
+                    route.push.push((id.clone(), url, auth));
+                }
+                "enabled" => route.poll.push(id.clone()),
+                "paused" => {
+                    s.held.push(set.to_string());
+                    route.held.push(id.clone());
+                }
+                _ => {}
+            }
+        }
+        route
+    }
+
+    /// Sends `sets` to one stream, in order, whatever its status (verification, stream-updated,
+    /// then what was held): pushed one after the other in a task, or queued for poll.
+    fn send_to_stream(self: &Arc<Self>, stream: &Stream, sets: Vec<String>) {
         if stream.delivery_method() == PUSH_METHOD {
-            let url = stream
-                .config
-                .pointer("/delivery/endpoint_url")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let auth = stream
-                .config
-                .pointer("/delivery/authorization_header")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let (url, auth) = stream.push_target();
             let inner = self.clone();
             tokio::spawn(async move {
-                inner.push_and_record(&url, auth.as_deref(), &set).await;
+                for set in sets {
+                    inner.push_and_record(&url, auth.as_deref(), &set).await;
+                }
             });
         } else {
-            self.queue(&set);
+            for set in sets {
+                self.queue(&set);
+            }
         }
     }
 
@@ -415,7 +520,37 @@ impl Inner {
         Ok(config)
     }
 
+    /// Serves one request; management requests (every `/ssf/...` call but polls) are recorded
+    /// with the status answered.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<DevBody> {
+        let path = req.uri().path().to_string();
+        if !path.starts_with("/ssf/") || path == "/ssf/poll" {
+            return self.serve(req, &mut Value::Null).await;
+        }
+        let method = req.method().to_string();
+        let stream_id = query_param(req.uri().query(), "stream_id");
+        let delay = *lock(&self.management_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut body = Value::Null;
+        let resp = self.clone().serve(req, &mut body).await;
+        lock(&self.management).push(ManagementRequest {
+            method,
+            path,
+            stream_id,
+            body,
+            status: resp.status().as_u16(),
+        });
+        resp
+    }
+
+    /// `seen_body`: set to the request body (JSON, else a string) once it was read.
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        seen_body: &mut Value,
+    ) -> Response<DevBody> {
         if !self.available.load(Ordering::SeqCst) {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -456,6 +591,10 @@ impl Inner {
             Ok(b) => b,
             Err(e) => return bad_request(&e.to_string()),
         };
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            *seen_body = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        }
         let json_body = || -> Result<Map<String, Value>, String> {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Map::new());
@@ -492,15 +631,7 @@ impl Inner {
                 let id = random_id(8);
                 match self.build_stream_config(&id, &m) {
                     Ok(config) => {
-                        lock(&self.streams).insert(
-                            id,
-                            Stream {
-                                config: config.clone(),
-                                status: "enabled".into(),
-                                reason: None,
-                                subjects: Vec::new(),
-                            },
-                        );
+                        lock(&self.streams).insert(id, Stream::new(config.clone()));
                         json_response(StatusCode::CREATED, &config)
                     }
                     Err(e) => bad_request(&e),
@@ -518,6 +649,18 @@ impl Inner {
                         &Value::Array(streams.values().map(|s| s.config.clone()).collect()),
                     ),
                 }
+            }
+            (&Method::PATCH, "/ssf/stream") if !self.opts.patch_supported => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "stream configurations are replaced with PUT",
+                );
+                r.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    HeaderValue::from_static("GET, POST, PUT, DELETE"),
+                );
+                r
             }
             (&Method::PATCH, "/ssf/stream") | (&Method::PUT, "/ssf/stream") => {
                 let m = match json_body() {
@@ -584,21 +727,30 @@ impl Inner {
                     return bad_request("status must be enabled, paused or disabled");
                 }
                 let reason = m.get("reason").and_then(Value::as_str).map(str::to_string);
-                let snapshot = {
+                // Enabled again: what was held while paused follows the stream-updated event;
+                // disabled: what was held is dropped (SSF §8.1.2).
+                let (snapshot, held) = {
                     let mut streams = lock(&self.streams);
                     let Some(stream) = streams.get_mut(&id) else {
                         return not_found("no such stream");
                     };
                     stream.status = status.to_string();
                     stream.reason = reason.clone();
-                    stream.clone()
+                    let held = match status {
+                        "paused" => Vec::new(),
+                        _ => std::mem::take(&mut stream.held),
+                    };
+                    (stream.clone(), held)
                 };
-                let set = self.sign_set(DevTransmitter::stream_updated(
+                let mut sets = vec![self.sign_set(DevTransmitter::stream_updated(
                     &id,
                     status,
                     reason.as_deref(),
-                ));
-                self.deliver_to_stream(&snapshot, set);
+                ))];
+                if status == "enabled" {
+                    sets.extend(held);
+                }
+                self.send_to_stream(&snapshot, sets);
                 json_response(StatusCode::OK, &status_json(&id, &snapshot))
             }
             (&Method::POST, "/ssf/verify") => {
@@ -612,9 +764,11 @@ impl Inner {
                 let Some(stream) = lock(&self.streams).get(&id).cloned() else {
                     return not_found("no such stream");
                 };
-                let state = m.get("state").and_then(Value::as_str);
-                let set = self.sign_set(DevTransmitter::verification(&id, state));
-                self.deliver_to_stream(&stream, set);
+                if self.verifications.load(Ordering::SeqCst) {
+                    let state = m.get("state").and_then(Value::as_str);
+                    let set = self.sign_set(DevTransmitter::verification(&id, state));
+                    self.send_to_stream(&stream, vec![set]);
+                }
                 status_response(StatusCode::NO_CONTENT)
             }
             (&Method::POST, "/ssf/subjects:add") | (&Method::POST, "/ssf/subjects:remove") => {
@@ -632,13 +786,19 @@ impl Inner {
                 let Some(stream) = streams.get_mut(&id) else {
                     return not_found("no such stream");
                 };
+                // Every subject is included by default (`default_subjects: ALL`): adding one
+                // undoes its removal; removing one stops its events for this stream.
                 if path.ends_with(":add") {
+                    stream.removed.retain(|s| *s != subject);
                     if !stream.subjects.contains(&subject) {
                         stream.subjects.push(subject);
                     }
                     status_response(StatusCode::OK)
                 } else {
                     stream.subjects.retain(|s| *s != subject);
+                    if !stream.removed.contains(&subject) {
+                        stream.removed.push(subject);
+                    }
                     status_response(StatusCode::NO_CONTENT)
                 }
             }
@@ -773,7 +933,10 @@ impl DevTransmitter {
             polls: AtomicUsize::new(0),
             jwks_fetches: AtomicUsize::new(0),
             available: AtomicBool::new(true),
+            verifications: AtomicBool::new(true),
             management_token: Mutex::new(opts.management_token.clone()),
+            management: Mutex::new(Vec::new()),
+            management_delay: Mutex::new(Duration::ZERO),
             opts,
         });
         let handler_inner = inner.clone();
@@ -859,31 +1022,16 @@ impl DevTransmitter {
         self.inner.queue(set);
     }
 
-    /// Delivers `set` to every enabled stream: pushes to push streams (recorded in
-    /// [`pushes`](Self::pushes)) and queues it once for poll if a poll stream exists.
+    /// Delivers `set` as an event of the transmitter: pushed to every enabled push stream that
+    /// includes its subject (recorded in [`pushes`](Self::pushes)), queued once for poll if an
+    /// enabled poll stream includes it, held by paused streams, dropped by disabled ones.
     pub async fn deliver(&self, set: &str) {
-        let streams: Vec<Stream> = lock(&self.inner.streams)
-            .values()
-            .filter(|s| s.status == "enabled")
-            .cloned()
-            .collect();
-        let mut queued = false;
-        for s in streams {
-            if s.delivery_method() == PUSH_METHOD {
-                let url = s
-                    .config
-                    .pointer("/delivery/endpoint_url")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let auth = s
-                    .config
-                    .pointer("/delivery/authorization_header")
-                    .and_then(Value::as_str);
-                self.inner.push_and_record(url, auth, set).await;
-            } else if !queued {
-                self.inner.queue(set);
-                queued = true;
-            }
+        let route = self.inner.route(set);
+        for (_, url, auth) in route.push {
+            self.inner.push_and_record(&url, auth.as_deref(), set).await;
+        }
+        if !route.poll.is_empty() {
+            self.inner.queue(set);
         }
     }
 
@@ -938,6 +1086,50 @@ impl DevTransmitter {
             .get(stream_id)
             .map(|s| s.subjects.clone())
             .unwrap_or_default()
+    }
+
+    /// Subjects removed from a stream (their events are not sent to it).
+    pub fn removed_subjects(&self, stream_id: &str) -> Vec<Value> {
+        lock(&self.inner.streams)
+            .get(stream_id)
+            .map(|s| s.removed.clone())
+            .unwrap_or_default()
+    }
+
+    /// SETs a paused stream holds.
+    pub fn held(&self, stream_id: &str) -> Vec<String> {
+        lock(&self.inner.streams)
+            .get(stream_id)
+            .map(|s| s.held.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every management request received so far (every `/ssf/...` call but polls), in order.
+    pub fn management_requests(&self) -> Vec<ManagementRequest> {
+        lock(&self.inner.management).clone()
+    }
+
+    /// Adds a stream configuration as given (`stream_id` and `iss` included: a stream of
+    /// another issuer, or one created by someone else), enabled; returns its id.
+    pub fn insert_stream(&self, config: Value) -> String {
+        let id = config
+            .get("stream_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| random_id(8));
+        lock(&self.inner.streams).insert(id.clone(), Stream::new(config));
+        id
+    }
+
+    /// Every management request waits `delay` before it is served (a slow transmitter).
+    pub fn set_management_delay(&self, delay: Duration) {
+        *lock(&self.inner.management_delay) = delay;
+    }
+
+    /// `false`: verification requests are answered `204` but no verification event is sent
+    /// (a transmitter that lost its delivery); `true`: back to normal.
+    pub fn set_verification_delivery(&self, on: bool) {
+        self.inner.verifications.store(on, Ordering::SeqCst);
     }
 
     /// Replaces the bearer every `/ssf/...` call needs (a token that expired or was revoked

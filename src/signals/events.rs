@@ -86,8 +86,8 @@ impl StreamStatus {
 pub struct StreamUpdate {
     pub status: StreamStatus,
     pub reason: Option<String>,
-    /// Event time (epoch seconds): a late older update must not win over a newer one.
-    pub at: i64,
+    /// Event time (epoch milliseconds): a late older update must not win over a newer one.
+    pub at_ms: i64,
 }
 
 /// What one event did.
@@ -403,9 +403,9 @@ fn plan_event(
             let update = StreamUpdate {
                 status,
                 reason: reason_text(e.body.get("reason")),
-                at,
+                at_ms,
             };
-            if plan.stream_update.as_ref().is_none_or(|u| u.at <= at) {
+            if plan.stream_update.as_ref().is_none_or(|u| u.at_ms <= at_ms) {
                 plan.stream_update = Some(update);
             }
             Effect::StreamUpdated
@@ -879,7 +879,7 @@ mod tests {
             Some(StreamUpdate {
                 status: StreamStatus::Paused,
                 reason: Some("maintenance".into()),
-                at: 1_615_305_159
+                at_ms: 1_615_305_159_000
             })
         );
         let v = json!({"iss": ISS, "jti":"j", "iat": 5, "aud": AUD, "events": {"https://schemas.openid.net/secevent/caep/event-type/stream-updated": {"status":"Disabled"}}});

@@ -2,7 +2,8 @@
 //! for up to `maxEvents` SETs, acknowledges only SETs that are durably committed, reports invalid
 //! ones in `setErrs`, polls again at once while `moreAvailable`, backs off with jitter on errors
 //! (a transmitter restart is just an error that passes). A stream-supplied endpoint is polled
-//! with the management token; a 401 drops it and the poll is sent again, once, with a new one.
+//! as soon as stream management supplies it, with the management token; a 401 drops the token
+//! and the poll is sent again, once, with a new one.
 //! On shutdown the in-flight poll is abandoned and the acknowledgements not yet delivered are
 //! sent in one last acknowledge-only poll (`maxEvents: 0`), bounded by [`FINAL_ACK_TIMEOUT`].
 
@@ -378,8 +379,12 @@ pub async fn run_poller(
             continue;
         }
         let Some(s) = settings(&rt) else {
-            if !sleep_or_stop(DEFAULT_INTERVAL, &mut shutdown).await {
-                break;
+            // No endpoint yet: a managed poll stream is polled as soon as stream management
+            // supplies its endpoint.
+            tokio::select! {
+                _ = rt.poll_target_changed() => {}
+                _ = tokio::time::sleep(DEFAULT_INTERVAL) => {}
+                _ = shutdown.changed() => break,
             }
             continue;
         };

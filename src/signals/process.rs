@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use super::events::{self, Plan, VerificationState};
 use super::set::{self, ErrCode, SetError, SetPolicy};
-use super::transmitter::{DeliveryKind, FreshnessSample, SignalEvent, TransmitterRt};
+use super::transmitter::{
+    DeliveryKind, FreshnessSample, SignalEvent, TransmitterRt, STATE_TTL_SECS,
+};
 use crate::store::{Batch, CommitOutcome, SignalStore, StoreError};
 
 /// Why a SET was not committed.
@@ -116,15 +118,16 @@ pub async fn process_set(
     r
 }
 
-/// The stream id a verification SET names (an `opaque` subject, SSF §8.1.4.2), when it is not
-/// the stream this receiver manages. `None` when it is ours, or when we cannot tell (no managed
-/// stream known yet, or a subject of another shape).
+/// The stream id a verification or stream-updated SET names (an `opaque` subject, SSF
+/// §8.1.4.2, §8.1.5), when it is not the stream this receiver manages. `None` when it is ours,
+/// or when we cannot tell (no managed stream known yet, or a subject of another shape).
 fn foreign_stream(rt: &TransmitterRt, set: &set::ValidSet) -> Option<String> {
+    use super::vocabulary::EventType;
     let ours = rt.stream_state().stream_id?;
     set.claims
         .events
         .iter()
-        .filter(|e| e.kind == super::vocabulary::EventType::Verification)
+        .filter(|e| matches!(e.kind, EventType::Verification | EventType::StreamUpdated))
         .find_map(|e| match &e.subject {
             Some(super::subject::Subject::Opaque { id }) if *id != ours => Some(id.clone()),
             _ => None,
@@ -178,20 +181,26 @@ async fn process_inner(
         .cloned()
         .collect();
     let iss = crate::store::keys::normalize_iss(&valid.claims.iss).to_string();
-    // A verification of another stream (an old stream of ours still delivering here, another
-    // receiver's): accepted and ignored, never counted as verifying ours.
-    let foreign = plan
-        .verification
-        .as_ref()
-        .and_then(|_| foreign_stream(rt, &valid));
+    // A verification or status change of another stream (an old stream of ours still
+    // delivering here, another receiver's): accepted and ignored, never counted as ours.
+    let foreign = if plan.verification.is_some() || plan.stream_update.is_some() {
+        foreign_stream(rt, &valid)
+    } else {
+        None
+    };
     if let Some(other) = &foreign {
-        tracing::warn!(target: "cae_proxy::signals", transmitter = %rt.name(), stream_id = %other, "verification event for another stream; accepted and ignored");
+        let what = if plan.verification.is_some() {
+            "verification event for another stream; accepted and ignored"
+        } else {
+            "stream-updated event for another stream; accepted and ignored"
+        };
+        tracing::warn!(target: "cae_proxy::signals", transmitter = %rt.name(), stream_id = %other, "{what}");
     }
     if let (Some(VerificationState::Given(state)), None) = (&plan.verification, &foreign) {
         // Deduplication first: a verification delivered again (after a restart too) is answered
         // like the first time (protocols.md §3), whatever became of its state since.
         if store.seen(&iss, &valid.claims.jti).await? {
-            rt.mark_verified(now);
+            rt.mark_verified(now, Some(state));
             return Ok(Processed {
                 jti: valid.claims.jti,
                 outcome: CommitOutcome::Duplicate,
@@ -211,12 +220,35 @@ async fn process_inner(
         now,
     };
     let outcome = store.commit(batch).await?;
-    if plan.verification.is_some() && foreign.is_none() {
-        rt.mark_verified(now);
+    if let (Some(v), None) = (&plan.verification, &foreign) {
+        let state = match v {
+            VerificationState::Given(s) => Some(s.as_str()),
+            VerificationState::Unprompted => None,
+        };
+        if let Some(s) = state {
+            // For whoever asked (another replica in fleet mode): not fatal, the event is
+            // committed; the asker then reports the verification as missing.
+            if let Err(e) = store
+                .mark_state_answered(&rt.state_scope(), s, now + STATE_TTL_SECS)
+                .await
+            {
+                tracing::warn!(target: "cae_proxy::signals", transmitter = %rt.name(), error = %e, "could not record the verification as answered");
+            }
+        }
+        rt.mark_verified(now, state);
     }
     if outcome == CommitOutcome::Committed {
-        if let Some(u) = &plan.stream_update {
-            rt.update_stream_status(u);
+        if let (Some(u), None) = (&plan.stream_update, &foreign) {
+            if rt.update_stream_status(u) {
+                let (name, status) = (rt.name(), u.status.as_str());
+                let reason = u.reason.as_deref().unwrap_or("-");
+                let msg = "the transmitter changed the stream status";
+                if status == "enabled" {
+                    tracing::info!(target: "cae_proxy::signals", transmitter = %name, status, reason, "{msg}");
+                } else {
+                    tracing::warn!(target: "cae_proxy::signals", transmitter = %name, status, reason, "{msg}");
+                }
+            }
         }
         let sample = FreshnessSample {
             transmitter: cfg.name.clone(),

@@ -97,15 +97,25 @@ fn content_type_ok(headers: &HeaderMap) -> bool {
         || media.eq_ignore_ascii_case("application/jwt")
 }
 
-/// The configured `Authorization` value, compared in constant time (RFC 8935 §2.3). Without a
-/// configured value the listener's mTLS is the authentication.
-fn authenticated(expected: Option<&Secret>, headers: &HeaderMap) -> bool {
+/// The configured `Authorization` value (or, during a rotation, the previous one), compared in
+/// constant time (RFC 8935 §2.3). Without a configured value the listener's mTLS is the
+/// authentication.
+fn authenticated(
+    expected: Option<&Secret>,
+    previous: Option<&Secret>,
+    headers: &HeaderMap,
+) -> bool {
     let Some(expected) = expected else {
         return true;
     };
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     match (values.next(), values.next()) {
-        (Some(v), None) => expected.matches(v.as_bytes()),
+        (Some(v), None) => {
+            // Both compared, so the time does not tell which one matched.
+            let current = expected.matches(v.as_bytes());
+            let old = previous.is_some_and(|p| p.matches(v.as_bytes()));
+            current | old
+        }
         _ => false,
     }
 }
@@ -139,7 +149,11 @@ where
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
-    if !authenticated(push.authorization.as_ref(), &parts.headers) {
+    if !authenticated(
+        push.authorization.as_ref(),
+        push.previous_authorization.as_ref(),
+        &parts.headers,
+    ) {
         rt.tally(Tally::PushAuthFailure("authorization"));
         tracing::warn!(target: "cae_proxy::signals", transmitter = %cfg.name, "push request without the configured Authorization");
         return error_response(
@@ -250,6 +264,7 @@ pub(crate) mod tests {
                 client_cert_sha256: Vec::new(),
                 path: "/ssf/push".into(),
                 authorization: Some(Secret::from_value("Bearer push-secret")),
+                previous_authorization: None,
                 max_body: 8 * 1024,
             }),
             poll: None,

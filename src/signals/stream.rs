@@ -1,9 +1,10 @@
-//! SSF stream management (SSF §7–§8; we are the receiver, the transmitter hosts the API): read the
-//! transmitter's `/.well-known/ssf-configuration` (through the key set's discovery document),
-//! obtain a management bearer (static secret or OAuth client credentials; a token the transmitter
-//! refuses with 401 is dropped and fetched again, once per call), create or reuse our stream,
-//! trigger verification with a random `state` (kept in the store), read the status, delete on
-//! request.
+//! SSF stream management client (SSF §7–§8; we are the receiver, the transmitter hosts the API):
+//! read the transmitter's `/.well-known/ssf-configuration` (through the key set's discovery
+//! document), obtain a management bearer (static secret or OAuth client credentials; a token the
+//! transmitter refuses with 401 is dropped and fetched again, once per call), create or reuse our
+//! stream, read, update (`PATCH`) and replace (`PUT`) its configuration, delete it, read and set
+//! its status, add and remove subjects, and trigger verification with a random `state` (kept in
+//! the store). What is done with these calls over time is in `lifecycle.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::events::StreamStatus;
 use super::events::StreamUpdate;
@@ -19,7 +20,7 @@ use super::transmitter::{PollTarget, TransmitterRt, STATE_TTL_SECS};
 use crate::config::Delivery;
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::store::keys::normalize_iss;
-use crate::store::{SignalStore, StoreError};
+use crate::store::{now_secs, SignalStore, StoreError};
 
 /// RFC 8935 push delivery method URI.
 pub const PUSH_METHOD: &str = "urn:ietf:rfc:8935";
@@ -27,8 +28,6 @@ pub const PUSH_METHOD: &str = "urn:ietf:rfc:8935";
 pub const POLL_METHOD: &str = "urn:ietf:rfc:8936";
 
 const TIMEOUT: Duration = Duration::from_secs(15);
-/// How often the manager re-reads the stream status.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -57,6 +56,10 @@ pub enum StreamError {
     },
     #[error("the stream names issuer {found:?}, not the configured transmitter")]
     StreamIssuerMismatch { found: String },
+    #[error("there is no stream yet{}", .0.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default())]
+    NoStream(Option<String>),
+    #[error("the stream was deleted by an operator (re-create it with POST /admin/streams/NAME/recreate)")]
+    DeletedByOperator,
     #[error("invalid endpoint URL {0:?}")]
     BadUrl(String),
     #[error("the verification state could not be stored: {0}")]
@@ -85,9 +88,18 @@ pub struct StreamInfo {
     pub iss: String,
     pub aud: Vec<String>,
     pub events_delivered: Vec<String>,
+    /// `None` when the transmitter does not echo what was requested.
+    pub events_requested: Option<Vec<String>>,
+    pub description: Option<String>,
     pub delivery_method: Option<String>,
     /// Push: our endpoint; poll: the transmitter's poll URL.
     pub endpoint_url: Option<String>,
+    /// Push: the `Authorization` value it sends us, when the transmitter echoes it.
+    pub authorization_header: Option<String>,
+    /// Seconds the transmitter wants between verification requests (SSF §8.1.1).
+    pub min_verification_interval: Option<u64>,
+    /// The configuration as received.
+    pub raw: Value,
 }
 
 fn parse_stream(
@@ -124,20 +136,82 @@ fn parse_stream(
         }
     };
     let delivery = v.get("delivery");
+    let delivery_str = |name: &str| {
+        delivery
+            .and_then(|d| d.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     Ok(StreamInfo {
         stream_id,
         iss,
         aud: strings("aud"),
         events_delivered: strings("events_delivered"),
-        delivery_method: delivery
-            .and_then(|d| d.get("method"))
+        events_requested: v
+            .get("events_requested")
+            .map(|_| strings("events_requested")),
+        description: v
+            .get("description")
             .and_then(Value::as_str)
             .map(str::to_string),
-        endpoint_url: delivery
-            .and_then(|d| d.get("endpoint_url"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        delivery_method: delivery_str("method"),
+        endpoint_url: delivery_str("endpoint_url"),
+        authorization_header: delivery_str("authorization_header"),
+        min_verification_interval: v.get("min_verification_interval").and_then(Value::as_u64),
+        raw: v.clone(),
     })
+}
+
+/// SHA-256 of an `authorization_header` value (remembered instead of the value).
+pub fn authorization_digest(value: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The stream configuration with `delivery.authorization_header` (our push secret) replaced by
+/// `"[redacted]"`, to show it.
+pub fn redacted(config: &Value) -> Value {
+    let mut v = config.clone();
+    if let Some(a) = v.pointer_mut("/delivery/authorization_header") {
+        *a = json!("[redacted]");
+    }
+    v
+}
+
+/// A member of the stream configuration the receiver supplies and `[transmitter.stream]` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Delivery,
+    EventsRequested,
+    Description,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Delivery => "delivery",
+            Field::EventsRequested => "events_requested",
+            Field::Description => "description",
+        }
+    }
+}
+
+/// How a configuration change was sent (SSF §8.1.1.3 update, §8.1.1.4 replace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Patch,
+    Put,
+}
+
+impl Write {
+    pub fn method(self) -> &'static str {
+        match self {
+            Write::Patch => "PATCH",
+            Write::Put => "PUT",
+        }
+    }
 }
 
 fn with_stream_id(endpoint: &str, stream_id: &str) -> Result<String, StreamError> {
@@ -333,23 +407,88 @@ impl StreamClient {
             .ok_or(StreamError::NoEndpoint("configuration_endpoint"))
     }
 
-    fn delivery(&self) -> Result<(Delivery, Value), StreamError> {
+    /// The `authorization_header` pushes must carry: `[transmitter.push] authorization`.
+    fn push_authorization(&self) -> Option<String> {
+        let cfg = self.rt.cfg();
+        cfg.push
+            .as_ref()
+            .and_then(|p| p.authorization.as_ref())
+            .map(|a| a.expose().to_string())
+    }
+
+    fn delivery(&self) -> Result<Value, StreamError> {
         let cfg = self.rt.cfg();
         let s = cfg.stream.as_ref().ok_or(StreamError::NotConfigured)?;
-        let d = match s.delivery {
+        Ok(match s.delivery {
             Delivery::Push => {
                 let mut d = json!({"method": PUSH_METHOD});
                 if let Some(u) = &s.endpoint_url {
                     d["endpoint_url"] = json!(u);
                 }
-                if let Some(a) = cfg.push.as_ref().and_then(|p| p.authorization.as_ref()) {
-                    d["authorization_header"] = json!(a.expose());
+                if let Some(a) = self.push_authorization() {
+                    d["authorization_header"] = json!(a);
                 }
                 d
             }
             Delivery::Poll => json!({"method": POLL_METHOD}),
+        })
+    }
+
+    /// The receiver-supplied configuration `[transmitter.stream]` asks for (SSF §8.1.1):
+    /// `delivery`, `events_requested`, `description`.
+    pub fn desired(&self) -> Result<Map<String, Value>, StreamError> {
+        let cfg = self.rt.cfg();
+        let s = cfg.stream.as_ref().ok_or(StreamError::NotConfigured)?;
+        let mut m = Map::new();
+        m.insert("delivery".into(), self.delivery()?);
+        m.insert("events_requested".into(), json!(s.events_requested));
+        m.insert("description".into(), json!(s.description));
+        Ok(m)
+    }
+
+    /// The members of the stream's configuration that differ from `[transmitter.stream]`.
+    /// Delivery: the method, our push `endpoint_url` (when configured) and the
+    /// `authorization_header` (compared with what the transmitter echoes, else with what this
+    /// process sent last; not compared when neither is known). Events: `events_requested`, or
+    /// `events_delivered` when the transmitter does not echo the request, as sets.
+    pub fn differences(&self, info: &StreamInfo) -> Vec<Field> {
+        let cfg = self.rt.cfg();
+        let Some(s) = cfg.stream.as_ref() else {
+            return Vec::new();
         };
-        Ok((s.delivery, d))
+        let mut out = Vec::new();
+        let method = match s.delivery {
+            Delivery::Push => PUSH_METHOD,
+            Delivery::Poll => POLL_METHOD,
+        };
+        let mut delivery = info.delivery_method.as_deref() != Some(method);
+        if s.delivery == Delivery::Push {
+            if s.endpoint_url.is_some() && info.endpoint_url != s.endpoint_url {
+                delivery = true;
+            }
+            let want = self.push_authorization();
+            let sent = self.rt.stream_state().authorization_sent;
+            match (&info.authorization_header, sent) {
+                (Some(have), _) => delivery |= Some(have) != want.as_ref(),
+                (None, Some(d)) => delivery |= want.map(|w| authorization_digest(&w)) != Some(d),
+                (None, None) => {}
+            }
+        }
+        if delivery {
+            out.push(Field::Delivery);
+        }
+        let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+        let have = info
+            .events_requested
+            .as_deref()
+            .unwrap_or(&info.events_delivered);
+        if set(have) != set(&s.events_requested) {
+            out.push(Field::EventsRequested);
+        }
+        if info.description.as_deref() != Some(s.description.as_str()) {
+            out.push(Field::Description);
+        }
+        out
     }
 
     fn matches_ours(&self, info: &StreamInfo) -> bool {
@@ -366,26 +505,34 @@ impl StreamClient {
         }
     }
 
-    /// Creates a stream (`POST configuration_endpoint` → 201).
+    /// Remembers the `authorization_header` a configuration we sent carried.
+    fn sent(&self, body: &Map<String, Value>) {
+        if let Some(d) = body.get("delivery") {
+            let a = d.get("authorization_header").and_then(Value::as_str);
+            self.rt.set_authorization_sent(a.map(authorization_digest));
+        }
+    }
+
+    /// Creates a stream (`POST configuration_endpoint` → 201, SSF §8.1.1.1); its `iss` must be
+    /// the transmitter's.
     pub async fn create_stream(&self) -> Result<StreamInfo, StreamError> {
-        let cfg = self.rt.cfg();
-        let s = cfg.stream.as_ref().ok_or(StreamError::NotConfigured)?;
-        let (_, delivery) = self.delivery()?;
-        let body = json!({"delivery": delivery, "events_requested": s.events_requested, "description": format!("cae-proxy receiver {}", cfg.name)});
+        let body = self.desired()?;
         let (_, v) = self
             .call(
                 Method::POST,
                 &self.configuration_endpoint()?,
-                Some(body),
+                Some(Value::Object(body.clone())),
                 "configuration_endpoint",
             )
             .await?;
-        let info = parse_stream(&v, &cfg.issuer, "configuration_endpoint")?;
-        tracing::info!(target: "cae_proxy::signals", transmitter = %cfg.name, stream_id = %info.stream_id, events = ?info.events_delivered, "created SSF stream");
+        let info = parse_stream(&v, &self.rt.cfg().issuer, "configuration_endpoint")?;
+        self.rt.set_stream_id(Some(info.stream_id.clone()));
+        self.sent(&body);
+        tracing::info!(target: "cae_proxy::signals", transmitter = %self.rt.name(), stream_id = %info.stream_id, events = ?info.events_delivered, "created SSF stream");
         Ok(info)
     }
 
-    /// Reads one stream (`GET configuration_endpoint?stream_id=`).
+    /// Reads one stream (`GET configuration_endpoint?stream_id=`, SSF §8.1.1.2).
     pub async fn read_stream(&self, stream_id: &str) -> Result<StreamInfo, StreamError> {
         let url = with_stream_id(&self.configuration_endpoint()?, stream_id)?;
         let (_, v) = self
@@ -399,7 +546,8 @@ impl StreamClient {
         parse_stream(&v, &self.rt.cfg().issuer, "configuration_endpoint")
     }
 
-    /// Our existing streams (`GET configuration_endpoint`: one object or a list).
+    /// Our existing streams (`GET configuration_endpoint`: one object or a list). A stream of
+    /// another issuer (a transmitter serving several) is skipped with a warning.
     pub async fn list_streams(&self) -> Result<Vec<StreamInfo>, StreamError> {
         let (_, v) = self
             .call(
@@ -415,21 +563,32 @@ impl StreamClient {
             Value::Null => Vec::new(),
             v => vec![v],
         };
-        items
-            .iter()
-            .map(|i| parse_stream(i, &iss, "configuration_endpoint"))
-            .collect()
+        let mut out = Vec::new();
+        for i in &items {
+            match parse_stream(i, &iss, "configuration_endpoint") {
+                Ok(info) => out.push(info),
+                Err(StreamError::StreamIssuerMismatch { found }) => {
+                    let id = i.get("stream_id").and_then(Value::as_str).unwrap_or("-");
+                    tracing::warn!(target: "cae_proxy::signals", transmitter = %self.rt.name(), stream_id = id, iss = %found, "the transmitter lists a stream of another issuer; skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Reuses the known stream, else one of ours with the same delivery, else creates one.
-    /// Records the stream id in the runtime and, for poll delivery, the poll target.
-    pub async fn ensure_stream(&self) -> Result<StreamInfo, StreamError> {
+    /// Records the stream id in the runtime and, for poll delivery, the poll target. Returns
+    /// the stream and whether it was created now.
+    pub async fn ensure_stream(&self) -> Result<(StreamInfo, bool), StreamError> {
         let known = self.rt.stream_state().stream_id;
         let mut found = None;
         if let Some(id) = known {
             match self.read_stream(&id).await {
                 Ok(i) => found = Some(i),
-                Err(StreamError::Status { status: 404, .. }) => {}
+                Err(StreamError::Status { status: 404, .. }) => {
+                    tracing::warn!(target: "cae_proxy::signals", transmitter = %self.rt.name(), stream_id = %id, "the stream is gone at the transmitter; looking for another one of ours");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -440,11 +599,79 @@ impl StreamClient {
                 .into_iter()
                 .find(|i| self.matches_ours(i));
         }
-        let info = match found {
-            Some(i) => i,
-            None => self.create_stream().await?,
+        let (info, created) = match found {
+            Some(i) => (i, false),
+            None => (self.create_stream().await?, true),
         };
         self.rt.set_stream_id(Some(info.stream_id.clone()));
+        self.refresh_poll_target(&info).await?;
+        Ok((info, created))
+    }
+
+    /// Sends the members `fields` of the desired configuration as an update (`PATCH`, SSF
+    /// §8.1.1.3); a transmitter without `PATCH` (`405`) gets the whole desired configuration as
+    /// a replacement (`PUT`, §8.1.1.4) instead. Returns the stream as the transmitter answered
+    /// it and how it was sent.
+    pub async fn update_stream(
+        &self,
+        stream_id: &str,
+        fields: &[Field],
+    ) -> Result<(StreamInfo, Write), StreamError> {
+        let desired = self.desired()?;
+        let mut body = Map::new();
+        body.insert("stream_id".into(), json!(stream_id));
+        for f in fields {
+            if let Some(v) = desired.get(f.name()) {
+                body.insert(f.name().into(), v.clone());
+            }
+        }
+        let url = self.configuration_endpoint()?;
+        match self
+            .call(
+                Method::PATCH,
+                &url,
+                Some(Value::Object(body.clone())),
+                "configuration_endpoint",
+            )
+            .await
+        {
+            Ok((_, v)) => {
+                self.sent(&body);
+                let info = self.after_write(stream_id, v).await?;
+                Ok((info, Write::Patch))
+            }
+            Err(StreamError::Status { status: 405, .. }) => {
+                tracing::info!(target: "cae_proxy::signals", transmitter = %self.rt.name(), stream_id, "the transmitter does not support PATCH (405); replacing the configuration with PUT");
+                Ok((self.replace_stream(stream_id).await?, Write::Put))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the stream's configuration with the desired one (`PUT`, SSF §8.1.1.4).
+    pub async fn replace_stream(&self, stream_id: &str) -> Result<StreamInfo, StreamError> {
+        let mut body = self.desired()?;
+        body.insert("stream_id".into(), json!(stream_id));
+        let (_, v) = self
+            .call(
+                Method::PUT,
+                &self.configuration_endpoint()?,
+                Some(Value::Object(body.clone())),
+                "configuration_endpoint",
+            )
+            .await?;
+        self.sent(&body);
+        self.after_write(stream_id, v).await
+    }
+
+    /// The stream after an update or a replacement: the answer's configuration (read again
+    /// when the transmitter answered without one), its poll target refreshed.
+    async fn after_write(&self, stream_id: &str, v: Value) -> Result<StreamInfo, StreamError> {
+        let info = if v.is_object() {
+            parse_stream(&v, &self.rt.cfg().issuer, "configuration_endpoint")?
+        } else {
+            self.read_stream(stream_id).await?
+        };
         self.refresh_poll_target(&info).await?;
         Ok(info)
     }
@@ -453,19 +680,27 @@ impl StreamClient {
     pub async fn refresh_poll_target(&self, info: &StreamInfo) -> Result<(), StreamError> {
         let cfg = self.rt.cfg();
         if cfg.stream.as_ref().map(|s| s.delivery) != Some(Delivery::Poll) {
+            self.rt.set_poll_target(None);
             return Ok(());
         }
         let endpoint = info.endpoint_url.clone().ok_or(StreamError::BadResponse {
             endpoint: "configuration_endpoint",
             reason: "poll stream without endpoint_url".into(),
         })?;
-        self.rt.set_poll_target(Some(PollTarget { endpoint }));
+        let unchanged = self
+            .rt
+            .poll_target()
+            .is_some_and(|t| t.endpoint == endpoint);
+        if !unchanged {
+            self.rt.set_poll_target(Some(PollTarget { endpoint }));
+        }
         Ok(())
     }
 
-    /// Asks for a verification event (`POST verification_endpoint` → 204); returns the `state`,
-    /// recorded as outstanding in the store (durably, for every replica) before the request is
-    /// sent: the verification SET may arrive after a restart or at another replica.
+    /// Asks for a verification event (`POST verification_endpoint` → 204, SSF §8.1.4.2);
+    /// returns the `state`, recorded as outstanding in the store (durably, for every replica)
+    /// before the request is sent: the verification SET may arrive after a restart or at
+    /// another replica.
     pub async fn request_verification(
         &self,
         stream_id: &str,
@@ -489,104 +724,153 @@ impl StreamClient {
         Ok(state)
     }
 
-    /// Reads the stream status (`GET status_endpoint?stream_id=`) and records it in the runtime.
-    pub async fn status(&self, stream_id: &str, now: i64) -> Result<StreamUpdate, StreamError> {
-        let url = self
-            .configuration()?
+    fn status_endpoint(&self) -> Result<String, StreamError> {
+        self.configuration()?
             .status_endpoint
-            .ok_or(StreamError::NoEndpoint("status_endpoint"))?;
+            .ok_or(StreamError::NoEndpoint("status_endpoint"))
+    }
+
+    /// Reads the stream status (`GET status_endpoint?stream_id=`, SSF §8.1.2.1) and records it
+    /// in the runtime, as of the second it was answered (status events carry seconds: one of the
+    /// same second that arrives later wins).
+    pub async fn status(&self, stream_id: &str) -> Result<StreamUpdate, StreamError> {
+        let url = with_stream_id(&self.status_endpoint()?, stream_id)?;
         let (_, v) = self
-            .call(
-                Method::GET,
-                &with_stream_id(&url, stream_id)?,
-                None,
-                "status_endpoint",
-            )
+            .call(Method::GET, &url, None, "status_endpoint")
             .await?;
-        let status = v
-            .get("status")
-            .and_then(Value::as_str)
-            .ok_or(StreamError::BadResponse {
-                endpoint: "status_endpoint",
-                reason: "no status".into(),
-            })?;
-        let u = StreamUpdate {
-            status: StreamStatus::parse(status),
-            reason: v.get("reason").and_then(Value::as_str).map(str::to_string),
-            at: now,
-        };
+        let u = parse_status(&v, answered_at())?;
         self.rt.update_stream_status(&u);
         Ok(u)
     }
 
-    /// Deletes the stream (`DELETE configuration_endpoint?stream_id=` → 204).
-    pub async fn delete_stream(&self, stream_id: &str) -> Result<(), StreamError> {
-        let url = with_stream_id(&self.configuration_endpoint()?, stream_id)?;
-        self.call(Method::DELETE, &url, None, "configuration_endpoint")
+    /// Sets the stream status (`POST status_endpoint`, SSF §8.1.2.2) and records what the
+    /// transmitter answered. `Ok(None)`: the transmitter accepted the change for later (`202`).
+    pub async fn set_status(
+        &self,
+        stream_id: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<StreamUpdate>, StreamError> {
+        let mut body = json!({"stream_id": stream_id, "status": status});
+        if let Some(r) = reason {
+            body["reason"] = json!(r);
+        }
+        let (code, v) = self
+            .call(
+                Method::POST,
+                &self.status_endpoint()?,
+                Some(body),
+                "status_endpoint",
+            )
             .await?;
+        if code == 202 {
+            return Ok(None);
+        }
+        let now = answered_at();
+        let u = match parse_status(&v, now) {
+            Ok(u) => u,
+            // A 200 without the status document: it is what we asked for.
+            Err(_) => StreamUpdate {
+                status: StreamStatus::parse(status),
+                reason: reason.map(str::to_string),
+                at_ms: now,
+            },
+        };
+        self.rt.update_stream_status(&u);
+        Ok(Some(u))
+    }
+
+    /// Adds a subject to the stream (`POST add_subject_endpoint`, SSF §8.1.3.2).
+    pub async fn add_subject(
+        &self,
+        stream_id: &str,
+        subject: &Value,
+        verified: Option<bool>,
+    ) -> Result<(), StreamError> {
+        let url = self
+            .configuration()?
+            .add_subject_endpoint
+            .ok_or(StreamError::NoEndpoint("add_subject_endpoint"))?;
+        let mut body = json!({"stream_id": stream_id, "subject": subject});
+        if let Some(v) = verified {
+            body["verified"] = json!(v);
+        }
+        self.call(Method::POST, &url, Some(body), "add_subject_endpoint")
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a subject from the stream (`POST remove_subject_endpoint` → 204, SSF §8.1.3.3):
+    /// the transmitter stops sending its events to this stream.
+    pub async fn remove_subject(
+        &self,
+        stream_id: &str,
+        subject: &Value,
+    ) -> Result<(), StreamError> {
+        let url = self
+            .configuration()?
+            .remove_subject_endpoint
+            .ok_or(StreamError::NoEndpoint("remove_subject_endpoint"))?;
+        let body = json!({"stream_id": stream_id, "subject": subject});
+        self.call(Method::POST, &url, Some(body), "remove_subject_endpoint")
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the stream (`DELETE configuration_endpoint?stream_id=` → 204, SSF §8.1.1.5);
+    /// `Ok(false)`: it was gone already (404). Forgets it in the runtime.
+    pub async fn delete_stream(&self, stream_id: &str) -> Result<bool, StreamError> {
+        let url = with_stream_id(&self.configuration_endpoint()?, stream_id)?;
+        let deleted = match self
+            .call(Method::DELETE, &url, None, "configuration_endpoint")
+            .await
+        {
+            Ok(_) => true,
+            Err(StreamError::Status { status: 404, .. }) => false,
+            Err(e) => return Err(e),
+        };
         if self.rt.stream_state().stream_id.as_deref() == Some(stream_id) {
             self.rt.set_stream_id(None);
             self.rt.set_poll_target(None);
         }
-        tracing::info!(target: "cae_proxy::signals", transmitter = %self.rt.name(), stream_id, "deleted SSF stream");
-        Ok(())
+        tracing::info!(target: "cae_proxy::signals", transmitter = %self.rt.name(), stream_id, deleted, "deleted SSF stream");
+        Ok(deleted)
+    }
+
+    /// The stream this receiver would reuse: the known one, else one of ours in the
+    /// transmitter's list (for a deletion after a restart); `None` when there is none.
+    pub async fn find_ours(&self) -> Result<Option<String>, StreamError> {
+        if let Some(id) = self.rt.stream_state().stream_id {
+            return Ok(Some(id));
+        }
+        Ok(self
+            .list_streams()
+            .await?
+            .into_iter()
+            .find(|i| self.matches_ours(i))
+            .map(|i| i.stream_id))
     }
 }
 
-/// Runs until shutdown: waits for the SSF configuration, ensures the stream (with backoff),
-/// asks for verification when `verify` is set, then re-reads the status every
-/// [`STATUS_INTERVAL`] (refreshing the poll target's bearer).
-pub async fn run_stream_manager(
-    rt: Arc<TransmitterRt>,
-    store: Arc<SignalStore>,
-    fetcher: Fetcher,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let client = StreamClient::new(rt.clone(), store, fetcher);
-    let name = rt.name();
-    let mut backoff = Duration::from_secs(1);
-    let mut verified_requested = false;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let step = async {
-            let info = client.ensure_stream().await?;
-            if !verified_requested && rt.cfg().stream.as_ref().is_some_and(|s| s.verify) {
-                client
-                    .request_verification(&info.stream_id, crate::store::now_secs())
-                    .await?;
-                verified_requested = true;
-            }
-            client
-                .status(&info.stream_id, crate::store::now_secs())
-                .await
-        };
-        let wait = tokio::select! {
-            r = step => match r {
-                Ok(u) => {
-                    backoff = Duration::from_secs(1);
-                    rt.set_stream_error(None);
-                    if matches!(u.status, StreamStatus::Paused | StreamStatus::Disabled) {
-                        tracing::warn!(target: "cae_proxy::signals", transmitter = %name, status = u.status.as_str(), "SSF stream is not enabled");
-                    }
-                    STATUS_INTERVAL
-                }
-                Err(e) => {
-                    let w = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(300));
-                    rt.set_stream_error(Some(e.to_string()));
-                    tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %e, retry_in = ?w, "SSF stream management failed");
-                    w
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
+/// The time a status answer counts as of: this second, in milliseconds.
+fn answered_at() -> i64 {
+    now_secs().saturating_mul(1000)
+}
+
+/// A status document (SSF §8.1.2.1), as of `now_ms`.
+fn parse_status(v: &Value, now_ms: i64) -> Result<StreamUpdate, StreamError> {
+    let status = v
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or(StreamError::BadResponse {
+            endpoint: "status_endpoint",
+            reason: "no status".into(),
+        })?;
+    Ok(StreamUpdate {
+        status: StreamStatus::parse(status),
+        reason: v.get("reason").and_then(Value::as_str).map(str::to_string),
+        at_ms: now_ms,
+    })
 }
 
 #[cfg(test)]
@@ -714,6 +998,11 @@ mod tests {
             scope: Some("ssf.manage ssf.read".into()),
             bearer: None,
             verify: true,
+            description: "cae-proxy receiver test".into(),
+            verify_interval: None,
+            verify_timeout: Duration::from_secs(30),
+            ready_needs_verification: true,
+            on_remove: crate::config::OnRemove::Delete,
         });
         let keys = Arc::new(KeySet::new(
             &cfg.name,
@@ -734,14 +1023,16 @@ mod tests {
         let store = memory_store();
         let c = StreamClient::new(rt.clone(), store.clone(), Fetcher::new());
         assert_eq!(c.configuration().unwrap().issuer, base);
-        let info = c.ensure_stream().await.unwrap();
+        let (info, created) = c.ensure_stream().await.unwrap();
+        assert!(created);
         assert_eq!(info.stream_id, "s1");
         assert_eq!(rt.stream_state().stream_id.as_deref(), Some("s1"));
         let target = rt.poll_target().unwrap();
         assert_eq!(target.endpoint, format!("{base}/poll"));
         assert_eq!(c.authorization().await.unwrap(), "Bearer mgmt-token");
         // Reused, not created again.
-        assert_eq!(c.ensure_stream().await.unwrap().stream_id, "s1");
+        let (again, created) = c.ensure_stream().await.unwrap();
+        assert_eq!((again.stream_id.as_str(), created), ("s1", false));
         let state = c.request_verification("s1", 100).await.unwrap();
         assert!(store
             .state_outstanding(&rt.state_scope(), &state, 100)
@@ -751,10 +1042,10 @@ mod tests {
             .state_outstanding(&rt.state_scope(), "other", 100)
             .await
             .unwrap());
-        let u = c.status("s1", 100).await.unwrap();
+        let u = c.status("s1").await.unwrap();
         assert_eq!(u.status, StreamStatus::Paused);
         assert!(!rt.stream_active());
-        c.delete_stream("s1").await.unwrap();
+        assert!(c.delete_stream("s1").await.unwrap());
         assert_eq!(rt.stream_state().stream_id, None);
 
         let log = tx.log.lock().unwrap().clone();
@@ -824,7 +1115,7 @@ mod tests {
         let tx = Arc::new(Tx::default());
         let (rt, _) = setup(tx.clone()).await;
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run_stream_manager(
+        let task = tokio::spawn(crate::signals::lifecycle::run_stream_manager(
             rt.clone(),
             memory_store(),
             Fetcher::new(),
@@ -835,6 +1126,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(rt.stream_state().status, Some(StreamStatus::Paused));
+        // Then verification is asked for (the scripted transmitter never sends the event).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !tx.log.lock().unwrap().iter().any(|l| l.1 == "/verify") && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(tx.log.lock().unwrap().iter().any(|l| l.1 == "/verify"));
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(1), task)

@@ -2,13 +2,16 @@
 //! configuration, keys, stream status, the cached management token, counters, freshness.
 //! Outstanding verification states live in the store (they must survive restarts).
 //!
-//! Locks: `TransmitterRt` keeps its small mutable state (stream status) behind a
-//! `std::sync::Mutex` held for a field update only, never across `.await`; the management token
-//! behind a `tokio::sync::Mutex` (held across its fetch, so concurrent callers share one
-//! fetch); configuration is swapped through `ArcSwap` on reload.
+//! Locks: `TransmitterRt` keeps its small mutable state (stream status, verification outcome,
+//! recently answered states) behind `std::sync::Mutex`es held for a field update only, never
+//! across `.await`; the management token behind a `tokio::sync::Mutex` (held across its fetch,
+//! so concurrent callers share one fetch); compound stream operations (set-up, reconcile,
+//! operator actions, deletion on removal) behind another `tokio::sync::Mutex`, so that they do
+//! not interleave; configuration is swapped through `ArcSwap` on reload.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -20,6 +23,8 @@ use crate::config::Transmitter;
 
 /// How long a verification `state` we asked for stays acceptable (redeliveries included).
 pub const STATE_TTL_SECS: i64 = 24 * 3600;
+/// How many answered verification states a transmitter remembers in memory.
+const ANSWERED_KEPT: usize = 32;
 
 /// How a SET reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,10 +155,53 @@ pub struct StreamState {
     pub stream_id: Option<String>,
     pub status: Option<StreamStatus>,
     pub reason: Option<String>,
-    /// Event time of the status (epoch seconds).
-    pub at: i64,
+    /// Event time of the status (epoch milliseconds): an event's time, or when the transmitter
+    /// answered a status read or change.
+    pub at_ms: i64,
     /// Why stream management last failed (cleared by a success), for readiness.
     pub last_error: Option<String>,
+    /// An operator deleted the stream (admin API): the manager does not create it again until
+    /// an operator re-creates it, or the process restarts.
+    pub deleted_by_operator: bool,
+    /// SHA-256 of the `authorization_header` this process last sent in the stream's delivery
+    /// (to tell, on reload, that a rotated push secret must reach the transmitter).
+    pub authorization_sent: Option<[u8; 32]>,
+    /// The stream the last verification was asked for (the manager asks once per stream).
+    pub verification_asked_for: Option<String>,
+    /// When the stream manager last set the stream up (epoch milliseconds; 0: never).
+    pub checked_at_ms: i64,
+}
+
+/// What became of the last verification this receiver asked for (SSF §8.1.4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerificationOutcome {
+    /// Asked, the event has not arrived yet (the wait is not over).
+    Pending { asked_at: i64 },
+    /// The event with our `state` arrived (or a later verification of the stream did).
+    Verified { asked_at: Option<i64>, at: i64 },
+    /// No verification event within `waited` of the request.
+    Missing { asked_at: i64, waited: Duration },
+    /// The transmitter did not accept the request (or could not be reached).
+    Failed { asked_at: i64, error: String },
+}
+
+impl VerificationOutcome {
+    /// The `result` label of `cae_stream_verifications_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            VerificationOutcome::Pending { .. } => "pending",
+            VerificationOutcome::Verified { .. } => "verified",
+            VerificationOutcome::Missing { .. } => "missing",
+            VerificationOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// `cae_stream_verifications_total` of one transmitter, by result, once installed.
+pub struct VerificationCounters {
+    pub verified: prometheus_client::metrics::counter::Counter,
+    pub missing: prometheus_client::metrics::counter::Counter,
+    pub failed: prometheus_client::metrics::counter::Counter,
 }
 
 /// Where to poll when stream management supplied the endpoint (RFC 8936 via SSF); the poller
@@ -181,7 +229,20 @@ pub struct TransmitterRt {
     pub counters: Counters,
     pub freshness: Freshness,
     /// `cae_management_token_refetches_total` of this transmitter, once installed.
-    token_refetch_metric: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
+    token_refetch_metric: OnceLock<prometheus_client::metrics::counter::Counter>,
+    /// Serialises compound stream operations (set-up and reconcile, operator actions, the
+    /// deletion when the transmitter is removed).
+    pub(super) management: tokio::sync::Mutex<()>,
+    /// Woken by a reload: the stream manager sets the stream up and reconciles it again.
+    reconcile: tokio::sync::Notify,
+    /// Woken when stream management supplies a poll target: the poller polls at once.
+    poll_target_set: tokio::sync::Notify,
+    /// Bumped on every accepted verification event (waiters check their `state` again).
+    verifications: tokio::sync::watch::Sender<u64>,
+    /// The `state`s of the last accepted verification events.
+    answered: Mutex<VecDeque<String>>,
+    verification: Mutex<Option<VerificationOutcome>>,
+    verification_counters: OnceLock<VerificationCounters>,
 }
 
 impl std::fmt::Debug for TransmitterRt {
@@ -212,8 +273,31 @@ impl TransmitterRt {
             tally_observer: ArcSwapOption::empty(),
             counters: Counters::default(),
             freshness: Freshness::default(),
-            token_refetch_metric: std::sync::OnceLock::new(),
+            token_refetch_metric: OnceLock::new(),
+            management: tokio::sync::Mutex::new(()),
+            reconcile: tokio::sync::Notify::new(),
+            poll_target_set: tokio::sync::Notify::new(),
+            verifications: tokio::sync::watch::Sender::new(0),
+            answered: Mutex::new(VecDeque::new()),
+            verification: Mutex::new(None),
+            verification_counters: OnceLock::new(),
         }
+    }
+
+    /// Installs `cae_stream_verifications_total` of this transmitter (metrics).
+    pub fn set_verification_counters(&self, c: VerificationCounters) {
+        let _ = self.verification_counters.set(c);
+    }
+
+    /// Asks the stream manager to set the stream up and reconcile it again (a reload).
+    pub fn request_reconcile(&self) {
+        self.reconcile.notify_one();
+    }
+
+    /// Resolves when [`request_reconcile`](Self::request_reconcile) was called (once per call;
+    /// a call made while nobody waits is kept for the next waiter).
+    pub async fn reconcile_requested(&self) {
+        self.reconcile.notified().await;
     }
 
     /// Installs the per-SET observer (metrics).
@@ -296,8 +380,69 @@ impl TransmitterRt {
         Some(self.verified_at.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
-    pub fn mark_verified(&self, now: i64) {
+    /// An accepted verification event of our stream, with the `state` it carried (`None`:
+    /// unprompted): the stream counts as verified again, and whoever waits for that `state`
+    /// is woken.
+    pub fn mark_verified(&self, now: i64, state: Option<&str>) {
         self.verified_at.store(now, Ordering::Relaxed);
+        if let Some(st) = state {
+            if let Ok(mut a) = self.answered.lock() {
+                if a.len() >= ANSWERED_KEPT {
+                    a.pop_front();
+                }
+                a.push_back(st.to_string());
+            }
+        }
+        // A verification arriving after a miss (or without a request) shows the stream works;
+        // a pending request is settled by whoever waits for its own state.
+        if let Ok(mut v) = self.verification.lock() {
+            let asked_at = match v.as_ref() {
+                Some(VerificationOutcome::Pending { .. }) => None,
+                Some(
+                    VerificationOutcome::Missing { asked_at, .. }
+                    | VerificationOutcome::Failed { asked_at, .. },
+                ) => Some(Some(*asked_at)),
+                Some(VerificationOutcome::Verified { asked_at, .. }) => Some(*asked_at),
+                None => Some(None),
+            };
+            if let Some(asked_at) = asked_at {
+                *v = Some(VerificationOutcome::Verified { asked_at, at: now });
+            }
+        }
+        self.verifications.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether a verification event with `state` was accepted here recently.
+    pub fn answered_here(&self, state: &str) -> bool {
+        self.answered
+            .lock()
+            .map(|a| a.iter().any(|s| s == state))
+            .unwrap_or(false)
+    }
+
+    /// A receiver of the verification counter, to wait for the next accepted event.
+    pub fn verification_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.verifications.subscribe()
+    }
+
+    /// The outcome of the last verification asked for.
+    pub fn verification(&self) -> Option<VerificationOutcome> {
+        self.verification.lock().ok().and_then(|v| v.clone())
+    }
+
+    /// Records the outcome of a verification request (counted unless it is `Pending`).
+    pub fn set_verification(&self, outcome: VerificationOutcome) {
+        if let Some(c) = self.verification_counters.get() {
+            match outcome {
+                VerificationOutcome::Verified { .. } => c.verified.inc(),
+                VerificationOutcome::Missing { .. } => c.missing.inc(),
+                VerificationOutcome::Failed { .. } => c.failed.inc(),
+                VerificationOutcome::Pending { .. } => 0,
+            };
+        }
+        if let Ok(mut v) = self.verification.lock() {
+            *v = Some(outcome);
+        }
     }
 
     pub fn stream_state(&self) -> StreamState {
@@ -311,21 +456,63 @@ impl TransmitterRt {
         }
     }
 
+    /// Records the stream in use (`None`: there is none); a different stream starts without
+    /// a known status.
     pub fn set_stream_id(&self, id: Option<String>) {
         if let Ok(mut s) = self.stream.lock() {
+            if s.stream_id != id {
+                s.status = None;
+                s.reason = None;
+                s.at_ms = 0;
+                s.authorization_sent = None;
+            }
             s.stream_id = id;
         }
     }
 
-    /// Applies a status update unless a newer one was seen.
-    pub fn update_stream_status(&self, u: &StreamUpdate) {
+    /// Records that a verification was asked for `stream_id`.
+    pub fn set_verification_asked_for(&self, stream_id: &str) {
         if let Ok(mut s) = self.stream.lock() {
-            if s.status.is_none() || u.at >= s.at {
-                s.status = Some(u.status.clone());
-                s.reason = u.reason.clone();
-                s.at = u.at;
-            }
+            s.verification_asked_for = Some(stream_id.to_string());
         }
+    }
+
+    /// Records that the stream manager just set the stream up (or found it deleted by an
+    /// operator).
+    pub fn set_checked(&self, at_ms: i64) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.checked_at_ms = at_ms;
+        }
+    }
+
+    /// Marks the stream as deleted by an operator (`true`), or re-created (`false`).
+    pub fn set_deleted_by_operator(&self, deleted: bool) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.deleted_by_operator = deleted;
+        }
+    }
+
+    /// Remembers (a digest of) the `authorization_header` sent to the transmitter.
+    pub fn set_authorization_sent(&self, digest: Option<[u8; 32]>) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.authorization_sent = digest;
+        }
+    }
+
+    /// Applies a status update unless a newer one was seen; returns whether the status or its
+    /// reason changed.
+    pub fn update_stream_status(&self, u: &StreamUpdate) -> bool {
+        let Ok(mut s) = self.stream.lock() else {
+            return false;
+        };
+        if s.status.is_none() || u.at_ms >= s.at_ms {
+            let changed = s.status.as_ref() != Some(&u.status) || s.reason != u.reason;
+            s.status = Some(u.status.clone());
+            s.reason = u.reason.clone();
+            s.at_ms = u.at_ms;
+            return changed;
+        }
+        false
     }
 
     /// False when the transmitter says the stream is paused or disabled (for readiness).
@@ -336,8 +523,18 @@ impl TransmitterRt {
         )
     }
 
+    /// Sets where the poller polls; a new target wakes it at once.
     pub fn set_poll_target(&self, t: Option<PollTarget>) {
+        let set = t.is_some();
         self.poll_target.store(t.map(Arc::new));
+        if set {
+            self.poll_target_set.notify_one();
+        }
+    }
+
+    /// Resolves when a poll target was set (kept for the next waiter when nobody waits).
+    pub async fn poll_target_changed(&self) {
+        self.poll_target_set.notified().await;
     }
 
     pub fn poll_target(&self) -> Option<Arc<PollTarget>> {

@@ -372,6 +372,30 @@ impl SignalStore {
         Ok(exp.is_some_and(|e| e > now))
     }
 
+    /// Records that a verification event answered `state` (sent to `transmitter`), durably and,
+    /// in fleet mode, for every replica: the replica that asked can tell it arrived although
+    /// another replica accepted it.
+    pub async fn mark_state_answered(
+        self: &Arc<Self>,
+        transmitter: &str,
+        state: &str,
+        expires: i64,
+    ) -> Result<(), StoreError> {
+        self.register_state(&answered_scope(transmitter), state, expires)
+            .await
+    }
+
+    /// Whether a verification event answered `state` (see [`SignalStore::mark_state_answered`]).
+    pub async fn state_answered(
+        self: &Arc<Self>,
+        transmitter: &str,
+        state: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.state_outstanding(&answered_scope(transmitter), state, now)
+            .await
+    }
+
     /// Drops entries older than the retention, in memory and on disk.
     pub async fn expire(self: &Arc<Self>, now: i64) -> Result<usize, StoreError> {
         let before = now - self.retention_secs;
@@ -384,6 +408,11 @@ impl SignalStore {
             .map_err(|e| StoreError::Write(format!("store task failed: {e}")))??;
         Ok(removed)
     }
+}
+
+/// The states-table scope of the answered verification states of `transmitter`.
+fn answered_scope(transmitter: &str) -> String {
+    format!("{transmitter}#answered")
 }
 
 /// Epoch seconds now.

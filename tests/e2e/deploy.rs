@@ -5,7 +5,7 @@
 //! real `cae-proxy check` with every mounted file written where the pod would have it, schema
 //! validation (kubernetes-validate) and hadolint where installed. The Grafana dashboard: every
 //! metric, label and label value its PromQL reads is scraped from a real proxy in fleet mode
-//! (real Redis, issuer, transmitters, upstreams), except the names listed in `PENDING`.
+//! (real Redis, issuer, transmitters, upstreams).
 //!
 //! Tools: the interpreter is `$CAE_DEPLOY_TOOLS/python` (else `python3`), which must import
 //! `yaml`; `kubernetes-validate` and `hadolint` are looked up in `$CAE_DEPLOY_TOOLS`, then `PATH`.
@@ -894,16 +894,6 @@ fn dockerfile_is_distroless_labelled_non_root_and_hadolint_clean() {
 
 // ---- the Grafana dashboard ----
 
-/// Dashboard metrics that the proxy does not export yet (proposed names; the panels that use
-/// them show "No data" until then). This list must shrink as they appear: the test fails when a
-/// name listed here is exported (remove it from the list), and when a name the dashboard uses is
-/// neither exported nor listed here.
-const PENDING: &[&str] = &[
-    // gauge, labels `transmitter`, `status` (enabled, paused, disabled): 1 for the current status
-    // of a managed SSF stream.
-    "cae_stream_status",
-];
-
 /// Labels Prometheus adds to every scraped series (not exported by the proxy).
 const TARGET_LABELS: &[&str] = &["job", "instance"];
 
@@ -1148,21 +1138,11 @@ fn promql_extraction_finds_metrics_labels_and_matchers() {
 struct Scrape {
     /// Sample name → the label sets seen.
     samples: BTreeMap<String, Vec<BTreeMap<String, String>>>,
-    /// Names in `# TYPE` / `# HELP` lines.
-    families: BTreeSet<String>,
 }
 
 fn parse_scrape(text: &str) -> Scrape {
     let mut samples: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
-    let mut families = BTreeSet::new();
     for line in text.lines() {
-        if let Some(rest) = line
-            .strip_prefix("# TYPE ")
-            .or_else(|| line.strip_prefix("# HELP "))
-        {
-            families.insert(rest.split(' ').next().unwrap().to_string());
-            continue;
-        }
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
@@ -1182,7 +1162,7 @@ fn parse_scrape(text: &str) -> Scrape {
         }
         samples.entry(name.to_string()).or_default().push(labels);
     }
-    Scrape { samples, families }
+    Scrape { samples }
 }
 
 /// A dashboard query: where it is, its PromQL (for a `label_values` variable: the selector),
@@ -1549,22 +1529,12 @@ timeout = "2s"
     };
 
     let mut missing = Vec::new();
-    let mut used_pending = BTreeSet::new();
     for Query { at, uses: u, .. } in &queries {
-        let present: Vec<&String> = u
-            .metrics
-            .iter()
-            .filter(|m| !PENDING.contains(&m.as_str()))
-            .collect();
+        let present: Vec<&String> = u.metrics.iter().collect();
         for m in &u.metrics {
-            if PENDING.contains(&m.as_str()) {
-                used_pending.insert(m.as_str());
-            } else if !scrape.samples.contains_key(m) {
+            if !scrape.samples.contains_key(m) {
                 missing.push(format!("{at}: metric {m}"));
             }
-        }
-        if present.is_empty() {
-            continue; // labels of pending metrics are not known yet
         }
         for l in &u.labels {
             let found = TARGET_LABELS.contains(&l.as_str())
@@ -1579,7 +1549,7 @@ timeout = "2s"
             }
         }
         for (m, l, v) in &u.equal {
-            if PENDING.contains(&m.as_str()) || TARGET_LABELS.contains(&l.as_str()) {
+            if TARGET_LABELS.contains(&l.as_str()) {
                 continue;
             }
             let found = scrape
@@ -1596,21 +1566,4 @@ timeout = "2s"
         "the dashboard queries what the proxy does not export:\n{}",
         missing.join("\n")
     );
-    assert_eq!(
-        used_pending,
-        PENDING.iter().copied().collect::<BTreeSet<_>>(),
-        "PENDING lists a metric the dashboard does not use"
-    );
-    for p in PENDING {
-        let base = ["_total", "_bucket", "_count", "_sum"]
-            .iter()
-            .find_map(|s| p.strip_suffix(s))
-            .unwrap_or(p);
-        assert!(
-            !scrape.samples.contains_key(*p)
-                && !scrape.families.contains(*p)
-                && !scrape.families.contains(base),
-            "{p} is exported now: remove it from PENDING"
-        );
-    }
 }

@@ -324,24 +324,6 @@ async fn admin_api_behind_mtls_refuses_clients_without_a_trusted_certificate() {
     );
 }
 
-/// Runs the real `cae-proxy` binary with `args`; returns (exit code, stdout, stderr).
-async fn cli(args: &[&str], env_token: Option<&str>) -> (Option<i32>, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"));
-    cmd.args(args).env_remove("CAE_ADMIN_TOKEN");
-    if let Some(t) = env_token {
-        cmd.env("CAE_ADMIN_TOKEN", t);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the CLI finishes")
-        .expect("the CLI runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn revoke_cli_calls_the_admin_api_of_a_running_proxy() {
     let s = setup_trusting(TRUSTED, "").await;

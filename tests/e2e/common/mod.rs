@@ -381,6 +381,25 @@ pub async fn shell(script: &str) -> String {
     .expect("the shell task")
 }
 
+/// Runs the real `cae-proxy` binary with `args` (`CAE_ADMIN_TOKEN` set to `env_token`, else
+/// unset); returns (exit code, stdout, stderr).
+pub async fn cli(args: &[&str], env_token: Option<&str>) -> (Option<i32>, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cae-proxy"));
+    cmd.args(args).env_remove("CAE_ADMIN_TOKEN");
+    if let Some(t) = env_token {
+        cmd.env("CAE_ADMIN_TOKEN", t);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the CLI finishes")
+        .expect("the CLI runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Raw bytes over a plain TCP connection; returns what the server sent until it closed or `wait` passed.
 pub async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

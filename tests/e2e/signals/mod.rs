@@ -3,9 +3,12 @@
 //! the fixture and the helpers of its four concerns: `push` (the push endpoint: every vector of
 //! protocols.md §6, foreign issuers, certificate pins, durability, latency), `events` (what each
 //! CAEP/RISC/OAuth event does to tokens), `poll` (RFC 8936 polling, draining, backoff, crash
-//! safety) and `streams` (SSF stream management and verification).
+//! safety), `streams` (SSF stream management and verification) and `lifecycle` (every receiver
+//! action on a managed stream through the admin API and the CLI, reconcile on reload, removal,
+//! periodic verification).
 
 mod events;
+mod lifecycle;
 mod poll;
 mod push;
 mod streams;
@@ -138,6 +141,26 @@ async fn setup() -> Setup {
 }
 
 // ---- requests ----
+
+async fn readyz(h: &Harness) -> Reply {
+    get(&client(), &h.admin_url("/readyz"), &[]).await
+}
+
+/// Polls `/readyz` until it answers `want` (panics naming `what` after 10 s); the answer.
+async fn ready_eventually(h: &Harness, want: StatusCode, what: &str) -> Reply {
+    let answered = poll_until(std::time::Duration::from_secs(10), || async {
+        let r = readyz(h).await;
+        (r.status == want).then_some(r)
+    })
+    .await;
+    match answered {
+        Some(r) => r,
+        None => panic!(
+            "/readyz never answered {want} ({what}): {}",
+            readyz(h).await.text()
+        ),
+    }
+}
 
 /// POSTs `body` to the signals listener's `path` with these credentials and media type.
 async fn push_raw(

@@ -17,25 +17,6 @@ use serde_json::{json, Value};
 
 use super::*;
 
-async fn readyz(h: &Harness) -> Reply {
-    get(&client(), &h.admin_url("/readyz"), &[]).await
-}
-
-async fn ready_eventually(h: &Harness, want: StatusCode, what: &str) -> Reply {
-    let answered = poll_until(Duration::from_secs(10), || async {
-        let r = readyz(h).await;
-        (r.status == want).then_some(r)
-    })
-    .await;
-    match answered {
-        Some(r) => r,
-        None => panic!(
-            "/readyz never answered {want} ({what}): {}",
-            readyz(h).await.text()
-        ),
-    }
-}
-
 #[tokio::test]
 async fn managed_stream_is_created_and_verified_before_ready_and_pausing_shows() {
     let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();

@@ -1,5 +1,8 @@
-//! Admin listener: probes, Prometheus metrics, reload, and the revocation admin API (docs/admin-api.yaml).
-//! Never served on a public listener; protected by a bearer secret and/or mTLS.
+//! Admin listener: probes, Prometheus metrics, reload, the revocation admin API and (in
+//! [`streams`]) the SSF stream endpoints (docs/admin-api.yaml). Never served on a public
+//! listener; protected by a bearer secret and/or mTLS.
+
+mod streams;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use crate::store::{now_secs, Batch, Change, SubjectKey, TableName};
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
-fn json_response(status: StatusCode, v: serde_json::Value) -> Response<BoxedBody> {
+pub(crate) fn json_response(status: StatusCode, v: serde_json::Value) -> Response<BoxedBody> {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -66,6 +69,13 @@ pub async fn handle(
         }
         (&Method::GET, "/readyz/write") => write_ready(&shared),
         (&Method::GET, "/metrics") => {
+            // One scrape at a time refreshes and encodes: the stream gauges are cleared and set
+            // again, which a concurrent scrape must not see half done.
+            let _one = shared
+                .metrics
+                .scrape
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             refresh_gauges(&shared);
             // Prometheus asks for OpenMetrics first; everything else (promtool, agents, curl)
             // gets the classic text format.
@@ -121,8 +131,11 @@ fn error_code(s: StatusCode) -> &'static str {
     match s {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
         StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::BAD_GATEWAY => "transmitter_error",
         StatusCode::SERVICE_UNAVAILABLE => "store_unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "verification_timeout",
         StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
         _ => "bad_request",
     }
@@ -293,6 +306,9 @@ async fn api(
 ) -> Result<Response<BoxedBody>, ApiError> {
     let now = now_secs();
     let path = req.uri().path().to_string();
+    if path == "/admin/streams" || path.starts_with("/admin/streams/") {
+        return streams::handle(shared, req, rid).await;
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     let change = match (req.method().clone(), path.as_str()) {
         (Method::POST, "/reload") => {
@@ -527,4 +543,5 @@ fn refresh_gauges(shared: &Shared) {
     if let Some(f) = shared.fleet.get() {
         f.refresh_metrics();
     }
+    crate::signals::runtime::refresh_stream_gauges(&shared.snapshot.load().signals, m);
 }
