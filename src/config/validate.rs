@@ -184,7 +184,7 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| std::net::IpAddr::from_str(s).ok().map(IpNet::from))
 }
 
-/// Loopback hosts may use plain http for keys (protocols.md §1).
+/// Loopback hosts may use plain http for keys (docs/protocols.md §1.3).
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
@@ -1907,7 +1907,12 @@ mod tests {
                 "verify_interval = \"10s\"\nverify_timeout = \"1m\"",
                 "previous_authorization = \"Bearer a\""
             ),
+            // In file order (the push table's own error is placed at the table).
             [
+                e(
+                    "transmitter[0].push.authorization",
+                    "push needs an authorization secret unless every signals listener requires client certificates (mTLS)"
+                ),
                 e(
                     "transmitter[0].push.previous_authorization",
                     "needs authorization (the value the transmitter moves to)"
@@ -1915,10 +1920,6 @@ mod tests {
                 e(
                     "transmitter[0].stream.verify_timeout",
                     "must not be longer than verify_interval"
-                ),
-                e(
-                    "transmitter[0].push.authorization",
-                    "push needs an authorization secret unless every signals listener requires client certificates (mTLS)"
                 ),
             ]
         );
