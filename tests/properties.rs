@@ -1,9 +1,9 @@
 //! Property tests (proptest) of the pure CAE decision: `decide` and `check_grants` against
 //! generated principals, table histories, client addresses and route policies. Each property is an
-//! invariant from issue 11 / protocols.md §5, plus a reference model of the whole CAE part written
-//! from the specification, independent of the implementation's key encoding. Report-only mode is
-//! checked through the one decision function the pipeline calls (`cae_proxy::auth::decide::decide`),
-//! with the route flag and the global `server.report_only`.
+//! invariant from issue 11 / docs/protocols.md §5, plus a reference model of the whole CAE part
+//! written from the specification, independent of the implementation's key encoding. Report-only
+//! mode is checked through the one decision function the pipeline calls
+//! (`cae_proxy::auth::decide::decide`), with the route flag and the global `server.report_only`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -230,9 +230,9 @@ fn tables(changes: &[Change]) -> Tables {
 }
 
 // ------------------------------------------------------------------------------------------
-// A reference model from protocols.md §5, on `SubjectKey` values rather than encoded strings.
+// A reference model from docs/protocols.md §5, on `SubjectKey` values rather than encoded strings.
 
-/// Whether a stored key names the principal (protocols.md §4 mapping).
+/// Whether a stored key names the principal (docs/protocols.md §4 mapping).
 fn names(key: &SubjectKey, p: &Principal) -> bool {
     let iss_ok = |iss: &str| iss == ANY_ISSUER || normalize_iss(iss) == normalize_iss(&p.iss);
     match key {

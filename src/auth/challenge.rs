@@ -1,6 +1,6 @@
 //! One exhaustive mapping from deny reason to status, `WWW-Authenticate` and JSON body
-//! (protocols.md §2), in the `Bearer` scheme (RFC 6750 §3) or the `DPoP` scheme (RFC 9449 §7.1:
-//! the same parameters after `algs`).
+//! (docs/protocols.md §2), in the `Bearer` scheme (RFC 6750 §3) or the `DPoP` scheme (RFC 9449
+//! §7.1: the same parameters after `algs`).
 
 use base64::Engine;
 use http::StatusCode;

@@ -538,7 +538,7 @@ pub struct Issuer {
 
 /// Token claims that name the user, session, token, tenant, device and e-mail addresses, i.e.
 /// what subject identifiers of security events and admin changes are matched against
-/// (protocols.md §4). Per issuer.
+/// (docs/protocols.md §4). Per issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimMap {
     pub subject: Vec<String>,

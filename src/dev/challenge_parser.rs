@@ -1,6 +1,7 @@
 //! The one `WWW-Authenticate` parser of the development tooling (the demo's checks and the fuzz
-//! properties): RFC 9110 §11.2 challenges, read strictly (what the proxy must send, protocols.md
-//! §2) or tolerantly (what a client meets from identity providers, protocols.md §6).
+//! properties): RFC 9110 §11.2 challenges, read strictly (what the proxy must send,
+//! docs/protocols.md §2.1) or tolerantly (what a client meets from identity providers,
+//! docs/protocols.md §7).
 //!
 //! Grammar (RFC 9110 §11.2, §11.6.1): a header is a comma-separated list of challenges,
 //! `challenge = auth-scheme [ 1*SP ( token68 / #auth-param ) ]`,
@@ -20,10 +21,10 @@ pub enum Syntax {
     /// printable ASCII or tab (a quoted-pair may escape any character), each parameter name once
     /// per challenge. The fuzz properties read with this.
     Strict,
-    /// What a client meets in the wild (protocols.md §6, Microsoft Graph): spaces or tabs around
-    /// the header, `,` and `=`; empty list elements; an unquoted value that is not a token (Graph's
-    /// `authorization_uri=https://…`) runs to the next comma; any character in a quoted-string;
-    /// a repeated parameter name is kept (lookups see the first).
+    /// What a client meets in the wild (docs/protocols.md §7, Microsoft Graph): spaces or tabs
+    /// around the header, `,` and `=`; empty list elements; an unquoted value that is not a token
+    /// (Graph's `authorization_uri=https://…`) runs to the next comma; any character in a
+    /// quoted-string; a repeated parameter name is kept (lookups see the first).
     Tolerant,
 }
 
@@ -51,7 +52,7 @@ impl Challenge {
         self.params.iter().map(|(k, _)| k.as_str()).collect()
     }
 
-    /// The canonical form protocols.md §2 asks for: every value quoted, `, ` between parameters.
+    /// The canonical form of docs/protocols.md §2.1: every value quoted, `, ` between parameters.
     /// Values are not escaped: one that would need it (`"` or `\`) is not canonical.
     pub fn canonical(&self) -> String {
         if let Some(t) = &self.token68 {
@@ -137,8 +138,8 @@ pub fn parse_one(header: &str, syntax: Syntax) -> Result<Challenge, ChallengeErr
     }
 }
 
-/// Decodes a challenge's `claims` (protocols.md §2: standard base64, padding optional) into JSON;
-/// [`Syntax::Tolerant`] also reads base64url.
+/// Decodes a challenge's `claims` (docs/protocols.md §2.4: standard base64, padding optional)
+/// into JSON; [`Syntax::Tolerant`] also reads base64url.
 pub fn decode_claims(b64: &str, syntax: Syntax) -> Option<Value> {
     let bytes = STANDARD
         .decode(b64)
@@ -512,7 +513,7 @@ mod tests {
 
     #[test]
     fn several_challenges_and_token68() {
-        // protocols.md §6: Graph puts a PoP and a Bearer challenge in one header, the
+        // docs/protocols.md §7: Graph puts a PoP and a Bearer challenge in one header, the
         // authorization_uri unquoted.
         let h = "PoP realm=\"\", authorization_uri=https://login.microsoftonline.com/common/oauth2/authorize, nonce=\"n1\", \
                  Bearer realm=\"\", authorization_uri=https://login.microsoftonline.com/common/oauth2/authorize, errorDescription=\"x\"";

@@ -691,7 +691,7 @@ mod tests {
     #[test]
     fn nbf_claims_request_moves_issue_time() {
         let opts = IssuerOptions::default();
-        // Base64 with padding, from protocols.md: nbf 1700000000.
+        // Base64 with padding, from docs/protocols.md §2.4: nbf 1700000000.
         let b64 = "eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNzAwMDAwMDAwIn19fQ==";
         let c = build_claims("i", &opts, &req("a", json!({}), Some(b64)), 1_600_000_000);
         assert_eq!(c["iat"], 1_700_000_000);

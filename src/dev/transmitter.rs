@@ -1,8 +1,8 @@
 //! `DevTransmitter`: a development Shared Signals (SSF 1.0) transmitter with stream management
 //! (SSF §8.1: create, read, update, replace, delete, status, subjects, verification; every
 //! management request recorded), push delivery (RFC 8935) and poll delivery (RFC 8936), plus
-//! builders for CAEP / RISC / OAuth SET payloads (protocols.md §3, §5). A paused stream holds its
-//! events until it is enabled again, a disabled one drops them (SSF §8.1.2), and a removed
+//! builders for CAEP / RISC / OAuth SET payloads (docs/protocols.md §3, §5). A paused stream holds
+//! its events until it is enabled again, a disabled one drops them (SSF §8.1.2), and a removed
 //! subject's events are no longer sent to that stream (SSF §8.1.3.3).
 
 use std::collections::HashMap;

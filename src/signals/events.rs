@@ -1,4 +1,4 @@
-//! CAEP 1.0, RISC 1.0, OAuth and SSF events → store changes (protocols.md §5). Pure: the
+//! CAEP 1.0, RISC 1.0, OAuth and SSF events → store changes (docs/protocols.md §5). Pure: the
 //! verified SET and the transmitter's policy in, a [`Plan`] (changes, verification, stream
 //! status, log notes) out. Event time is `event_timestamp` (milliseconds above 10^11), else `iat`.
 
@@ -259,7 +259,7 @@ fn plan_event(
                     revoke(&r.session, at, out)
                 } else if let Some(Subject::Opaque { id }) = &e.subject {
                     // CAEP 1.0 §3.1's own example: a top-level opaque subject names the session.
-                    // Revoke that `sid` and that `sub`/`oid` (protocols.md §5): ids do not
+                    // Revoke that `sid` and that `sub`/`oid` (docs/protocols.md §5): ids do not
                     // collide in practice, and either reading stops the session.
                     let sid = SubjectKey::Session {
                         iss: ctx.opaque_iss().to_string(),

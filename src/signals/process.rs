@@ -198,7 +198,7 @@ async fn process_inner(
     }
     if let (Some(VerificationState::Given(state)), None) = (&plan.verification, &foreign) {
         // Deduplication first: a verification delivered again (after a restart too) is answered
-        // like the first time (protocols.md §3), whatever became of its state since.
+        // like the first time (docs/protocols.md §3.4), whatever became of its state since.
         if store.seen(&iss, &valid.claims.jti).await? {
             rt.mark_verified(now, Some(state));
             return Ok(Processed {

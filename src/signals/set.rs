@@ -1,7 +1,8 @@
-//! Security Event Token verification (RFC 8417, SSF §4) in the order of protocols.md §3: structure,
-//! `typ`, claims, events and subject (`invalid_request`), then signature (`invalid_key`), `iss`
-//! (`invalid_issuer`) and `aud` (`invalid_audience`). Pure: keys and `now` are parameters. The async
-//! key lookup (unknown `kid` → one shared JWKS refetch) is `TransmitterRt::verify` in `push.rs`.
+//! Security Event Token verification (RFC 8417, SSF §4) in the order of docs/protocols.md §3.1:
+//! structure, `typ`, claims, events and subject (`invalid_request`), then signature
+//! (`invalid_key`), `iss` (`invalid_issuer`) and `aud` (`invalid_audience`). Pure: keys and `now`
+//! are parameters. The async key lookup (unknown `kid` → one shared JWKS refetch) is
+//! `TransmitterRt::key` in `transmitter.rs`, called by `process.rs`.
 
 use base64::Engine;
 use jsonwebtoken::Algorithm;
@@ -191,7 +192,7 @@ fn b64(part: &str) -> Result<Vec<u8>, SetError> {
         .map_err(|_| SetError::NotCompactJws("a segment is not base64url"))
 }
 
-/// `typ` values accepted for a SET (protocols.md §3 tolerances).
+/// `typ` values accepted for a SET (docs/protocols.md §3.2 tolerances).
 fn typ_acceptable(typ: Option<&Value>) -> Result<(), SetError> {
     match typ {
         None | Some(Value::Null) => Ok(()),

@@ -1,9 +1,9 @@
 //! Subject identifiers of SETs (RFC 9493, SSF §3) and their legacy shapes, parsed into [`Subject`]
-//! and mapped onto the store's [`SubjectKey`]s (protocols.md §4). Pure: no I/O, no clock.
+//! and mapped onto the store's [`SubjectKey`]s (docs/protocols.md §4). Pure: no I/O, no clock.
 //!
-//! Tolerated shapes (protocols.md §3): `subject_type` instead of `format`, `-` instead of `_` in
-//! format names (`iss-sub`), a complex subject without `"format":"complex"` recognised by its
-//! member names, and Google's `id_token_claims`. An unknown format parses to
+//! Tolerated shapes (docs/protocols.md §3.2): `subject_type` instead of `format`, `-` instead of
+//! `_` in format names (`iss-sub`), a complex subject without `"format":"complex"` recognised by
+//! its member names, and Google's `id_token_claims`. An unknown format parses to
 //! [`Subject::Unknown`]: accepted, logged, no action.
 
 use std::net::IpAddr;
@@ -190,7 +190,7 @@ impl Subject {
         }
     }
 
-    /// The store keys this subject names, by role (protocols.md §4 mapping).
+    /// The store keys this subject names, by role (docs/protocols.md §4 mapping).
     pub fn resolve(&self, ctx: &KeyContext) -> Resolved {
         let mut out = Resolved::default();
         resolve_into(self, ctx, &mut out);
@@ -408,7 +408,7 @@ fn parse_at(v: &Value, depth: usize) -> Result<Subject, SubjectError> {
     })
 }
 
-/// What the mapping needs besides the subject (protocols.md §4: configurable per issuer).
+/// What the mapping needs besides the subject (docs/protocols.md §4: configurable per issuer).
 #[derive(Debug, Clone)]
 pub struct KeyContext {
     /// The SET's `iss`: the issuer of an `id_token_claims` subject without one.

@@ -125,7 +125,7 @@ impl EventType {
     }
 
     /// Known CAEP, RISC and OAuth events need a subject; verification, stream-updated and
-    /// unknown events do not (protocols.md §3).
+    /// unknown events do not (docs/protocols.md §3.2).
     pub fn requires_subject(self) -> bool {
         matches!(
             self,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 pub const ANY_ISSUER: &str = "*";
 
 /// The thing a revocation, block or binding applies to. Issuers are stored without one trailing
-/// slash (protocols.md §3), e-mail addresses in lower case.
+/// slash (docs/protocols.md §3.2), e-mail addresses in lower case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SubjectKey {

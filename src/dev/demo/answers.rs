@@ -1,6 +1,6 @@
 //! How a step shows and checks an answer: the `WWW-Authenticate` challenge (one Bearer
-//! challenge in canonical form, protocols.md §2), its decoded `claims`, a token's claims, and the
-//! identity headers the upstream received.
+//! challenge in canonical form, docs/protocols.md §2.1), its decoded `claims`, a token's claims,
+//! and the identity headers the upstream received.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -12,7 +12,8 @@ use super::style::Out;
 use crate::dev::challenge_parser::{decode_claims, parse_one, Challenge, Syntax};
 use crate::dev::{keys::decode_unverified, now_secs};
 
-/// The claims request a revocation challenge must carry, encoded as Microsoft does (protocols.md §2).
+/// The claims request a revocation challenge must carry, encoded as Microsoft does
+/// (docs/protocols.md §2.4).
 pub(super) fn expected_nbf_claims(nbf: i64) -> String {
     STANDARD.encode(format!(
         r#"{{"access_token":{{"nbf":{{"essential":true,"value":"{nbf}"}}}}}}"#

@@ -193,8 +193,8 @@ pub(super) fn check_challenge(reason: &DenyReason, ctx: &ChallengeCtx<'_>) {
     }
 }
 
-/// Seeds for `challenge`: every reason, with and without `cp1`, including the protocols.md §2
-/// vectors (nbf 1604106651 and 1700000000, acrs c1).
+/// Seeds for `challenge`: every reason, with and without `cp1`, including the vectors of
+/// docs/protocols.md §2.4 (nbf 1604106651 and 1700000000, acrs c1).
 pub fn seed_challenge() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let ctx = |flags: u8, reason: Vec<u8>, now: i64| {

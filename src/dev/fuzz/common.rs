@@ -1,6 +1,6 @@
 //! What the fuzz targets share: the fixed clock and identities, the structured-input reader and
 //! the seed writers of the same layout, the fixed signing keys (generated once per process) and
-//! signing with them, the protocols.md §6 SET vectors, and the invariants of a store change.
+//! signing with them, the docs/protocols.md §7 SET vectors, and the invariants of a store change.
 
 use std::sync::{Arc, OnceLock};
 
@@ -21,7 +21,7 @@ pub const NOW: i64 = 1_700_000_000;
 pub const TOKEN_ISS: &str = "https://idp.example.com/";
 /// Audience of the fixed issuer.
 pub const TOKEN_AUD: &str = "api://cae-proxy";
-/// Transmitter of the fixed SET key set (protocols.md §6 first vector).
+/// Transmitter of the fixed SET key set (docs/protocols.md §7, first SET vector).
 pub const SET_ISS: &str = "https://idp.example.com/123456789/";
 /// Our audience as a SET receiver.
 pub const SET_AUD: &str = "https://sp.example.com/caep";
@@ -263,7 +263,7 @@ pub(super) fn set_base() -> Value {
             "reason_admin":{"en":"Landspeed Policy Violation: C076E82F"},"event_timestamp":1_615_304_991}}})
 }
 
-/// The four SET vectors of protocols.md §6 and the legacy RFC 8935 example payload.
+/// The four SET vectors of docs/protocols.md §7 and the legacy RFC 8935 example payload.
 pub fn protocol_vectors() -> Vec<Value> {
     vec![
         set_base(),

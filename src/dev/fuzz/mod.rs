@@ -11,7 +11,7 @@
 //! One file per target (`authorization.rs`, `set_push.rs`, `poll_response.rs`, `config_toml.rs`,
 //! `ip.rs`, `subject.rs`, `admin_body.rs`, `jwks.rs`, `challenge.rs`, `route.rs`, `dpop_proof.rs`: the target, its
 //! property checks and its seeds) and `common.rs` for what they share (fixed clock, identities and
-//! keys, the input reader, seed writers, signing, the protocols.md §6 SET vectors).
+//! keys, the input reader, seed writers, signing, the docs/protocols.md §7 SET vectors).
 
 #![allow(clippy::expect_used, clippy::panic)]
 

@@ -82,7 +82,7 @@ pub(super) fn check_set(compact: &str) {
 }
 
 /// Fuzz target `set_push`. Modes: 0 the raw body, 1 a SET signed from fuzzed header and payload
-/// JSON, 2 fuzzed overrides of the protocols.md §6 vector, signed.
+/// JSON, 2 fuzzed overrides of the docs/protocols.md §7 vector, signed.
 ///
 /// Asserts: an accepted SET has a known `kid`, the key's `alg`, a signature that verifies (checked
 /// independently), our issuer and audience, events, subjects where required; every refusal has an

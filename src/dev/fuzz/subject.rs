@@ -44,7 +44,7 @@ pub fn subject(data: &[u8]) {
     }
 }
 
-/// Seeds for `subject`: every format of protocols.md §4 and the tolerated legacy shapes.
+/// Seeds for `subject`: every format of docs/protocols.md §4 and the tolerated legacy shapes.
 pub fn seed_subject() -> Vec<Vec<u8>> {
     let mut v = vec![
         json!({"format":"account","uri":"acct:jane@example.com"}),

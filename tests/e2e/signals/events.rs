@@ -57,7 +57,8 @@ async fn rfc8935_example_resigned_blocks_until_a_later_account_enabled() {
         )
     };
     assert_passes(&s, &mint(0), "a fresh token").await;
-    // protocols.md §6 legacy push example, byte for byte, re-signed RS256 with the transmitter key.
+    // The RFC 8935 §2.1 push example (docs/protocols.md §7), byte for byte, re-signed RS256 with
+    // the transmitter key.
     let payload: Value = serde_json::from_str(
         r#"{"iss":"https://idp.example.com/","jti":"756E69717565206964656E746966696572","iat":1508184845,"aud":"636C69656E745F6964","events":{"https://schemas.openid.net/secevent/risc/event-type/account-disabled":{"subject":{"subject_type":"iss-sub","iss":"https://idp.example.com/","sub":"7375626A656374"},"reason":"hijacking"}}}"#,
     )

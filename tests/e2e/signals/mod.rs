@@ -1,8 +1,8 @@
 //! Shared Signals end to end: SETs pushed (RFC 8935) and polled (RFC 8936) from a real
 //! development transmitter, checked against the proxy's answers to real tokens. This module holds
 //! the fixture and the helpers of its four concerns: `push` (the push endpoint: every vector of
-//! protocols.md §6, foreign issuers, certificate pins, durability, latency), `events` (what each
-//! CAEP/RISC/OAuth event does to tokens), `poll` (RFC 8936 polling, draining, backoff, crash
+//! docs/protocols.md §7, foreign issuers, certificate pins, durability, latency), `events` (what
+//! each CAEP/RISC/OAuth event does to tokens), `poll` (RFC 8936 polling, draining, backoff, crash
 //! safety), `streams` (SSF stream management and verification) and `lifecycle` (every receiver
 //! action on a managed stream through the admin API and the CLI, reconcile on reload, removal,
 //! periodic verification).
@@ -348,7 +348,7 @@ fn jtis(v: &Value) -> Vec<String> {
 
 // ---- SET construction ----
 
-/// The `state` of the SSF verification example (protocols.md §6), never asked for by us.
+/// The `state` of the SSF verification example (docs/protocols.md §7), never asked for by us.
 const FOREIGN_STATE: &str = "VGhpcyBpcyBhbiBleGFtcGxlIHN0YXRlIHZhbHVlLgo=";
 
 /// Fills `iss`, `iat`, `jti`, `aud` like `DevTransmitter::sign_set` (to sign with a custom header).

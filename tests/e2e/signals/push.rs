@@ -1,5 +1,5 @@
 //! The push endpoint (RFC 8935): a pushed SET takes effect and is acknowledged only once durable;
-//! every negative vector of protocols.md §6 is refused with its `err` and changes nothing; the
+//! every negative vector of docs/protocols.md §7 is refused with its `err` and changes nothing; the
 //! tolerated shapes are accepted; duplicates apply once; a SET naming another transmitter is
 //! `invalid_issuer`; a client certificate pinned to a transmitter (mTLS) is its identity;
 //! acknowledged pushes survive SIGKILL; enforcement latency is measured.
