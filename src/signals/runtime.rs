@@ -61,11 +61,14 @@ pub fn build(deps: &Deps<'_>, shared: &SignalsShared, config: &Config) -> Signal
     let mut snap = SignalsSnapshot::default();
     let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
     for t in &config.transmitters {
+        // A `{tenantid}` template names no one issuer a token carries: opaque ids of such a
+        // transmitter match every issuer (`*`), as without `token_issuer`.
         let token_iss = t
             .token_issuer
             .as_ref()
             .and_then(|n| config.issuers.iter().find(|i| &i.name == n))
-            .map(|i| i.issuer.as_str());
+            .map(|i| i.issuer.as_str())
+            .filter(|iss| !iss.contains("{tenantid}"));
         let rt = match running.get_mut(&t.name) {
             Some(r) => {
                 r.rt.reconfigure(t.clone(), token_iss);

@@ -675,3 +675,56 @@ async fn risc_and_oauth_events_pushed_take_their_effect_on_real_tokens() {
     assert_passes(&s, &lou, "logged and unknown events").await;
     assert_eq!(table_sizes(&s.h).await, sizes);
 }
+
+#[tokio::test]
+async fn opaque_subjects_of_a_transmitter_named_for_a_tenant_template_match_its_tokens() {
+    // `token_issuer` names an Entra-style `{tenantid}` template: no token carries that text as
+    // its `iss`, so the opaque ids of this transmitter must be stored for every issuer.
+    let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let tx = DevTransmitter::start(listener().await, TransmitterOptions::default()).unwrap();
+    let template = format!("{}/{{tenantid}}/v2.0", idp.issuer_url());
+    let tenant_iss = format!("{}/t1/v2.0", idp.issuer_url());
+    let toml = Toml::new()
+        .public()
+        .admin_token()
+        .app(&up.url())
+        .issuer(
+            "entra",
+            &template,
+            &format!(
+                "tenants = [\"t1\"]\njwks_uri = \"{}\"\naudiences = [\"{API_AUDIENCE}\"]",
+                idp.jwks_url()
+            ),
+        )
+        .route("api", "/api", "")
+        .signals()
+        .push_transmitter(
+            "tenant-tx",
+            &tx.issuer_url(),
+            &tx.jwks_url(),
+            AUD,
+            "token_issuer = \"entra\"",
+        )
+        .build();
+    let h = Harness::start(&toml).await;
+    h.wait_ready().await;
+    let site = Site { h, idp, _up: up };
+    let t = now_secs() - 100;
+    let token = site.idp.mint(
+        "opaque-user-1",
+        json!({"iss": tenant_iss, "iat": t, "nbf": t}),
+    );
+    assert_passes(&site, &token, "before the event").await;
+    let at = now_secs() - 10;
+    let set = sign_raw(
+        &tx,
+        rs_header(&tx),
+        json!({"iss": tx.issuer_url(), "aud": AUD, "sub_id": opaque("opaque-user-1"),
+            "events": {uri(CAEP, "credential-change"): {"credential_type": "password", "change_type": "update", "event_timestamp": at}}}),
+    );
+    accepted(&site, "/ssf/tenant-tx", &set).await;
+    let r = call(&site, &token).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert_eq!(r.json()["code"], "TokenIssuedBeforeRevocationTimestamp");
+}
