@@ -320,7 +320,8 @@ pub fn access_token_hash(token: &str) -> String {
 /// An `http(s)` URI without query and fragment, normalised as RFC 9449 §4.3 asks (RFC 3986
 /// §6.2.2 syntax-based and §6.2.3 scheme-based): scheme and host lower-cased, the default port
 /// dropped, an empty path as `/`, dot segments removed, percent-encodings of unreserved
-/// characters decoded and the others upper-cased. `None` for anything else.
+/// characters decoded and the others upper-cased, a `%` that starts no escape written `%25`.
+/// `None` for anything else.
 pub fn normalize_htu(uri: &str) -> Option<String> {
     let u = url::Url::parse(uri).ok()?;
     if !matches!(u.scheme(), "http" | "https") || !u.username().is_empty() || u.password().is_some()
@@ -351,6 +352,12 @@ pub fn normalize_htu(uri: &str) -> Option<String> {
                     out.push(b.to_ascii_uppercase() as char);
                 }
                 i += 3;
+            }
+            // A `%` that starts no escape is a literal percent sign: written as `%25`, so that
+            // decoding the escapes after it cannot make it start one (`%a%32` is `%25a2`).
+            (b'%', _, _) => {
+                out.push_str("%25");
+                i += 1;
             }
             (c, _, _) => {
                 out.push(c as char);
@@ -494,6 +501,9 @@ mod tests {
             "paths keep case"
         );
         assert_eq!(n("https://h/%7euser"), Some("https://h/~user".into()));
+        // A stray `%` is a literal one; decoding after it cannot create an escape.
+        assert_eq!(n("https://h/%a%32e"), Some("https://h/%25a2e".into()));
+        assert_eq!(n("https://h/%25a2e"), Some("https://h/%25a2e".into()));
         assert_ne!(n("https://h/a/b"), n("https://h/a/b/"));
         assert_eq!(n("ftp://h/x"), None);
         assert_eq!(n("https://u:p@h/x"), None);
