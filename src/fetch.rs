@@ -8,6 +8,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
+use crate::errors::{BoxError, Chain};
+
 /// Largest response body accepted from an identity provider.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
@@ -15,12 +17,20 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub enum FetchError {
     #[error("invalid URL {0:?}")]
     Url(String),
-    #[error("request to {url} failed: {reason}")]
-    Connect { url: String, reason: String },
+    #[error("request to {url} failed: {}", Chain(.source))]
+    Connect {
+        url: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
     #[error("request to {url} timed out after {after:?}")]
     Timeout { url: String, after: Duration },
-    #[error("response from {url} is larger than {MAX_RESPONSE_BYTES} bytes or broken: {reason}")]
-    Body { url: String, reason: String },
+    #[error("response from {url} is larger than {MAX_RESPONSE_BYTES} bytes or broken: {source}")]
+    Body {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// A response, fully read (bounded by [`MAX_RESPONSE_BYTES`]).
@@ -100,17 +110,17 @@ impl Fetcher {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| FetchError::Connect {
+                .map_err(|source| FetchError::Connect {
                     url: url.to_string(),
-                    reason: error_chain(&e),
+                    source,
                 })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|e| FetchError::Body {
+                .map_err(|source| FetchError::Body {
                     url: url.to_string(),
-                    reason: e.to_string(),
+                    source,
                 })?
                 .to_bytes();
             Ok(Fetched {
@@ -132,18 +142,6 @@ impl Default for Fetcher {
     fn default() -> Self {
         Fetcher::new()
     }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 /// `max-age` of a `Cache-Control` header, if any.

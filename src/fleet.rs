@@ -74,7 +74,7 @@ pub async fn open(
             .await
             .map_err(|e| StoreError::Open {
                 path: cfg.path.display().to_string(),
-                reason: e.to_string(),
+                source: e.into(),
             })??,
     );
     let replica = cfg.replica_id.clone().unwrap_or_else(default_replica_id);
@@ -280,11 +280,11 @@ impl Fleet {
             Ok(Ok(Some(c))) if parse_id(&c).is_some() => c,
             Ok(Ok(_)) => "0-0".into(),
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the fleet-log cursor; replaying the whole retained log");
+                tracing::error!(error = %crate::errors::Chain(&e), "cannot read the fleet-log cursor; replaying the whole retained log");
                 "0-0".into()
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the fleet-log cursor; replaying the whole retained log");
+                tracing::error!(error = %crate::errors::Chain(&e), "cannot read the fleet-log cursor; replaying the whole retained log");
                 "0-0".into()
             }
         }
@@ -683,10 +683,10 @@ impl Fleet {
         {
             Ok(Ok(_)) => pending.clear(),
             Ok(Err(e)) => {
-                tracing::error!(error = %e, queued = pending.len(), "fleet-log entries applied in memory but not written to the local copy; retrying")
+                tracing::error!(error = %crate::errors::Chain(&e), queued = pending.len(), "fleet-log entries applied in memory but not written to the local copy; retrying")
             }
             Err(e) => {
-                tracing::error!(error = %e, queued = pending.len(), "local copy write task failed; retrying")
+                tracing::error!(error = %crate::errors::Chain(&e), queued = pending.len(), "local copy write task failed; retrying")
             }
         }
     }

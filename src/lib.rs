@@ -19,18 +19,19 @@
 //! - [`dev`]: development tooling, fenced off: dev issuer, transmitter and echo upstream, keys,
 //!   `cae-proxy demo` and `cae-proxy dev issuer|transmitter`, the fuzz target bodies
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod admin_client;
 pub mod auth;
-pub mod authz;
+pub(crate) mod authz;
 pub mod config;
 pub mod dev;
+pub mod errors;
 pub mod fetch;
 pub mod fleet;
-pub mod metrics;
-pub mod proxy;
-pub mod reply;
-pub mod server;
+pub(crate) mod metrics;
+pub(crate) mod proxy;
+pub(crate) mod reply;
+pub(crate) mod server;
 pub mod signals;
 pub mod state;
 pub mod store;
@@ -95,7 +96,7 @@ impl Proxy {
                         .await
                         .map_err(|e| StoreError::Open {
                             path: path.display().to_string(),
-                            reason: e.to_string(),
+                            source: e.into(),
                         })??,
                 )
             }
@@ -218,11 +219,6 @@ impl Proxy {
             .map(|(_, a)| *a)
     }
 
-    /// Bound addresses of every listener, in configuration order.
-    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners.clone()
-    }
-
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
     }
@@ -289,7 +285,7 @@ async fn expiry_loop(shared: Arc<Shared>) {
         match shared.store.expire(store::now_secs()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expired old table entries"),
-            Err(e) => tracing::error!(error = %e, "expiry failed"),
+            Err(e) => tracing::error!(error = %crate::errors::Chain(&e), "expiry failed"),
         }
     }
 }

@@ -469,7 +469,7 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
+            tracing::error!(error = %cae_proxy::errors::Chain(&e), "cannot start the runtime");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -488,14 +488,14 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
         let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot install signal handlers");
+                tracing::error!(error = %cae_proxy::errors::Chain(&e), "cannot install signal handlers");
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
         let proxy = match Proxy::start(config, opts).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start");
+                tracing::error!(error = %cae_proxy::errors::Chain(&e), "cannot start");
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
@@ -507,7 +507,7 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot install signal handlers");
+                tracing::error!(error = %cae_proxy::errors::Chain(&e), "cannot install signal handlers");
                 ExitCode::from(EXIT_RUNTIME)
             }
         }

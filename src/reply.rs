@@ -11,7 +11,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::errors::BoxError;
 /// Body type of everything the proxy sends (upstream requests and client responses).
 pub type BoxedBody = BoxBody<Bytes, BoxError>;
 

@@ -57,8 +57,9 @@ pub enum BuildError {
 pub enum ReloadError {
     #[error("this proxy was started without a configuration file")]
     NoConfigFile,
+    /// Every error of the file, one line (its text is the whole cause: no source).
     #[error("{}", .0.to_string().replace('\n', "; "))]
-    Config(#[from] crate::config::ConfigErrors),
+    Config(crate::config::ConfigErrors),
     #[error(transparent)]
     Build(#[from] BuildError),
 }
@@ -241,7 +242,7 @@ impl Shared {
         match &result {
             Ok(g) => tracing::info!(generation = g, "configuration reloaded"),
             Err(e) => {
-                tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving")
+                tracing::error!(error = %crate::errors::Chain(&e), "configuration reload failed; the previous configuration keeps serving")
             }
         }
         result
@@ -249,7 +250,7 @@ impl Shared {
 
     fn try_reload(self: &Arc<Self>) -> Result<u64, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
-        let config = Config::load(path)?;
+        let config = Config::load(path).map_err(ReloadError::Config)?;
         let old = self.snapshot.load();
         for l in &config.listeners {
             match old.config.listeners.iter().find(|o| o.name == l.name) {

@@ -2,7 +2,10 @@
 //! [`streams`]) the SSF stream endpoints (docs/admin-api.yaml). Never served on a public
 //! listener; protected by a bearer secret and/or mTLS.
 
+mod error;
 mod streams;
+
+pub use error::ApiError;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -103,7 +106,7 @@ pub async fn handle(
             Err(r) => *r,
             Ok(()) => api(&shared, req, &rid)
                 .await
-                .unwrap_or_else(|(status, msg)| json_error(status, error_code(status), &msg, &rid)),
+                .unwrap_or_else(|e| json_error(e.status(), e.code(), &e.to_string(), &rid)),
         },
     };
     tracing::debug!(target: "admin", method = %method, path = %path, status = resp.status().as_u16(), request_id = %rid);
@@ -124,20 +127,6 @@ fn write_ready(shared: &Shared) -> Response<BoxedBody> {
             StatusCode::OK,
             json!({"writable": true, "backend": backend}),
         ),
-    }
-}
-
-fn error_code(s: StatusCode) -> &'static str {
-    match s {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::CONFLICT => "conflict",
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        StatusCode::BAD_GATEWAY => "transmitter_error",
-        StatusCode::SERVICE_UNAVAILABLE => "store_unavailable",
-        StatusCode::GATEWAY_TIMEOUT => "verification_timeout",
-        StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
-        _ => "bad_request",
     }
 }
 
@@ -176,9 +165,6 @@ fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Respons
     Err(Box::new(r))
 }
 
-/// An admin API failure: status and message.
-pub type ApiError = (StatusCode, String);
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyBody {
@@ -206,18 +192,13 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     Ok(Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|_| {
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body exceeds {MAX_BODY} bytes or was cut short"),
-            )
-        })?
+        .map_err(|_| ApiError::BodyTooLarge)?
         .to_bytes())
 }
 
 fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// The table change a `POST` to one of the change endpoints (`/admin/revoke`, `/admin/block`,
@@ -250,23 +231,20 @@ pub fn change_from_body(path: &str, body: &[u8], now: i64) -> Result<Change, Api
             let b: BindBody = body_json(body)?;
             let mut nets = Vec::new();
             for n in &b.nets {
-                nets.push(crate::config::parse_net(n).ok_or((
-                    StatusCode::BAD_REQUEST,
-                    format!("{n:?} is not an IP address or CIDR"),
-                ))?);
+                nets.push(crate::config::parse_net(n).ok_or_else(|| {
+                    ApiError::BadRequest(format!("{n:?} is not an IP address or CIDR"))
+                })?);
             }
             if !matches!(
                 b.key,
                 SubjectKey::Session { .. } | SubjectKey::Subject { .. }
             ) {
-                return Err((
-                    StatusCode::BAD_REQUEST,
+                return Err(ApiError::BadRequest(
                     "bindings apply to a session or a subject".into(),
                 ));
             }
             if nets.is_empty() {
-                return Err((
-                    StatusCode::BAD_REQUEST,
+                return Err(ApiError::BadRequest(
                     "nets must not be empty (use /admin/unbind)".into(),
                 ));
             }
@@ -290,12 +268,7 @@ pub fn change_from_body(path: &str, body: &[u8], now: i64) -> Result<Change, Api
                 key: b.key.normalized(),
             }
         }
-        _ => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                "no admin endpoint at this path".into(),
-            ))
-        }
+        _ => return Err(ApiError::NotFound("no admin endpoint at this path".into())),
     })
 }
 
@@ -314,7 +287,7 @@ async fn api(
         (Method::POST, "/reload") => {
             return match shared.reload() {
                 Ok(g) => Ok(json_response(StatusCode::OK, json!({"generation": g}))),
-                Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
+                Err(e) => Err(e.into()),
             }
         }
         (Method::GET, "/admin/stats") => {
@@ -337,18 +310,8 @@ async fn api(
             _,
             "/reload" | "/admin/stats" | "/admin/fleet" | "/admin/revoke" | "/admin/block"
             | "/admin/unblock" | "/admin/bind" | "/admin/unbind" | "/admin/delete",
-        ) => {
-            return Err((
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this path".into(),
-            ))
-        }
-        _ => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                "no admin endpoint at this path".into(),
-            ))
-        }
+        ) => return Err(ApiError::MethodNotAllowed),
+        _ => return Err(ApiError::NotFound("no admin endpoint at this path".into())),
     };
     let (table, key) = target(&change);
     let enc = key.encode();
@@ -362,7 +325,7 @@ async fn api(
             Change::Unblock { .. } | Change::Unbind { .. } | Change::Delete { .. }
         )
     {
-        return Err((StatusCode::NOT_FOUND, absent(shared, table, key)));
+        return Err(ApiError::NotFound(absent(shared, table, key)));
     }
     shared
         .store
@@ -372,7 +335,7 @@ async fn api(
             now,
         })
         .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
+        .map_err(ApiError::NotStored)?;
     let changed = usize::from(tables.entry(table, &enc) != before);
     tracing::info!(request_id = rid, change = ?change_summary(&change), changed, "admin change stored");
     Ok(json_response(
@@ -386,8 +349,7 @@ async fn api(
 /// log's length and ends, and this replica's own view. 404 outside fleet mode.
 async fn fleet_view(shared: &Shared) -> Result<Response<BoxedBody>, ApiError> {
     let Some(fleet) = shared.fleet.get() else {
-        return Err((
-            StatusCode::NOT_FOUND,
+        return Err(ApiError::NotFound(
             "fleet mode is off (store.backend is not \"redis\")".into(),
         ));
     };
@@ -472,8 +434,7 @@ fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<BoxedBody>
         "blocks" => TableName::Blocks,
         "bindings" => TableName::Bindings,
         _ => {
-            return Err((
-                StatusCode::NOT_FOUND,
+            return Err(ApiError::NotFound(
                 "tables are revocations, blocks and bindings".into(),
             ))
         }
@@ -489,29 +450,20 @@ fn list(shared: &Shared, table: &str, query: &str) -> Result<Response<BoxedBody>
         match k {
             "search" => search = Some(v),
             "offset" => {
-                offset = v.parse().map_err(|_| {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        "offset must be a number".to_string(),
-                    )
-                })?
+                offset = v
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest("offset must be a number".into()))?
             }
             "limit" => {
                 limit = v
                     .parse::<usize>()
-                    .map_err(|_| {
-                        (
-                            StatusCode::BAD_REQUEST,
-                            "limit must be a number".to_string(),
-                        )
-                    })?
+                    .map_err(|_| ApiError::BadRequest("limit must be a number".into()))?
                     .min(1000)
             }
             _ => {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {k:?}"),
-                ))
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {k:?}"
+                )))
             }
         }
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::{body_bytes, body_json, json_response, ApiError};
 use crate::reply::BoxedBody;
 use crate::signals::lifecycle::{receiver_view, Lifecycle, Verification};
-use crate::signals::stream::{redacted, StreamError};
+use crate::signals::stream::redacted;
 use crate::signals::subject::Subject;
 use crate::signals::transmitter::TransmitterRt;
 use crate::state::Shared;
@@ -61,7 +61,7 @@ enum Op {
 }
 
 fn not_found(msg: impl Into<String>) -> ApiError {
-    (StatusCode::NOT_FOUND, msg.into())
+    ApiError::NotFound(msg.into())
 }
 
 /// A path under `/admin/streams`: the list, or an operation on one transmitter's stream.
@@ -107,10 +107,7 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
 }
 
 fn not_allowed() -> ApiError {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this path".into(),
-    )
+    ApiError::MethodNotAllowed
 }
 
 /// The transmitter `name` of the current configuration, if it has a managed stream.
@@ -131,18 +128,6 @@ fn transmitter(shared: &Shared, name: &str) -> Result<Arc<TransmitterRt>, ApiErr
     Ok(rt)
 }
 
-/// How an error of stream management is answered: the transmitter's or the network's fault
-/// → 502, no stream to act on → 409, the store → 503.
-fn stream_error(e: StreamError) -> ApiError {
-    let status = match &e {
-        StreamError::NoStream(_) | StreamError::DeletedByOperator => StatusCode::CONFLICT,
-        StreamError::NotConfigured => StatusCode::NOT_FOUND,
-        StreamError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    (status, e.to_string())
-}
-
 fn wait(body: &[u8], default: Duration) -> Result<Duration, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(default);
@@ -151,19 +136,16 @@ fn wait(body: &[u8], default: Duration) -> Result<Duration, ApiError> {
     match b.timeout_seconds {
         None => Ok(default),
         Some(t) if t > 0.0 && t <= MAX_WAIT.as_secs_f64() => Ok(Duration::from_secs_f64(t)),
-        Some(_) => Err((
-            StatusCode::BAD_REQUEST,
-            format!(
-                "timeout_seconds must be above 0 and at most {}",
-                MAX_WAIT.as_secs()
-            ),
-        )),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "timeout_seconds must be above 0 and at most {}",
+            MAX_WAIT.as_secs()
+        ))),
     }
 }
 
 /// A subject identifier (RFC 9493) the proxy understands, as given.
 fn subject(b: &SubjectBody) -> Result<Value, ApiError> {
-    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let bad = ApiError::BadRequest;
     if b.subject.get("format").and_then(Value::as_str).is_none() {
         return Err(bad(
             "subject must be an RFC 9493 subject identifier with a format".into(),
@@ -235,8 +217,7 @@ pub(super) async fn handle(
         if body.iter().all(u8::is_ascii_whitespace) {
             Ok(())
         } else {
-            Err((
-                StatusCode::BAD_REQUEST,
+            Err(ApiError::BadRequest(
                 "this endpoint takes no body".to_string(),
             ))
         }
@@ -244,11 +225,11 @@ pub(super) async fn handle(
     let r = match op {
         Op::Show => {
             no_body()?;
-            json_response(StatusCode::OK, l.show().await.map_err(stream_error)?)
+            json_response(StatusCode::OK, l.show().await?)
         }
         Op::Delete => {
             no_body()?;
-            let (id, existed) = l.delete().await.map_err(stream_error)?;
+            let (id, existed) = l.delete().await?;
             tracing::info!(request_id = rid, transmitter = %name, stream_id = %id, "admin: stream deleted");
             json_response(
                 StatusCode::OK,
@@ -257,21 +238,17 @@ pub(super) async fn handle(
         }
         Op::Verify => {
             let timeout = wait(&body, default_wait)?;
-            let v = l.verify(timeout).await.map_err(stream_error)?;
+            let v = l.verify(timeout).await?;
             verification_answer(&name, &v, json!({}), rid)
         }
         Op::Status => {
             let b: StatusBody = body_json(&body)?;
             if !["enabled", "paused", "disabled"].contains(&b.status.as_str()) {
-                return Err((
-                    StatusCode::BAD_REQUEST,
+                return Err(ApiError::BadRequest(
                     "status must be enabled, paused or disabled".into(),
                 ));
             }
-            let (id, u) = l
-                .set_status(&b.status, b.reason.as_deref())
-                .await
-                .map_err(stream_error)?;
+            let (id, u) = l.set_status(&b.status, b.reason.as_deref()).await?;
             let (status, reason, pending) = match u {
                 Some(u) => (u.status.as_str().to_string(), u.reason, false),
                 None => (b.status, b.reason, true),
@@ -285,13 +262,12 @@ pub(super) async fn handle(
             let add = matches!(op, Op::AddSubject);
             let b: SubjectBody = body_json(&body)?;
             if !add && b.verified.is_some() {
-                return Err((
-                    StatusCode::BAD_REQUEST,
+                return Err(ApiError::BadRequest(
                     "verified applies to subjects:add only".into(),
                 ));
             }
             let s = subject(&b)?;
-            let id = l.subject(add, &s, b.verified).await.map_err(stream_error)?;
+            let id = l.subject(add, &s, b.verified).await?;
             json_response(
                 StatusCode::OK,
                 json!({"transmitter": name, "stream_id": id, "subject": s, "action": if add { "added" } else { "removed" }}),
@@ -299,27 +275,21 @@ pub(super) async fn handle(
         }
         Op::Recreate => {
             let timeout = wait(&body, default_wait)?;
-            let r = l.recreate(timeout).await.map_err(stream_error)?;
+            let r = l.recreate(timeout).await?;
             let extra = json!({"previous": r.previous, "configuration": redacted(&r.stream.raw)});
             match &r.verification {
                 Ok(v) => verification_answer(&name, v, extra, rid),
                 Err(e) => {
-                    return Err((
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "stream {} was created, but the verification request failed: {e}",
-                            r.stream.stream_id
-                        ),
-                    ))
+                    return Err(ApiError::RecreatedUnverified {
+                        stream_id: r.stream.stream_id.clone(),
+                        reason: e.clone(),
+                    })
                 }
             }
         }
         Op::Update | Op::Replace => {
             no_body()?;
-            let r = l
-                .update(matches!(op, Op::Replace))
-                .await
-                .map_err(stream_error)?;
+            let r = l.update(matches!(op, Op::Replace)).await?;
             json_response(
                 StatusCode::OK,
                 json!({

@@ -136,8 +136,6 @@ pub struct Keys {
     by_kid: HashMap<String, Arc<VerifyKey>>,
     /// From discovery, for challenges (`authorization_uri`).
     pub authorization_endpoint: Option<String>,
-    /// From discovery: the `issuer` the provider states.
-    pub discovered_issuer: Option<String>,
     /// Other discovery members (SSF endpoints), kept as JSON.
     pub discovery: Option<serde_json::Value>,
 }
@@ -342,7 +340,7 @@ impl KeySet {
                 if due {
                     *last = Some(Instant::now());
                     if let Err(e) = self.refresh().await {
-                        tracing::warn!(keys = %self.name, error = %e, "refetch for an unknown kid failed; keeping the last good keys");
+                        tracing::warn!(keys = %self.name, error = %crate::errors::Chain(&e), "refetch for an unknown kid failed; keeping the last good keys");
                     }
                 }
             }
@@ -401,7 +399,6 @@ impl KeySet {
                 let (body, age) = self.get_ok(&jwks_uri, timeout).await?;
                 let mut keys = self.parse_jwks(&body, &jwks_uri)?;
                 keys.authorization_endpoint = d.authorization_endpoint;
-                keys.discovered_issuer = Some(d.issuer);
                 keys.discovery = Some(d.doc);
                 Ok((keys, age))
             }
@@ -722,7 +719,7 @@ async fn refresher(ks: std::sync::Weak<KeySet>, shutdown: tokio::sync::watch::Re
                 next
             }
             Err(e) => {
-                tracing::warn!(keys = %name, error = %e, has_keys = ks.is_loaded(), "key fetch failed; last good keys keep serving");
+                tracing::warn!(keys = %name, error = %crate::errors::Chain(&e), has_keys = ks.is_loaded(), "key fetch failed; last good keys keep serving");
                 let w = backoff;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
                 w

@@ -23,6 +23,7 @@ pub mod emit;
 pub mod fuzz;
 pub mod issuer;
 pub mod keys;
+pub mod subjects;
 pub mod transmitter;
 pub mod upstream;
 
@@ -45,7 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Boxed error used by the response bodies of the dev servers.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::errors::BoxError;
 
 /// Response body type of the dev servers (full, streamed or echoed bodies).
 pub type DevBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;

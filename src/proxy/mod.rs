@@ -312,7 +312,7 @@ pub async fn handle(
                     .inc();
             }
             // The log line gets the whole chain of causes; the client only the first.
-            failure = Some(crate::fetch::error_chain(&e));
+            failure = Some(crate::errors::Chain(&e).to_string());
             out.reason = code;
             let mut r = json_error(status, code, &e.to_string(), rid);
             if e.closes_connection() && version < Version::HTTP_2 {

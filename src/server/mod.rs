@@ -60,7 +60,7 @@ pub async fn accept_loop(
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tracing::warn!(listener = %name, error = %crate::errors::Chain(&e), "accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -156,7 +156,9 @@ async fn serve_connection(
                     )
                     .await
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %crate::errors::Chain(&e), "TLS handshake failed")
+                }
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
@@ -275,7 +277,7 @@ async fn serve_io<I>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    tracing::debug!(error = %crate::errors::Chain(&*e), "connection ended with an error");
                 }
                 break;
             }

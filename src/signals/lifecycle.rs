@@ -179,7 +179,7 @@ impl Lifecycle {
         let state = match self.client.request_verification(stream_id, asked_at).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(target: "cae_proxy::signals", transmitter = %name, stream_id, error = %e, "the verification request failed");
+                tracing::warn!(target: "cae_proxy::signals", transmitter = %name, stream_id, error = %crate::errors::Chain(&e), "the verification request failed");
                 self.rt.set_verification(VerificationOutcome::Failed {
                     asked_at,
                     error: e.to_string(),
@@ -408,14 +408,14 @@ pub async fn remove_stream(rt: Arc<TransmitterRt>, store: Arc<SignalStore>, fetc
                 tracing::info!(target: "cae_proxy::signals", transmitter = %name, stream_id = %id, "the transmitter was removed from the configuration; its SSF stream is deleted")
             }
             Err(e) => {
-                tracing::warn!(target: "cae_proxy::signals", transmitter = %name, stream_id = %id, error = %e, "the transmitter was removed from the configuration; its SSF stream could not be deleted")
+                tracing::warn!(target: "cae_proxy::signals", transmitter = %name, stream_id = %id, error = %crate::errors::Chain(&e), "the transmitter was removed from the configuration; its SSF stream could not be deleted")
             }
         },
         Ok(None) => {
             tracing::info!(target: "cae_proxy::signals", transmitter = %name, "the transmitter was removed from the configuration; it had no SSF stream to delete")
         }
         Err(e) => {
-            tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %e, "the transmitter was removed from the configuration; its SSF stream could not be found to delete it")
+            tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %crate::errors::Chain(&e), "the transmitter was removed from the configuration; its SSF stream could not be found to delete it")
         }
     }
 }
@@ -491,7 +491,7 @@ pub async fn run_stream_manager(
                     let w = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     rt.set_stream_error(Some(e.to_string()));
-                    tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %e, retry_in = ?w, "SSF stream management failed");
+                    tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %crate::errors::Chain(&e), retry_in = ?w, "SSF stream management failed");
                     tokio::select! {
                         _ = tokio::time::sleep(w) => {}
                         _ = rt.reconcile_requested() => reconcile = true,

@@ -332,7 +332,7 @@ async fn final_acks(
             tracing::warn!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), status = r.status.as_u16(), "poller stopping: acknowledgements refused; committed SETs will be redelivered and deduplicated");
         }
         Ok(Err(e)) => {
-            tracing::warn!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), error = %e, "poller stopping: acknowledgements not delivered; committed SETs will be redelivered and deduplicated");
+            tracing::warn!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), error = %crate::errors::Chain(&e), "poller stopping: acknowledgements not delivered; committed SETs will be redelivered and deduplicated");
         }
         Err(_) => {
             tracing::warn!(target: "cae_proxy::signals", transmitter = %name, unacknowledged = pending.ack.len(), "poller stopping: acknowledgements timed out; committed SETs will be redelivered and deduplicated");
@@ -414,7 +414,7 @@ pub async fn run_poller(
             Err(PollError::Fetch(FetchError::Timeout { .. })) if s.long_poll => Duration::ZERO,
             Err(e) => {
                 let w = jittered(backoff);
-                tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %e, retry_in = ?w, "poll failed");
+                tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %crate::errors::Chain(&e), retry_in = ?w, "poll failed");
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 w
             }

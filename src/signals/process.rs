@@ -232,7 +232,7 @@ async fn process_inner(
                 .mark_state_answered(&rt.state_scope(), s, now + STATE_TTL_SECS)
                 .await
             {
-                tracing::warn!(target: "cae_proxy::signals", transmitter = %rt.name(), error = %e, "could not record the verification as answered");
+                tracing::warn!(target: "cae_proxy::signals", transmitter = %rt.name(), error = %crate::errors::Chain(&e), "could not record the verification as answered");
             }
         }
         rt.mark_verified(now, state);

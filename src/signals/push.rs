@@ -215,7 +215,7 @@ where
         Err(e) => match e.err_code() {
             Some((err, description)) => error_response(err, &description),
             None => {
-                tracing::warn!(target: "cae_proxy::signals", transmitter = %cfg.name, error = %e, "SET not stored; asking the transmitter to retry");
+                tracing::warn!(target: "cae_proxy::signals", transmitter = %cfg.name, error = %crate::errors::Chain(&e), "SET not stored; asking the transmitter to retry");
                 unavailable()
             }
         },

@@ -22,10 +22,7 @@ use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::store::keys::normalize_iss;
 use crate::store::{now_secs, SignalStore, StoreError};
 
-/// RFC 8935 push delivery method URI.
-pub const PUSH_METHOD: &str = "urn:ietf:rfc:8935";
-/// RFC 8936 poll delivery method URI.
-pub const POLL_METHOD: &str = "urn:ietf:rfc:8936";
+pub use super::vocabulary::{POLL_METHOD, PUSH_METHOD};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -1,6 +1,10 @@
 //! The event-type vocabulary: CAEP 1.0, RISC 1.0, OAuth and SSF event-type URIs and their
 //! classification ([`EventType`]). The one place these URIs are written.
 
+/// RFC 8935 push delivery method URI.
+pub const PUSH_METHOD: &str = "urn:ietf:rfc:8935";
+/// RFC 8936 poll delivery method URI.
+pub const POLL_METHOD: &str = "urn:ietf:rfc:8936";
 /// Namespace of CAEP 1.0 event types (`<CAEP><name>`).
 pub const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 /// Namespace of RISC 1.0 event types.

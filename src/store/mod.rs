@@ -15,6 +15,8 @@ mod tables;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::errors::BoxError;
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -89,14 +91,25 @@ pub enum CommitOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open store {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("store {path} is corrupt or unreadable: {reason}")]
-    Corrupt { path: String, reason: String },
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("store {path} is corrupt or unreadable: {source}")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("store write failed: {0}")]
-    Write(String),
+    Write(#[source] BoxError),
     #[error("store read failed: {0}")]
-    Read(String),
+    Read(#[source] BoxError),
+    /// The blocking task that talks to the store did not finish (panicked or cancelled).
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// Fleet mode: the change could not be appended to the shared log (Redis unreachable, slow
     /// or refusing); nothing was written anywhere, the sender should retry.
     #[error("fleet log unavailable: {0}")]
@@ -268,7 +281,7 @@ impl SignalStore {
             (r, batch)
         })
         .await
-        .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?;
+        .map_err(StoreError::Task)?;
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -280,7 +293,7 @@ impl SignalStore {
                     *m = (*m).max(at);
                 }
                 drop(marks);
-                tracing::warn!(changes = batch.changes.len(), error = %e, "change not stored; revocations and blocks in it stay enforced on this replica only until the sender retries");
+                tracing::warn!(changes = batch.changes.len(), error = %crate::errors::Chain(&e), "change not stored; revocations and blocks in it stay enforced on this replica only until the sender retries");
                 return Err(e);
             }
         };
@@ -337,7 +350,7 @@ impl SignalStore {
         let this = self.clone();
         tokio::task::spawn_blocking(move || f(this.durable.as_ref()))
             .await
-            .map_err(|e| StoreError::Read(format!("store task failed: {e}")))?
+            .map_err(StoreError::Task)?
     }
 
     /// Whether the SET `(iss, jti)` was committed before: a redelivery, to be answered like the
@@ -405,7 +418,7 @@ impl SignalStore {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.durable.purge(before))
             .await
-            .map_err(|e| StoreError::Write(format!("store task failed: {e}")))??;
+            .map_err(StoreError::Task)??;
         Ok(removed)
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::errors::BoxError;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::tables::{merge_binding, merge_block, merge_revoke, Binding, BlockState};
@@ -44,10 +45,10 @@ impl RedbStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
                 path: p.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         }
-        let opened = create(path).map_err(|e| e.to_string()).and_then(|db| {
+        let opened = create(path).map_err(BoxError::from).and_then(|db| {
             let store = RedbStore {
                 db,
                 path: path.to_path_buf(),
@@ -58,14 +59,14 @@ impl RedbStore {
             Ok(s) => Ok(s),
             Err(reason) if ignore_corrupt => {
                 let aside = path.with_extension(format!("corrupt-{}", super::now_secs()));
-                tracing::error!(store = %p, %reason, moved_to = %aside.display(), "store is unreadable; starting empty because store.ignore_corrupt = true");
+                tracing::error!(store = %p, reason = %crate::errors::Chain(reason.as_ref()), moved_to = %aside.display(), "store is unreadable; starting empty because store.ignore_corrupt = true");
                 std::fs::rename(path, &aside).map_err(|e| StoreError::Open {
                     path: p.clone(),
-                    reason: e.to_string(),
+                    source: e.into(),
                 })?;
                 let db = create(path).map_err(|e| StoreError::Open {
                     path: p.clone(),
-                    reason: e.to_string(),
+                    source: e.into(),
                 })?;
                 let store = RedbStore {
                     db,
@@ -73,26 +74,27 @@ impl RedbStore {
                 };
                 store
                     .init()
-                    .map_err(|reason| StoreError::Open { path: p, reason })?;
+                    .map_err(|source| StoreError::Open { path: p, source })?;
                 Ok(store)
             }
-            Err(reason) => Err(StoreError::Corrupt { path: p, reason }),
+            Err(source) => Err(StoreError::Corrupt { path: p, source }),
         }
     }
 
     /// Creates the tables and reads each once, so a damaged file fails at startup, not later.
-    fn init(&self) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+    fn init(&self) -> Result<(), BoxError> {
+        let txn = self.db.begin_write()?;
         {
-            txn.open_table(REVOCATIONS).map_err(|e| e.to_string())?;
-            txn.open_table(BLOCKS).map_err(|e| e.to_string())?;
-            txn.open_table(BINDINGS).map_err(|e| e.to_string())?;
-            txn.open_table(SETS_SEEN).map_err(|e| e.to_string())?;
-            txn.open_table(META).map_err(|e| e.to_string())?;
-            txn.open_table(STATES).map_err(|e| e.to_string())?;
+            txn.open_table(REVOCATIONS)?;
+            txn.open_table(BLOCKS)?;
+            txn.open_table(BINDINGS)?;
+            txn.open_table(SETS_SEEN)?;
+            txn.open_table(META)?;
+            txn.open_table(STATES)?;
         }
-        txn.commit().map_err(|e| e.to_string())?;
-        self.load().map(|_| ()).map_err(|e| e.to_string())
+        txn.commit()?;
+        self.load()?;
+        Ok(())
     }
 
     fn set_key(iss: &str, jti: &str) -> String {
@@ -100,12 +102,12 @@ impl RedbStore {
     }
 }
 
-fn w<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Write(e.to_string())
+fn w<E: Into<BoxError>>(e: E) -> StoreError {
+    StoreError::Write(e.into())
 }
 
-fn r<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Read(e.to_string())
+fn r<E: Into<BoxError>>(e: E) -> StoreError {
+    StoreError::Read(e.into())
 }
 
 impl RedbStore {
@@ -211,7 +213,8 @@ impl Durable for RedbStore {
         let txn = self.db.begin_read().map_err(r)?;
         let mut out = Vec::new();
         let decode = |k: &str| {
-            SubjectKey::decode(k).ok_or_else(|| StoreError::Read(format!("undecodable key {k:?}")))
+            SubjectKey::decode(k)
+                .ok_or_else(|| StoreError::Read(format!("undecodable key {k:?}").into()))
         };
         for row in txn.open_table(REVOCATIONS).map_err(r)?.iter().map_err(r)? {
             let (k, v) = row.map_err(r)?;

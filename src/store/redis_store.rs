@@ -136,7 +136,7 @@ impl RedisLink {
         )
         .map_err(|reason| StoreError::Open {
             path: "store.redis_url".into(),
-            reason,
+            source: reason.into(),
         })?;
         Ok(RedisLink {
             primary: Arc::new(primary),
@@ -449,7 +449,7 @@ impl RedisLink {
         set_id: Option<&(String, String)>,
         retention_secs: i64,
     ) -> Result<Option<String>, StoreError> {
-        let json = serde_json::to_string(changes).map_err(|e| StoreError::Write(e.to_string()))?;
+        let json = serde_json::to_string(changes).map_err(|e| StoreError::Write(e.into()))?;
         let minid = (now_ms() - retention_secs.saturating_mul(1000)).max(0);
         let stream = self.stream_key();
         let r = self.with_conn(|c| {
@@ -682,7 +682,7 @@ impl RedisLink {
 fn tls_certificates(t: &RedisTls) -> Result<redis::TlsCertificates, StoreError> {
     let open = |key: &str, reason: String| StoreError::Open {
         path: key.to_string(),
-        reason,
+        source: reason.into(),
     };
     // Each file is read once: parsed here (a bad file fails the start with its key), then handed
     // to the Redis client as PEM.
@@ -923,10 +923,10 @@ impl Durable for RedisStore {
         let n = self.local.purge(before)?;
         // Appends trim too; this keeps an idle log short. Failure is not fatal.
         if let Err(e) = self.link.trim_blocking(before) {
-            tracing::debug!(error = %e, "fleet log trim skipped");
+            tracing::debug!(error = %crate::errors::Chain(&e), "fleet log trim skipped");
         }
         if let Err(e) = self.republish_old_blocks(before + self.retention_secs) {
-            tracing::warn!(error = %e, "re-publishing old account blocks failed; retried at the next expiry pass");
+            tracing::warn!(error = %crate::errors::Chain(&e), "re-publishing old account blocks failed; retried at the next expiry pass");
         }
         Ok(n)
     }

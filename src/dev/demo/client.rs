@@ -63,7 +63,7 @@ impl Http {
         let resp = tokio::time::timeout(HTTP_TIMEOUT, self.client.request(req))
             .await
             .map_err(|_| format!("{url}: no answer within {}s", HTTP_TIMEOUT.as_secs()))?
-            .map_err(|e| format!("{url}: {}", crate::fetch::error_chain(&e)))?;
+            .map_err(|e| format!("{url}: {}", crate::errors::Chain(&e)))?;
         let (parts, body) = resp.into_parts();
         let body = tokio::time::timeout(HTTP_TIMEOUT, body.collect())
             .await

@@ -34,8 +34,8 @@ pub fn admin_body(data: &[u8]) {
             };
             assert_eq!(kind, path, "the change matches its endpoint");
         }
-        Err((status, msg)) => {
-            assert!(status.is_client_error(), "{status}: {msg}");
+        Err(e) => {
+            assert!(e.status().is_client_error(), "{}: {e}", e.status());
         }
     }
 }

@@ -295,7 +295,7 @@ pub async fn try_send(
     let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req))
         .await
         .map_err(|_| "timed out".to_string())?
-        .map_err(|e| cae_proxy::fetch::error_chain(&e))?;
+        .map_err(|e| cae_proxy::errors::Chain(&e).to_string())?;
     let version = resp.version();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
