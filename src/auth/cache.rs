@@ -5,7 +5,6 @@
 //! hash probe. When the young generation of a shard fills, the old one is dropped (O(1) eviction).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::token::{Issuers, Principal};
@@ -23,8 +22,6 @@ struct Shard {
 pub struct TokenCache {
     shards: Vec<Mutex<Shard>>,
     per_generation: usize,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
 }
 
 /// Whether a remembered principal still counts at `now`: not past `exp`, and the very key that
@@ -54,8 +51,6 @@ impl TokenCache {
         TokenCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_generation: capacity / SHARDS / 2,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 
@@ -84,16 +79,7 @@ impl TokenCache {
                 }),
             }
         };
-        match found {
-            Some(p) if p.exp.saturating_add(leeway) >= now => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(p)
-            }
-            _ => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        found.filter(|p| p.exp.saturating_add(leeway) >= now)
     }
 
     pub fn insert(&self, k: Key, p: Arc<Principal>) {

@@ -4,7 +4,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::transmitter::{complex, email, iss_sub, opaque, CAEP, OAUTH, RISC};
+use super::subjects::{complex, email, iss_sub, opaque};
+use crate::signals::vocabulary::{CAEP, OAUTH, RISC};
 
 /// Short event names, their event-type URI prefix, and the event members a real transmitter would
 /// send when the request gives none.

@@ -25,19 +25,9 @@ use super::{
     ServerHandle,
 };
 
-/// Push delivery method URI (RFC 8935).
-pub const PUSH_METHOD: &str = "urn:ietf:rfc:8935";
-/// Poll delivery method URI (RFC 8936).
-pub const POLL_METHOD: &str = "urn:ietf:rfc:8936";
-
-/// CAEP event type URI prefix.
-pub const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
-/// RISC event type URI prefix.
-pub const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
-/// SSF event type URI prefix.
-pub const SSF: &str = "https://schemas.openid.net/secevent/ssf/event-type/";
-/// OAuth event type URI prefix.
-pub const OAUTH: &str = "https://schemas.openid.net/secevent/oauth/event-type/";
+pub use super::subjects::{complex, email, ip_addresses, iss_sub, jwt_id, opaque};
+/// The URIs the transmitter speaks: the receiver's own vocabulary, written once.
+pub use crate::signals::vocabulary::{CAEP, OAUTH, POLL_METHOD, PUSH_METHOD, RISC, SSF};
 
 /// Largest management or poll request body accepted.
 const MAX_REQUEST: usize = 1 << 20;
@@ -1340,43 +1330,6 @@ impl DevTransmitter {
         }
         Self::event(opaque(stream_id), &format!("{SSF}stream-updated"), body)
     }
-}
-
-// ---- subject identifier builders (RFC 9493) ----
-
-/// `{"format":"iss_sub","iss":…,"sub":…}`
-pub fn iss_sub(iss: &str, sub: &str) -> Value {
-    json!({"format": "iss_sub", "iss": iss, "sub": sub})
-}
-
-/// `{"format":"opaque","id":…}`
-pub fn opaque(id: &str) -> Value {
-    json!({"format": "opaque", "id": id})
-}
-
-/// `{"format":"email","email":…}`
-pub fn email(email: &str) -> Value {
-    json!({"format": "email", "email": email})
-}
-
-/// `{"format":"jwt_id","iss":…,"jti":…}`
-pub fn jwt_id(iss: &str, jti: &str) -> Value {
-    json!({"format": "jwt_id", "iss": iss, "jti": jti})
-}
-
-/// `{"format":"ip-addresses","ip-addresses":[…]}`
-pub fn ip_addresses(ips: &[&str]) -> Value {
-    json!({"format": "ip-addresses", "ip-addresses": ips})
-}
-
-/// A complex subject from `(member, identifier)` pairs (`user`, `session`, `device`, `tenant`…).
-pub fn complex(members: &[(&str, Value)]) -> Value {
-    let mut m = Map::new();
-    m.insert("format".into(), json!("complex"));
-    for (k, v) in members {
-        m.insert((*k).to_string(), v.clone());
-    }
-    Value::Object(m)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub(super) fn spawn(
         let (c, u) = match tokio::try_join!(client, upstream) {
             Ok(x) => x,
             Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
+                tracing::debug!(error = %crate::errors::Chain(&e), "upgrade failed");
                 return;
             }
         };

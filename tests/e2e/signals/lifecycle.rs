@@ -8,7 +8,7 @@
 //! is skipped; a missing verification event shows in metrics and readiness; push and poll
 //! delivery; the `cae-proxy stream` commands.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::now_secs;
@@ -1090,15 +1090,12 @@ async fn a_foreign_iss_stream_in_the_list_is_skipped() {
 
 #[tokio::test]
 async fn managed_poll_stream_is_polled_at_once_and_steered_like_push() {
-    let started = Instant::now();
     let m = managed(TransmitterOptions::default(), true, "").await;
-    // Ready means the verification event came through a poll: with a first poll delayed by the
-    // 5 s poll interval this could not happen this soon.
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "ready after {:?}",
-        started.elapsed()
-    );
+    // Ready means the verification event came through a poll (there is no push endpoint). That
+    // the first poll is not delayed by the poll interval is not timed here (tests assert no
+    // wall-clock times): the poller waits on the stream's endpoint being supplied, not a timer.
+    assert!(m.tx.polls() >= 1, "ready without a poll");
+    assert!(m.tx.pushes().is_empty(), "{:?}", m.tx.pushes());
     let (h, tx, id) = (&m.h, &m.tx, m.stream_id.as_str());
     assert_eq!(tx.streams()[0]["delivery"]["method"], POLL_METHOD);
     let list = admin_ok(h, Method::GET, "/admin/streams", None).await;
