@@ -1,6 +1,6 @@
 //! Every shipped file in config/ and the compose trial's configuration load and validate (with
 //! throwaway values for their env: secrets). The Kubernetes ConfigMaps and Markdown blocks of the
-//! deployment guide are checked, with the files their pods mount, by tests/deploy.rs.
+//! deployment guide are checked, with the files their pods mount, by tests/e2e/deploy.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -4,7 +4,7 @@
 //! Every refusal must be byte for byte what the proxy listener of the same process answers the
 //! same request; allowed checks name the identity headers to set and to remove; the client
 //! address comes from the check only when the asker is a trusted proxy; bad checks fail closed;
-//! metrics and access lines carry the role. tests/gateways.rs puts the real gateways in front.
+//! metrics and access lines carry the role. tests/e2e/gateways.rs puts the real gateways in front.
 
 use std::net::IpAddr;
 
