@@ -295,26 +295,42 @@ impl Primary {
                     continue;
                 }
             };
-            let client = self.client_at(&ip, p)?;
-            match Self::connect_until(&client, deadline).and_then(|mut c| Self::is_primary(&mut c))
-            {
-                Ok(true) => {
-                    self.last_good.store(i, Ordering::Relaxed);
-                    return Ok((client, format!("{ip}:{p}")));
-                }
-                Ok(false) => why.push(format!(
-                    "sentinel {host}:{port} names {ip}:{p}, which is not a primary (failover in progress)"
-                )),
-                Err(e) => why.push(format!(
-                    "sentinel {host}:{port} names {ip}:{p}: {}",
-                    brief(&e)
-                )),
+            let named = format!("sentinel {host}:{port} names {ip}:{p}");
+            match self.confirm(i, &ip, p, deadline, &named)? {
+                Ok(found) => return Ok(found),
+                Err(reason) => why.push(reason),
             }
         }
         Err(no_primary(format!(
             "no sentinel named a reachable primary for {master:?}: {}",
             why.join("; ")
         )))
+    }
+
+    /// Whether the server at `ip:p`, which candidate `i` named (`named` says who and how), is a
+    /// primary: its client and address (remembering `i` as the last good candidate), or why not.
+    fn confirm(
+        &self,
+        i: usize,
+        ip: &str,
+        p: u16,
+        deadline: Instant,
+        named: &str,
+    ) -> Result<Result<(redis::Client, String), String>, RedisError> {
+        let client = self.client_at(ip, p)?;
+        Ok(
+            match Self::connect_until(&client, deadline).and_then(|mut c| Self::is_primary(&mut c))
+            {
+                Ok(true) => {
+                    self.last_good.store(i, Ordering::Relaxed);
+                    Ok((client, format!("{ip}:{p}")))
+                }
+                Ok(false) => Err(format!(
+                    "{named}, which is not a primary (a failover or a slot migration in progress)"
+                )),
+                Err(e) => Err(format!("{named}: {}", brief(&e))),
+            },
+        )
     }
 
     /// Redis Cluster: the fleet's slot (`CLUSTER KEYSLOT` of a fleet key) and the primary that
@@ -354,17 +370,10 @@ impl Primary {
                     continue;
                 }
             };
-            let client = self.client_at(&ip, p)?;
-            match Self::connect_until(&client, deadline).and_then(|mut c| Self::is_primary(&mut c))
-            {
-                Ok(true) => {
-                    self.last_good.store(i, Ordering::Relaxed);
-                    return Ok((client, format!("{ip}:{p}")));
-                }
-                Ok(false) => why.push(format!(
-                    "node {host}:{port} names {ip}:{p} for the fleet's slot, which is not a primary"
-                )),
-                Err(e) => why.push(format!("{ip}:{p}: {}", brief(&e))),
+            let named = format!("node {host}:{port} names {ip}:{p} for the fleet's slot");
+            match self.confirm(i, &ip, p, deadline, &named)? {
+                Ok(found) => return Ok(found),
+                Err(reason) => why.push(reason),
             }
         }
         Err(RedisError::from((
