@@ -6,7 +6,7 @@
 //! `[tracing]` nothing is invented and a caller's trace headers pass untouched (and a reload that
 //! adds the section is accepted but changes nothing until a restart). Spans are read
 //! after the proxy's graceful shutdown, which exports what is queued (the batch delay is never
-//! waited for).
+//! waited for); the real binary does it on SIGTERM, on a one-worker runtime too.
 
 use std::time::Duration;
 
@@ -262,6 +262,58 @@ async fn spans_reach_a_real_collector_and_the_callers_trace_goes_upstream() {
     assert_eq!(attr(d, "cae.reason").as_deref(), Some("missing_token"));
     let tv = &named(&spans, "token_validation").attributes;
     assert_eq!(attr(tv, "cae.token.result").as_deref(), Some("absent"));
+}
+
+#[tokio::test]
+async fn the_binary_exports_its_last_spans_on_sigterm_with_one_worker() {
+    // One worker: the current-thread runtime, where a blocking flush on the runtime's own
+    // thread could never finish.
+    let mut rx = grpc_receiver().await;
+    let idp = DevIssuer::start(listener().await, IssuerOptions::default()).unwrap();
+    let up = EchoUpstream::start(listener().await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = Toml::new()
+        .log_level("info,access=off")
+        .server("worker_threads = 1")
+        .public()
+        .admin("")
+        .app(&up.url())
+        .dev_issuer(&idp.issuer_url(), "")
+        .route("api", "/api", "")
+        .tracing(&format!("otlp_endpoint = \"http://{}\"", rx.addr))
+        .build();
+    let path = dir.path().join("cae-proxy.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut bin = Binary::start(&path, 2);
+    bin.wait_ready().await;
+    let token = idp.mint("alice", json!({}));
+    let r = get(
+        &client(),
+        &bin.url("public", "/api"),
+        &[("authorization", &bearer(&token)), ("traceparent", CALLER)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(bin
+        .json_log()
+        .iter()
+        .any(|l| l["message"] == "span export on"));
+    bin.signal(libc::SIGTERM);
+    assert_eq!(
+        bin.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{:?}",
+        bin.log()
+    );
+    let exports = rx.until_spans(4, SPANS_WITHIN).await;
+    let caller = parse(CALLER.as_bytes()).unwrap();
+    let spans = trace_spans(&exports, &caller.trace_id);
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["decision", "request", "token_validation", "upstream"]
+    );
 }
 
 #[tokio::test]
