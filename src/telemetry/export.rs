@@ -26,12 +26,17 @@ pub(super) fn exporter(cfg: &Tracing) -> Result<SpanExporter, TelemetryError> {
                     .map_err(|_| TelemetryError::Header(name.clone()))?;
                 metadata.insert(key, value);
             }
-            Ok(SpanExporter::builder()
+            let mut builder = SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(cfg.endpoint.clone())
                 .with_timeout(EXPORT_TIMEOUT)
-                .with_metadata(metadata)
-                .build()?)
+                .with_metadata(metadata);
+            if cfg.endpoint.starts_with("https:") {
+                // tonic's default TLS configuration trusts no root: the system's, like ours.
+                use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+                builder = builder.with_tls_config(ClientTlsConfig::new().with_native_roots());
+            }
+            Ok(builder.build()?)
         }
         OtlpProtocol::HttpProtobuf => {
             let tls = crate::tls::client_config(None, None)?;

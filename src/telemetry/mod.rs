@@ -103,3 +103,27 @@ impl Drop for Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{OtlpProtocol, Secret};
+
+    #[tokio::test]
+    async fn both_transports_build_over_http_and_https_with_headers() {
+        for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+            for endpoint in ["http://127.0.0.1:1", "https://127.0.0.1:1"] {
+                let cfg = Tracing {
+                    endpoint: endpoint.into(),
+                    protocol,
+                    service_name: "t".into(),
+                    sample_ratio: 1.0,
+                    headers: vec![("x-key".into(), Secret::from_value("v"))],
+                };
+                let t = Telemetry::start(&cfg).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+                // Nothing queued: the shutdown returns at once.
+                t.shutdown(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
