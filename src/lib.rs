@@ -13,6 +13,7 @@
 //! - [`signals`]: SSF receiver: SET verification, CAEP/RISC events, push, poll, stream management
 //! - [`auth`]: keys, token validation, verified-token cache, pure decision, challenges
 //! - [`store`]: revocation / block / binding tables and their durable backends
+//! - [`telemetry`]: OpenTelemetry spans of proxied requests (`[tracing]`), W3C `traceparent`
 //! - [`reply`]: the body type and JSON answers every listener uses
 //! - [`fetch`]: outbound client for identity providers
 //! - [`config`]: TOML → validated `Config` (uses nothing else in the crate)
@@ -35,6 +36,7 @@ pub(crate) mod server;
 pub mod signals;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -47,6 +49,9 @@ use config::{Config, ListenerRole, StoreBackend};
 use server::Role;
 use state::{BuildError, Shared};
 use store::{Durable, MemoryStore, RedbStore, SignalStore, StoreError};
+
+/// Shortest wait for the last span export at shutdown, even when draining took the whole grace.
+const SPAN_FLUSH_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Concurrent connections the admin listener accepts, apart from `max_connections`.
 const ADMIN_CONNECTIONS: usize = 256;
@@ -64,6 +69,8 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
 }
 
 /// Options of [`Proxy::start`] beyond the configuration itself.
@@ -121,6 +128,9 @@ impl Proxy {
         shared
             .store
             .set_write_timer(shared.metrics.store_write_duration.clone());
+        if let Some(t) = &config.tracing {
+            let _ = shared.telemetry.set(telemetry::Telemetry::start(t)?);
+        }
         if let Some(parts) = fleet_parts {
             let fleet = fleet::Fleet::start(
                 parts,
@@ -256,6 +266,11 @@ impl Proxy {
                 tasks = self.shared.tasks.len(),
                 "shutdown grace period over; background tasks stopped before they finished"
             );
+        }
+        if let Some(t) = self.shared.telemetry.get() {
+            // The last spans (the drained requests') are exported before the runtime goes.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            t.shutdown(left.max(SPAN_FLUSH_AT_LEAST)).await;
         }
         drained
     }

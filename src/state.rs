@@ -92,6 +92,9 @@ pub struct Shared {
     pub signals: crate::signals::runtime::SignalsShared,
     /// Fleet mode (`[store] backend = "redis"`): the log tailer and poll leases.
     pub fleet: OnceLock<Arc<crate::fleet::Fleet>>,
+    /// `[tracing]` with an endpoint: the span pipeline, set once at start (a changed section
+    /// takes effect after a restart). Unset: requests create no span.
+    pub telemetry: OnceLock<crate::telemetry::Telemetry>,
 }
 
 impl Shared {
@@ -120,6 +123,7 @@ impl Shared {
             on_reload,
             signals: Default::default(),
             fleet: OnceLock::new(),
+            telemetry: OnceLock::new(),
         }
     }
 
@@ -262,6 +266,9 @@ impl Shared {
                 }
                 _ => {}
             }
+        }
+        if config.tracing.as_ref() != self.telemetry.get().map(|t| t.config()) {
+            tracing::warn!("[tracing] changed: takes effect after a restart");
         }
         let snap = self.build(config)?;
         let g = snap.generation;

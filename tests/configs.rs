@@ -16,6 +16,7 @@ fn every_shipped_and_documented_configuration_validates() {
         std::env::set_var("CAE_PUSH_AUTHORIZATION", "Bearer test-push");
         std::env::set_var("CAE_POLL_AUTHORIZATION", "Bearer test-poll");
         std::env::set_var("CAE_REDIS_URL", "redis://127.0.0.1:6379/");
+        std::env::set_var("CAE_OTLP_AUTHORIZATION", "Bearer test-otlp");
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
@@ -43,4 +44,18 @@ fn every_shipped_and_documented_configuration_validates() {
     let copy = dir.path().join("cae-proxy.toml");
     std::fs::copy(&compose, &copy).unwrap();
     Config::load(&copy).unwrap_or_else(|e| panic!("{}:\n{e}", compose.display()));
+
+    // The commented-out [tracing] section of the reference file, turned on as written.
+    let reference = std::fs::read_to_string(root.join("config/cae-proxy.toml")).unwrap();
+    let section: String = reference
+        .lines()
+        .skip_while(|l| *l != "# [tracing]")
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+        .collect();
+    assert!(section.starts_with("[tracing]\n"), "{section}");
+    let c = Config::parse(&format!("{reference}\n{section}"), &root.join("config"))
+        .unwrap_or_else(|e| panic!("config/cae-proxy.toml with [tracing] on:\n{e}"));
+    let t = c.tracing.expect("[tracing] on");
+    assert_eq!(t.endpoint, "http://otel-collector:4317");
+    assert_eq!(t.headers.len(), 1);
 }

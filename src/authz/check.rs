@@ -131,6 +131,8 @@ pub(crate) async fn check<'s>(
         peer: conn.peer.ip(),
         // The certificate of this connection is the gateway's, not the client's.
         client_cert_sha256: None,
+        // Authorization checks are not traced (docs/tracing.md).
+        trace: None,
     };
     let auth = authenticate::authenticate(shared, snap, conn, route, &inbound, now).await;
     out.decided(route, &auth.decision, request_id);

@@ -25,6 +25,27 @@ pub struct FileConfig {
     pub issuers: Vec<IssuerFile>,
     #[serde(default, rename = "transmitter")]
     pub transmitters: Vec<TransmitterFile>,
+    #[serde(default)]
+    pub tracing: Option<TracingFile>,
+}
+
+/// `[tracing]`: OpenTelemetry spans exported over OTLP (docs/tracing.md). Off without
+/// `otlp_endpoint`.
+#[derive(Debug, Default, Deserialize)]
+pub struct TracingFile {
+    /// Where spans go: the collector's gRPC address, or the URL spans are POSTed to
+    /// (`http/protobuf`; a bare `/` path gets `/v1/traces`).
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` (default) or `http/protobuf`.
+    pub protocol: Option<String>,
+    /// `service.name` of the spans (default `cae-proxy`).
+    pub service_name: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 1.0); a caller's sampled flag decides
+    /// for the traces it continues.
+    pub sample_ratio: Option<f64>,
+    /// Headers (gRPC metadata) of every export request; values are secret references.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[server]`: process-wide settings.

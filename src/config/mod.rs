@@ -35,6 +35,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub issuers: Vec<Issuer>,
     pub transmitters: Vec<Transmitter>,
+    /// `[tracing]` with an `otlp_endpoint`; `None`: no spans (the default). Read at start only.
+    pub tracing: Option<Tracing>,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             routes: Vec::new(),
             issuers: Vec::new(),
             transmitters: Vec::new(),
+            tracing: None,
         }
     }
 
@@ -140,6 +143,29 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
             .map(|i| &p[..i])
             .filter(|p| !p.is_empty())
     })
+}
+
+/// How spans travel to the collector (the OTLP exporter's transports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Default `tracing.service_name`.
+pub const DEFAULT_SERVICE_NAME: &str = "cae-proxy";
+
+/// `[tracing]` with export on: OpenTelemetry spans of proxied requests sent over OTLP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The collector: `http(s)://host:port` for gRPC, the full traces URL for `http/protobuf`.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub service_name: String,
+    /// Share of new traces sampled (0.0–1.0); a remote parent's sampled flag wins.
+    pub sample_ratio: f64,
+    /// Lower-case header names and their resolved (unprintable) values.
+    pub headers: Vec<(String, Secret)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

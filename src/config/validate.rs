@@ -11,6 +11,8 @@ use ipnet::IpNet;
 use super::file::*;
 use super::*;
 
+mod telemetry;
+
 /// Collects errors while converting.
 struct Check<'a> {
     errors: Vec<ConfigError>,
@@ -249,6 +251,10 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
         admin_off_loopback_needs_auth(&mut c, a);
     }
     fleet_nonce_needs_a_secret(&mut c, &server, &store, &issuers, &routes);
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .and_then(|t| telemetry::tracing(&mut c, t));
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -259,6 +265,7 @@ pub(super) fn validate(raw: FileConfig, base: &Path) -> Result<Config, ConfigErr
             routes,
             issuers,
             transmitters,
+            tracing,
         })
     } else {
         Err(ConfigErrors(c.errors))

@@ -19,6 +19,8 @@ use crate::metrics::{ResultLabels, SenderLabels};
 use crate::reply::Answer;
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::spans::Child;
+use crate::telemetry::RequestTrace;
 
 /// What authentication reads of a request.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,9 @@ pub struct Inbound<'a> {
     pub peer: std::net::IpAddr,
     /// SHA-256 of the client certificate the TLS handshake verified, if any.
     pub client_cert_sha256: Option<&'a [u8; 32]>,
+    /// The request's `request` span (`[tracing]` on): token validation and the decision become
+    /// its children.
+    pub trace: Option<&'a RequestTrace>,
 }
 
 impl Inbound<'_> {
@@ -95,7 +100,12 @@ pub async fn authenticate(
             dpop: DpopAnswer::default(),
         };
     }
+    let span = req.trace.map(|t| t.child("token_validation"));
     let found = credential(shared, snap, conn, route, req, now).await;
+    if let Some(span) = span {
+        token_span(span, &found);
+    }
+    let span = req.trace.map(|t| t.child("decision"));
     let presented = match &found.credential {
         Ok(None) => Credential::Absent,
         Ok(Some(p)) => Credential::Valid(p),
@@ -110,12 +120,51 @@ pub async fn authenticate(
         req.client_ip,
         now,
     );
+    if let Some(span) = span {
+        decision_span(span, &decision);
+    }
     let dpop = dpop_answer(snap, route, &found, &decision, now);
     Authenticated {
         principal: found.credential.ok().flatten(),
         decision,
         dpop,
     }
+}
+
+/// Ends the `token_validation` span: absent, valid (and the configured issuer's name) or
+/// invalid (and why). Nothing of the token itself.
+fn token_span(mut span: Child, found: &Found) {
+    match &found.credential {
+        Ok(None) => span.set("cae.token.result", "absent"),
+        Ok(Some(p)) => {
+            span.set("cae.token.result", "valid");
+            span.set("cae.token.issuer", p.issuer.to_string());
+        }
+        Err(rejected) => {
+            span.set("cae.token.result", "invalid");
+            span.fail(rejected.error.reason());
+        }
+    }
+    span.end();
+}
+
+/// Ends the `decision` span with the decision and, for a refusal, its reason and cause.
+fn decision_span(mut span: Child, decision: &Decision) {
+    span.set(
+        "cae.decision",
+        match decision {
+            Decision::Allow => "allow",
+            Decision::ReportOnly(_) => "report_only",
+            Decision::Deny(_) => "deny",
+        },
+    );
+    if let Some(reason) = decision.reason() {
+        span.set("cae.reason", reason.label());
+        if !reason.cause().is_empty() {
+            span.set("cae.cause", reason.cause());
+        }
+    }
+    span.end();
 }
 
 /// The `algs` of a `DPoP` challenge and the nonce to send, under the policy of the issuer the

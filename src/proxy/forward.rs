@@ -17,6 +17,8 @@ use crate::metrics::RouteMetrics;
 use crate::reply::{empty, BoxError, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::spans::Child;
+use crate::telemetry::RequestTrace;
 
 pub(super) async fn forward(
     (shared, snap): (&Arc<Shared>, &Snapshot),
@@ -24,7 +26,7 @@ pub(super) async fn forward(
     (route, route_metrics): (&Route, &RouteMetrics),
     principal: Option<&Arc<Principal>>,
     mut req: Request<Incoming>,
-    request_id: &HeaderValue,
+    (request_id, trace): (&HeaderValue, Option<&RequestTrace>),
     out: &mut Outcome<'_>,
 ) -> Result<Response<BoxedBody>, ProxyError> {
     let server = &snap.config.server;
@@ -96,6 +98,9 @@ pub(super) async fn forward(
     h.insert(&headers::X_REQUEST_ID, request_id.clone());
 
     let method = req.method().clone();
+    // `[tracing]` on: the upstream span, named in `traceparent`. Off: `traceparent` and
+    // `tracestate` go on untouched, like every end-to-end header.
+    let span = trace.map(|t| t.upstream(&method, upstream.authority.as_ref(), &mut h));
     let incoming = req.into_body();
     let body: BoxedBody = if upgrade.is_some() {
         empty()
@@ -113,6 +118,9 @@ pub(super) async fn forward(
     route_metrics
         .upstream_duration
         .observe(t0.elapsed().as_secs_f64());
+    if let Some(span) = span {
+        upstream_span(span, &result);
+    }
     let mut resp = result?;
     out.upstream_status = Some(resp.status().as_u16());
 
@@ -153,4 +161,21 @@ pub(super) async fn forward(
         parts,
         body.map_err(BoxError::from).boxed(),
     ))
+}
+
+/// Ends the `upstream` span when the response head arrives (or the send fails): the status, or
+/// the failure's kind. A streamed body goes on after it, like `upstream_duration`.
+fn upstream_span(mut span: Child, result: &Result<Response<Incoming>, ForwardError>) {
+    match result {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            span.set("http.response.status_code", i64::from(status));
+            // A client span's 4xx is a failure too (the server's is the caller's fault).
+            if status >= 400 {
+                span.fail_status(status);
+            }
+        }
+        Err(e) => span.fail(e.kind()),
+    }
+    span.end();
 }

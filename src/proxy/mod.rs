@@ -24,6 +24,8 @@ use crate::metrics::{RequestLabels, RouteMetrics};
 use crate::reply::{json_error, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::spans::{RequestEnd, RequestFacts};
+use crate::telemetry::RequestTrace;
 use upstream::ForwardError;
 
 /// The listener role a request is labelled with in metrics and access lines.
@@ -291,10 +293,30 @@ pub async fn handle(
     let rid = request_id.to_str().unwrap_or_default();
     let version = req.version();
     let seen = Seen::when_logged(req.method(), req.uri().path(), headers::authority(&req));
+    // `[tracing]` off: no span, nothing parsed.
+    let trace = shared.telemetry.get().and_then(|t| {
+        t.request(&RequestFacts {
+            method: req.method(),
+            scheme: if conn.tls { "https" } else { "http" },
+            path: req.uri().path(),
+            host: headers::authority(&req),
+            headers: req.headers(),
+        })
+    });
     let mut out = Outcome::new(RequestRole::Proxy, conn.peer.ip());
     // A failed request's error goes into its one access line, logged as a warning.
     let mut failure: Option<String> = None;
-    let mut resp = match inner(&shared, &snap, &conn, req, &request_id, &mut out).await {
+    let result = inner(
+        &shared,
+        &snap,
+        &conn,
+        req,
+        &request_id,
+        &mut out,
+        trace.as_ref(),
+    )
+    .await;
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             let (status, code) = e.status();
@@ -335,6 +357,15 @@ pub async fn handle(
         elapsed: start.elapsed(),
         failure,
     };
+    if let Some(trace) = trace {
+        trace.finish(RequestEnd {
+            status: end.status,
+            route: out.route.map(|r| r.route.as_str()),
+            decision: out.decision,
+            reason: out.reason,
+            cause: out.cause,
+        });
+    }
     record(&shared, &snap, &conn, &out, seen, end);
     Ok(resp)
 }
@@ -346,6 +377,7 @@ async fn inner<'s>(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     out: &mut Outcome<'s>,
+    trace: Option<&RequestTrace>,
 ) -> Result<Response<BoxedBody>, ProxyError> {
     let rid = request_id.to_str().unwrap_or_default();
     let server = &snap.config.server;
@@ -392,6 +424,7 @@ async fn inner<'s>(
         client_ip: out.client_ip,
         peer: conn.peer.ip(),
         client_cert_sha256: conn.client_cert_sha256.get(),
+        trace,
     };
     let auth = authenticate::authenticate(shared, snap, conn, &route, &inbound, now).await;
     out.decided(&route, &auth.decision, rid);
@@ -407,7 +440,7 @@ async fn inner<'s>(
         (&route, route_metrics),
         principal.as_ref(),
         req,
-        request_id,
+        (request_id, trace),
         out,
     )
     .await?;

@@ -32,3 +32,4 @@ mod ops;
 mod resources;
 mod signals;
 mod tokens;
+mod tracing;

@@ -40,6 +40,7 @@ pub struct Toml {
     issuers: String,
     routes: String,
     transmitters: String,
+    tracing: Option<String>,
 }
 
 impl Default for Toml {
@@ -60,6 +61,7 @@ impl Toml {
             issuers: String::new(),
             routes: String::new(),
             transmitters: String::new(),
+            tracing: None,
         }
     }
 
@@ -226,6 +228,14 @@ impl Toml {
         self.transmitter(name, &lines)
     }
 
+    /// `[tracing]` with `lines` verbatim (a `[tracing.headers]` table last).
+    pub fn tracing(mut self, lines: &str) -> Toml {
+        let mut t = String::new();
+        push_lines(&mut t, lines);
+        self.tracing = Some(t);
+        self
+    }
+
     /// The file's text.
     pub fn build(&self) -> String {
         let mut out = String::new();
@@ -241,6 +251,9 @@ impl Toml {
         out.push_str(&self.issuers);
         out.push_str(&self.routes);
         out.push_str(&self.transmitters);
+        if let Some(t) = &self.tracing {
+            let _ = write!(out, "[tracing]\n{t}");
+        }
         out
     }
 

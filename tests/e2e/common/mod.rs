@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod metrics;
 pub mod net;
 pub mod netns;
+pub mod otlp;
 pub mod procfs;
 pub mod redis_server;
 pub mod wait;
