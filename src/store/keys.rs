@@ -27,9 +27,10 @@ pub enum SubjectKey {
 /// Separates kind, issuer and value in an encoded key.
 pub const SEP: char = '\u{1f}';
 
-/// Trims one trailing slash: issuers compare equal with and without it.
+/// Trims trailing slashes: issuers compare equal with and without them. All of them, so that
+/// normalising twice changes nothing (`https:///` is `https:`, not `https://` then `https:/`).
 pub fn normalize_iss(iss: &str) -> &str {
-    iss.strip_suffix('/').unwrap_or(iss)
+    iss.trim_end_matches('/')
 }
 
 /// Writes the map key of (kind, iss, value) into `buf`, replacing its contents.
