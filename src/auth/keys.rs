@@ -458,7 +458,7 @@ pub fn parse_discovery(
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    let norm = |s: &str| s.strip_suffix('/').unwrap_or(s).to_string();
+    let norm = crate::store::keys::normalize_iss;
     if !expected_issuer.contains("{tenantid}") && norm(&issuer) != norm(expected_issuer) {
         return Err(KeyError::IssuerMismatch {
             url: url.to_string(),

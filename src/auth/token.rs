@@ -327,7 +327,7 @@ impl IssuerRt {
 }
 
 fn norm(s: &str) -> &str {
-    s.strip_suffix('/').unwrap_or(s)
+    crate::store::keys::normalize_iss(s)
 }
 
 /// The issuers of one snapshot.
