@@ -43,7 +43,7 @@ pub(super) async fn forward(
         return Err(ProxyError::UpgradeWithBody);
     }
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let host = headers::authority(&req).map(str::to_string);
+    let host = headers::authority_value(&req);
 
     // Target: upstream scheme + authority + base path + (stripped) path + query. The common
     // case (no base path, no stripping) reuses the request's own path and query as they are.
@@ -91,7 +91,7 @@ pub(super) async fn forward(
         &conn.peer_value,
         trusted,
         if conn.tls { "https" } else { "http" },
-        host.as_deref(),
+        host,
     );
     h.insert(&headers::X_REQUEST_ID, request_id.clone());
 
