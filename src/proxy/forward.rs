@@ -75,6 +75,9 @@ pub(super) async fn forward(
 
     let mut h = std::mem::take(req.headers_mut());
     headers::strip_hop_by_hop(&mut h, upgrade.as_ref());
+    // Room for what is added below (Host, X-Forwarded-*, X-Request-Id and the identity headers),
+    // so that the map grows at most once.
+    h.reserve(5 + route.identity_headers.len());
     h.insert(HOST, upstream.host.clone());
     for (name, value) in headers::identity(route, principal.map(|p| &**p)) {
         match value {

@@ -57,7 +57,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     if upgrade.is_none() && present == 0 {
         return;
     }
-    if present & hop_by_hop_bit("connection") != 0 {
+    if present & 1 != 0 {
         // `keep-alive`, the usual option, goes below anyway: no name to parse, nothing to
         // collect.
         let named: Vec<HeaderName> = h
@@ -73,20 +73,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
             h.remove(&n);
         }
     }
-    for n in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-        &HTTP2_SETTINGS,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
-        if present & hop_by_hop_bit(n.as_str()) != 0 {
-            h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(*n);
         }
     }
     if let Some(u) = upgrade {
@@ -96,7 +85,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
 }
 
 /// Headers that describe one hop only (RFC 9110 §7.6.1; `HTTP2-Settings` belongs to the h2c
-/// upgrade, RFC 7540 §3.2.1), plus the proxy credentials: one bit each, 0 for any other name.
+/// upgrade, RFC 7540 §3.2.1), plus the proxy credentials; bit `i` of [`hop_by_hop_bit`] is
+/// `HOP_BY_HOP[i]`.
+static HOP_BY_HOP: [&HeaderName; 10] = [
+    &CONNECTION,
+    &UPGRADE,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+    &HTTP2_SETTINGS,
+];
+
+/// The bit of a name in [`HOP_BY_HOP`], 0 for any other name.
 fn hop_by_hop_bit(n: &str) -> u16 {
     match n {
         "connection" => 1,
@@ -339,6 +343,14 @@ mod tests {
         Config::parse(&text, std::path::Path::new("."))
             .unwrap()
             .server
+    }
+
+    #[test]
+    fn hop_by_hop_bits_name_the_table() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(n.as_str()), 1 << i, "{n}");
+        }
+        assert_eq!(hop_by_hop_bit("x-kept"), 0);
     }
 
     #[test]
