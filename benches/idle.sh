@@ -3,6 +3,7 @@
 # VmRSS of the ready server, then `benchkit idle` opens CONNS connections, sends one request with
 # the repeated RS256 token on each and holds them open, idle; VmRSS again, divided by CONNS.
 # Usage: benches/idle.sh [CONNS]   (default 2000; needs nginx, python3, openssl with TLS=1)
+# SERVER=hyper-bare: the same against examples/bareproxy (plain HTTP only), the floor of the stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${1:-2000}
@@ -25,7 +26,8 @@ wait_port() {
   echo "port $1 never opened"; exit 1
 }
 UP=$(free_port); SUT=$(free_port); ADM=$(free_port)
-cargo build --release --quiet --bin cae-proxy --example benchkit
+SERVER=${SERVER:-cae-proxy}
+cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
 target/release/examples/benchkit gen --dir "$W" --tokens 1 --revocations 0 >/dev/null
 TOKEN=$(cat "$W/token-rs256.txt")
 cat > "$W/nginx.conf" <<EOF
@@ -85,14 +87,21 @@ algorithms = ["RS256", "ES256"]
 name = "api"
 upstream = "up"
 EOF
-target/release/cae-proxy run --config "$W/cae.toml" 2>"$W/cae.log" &
-CAE=$!
-PIDS+=($CAE)
-wait_port "$SUT"
-for _ in $(seq 1 600); do
-  curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break
-  sleep 0.1
-done
+if [ "$SERVER" = hyper-bare ]; then
+  target/release/examples/bareproxy "127.0.0.1:$SUT" "http://127.0.0.1:$UP/" 2>"$W/bare.log" &
+  CAE=$!
+  PIDS+=($CAE)
+  wait_port "$SUT"
+else
+  target/release/cae-proxy run --config "$W/cae.toml" 2>"$W/cae.log" &
+  CAE=$!
+  PIDS+=($CAE)
+  wait_port "$SUT"
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break
+    sleep 0.1
+  done
+fi
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$CAE/status"; }
 # One request first, so that the per-process start-up of the request path (the upstream pool,
 # lazily built tables) is in the baseline, not in the per-connection figure.
@@ -104,9 +113,9 @@ PIDS+=($!)
 for _ in $(seq 1 1200); do [ -s "$W/ready.json" ] && break; sleep 0.1; done
 sleep 1
 R1=$(rss)
-python3 - "$R0" "$R1" "$W/ready.json" <<'EOF'
+python3 - "$R0" "$R1" "$W/ready.json" "$SERVER" <<'EOF'
 import json, sys
 r0, r1, d = int(sys.argv[1]), int(sys.argv[2]), json.load(open(sys.argv[3]))
 n = d["open"]
-print(f"open {n} failed {d['failed']}  VmRSS {r0} -> {r1} KiB  per connection {(r1 - r0) / max(n, 1):.2f} KiB")
+print(f"{sys.argv[4]}: open {n} failed {d['failed']}  VmRSS {r0} -> {r1} KiB  per connection {(r1 - r0) / max(n, 1):.2f} KiB")
 EOF
