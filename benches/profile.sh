@@ -7,6 +7,7 @@
 # Usage: benches/profile.sh [N] [BASE]   (defaults 10000 and 2000; ≈ 2 min)
 # MODE=rotate: every request a new RS256 token (2,000 tokens through a 256-entry cache, driven by
 # wrk with benches/load/rotate.lua for SECONDS and 5×SECONDS, default 4; requests counted by wrk).
+# SERVERS="cae-proxy": profile only these (default: both in repeat mode).
 # Per-function profile: callgrind_annotate "$W/<server>-<n>.out" (the directory is printed; kept
 # when KEEP=1).
 set -euo pipefail
@@ -131,9 +132,9 @@ total_ir() {
 }
 
 if [ "$MODE" = rotate ]; then
-  servers="cae-proxy"; small=$SECONDS_BASE; large=$((5 * SECONDS_BASE))
+  servers=${SERVERS:-cae-proxy}; small=$SECONDS_BASE; large=$((5 * SECONDS_BASE))
 else
-  servers="hyper-bare cae-proxy"; small=$BASE; large=$((BASE + N))
+  servers=${SERVERS:-hyper-bare cae-proxy}; small=$BASE; large=$((BASE + N))
 fi
 echo "server       instructions/request   (MODE=$MODE; files in $W)"
 for server in $servers; do

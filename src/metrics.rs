@@ -43,6 +43,8 @@ pub struct RouteRoleLabels {
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
     pub route: Arc<String>,
+    /// The request counters of this route used so far, by status, decision, reason and role.
+    pub requests: Arc<CounterCache<(u16, &'static str, &'static str, &'static str)>>,
     /// Proxy listeners: request head to response head.
     pub request_duration: Histogram,
     /// Authorization listeners: check request to answer (same family, `role="authz"`).
@@ -77,6 +79,7 @@ impl RouteMetrics {
             check_duration,
             upstream_duration,
             route,
+            requests: Arc::default(),
         }
     }
 
@@ -87,6 +90,70 @@ impl RouteMetrics {
             request_duration: latency(),
             check_duration: latency(),
             upstream_duration: latency(),
+            requests: Arc::default(),
+        }
+    }
+
+    /// Counts one request of this route in `family` (the proxy's `requests`).
+    pub fn count_request(
+        &self,
+        family: &Family<RequestLabels, Counter>,
+        status: u16,
+        decision: &'static str,
+        reason: &'static str,
+        role: &'static str,
+    ) {
+        self.requests
+            .inc(family, (status, decision, reason, role), || RequestLabels {
+                route: self.route.clone(),
+                status,
+                decision,
+                reason,
+                role,
+            });
+    }
+}
+
+/// The counters of one family already looked up, by a key that is cheap to compare (static
+/// strings, numbers): a request finds its series by scanning a few entries under a read lock
+/// instead of hashing its whole label set (SipHash, strings included) into the family. Holds the
+/// first [`CounterCache::MAX`] label sets used; the rest go to the family every time. Series are
+/// still created in the family on first use, as before: the exposition is the same.
+#[derive(Debug)]
+pub struct CounterCache<K> {
+    entries: std::sync::RwLock<Vec<(K, Counter)>>,
+}
+
+impl<K> Default for CounterCache<K> {
+    fn default() -> Self {
+        CounterCache {
+            entries: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+}
+
+impl<K: PartialEq + Copy> CounterCache<K> {
+    pub const MAX: usize = 32;
+
+    /// Increments the counter of `key` in `family` (labels built by `labels` on a miss). A cache
+    /// serves one family only.
+    pub fn inc<S>(&self, family: &Family<S, Counter>, key: K, labels: impl FnOnce() -> S)
+    where
+        S: Clone + std::hash::Hash + Eq,
+    {
+        if let Ok(entries) = self.entries.read() {
+            if let Some((_, c)) = entries.iter().find(|(k, _)| *k == key) {
+                c.inc();
+                return;
+            }
+        }
+        // One statement: the family's read guard must be gone before the write lock below.
+        let counter = family.get_or_create(&labels()).clone();
+        counter.inc();
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() < Self::MAX && !entries.iter().any(|(k, _)| *k == key) {
+                entries.push((key, counter));
+            }
         }
     }
 }
@@ -236,6 +303,10 @@ pub struct Metrics {
     pub token_cache_hits: Counter,
     pub token_cache_misses: Counter,
     pub sender_checks: Family<SenderLabels, Counter>,
+    /// `token_validations` by result and reason, looked up once.
+    pub token_validations_by: CounterCache<(&'static str, &'static str)>,
+    /// `sender_checks` by method, result and reason, looked up once.
+    pub sender_checks_by: CounterCache<(&'static str, &'static str, &'static str)>,
     pub table_entries: Family<TableLabel, Gauge<i64, AtomicI64>>,
     pub sets_received: Family<SetLabels, Counter>,
     pub set_enforce_latency: Family<TransmitterLabel, Histogram, fn() -> Histogram>,
@@ -301,6 +372,8 @@ impl Metrics {
             token_cache_hits: Counter::default(),
             token_cache_misses: Counter::default(),
             sender_checks: Family::default(),
+            token_validations_by: CounterCache::default(),
+            sender_checks_by: CounterCache::default(),
             table_entries: Family::default(),
             sets_received: Family::default(),
             set_enforce_latency: Family::new_with_constructor(latency),

@@ -33,7 +33,8 @@ pub struct Snapshot {
     pub config: Config,
     pub router: Router,
     pub issuers: Issuers,
-    pub upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// foldhash: looked up on every forwarded request, by configured names only.
+    pub upstreams: HashMap<String, Arc<UpstreamClient>, foldhash::fast::RandomState>,
     /// Server TLS per listener name (re-read from disk on every reload).
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
@@ -144,7 +145,7 @@ impl Shared {
             Some(t) => Some(crate::tls::server_config(t).map_err(BuildError::AdminTls)?),
             None => None,
         };
-        let mut upstreams = HashMap::new();
+        let mut upstreams = HashMap::default();
         {
             let mut pool = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
             for (name, u) in &config.upstreams {
@@ -304,7 +305,7 @@ impl Snapshot {
             config: Config::minimal(),
             router: Router::default(),
             issuers: Issuers::default(),
-            upstreams: HashMap::new(),
+            upstreams: HashMap::default(),
             tls: HashMap::new(),
             admin_tls: None,
             signals: Default::default(),

@@ -95,8 +95,18 @@ pub fn server_config(t: &Tls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // TLS 1.3 resumption (and TLS 1.2 session ids): stateful, each ticket names a session in
+    // this bounded cache and is usable once; a resumed handshake skips the certificate signature.
+    // A reload builds a new configuration, and so a new (empty) cache.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    cfg.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
     Ok(Arc::new(cfg))
 }
+
+/// Sessions a listener configuration remembers for resumption (least recently used go first).
+pub const SESSION_CACHE: usize = 4096;
+/// TLS 1.3 tickets sent after a full handshake: a client may open two connections at once.
+pub const TICKETS_PER_HANDSHAKE: usize = 2;
 
 /// System trust anchors, read once; an empty store (logged) when none can be read.
 pub fn system_roots() -> RootCertStore {
@@ -130,5 +140,74 @@ pub fn client_config(
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
             .map_err(|e| TlsError::Config(e.to_string())),
         None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// Moves TLS records between the two sides until neither has anything to say.
+    fn pump(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        loop {
+            let mut buf = Vec::new();
+            let mut moved = 0;
+            while client.wants_write() {
+                moved += client.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            buf.clear();
+            while server.wants_write() {
+                moved += server.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if moved == 0 {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_second_connection_resumes_the_tls13_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let server = server_config(&Tls {
+            cert: cert_path.clone(),
+            key: key_path,
+            client_ca: None,
+            client_auth_required: false,
+        })
+        .unwrap();
+        // The client keeps its sessions (rustls' default in-memory store) across connections.
+        let client = Arc::new(client_config(Some(&cert_path), None).unwrap());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let mut c = rustls::ClientConnection::new(client.clone(), name.clone()).unwrap();
+            let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+            pump(&mut c, &mut s);
+            assert!(!c.is_handshaking() && !s.is_handshaking());
+            assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+            kinds.push(c.handshake_kind());
+        }
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
     }
 }

@@ -258,7 +258,9 @@ fn check(
     now: i64,
 ) -> Result<(), DenyReason> {
     let cae = &route.cae;
-    let mut buf = String::with_capacity(128);
+    // Grows on the first key encoded: nothing is allocated when the tables hold no class the
+    // token has.
+    let mut buf = String::new();
     if cae.revocation {
         // Blocks: every token of a blocked key is refused whatever its age. Revocations:
         // refused when issued before the recorded time (no `iat`: fail closed).

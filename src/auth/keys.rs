@@ -133,7 +133,9 @@ impl std::fmt::Debug for VerifyKey {
 #[derive(Debug, Default)]
 pub struct Keys {
     pub keys: Vec<Arc<VerifyKey>>,
-    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// foldhash: looked up on every request (a cached token's key must still be published); the
+    /// `kid`s come from the issuer's own key set.
+    by_kid: HashMap<String, Arc<VerifyKey>, foldhash::fast::RandomState>,
     /// From discovery, for challenges (`authorization_uri`).
     pub authorization_endpoint: Option<String>,
     /// Other discovery members (SSF endpoints), kept as JSON.

@@ -215,12 +215,11 @@ async fn credential(
 ) -> Found {
     let m = &shared.metrics;
     let invalid = |reason| {
-        m.token_validations
-            .get_or_create(&ResultLabels {
+        m.token_validations_by
+            .inc(&m.token_validations, ("invalid", reason), || ResultLabels {
                 result: "invalid",
                 reason,
-            })
-            .inc();
+            });
     };
     let done = |credential| Found {
         credential,
@@ -262,13 +261,14 @@ async fn credential(
     };
     let method = sender::method(&principal, scheme);
     let count = |result, reason| {
-        m.sender_checks
-            .get_or_create(&SenderLabels {
-                method,
-                result,
-                reason,
-            })
-            .inc();
+        m.sender_checks_by
+            .inc(&m.sender_checks, (method, result, reason), || {
+                SenderLabels {
+                    method,
+                    result,
+                    reason,
+                }
+            });
     };
     match checker.check(&principal, scheme, token, &req.view()).await {
         Ok(bound) => {
@@ -320,12 +320,11 @@ async fn validated(
     }
     m.token_cache_misses.inc();
     let p = Arc::new(token::validate(token, &snap.issuers, now).await?);
-    m.token_validations
-        .get_or_create(&ResultLabels {
+    m.token_validations_by
+        .inc(&m.token_validations, ("valid", ""), || ResultLabels {
             result: "valid",
             reason: "",
-        })
-        .inc();
+        });
     if shared.cache.enabled() {
         let k = key.unwrap_or_else(|| cache::key(token));
         shared.cache.insert(k, p.clone());

@@ -45,7 +45,7 @@ pub(super) async fn forward(
         return Err(ProxyError::UpgradeWithBody);
     }
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let host = headers::authority(&req).map(str::to_string);
+    let host = headers::authority_value(&req);
 
     // Target: upstream scheme + authority + base path + (stripped) path + query. The common
     // case (no base path, no stripping) reuses the request's own path and query as they are.
@@ -77,6 +77,9 @@ pub(super) async fn forward(
 
     let mut h = std::mem::take(req.headers_mut());
     headers::strip_hop_by_hop(&mut h, upgrade.as_ref());
+    // Room for what is added below (Host, X-Forwarded-*, X-Request-Id and the identity headers),
+    // so that the map grows at most once.
+    h.reserve(5 + route.identity_headers.len());
     h.insert(HOST, upstream.host.clone());
     for (name, value) in headers::identity(route, principal.map(|p| &**p)) {
         match value {
@@ -93,7 +96,7 @@ pub(super) async fn forward(
         &conn.peer_value,
         trusted,
         if conn.tls { "https" } else { "http" },
-        host.as_deref(),
+        host,
     );
     h.insert(&headers::X_REQUEST_ID, request_id.clone());
 

@@ -21,6 +21,19 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+/// [`authority`] as a header value (`X-Forwarded-Host`): the `Host` line itself when that is
+/// where the host comes from (no copy).
+pub fn authority_value<B>(req: &http::Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .filter(|v| v.to_str().is_ok())
+            .cloned(),
+    }
+}
+
 /// The request's host as the client named it: the target's authority (HTTP/2 `:authority`, an
 /// absolute-form target), else `Host`.
 pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
@@ -36,63 +49,72 @@ pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
 /// `Connection: upgrade` and that `Upgrade` so the upstream sees the handshake; without, no
 /// `Upgrade` survives.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    // Most messages carry none of these: one pass over the names instead of ten removals.
-    if upgrade.is_none() && !h.keys().any(is_hop_by_hop) {
+    // One pass over the names finds the hop-by-hop ones present; only those are removed. Most
+    // requests carry none, most responses only `Connection: keep-alive`.
+    let present = h
+        .keys()
+        .fold(0u16, |set, n| set | hop_by_hop_bit(n.as_str()));
+    if upgrade.is_none() && present == 0 {
         return;
     }
-    // `keep-alive`, the usual option, goes below anyway: no name to parse, nothing to collect.
-    let named: Vec<HeaderName> = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(&n);
-    }
-    for n in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-        &HTTP2_SETTINGS,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-    ] {
-        h.remove(n);
-    }
-    h.remove(CONNECTION);
-    match upgrade {
-        Some(u) => {
-            h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(UPGRADE, u.clone());
+    if present & 1 != 0 {
+        // `keep-alive`, the usual option, goes below anyway: no name to parse, nothing to
+        // collect.
+        let named: Vec<HeaderName> = h
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(&n);
         }
-        None => {
-            h.remove(UPGRADE);
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(*n);
         }
+    }
+    if let Some(u) = upgrade {
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(UPGRADE, u.clone());
     }
 }
 
 /// Headers that describe one hop only (RFC 9110 §7.6.1; `HTTP2-Settings` belongs to the h2c
-/// upgrade, RFC 7540 §3.2.1), plus the proxy credentials.
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    matches!(
-        n.as_str(),
-        "connection"
-            | "upgrade"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "http2-settings"
-    )
+/// upgrade, RFC 7540 §3.2.1), plus the proxy credentials; bit `i` of [`hop_by_hop_bit`] is
+/// `HOP_BY_HOP[i]`.
+static HOP_BY_HOP: [&HeaderName; 10] = [
+    &CONNECTION,
+    &UPGRADE,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+    &HTTP2_SETTINGS,
+];
+
+/// The bit of a name in [`HOP_BY_HOP`], 0 for any other name.
+fn hop_by_hop_bit(n: &str) -> u16 {
+    match n {
+        "connection" => 1,
+        "upgrade" => 1 << 1,
+        "te" => 1 << 2,
+        "trailer" => 1 << 3,
+        "transfer-encoding" => 1 << 4,
+        "keep-alive" => 1 << 5,
+        "proxy-connection" => 1 << 6,
+        "proxy-authorization" => 1 << 7,
+        "proxy-authenticate" => 1 << 8,
+        "http2-settings" => 1 << 9,
+        _ => 0,
+    }
 }
 
 /// The comma-separated tokens of every line of a header.
@@ -213,7 +235,7 @@ pub fn set_forwarded(
     peer_value: &HeaderValue,
     trusted_peer: bool,
     proto: &'static str,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
 ) {
     // Every incoming line, in order: several `X-Forwarded-For` lines are one list (RFC 9110
     // §5.3), read the same way as `client_ip` reads them. Keeping only the first line would drop
@@ -244,7 +266,7 @@ pub fn set_forwarded(
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(trusted_peer && h.contains_key(&X_FORWARDED_HOST)) {
-        match host.and_then(|x| HeaderValue::from_str(x).ok()) {
+        match host {
             Some(v) => {
                 h.insert(&X_FORWARDED_HOST, v);
             }
@@ -321,6 +343,14 @@ mod tests {
         Config::parse(&text, std::path::Path::new("."))
             .unwrap()
             .server
+    }
+
+    #[test]
+    fn hop_by_hop_bits_name_the_table() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(n.as_str()), 1 << i, "{n}");
+        }
+        assert_eq!(hop_by_hop_bit("x-kept"), 0);
     }
 
     #[test]
@@ -440,7 +470,7 @@ mod tests {
             &peer_value("192.0.2.7".parse().unwrap()),
             false,
             "https",
-            Some("api.example.com"),
+            Some(HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(out[&X_FORWARDED_FOR], "192.0.2.7");
         set_forwarded(
@@ -448,7 +478,7 @@ mod tests {
             &peer_value("10.0.0.2".parse().unwrap()),
             true,
             "https",
-            Some("api.example.com"),
+            Some(HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(
             h[&X_FORWARDED_FOR],

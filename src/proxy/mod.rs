@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 
 use crate::auth::decide::Decision;
 use crate::config::{AuthMode, Route};
-use crate::metrics::{RequestLabels, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::reply::{json_error, BoxedBody};
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
@@ -99,6 +99,14 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    /// [`Seen::when_logged`] of a request (nothing is looked up when the access log is off).
+    pub(crate) fn of_request<B>(req: &Request<B>) -> Option<Seen> {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return None;
+        }
+        Seen::when_logged(req.method(), req.uri().path(), headers::authority(req))
+    }
+
     /// `Some` only when the access log is enabled.
     pub(crate) fn when_logged(method: &Method, path: &str, host: Option<&str>) -> Option<Seen> {
         tracing::enabled!(target: "access", tracing::Level::INFO).then(|| Seen {
@@ -132,17 +140,13 @@ pub(crate) fn record(
 ) {
     let rm = out.route.unwrap_or(&snap.router.unrouted);
     let role = out.role.label();
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: rm.route.clone(),
-            status: end.status,
-            decision: out.decision,
-            reason: out.reason,
-            role,
-        })
-        .inc();
+    rm.count_request(
+        &shared.metrics.requests,
+        end.status,
+        out.decision,
+        out.reason,
+        role,
+    );
     let duration = match out.role {
         RequestRole::Proxy => &rm.request_duration,
         RequestRole::Authz => &rm.check_duration,
@@ -292,7 +296,7 @@ pub async fn handle(
     let request_id = headers::request_id(req.headers());
     let rid = request_id.to_str().unwrap_or_default();
     let version = req.version();
-    let seen = Seen::when_logged(req.method(), req.uri().path(), headers::authority(&req));
+    let seen = Seen::of_request(&req);
     // `[tracing]` off: no span, nothing parsed.
     let trace = shared.telemetry.get().and_then(|t| {
         t.request(&RequestFacts {
