@@ -460,8 +460,9 @@ pub fn parse_discovery(
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    let norm = crate::store::keys::normalize_iss;
-    if !expected_issuer.contains("{tenantid}") && norm(&issuer) != norm(expected_issuer) {
+    if !expected_issuer.contains("{tenantid}")
+        && !crate::store::keys::same_issuer(&issuer, expected_issuer)
+    {
         return Err(KeyError::IssuerMismatch {
             url: url.to_string(),
             found: issuer,

@@ -305,7 +305,7 @@ impl IssuerRt {
     /// Whether a token `iss` belongs to this issuer.
     pub fn matches(&self, iss: &str) -> bool {
         match &self.template {
-            None => norm(iss) == norm(&self.cfg.issuer),
+            None => crate::store::keys::same_issuer(iss, &self.cfg.issuer),
             Some((pre, post)) => iss
                 .strip_prefix(pre.as_str())
                 .and_then(|rest| rest.strip_suffix(post.as_str()))
@@ -324,10 +324,6 @@ impl IssuerRt {
             .clone()
             .or_else(|| self.keys.keys().authorization_endpoint.clone())
     }
-}
-
-fn norm(s: &str) -> &str {
-    crate::store::keys::normalize_iss(s)
 }
 
 /// The issuers of one snapshot.

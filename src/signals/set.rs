@@ -12,7 +12,7 @@ use super::subject::{Subject, SubjectError};
 use super::vocabulary::EventType;
 use crate::auth::keys::{Keys, VerifyKey};
 use crate::config::Transmitter;
-use crate::store::keys::normalize_iss;
+use crate::store::keys::same_issuer;
 
 /// RFC 8935 §2.4 / SSF §11 error codes a receiver answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,7 +394,7 @@ pub fn verify_with_key(
     if !key.verify(alg, set.signing_input.as_bytes(), &signature) {
         return Err(SetError::BadSignature);
     }
-    if normalize_iss(&set.claims.iss) != normalize_iss(&policy.issuer) {
+    if !same_issuer(&set.claims.iss, &policy.issuer) {
         return Err(SetError::WrongIssuer);
     }
     if !set

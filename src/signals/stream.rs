@@ -19,7 +19,7 @@ use super::events::StreamUpdate;
 use super::transmitter::{PollTarget, TransmitterRt, STATE_TTL_SECS};
 use crate::config::Delivery;
 use crate::fetch::{FetchError, Fetched, Fetcher};
-use crate::store::keys::normalize_iss;
+use crate::store::keys::same_issuer;
 use crate::store::{now_secs, SignalStore, StoreError};
 
 pub use super::vocabulary::{POLL_METHOD, PUSH_METHOD};
@@ -118,7 +118,7 @@ fn parse_stream(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    if normalize_iss(&iss) != normalize_iss(expected_iss) {
+    if !same_issuer(&iss, expected_iss) {
         return Err(StreamError::StreamIssuerMismatch { found: iss });
     }
     let strings = |name: &str| -> Vec<String> {
@@ -290,7 +290,7 @@ impl StreamClient {
         let c: SsfConfiguration = serde_json::from_value(doc.clone())
             .map_err(|e| StreamError::BadDiscovery(e.to_string()))?;
         let expected = self.rt.cfg().issuer.clone();
-        if normalize_iss(&c.issuer) != normalize_iss(&expected) {
+        if !same_issuer(&c.issuer, &expected) {
             return Err(StreamError::IssuerMismatch {
                 found: c.issuer,
                 expected,

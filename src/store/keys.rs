@@ -27,10 +27,20 @@ pub enum SubjectKey {
 /// Separates kind, issuer and value in an encoded key.
 pub const SEP: char = '\u{1f}';
 
-/// Trims trailing slashes: issuers compare equal with and without them. All of them, so that
-/// normalising twice changes nothing (`https:///` is `https:`, not `https://` then `https:/`).
+/// The issuer as table keys and SET marks store it: without trailing slashes. All of them, so
+/// that normalising twice changes nothing (`https:///` is `https:`, not `https://` then
+/// `https:/`). Whether two issuers are the same one is [`same_issuer`], which is stricter.
 pub fn normalize_iss(iss: &str) -> &str {
     iss.trim_end_matches('/')
+}
+
+/// Whether two issuer identifiers name the same issuer: equal after dropping one trailing slash
+/// each (`https://idp/` and `https://idp`), and no looser (`https://idp//` is another issuer).
+pub fn same_issuer(a: &str, b: &str) -> bool {
+    fn one(s: &str) -> &str {
+        s.strip_suffix('/').unwrap_or(s)
+    }
+    one(a) == one(b)
 }
 
 /// Writes the map key of (kind, iss, value) into `buf`, replacing its contents.
@@ -122,6 +132,24 @@ impl SubjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_issuers_are_idempotent_and_sameness_tolerates_one_slash() {
+        for iss in [
+            "https://idp",
+            "https://idp/",
+            "https://idp//",
+            "https:///",
+            "/",
+        ] {
+            let once = normalize_iss(iss);
+            assert_eq!(normalize_iss(once), once, "{iss}");
+        }
+        assert!(same_issuer("https://idp/", "https://idp"));
+        assert!(same_issuer("https://idp", "https://idp"));
+        assert!(!same_issuer("https://idp//", "https://idp"));
+        assert!(!same_issuer("https://idp", "https://idp2"));
+    }
 
     #[test]
     fn encode_round_trips_and_normalises() {
