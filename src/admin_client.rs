@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
 
@@ -116,14 +115,7 @@ pub async fn request(
     body: Option<Value>,
     timeout: Duration,
 ) -> Result<String, AdminClientError> {
-    let mut headers = vec![("accept", "application/json".to_string())];
-    let bytes = match body {
-        Some(b) => {
-            headers.push(("content-type", "application/json".to_string()));
-            Bytes::from(b.to_string())
-        }
-        None => Bytes::new(),
-    };
+    let (mut headers, bytes) = crate::fetch::json_request(body);
     if let Some(t) = token {
         headers.push(("authorization", format!("Bearer {t}")));
     }

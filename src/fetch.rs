@@ -144,6 +144,20 @@ impl Default for Fetcher {
     }
 }
 
+/// The headers and body of a JSON request: `Accept: application/json`, and with a body its
+/// `Content-Type`.
+pub fn json_request(body: Option<serde_json::Value>) -> (Vec<(&'static str, String)>, Bytes) {
+    let mut headers = vec![("accept", "application/json".to_string())];
+    let bytes = match body {
+        Some(b) => {
+            headers.push(("content-type", "application/json".to_string()));
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    (headers, bytes)
+}
+
 /// `max-age` of a `Cache-Control` header, if any.
 pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(http::header::CACHE_CONTROL)?.to_str().ok()?;

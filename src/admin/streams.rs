@@ -78,7 +78,7 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     if rest.is_empty() {
         return match *method {
             Method::GET => Ok(Route::List),
-            _ => Err(not_allowed()),
+            _ => Err(ApiError::MethodNotAllowed),
         };
     }
     let (name, action) = rest.split_once('/').unwrap_or((rest, ""));
@@ -100,14 +100,10 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             "" | "verify" | "status" | "subjects:add" | "subjects:remove" | "recreate" | "update"
             | "replace",
             _,
-        ) => return Err(not_allowed()),
+        ) => return Err(ApiError::MethodNotAllowed),
         _ => return Err(not_found("no admin endpoint at this path")),
     };
     Ok(Route::One(name, op))
-}
-
-fn not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
 }
 
 /// The transmitter `name` of the current configuration, if it has a managed stream.

@@ -370,14 +370,7 @@ impl StreamClient {
         body: Option<Value>,
         endpoint: &'static str,
     ) -> Result<(u16, Value), StreamError> {
-        let mut headers = vec![("accept", "application/json".to_string())];
-        let bytes = match body {
-            Some(b) => {
-                headers.push(("content-type", "application/json".to_string()));
-                Bytes::from(b.to_string())
-            }
-            None => Bytes::new(),
-        };
+        let (headers, bytes) = crate::fetch::json_request(body);
         let r = self
             .send_authorized(method, url, &headers, bytes, TIMEOUT)
             .await?;

@@ -26,6 +26,27 @@ pub(super) fn expected_acrs_claims(ctx: &str) -> String {
     ))
 }
 
+/// [`show_challenge`] of a claims challenge (`realm`, `authorization_uri`, `error`, `claims`,
+/// in that order) whose `error` must be `insufficient_claims`.
+pub(super) fn show_claims_challenge(
+    step: &mut Step,
+    out: &mut Out<'_>,
+    a: &Answer,
+) -> Option<Challenge> {
+    let c = show_challenge(
+        step,
+        out,
+        a,
+        &["realm", "authorization_uri", "error", "claims"],
+    )?;
+    step.check(
+        out,
+        c.get("error") == Some("insufficient_claims"),
+        "error must be insufficient_claims",
+    );
+    Some(c)
+}
+
 /// Prints the `WWW-Authenticate` header and checks it is one well-formed Bearer challenge with
 /// exactly the parameter names `names`, in that order. Returns it when it parsed.
 pub(super) fn show_challenge(

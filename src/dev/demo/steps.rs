@@ -8,8 +8,8 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::answers::{
-    expected_acrs_claims, expected_nbf_claims, show_challenge, show_claims, show_token_claims,
-    show_upstream,
+    expected_acrs_claims, expected_nbf_claims, show_challenge, show_claims, show_claims_challenge,
+    show_token_claims, show_upstream,
 };
 use super::client::{Answer, Http};
 use super::report::{Report, Step};
@@ -377,17 +377,7 @@ async fn step_b(
         let url = format!("{}{}/orders", demo.proxy_url(), demo.plan.api_path);
         if let Some(a) = call_api(http, out, &mut step, &url, &token).await {
             step.expect_status(out, a.status, 401);
-            if let Some(c) = show_challenge(
-                &mut step,
-                out,
-                &a,
-                &["realm", "authorization_uri", "error", "claims"],
-            ) {
-                step.check(
-                    out,
-                    c.get("error") == Some("insufficient_claims"),
-                    "error must be insufficient_claims",
-                );
+            if let Some(c) = show_claims_challenge(&mut step, out, &a) {
                 step.check(
                     out,
                     c.get("realm") == Some(""),
@@ -520,17 +510,7 @@ async fn step_d(
     };
     step.expect_status(out, a.status, 401);
     let mut claims = None;
-    if let Some(c) = show_challenge(
-        &mut step,
-        out,
-        &a,
-        &["realm", "authorization_uri", "error", "claims"],
-    ) {
-        step.check(
-            out,
-            c.get("error") == Some("insufficient_claims"),
-            "error must be insufficient_claims",
-        );
+    if let Some(c) = show_claims_challenge(&mut step, out, &a) {
         if let Some((b64, _)) = show_claims(&mut step, out, &c) {
             let want = expected_acrs_claims(&ctx);
             step.check(out, b64 == want, format!("claims must be {want}"));
@@ -602,17 +582,7 @@ async fn step_e(demo: &Demo, http: &Http, out: &mut Out<'_>, report: &mut Report
         if let Some(a) = call_api(http, out, &mut step, &url, &token).await {
             let after = now_secs();
             step.expect_status(out, a.status, 401);
-            if let Some(c) = show_challenge(
-                &mut step,
-                out,
-                &a,
-                &["realm", "authorization_uri", "error", "claims"],
-            ) {
-                step.check(
-                    out,
-                    c.get("error") == Some("insufficient_claims"),
-                    "error must be insufficient_claims",
-                );
+            if let Some(c) = show_claims_challenge(&mut step, out, &a) {
                 if let Some((_, v)) = show_claims(&mut step, out, &c) {
                     let nbf = v
                         .pointer("/access_token/nbf/value")
