@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::redis_server::Redis;
 use crate::common::*;
@@ -205,25 +205,12 @@ fn metric(text: &str, series: &str) -> f64 {
 
 /// Waits (bounded) until `/readyz` answers 200.
 async fn ready_within(url: &str, within: Duration) {
-    eventually("ready", within, || async move {
+    eventually(within, "ready", || async move {
         try_send(&client(), Method::GET, url, &[], Bytes::new())
             .await
             .is_ok_and(|r| r.status == StatusCode::OK)
     })
     .await;
-}
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `within`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t0 = Instant::now();
-    while !cond().await {
-        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A recording HTTP forwarder: every request's body is kept with the answer it got; requests
@@ -447,6 +434,16 @@ async fn verifications_are_answered_like_the_first_time_across_restarts() {
     let bin = Binary::start(&cfg, 3);
     fwd.point_at(&bin.url("signals", "/ssf/managed"));
     bin.wait_ready().await;
+    // The forwarder logs a push once the proxy has answered it, so readiness may come first.
+    eventually(
+        Duration::from_secs(5),
+        "run 1's verification logged",
+        || {
+            let n = verifications(&fwd).len();
+            async move { n >= 1 }
+        },
+    )
+    .await;
     let v = verifications(&fwd);
     assert_eq!(v.len(), 1, "{v:?}");
     assert_eq!(v[0].1, 202);
@@ -462,8 +459,8 @@ async fn verifications_are_answered_like_the_first_time_across_restarts() {
     // Run 2: the first verification, redelivered after the restart, is a repeat: 202.
     let bin = Binary::start(&cfg, 3);
     eventually(
-        "run 2 asked for a verification",
         Duration::from_secs(15),
+        "run 2 asked for a verification",
         || {
             let n = verifications(&fwd).len();
             async move { n == 2 }
@@ -483,8 +480,8 @@ async fn verifications_are_answered_like_the_first_time_across_restarts() {
     // Run 3: run 2's verification, delivered late (first time), is still one we asked for.
     let bin = Binary::start(&cfg, 3);
     eventually(
-        "run 3 asked for a verification",
         Duration::from_secs(15),
+        "run 3 asked for a verification",
         || {
             let n = verifications(&fwd).len();
             async move { n == 3 }
@@ -558,8 +555,8 @@ async fn a_polled_verification_redelivered_after_a_restart_is_acknowledged_not_r
     let v = polled[0].clone();
     let jti = payload(&v)["jti"].as_str().unwrap().to_string();
     eventually(
-        "the verification is acknowledged",
         Duration::from_secs(5),
+        "the verification is acknowledged",
         || {
             let acked = w.tx.acks().contains(&jti);
             async move { acked }
@@ -573,8 +570,8 @@ async fn a_polled_verification_redelivered_after_a_restart_is_acknowledged_not_r
     w.tx.queue_for_poll(&v);
     let bin = Binary::start(&cfg, 3);
     eventually(
-        "the redelivery is acknowledged",
         Duration::from_secs(15),
+        "the redelivery is acknowledged",
         || {
             let n = w.tx.acks().iter().filter(|a| **a == jti).count();
             async move { n == 2 }
@@ -596,7 +593,7 @@ async fn a_verification_naming_another_stream_does_not_verify_ours() {
             .replace("log_level = \"info\"", "log_level = \"warn\""),
     )
     .await;
-    eventually("the stream exists", Duration::from_secs(15), || {
+    eventually(Duration::from_secs(15), "the stream exists", || {
         let n = w.tx.streams().len();
         async move { n == 1 }
     })
@@ -604,8 +601,8 @@ async fn a_verification_naming_another_stream_does_not_verify_ours() {
     let ours = w.tx.streams()[0]["stream_id"].as_str().unwrap().to_string();
     let not_verified = json!({"ready": false, "missing": ["transmitter managed stream is not active (not verified)"]});
     eventually(
-        "the proxy asked for verification",
         Duration::from_secs(15),
+        "the proxy asked for verification",
         || {
             let n = verifications(&fwd).len();
             async move { n == 1 }
@@ -613,8 +610,8 @@ async fn a_verification_naming_another_stream_does_not_verify_ours() {
     )
     .await;
     eventually(
-        "only the verification is missing",
         Duration::from_secs(10),
+        "only the verification is missing",
         || {
             let url = h.admin_url("/readyz");
             let want = not_verified.clone();
@@ -724,8 +721,8 @@ async fn a_management_token_refused_early_is_replaced_and_delivery_goes_on() {
     let jti = |s: &str| payload(s)["jti"].as_str().unwrap().to_string();
     let j1 = jti(&first);
     eventually(
-        "the first SET is acknowledged",
         Duration::from_secs(10),
+        "the first SET is acknowledged",
         || {
             let acked = w.tx.acks().contains(&j1);
             async move { acked }
@@ -740,8 +737,8 @@ async fn a_management_token_refused_early_is_replaced_and_delivery_goes_on() {
     w.tx.queue_for_poll(&second);
     let j2 = jti(&second);
     eventually(
-        "the SET queued after the token was revoked is acknowledged",
         Duration::from_secs(5),
+        "the SET queued after the token was revoked is acknowledged",
         || {
             let acked = w.tx.acks().contains(&j2);
             async move { acked }
@@ -820,7 +817,7 @@ async fn sigterm_gives_the_poll_lease_up_and_another_replica_polls_at_once() {
     );
     let a = Binary::start(&ca, 3);
     a.wait_ready().await;
-    eventually("A holds the lease", Duration::from_secs(5), || {
+    eventually(Duration::from_secs(5), "A holds the lease", || {
         let h = holder();
         async move { h.as_deref() == Some("a") }
     })
@@ -848,7 +845,7 @@ async fn sigterm_gives_the_poll_lease_up_and_another_replica_polls_at_once() {
         "A exited but its lease stays for {pttl} ms"
     );
     // B takes over within a third of poll_lease (its renewal period), plus a margin.
-    eventually("B holds the lease", Duration::from_millis(1500), || {
+    eventually(Duration::from_millis(1500), "B holds the lease", || {
         let h = holder();
         async move { h.as_deref() == Some("b") }
     })
@@ -860,7 +857,7 @@ async fn sigterm_gives_the_poll_lease_up_and_another_replica_polls_at_once() {
     ));
     let jti = payload(&set)["jti"].as_str().unwrap().to_string();
     w.tx.queue_for_poll(&set);
-    eventually("B polls and acknowledges", Duration::from_secs(3), || {
+    eventually(Duration::from_secs(3), "B polls and acknowledges", || {
         let acked = w.tx.acks().contains(&jti);
         async move { acked }
     })
@@ -897,8 +894,8 @@ async fn sigterm_delivers_the_pollers_pending_acknowledgements() {
     let jti = payload(&set)["jti"].as_str().unwrap().to_string();
     w.tx.queue_for_poll(&set);
     eventually(
-        "the poll carrying the acknowledgement is in flight",
         Duration::from_secs(10),
+        "the poll carrying the acknowledgement is in flight",
         || {
             let held = fwd
                 .log()
@@ -1080,7 +1077,7 @@ async fn a_revocation_refused_during_a_redis_outage_is_enforced_here_and_listed_
     assert_eq!(metric(&m, "cae_store_local_only_entries"), 1.0, "{m}");
 
     redis.spawn();
-    eventually("the retry is stored", Duration::from_secs(10), || {
+    eventually(Duration::from_secs(10), "the retry is stored", || {
         let url = h.admin_url("/admin/revoke");
         let key = key.clone();
         async move {
@@ -1112,8 +1109,8 @@ async fn fleet_mode_a_verification_asked_for_by_one_replica_is_accepted_by_anoth
     )
     .await;
     eventually(
-        "A asked for a verification",
         Duration::from_secs(15),
+        "A asked for a verification",
         || {
             let n = verifications(&fwd).len();
             async move { n == 1 }
