@@ -284,6 +284,8 @@ impl Principal {
 /// One configured issuer with its keys, as used by a snapshot.
 pub struct IssuerRt {
     pub cfg: config::Issuer,
+    /// `cfg.name`, shared by the principals and refusals this issuer names.
+    pub name: Arc<str>,
     pub keys: Arc<KeySet>,
     /// `issuer` split around `{tenantid}` for templates.
     template: Option<(String, String)>,
@@ -296,6 +298,7 @@ impl IssuerRt {
             .split_once("{tenantid}")
             .map(|(a, b)| (a.to_string(), b.to_string()));
         IssuerRt {
+            name: Arc::from(cfg.name.as_str()),
             cfg,
             keys,
             template,
@@ -419,7 +422,7 @@ fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
 /// A token taken apart but not yet trusted.
 #[derive(Debug)]
 pub struct Inspected<'a> {
-    pub header: jsonwebtoken::Header,
+    pub header: JoseHeader,
     /// The unverified `iss`, used only to choose the issuer configuration.
     pub iss: String,
     pub claims: Map<String, Value>,
@@ -448,6 +451,76 @@ pub fn typ_media_type(typ: &str) -> String {
     }
 }
 
+/// The members of a JWS header validation uses (RFC 7515 §4.1), read in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoseHeader {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+}
+
+/// A JWS header as read: every member it may name, borrowed where no escape forces a copy.
+#[derive(serde::Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow, default)]
+    alg: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(borrow, default)]
+    typ: Option<std::borrow::Cow<'a, str>>,
+    /// Present at all (even `null`).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| true)
+}
+
+/// The decoded header segment: a SET's `typ`, a critical extension, `none` or an HMAC
+/// algorithm (this proxy holds no shared secrets: algorithm confusion) are refused; a member of
+/// the wrong type or given twice makes the header malformed.
+fn jose_header(json: &[u8]) -> Result<JoseHeader, TokenError> {
+    use serde::Deserialize;
+    // serde reads a struct from a JSON array too; a JWS header is an object (RFC 7515 §4).
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+                Ok(_) => TokenError::Malformed("header members are not a JWS header's"),
+                Err(_) => TokenError::Malformed("header is not JSON"),
+            },
+        );
+    }
+    let raw = RawHeader::deserialize(&mut serde_json::Deserializer::from_slice(json)).map_err(
+        |e| match e.classify() {
+            serde_json::error::Category::Data => {
+                TokenError::Malformed("header members are not a JWS header's")
+            }
+            _ => TokenError::Malformed("header is not JSON"),
+        },
+    )?;
+    if raw
+        .typ
+        .as_deref()
+        .is_some_and(|t| typ_media_type(t) == SET_MEDIA_TYPE)
+    {
+        return Err(TokenError::SecurityEventToken);
+    }
+    if raw.crit {
+        // RFC 7515 §4.1.11: we understand no extension, so a critical one must be refused.
+        return Err(TokenError::Malformed("unsupported critical header"));
+    }
+    let alg = match raw.alg.as_deref() {
+        None => return Err(TokenError::Malformed("no alg")),
+        Some(a) if a.eq_ignore_ascii_case("none") || a.starts_with("HS") => {
+            return Err(TokenError::AlgorithmNotAllowed)
+        }
+        Some(a) => a
+            .parse::<Algorithm>()
+            .map_err(|_| TokenError::AlgorithmNotAllowed)?,
+    };
+    Ok(JoseHeader { alg, kid: raw.kid })
+}
+
 /// Structural checks and the unverified claims, before any key is looked at.
 pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
     let mut parts = token.split('.');
@@ -459,29 +532,7 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
     if h.is_empty() || p.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
-    let header_json = b64(h)?;
-    let raw_header: Value = serde_json::from_slice(&header_json)
-        .map_err(|_| TokenError::Malformed("header is not JSON"))?;
-    if raw_header
-        .get("typ")
-        .and_then(Value::as_str)
-        .is_some_and(|t| typ_media_type(t) == SET_MEDIA_TYPE)
-    {
-        return Err(TokenError::SecurityEventToken);
-    }
-    if raw_header.get("crit").is_some() {
-        // RFC 7515 §4.1.11: we understand no extension, so a critical one must be refused.
-        return Err(TokenError::Malformed("unsupported critical header"));
-    }
-    match raw_header.get("alg").and_then(Value::as_str) {
-        None => return Err(TokenError::Malformed("no alg")),
-        Some(a) if a.eq_ignore_ascii_case("none") || a.starts_with("HS") => {
-            return Err(TokenError::AlgorithmNotAllowed)
-        }
-        Some(_) => {}
-    }
-    let header: jsonwebtoken::Header =
-        serde_json::from_value(raw_header).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+    let header = jose_header(&b64(h)?)?;
     if s.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
@@ -518,7 +569,7 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
     let issuer = issuers.find(&iss).ok_or(TokenError::UnknownIssuer)?;
     let named = |error| Rejected {
         error,
-        issuer: Some(Arc::from(issuer.cfg.name.as_str())),
+        issuer: Some(issuer.name.clone()),
         dpop: false,
     };
     verify(issuer, header, iss, claims, signing_input, &signature, now)
@@ -529,7 +580,7 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
 /// Validation once the issuer is known: everything after the structure.
 async fn verify(
     issuer: &IssuerRt,
-    header: jsonwebtoken::Header,
+    header: JoseHeader,
     iss: String,
     claims: Map<String, Value>,
     signing_input: &str,
@@ -602,7 +653,7 @@ async fn verify(
 fn principal(
     issuer: &IssuerRt,
     iss: String,
-    header: jsonwebtoken::Header,
+    header: JoseHeader,
     key: &VerifyKey,
     exp: i64,
     iat: Option<i64>,
@@ -635,7 +686,7 @@ fn principal(
     let mut subjects: Vec<String> = map.subject.iter().filter_map(|c| s(c)).collect();
     subjects.dedup();
     Principal {
-        issuer: Arc::from(issuer.cfg.name.as_str()),
+        issuer: issuer.name.clone(),
         subjects,
         tid: s(&map.tenant),
         sid: s(&map.session),
@@ -645,7 +696,13 @@ fn principal(
         auth_time: claims.get("auth_time").and_then(Value::as_i64),
         acr: s("acr"),
         acrs: list("acrs"),
-        cp1: list("xms_cc").iter().any(|c| c.eq_ignore_ascii_case("cp1")),
+        cp1: match claims.get("xms_cc") {
+            Some(Value::String(v)) => v.split(' ').any(|c| c.eq_ignore_ascii_case("cp1")),
+            Some(Value::Array(a)) => a
+                .iter()
+                .any(|c| c.as_str().is_some_and(|c| c.eq_ignore_ascii_case("cp1"))),
+            _ => false,
+        },
         ipaddr: match claims.get("ipaddr") {
             None | Some(Value::Null) => TokenIp::Absent,
             Some(v) => v
@@ -672,6 +729,10 @@ mod tests {
 
     fn enc(v: &Value) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn enc_raw(v: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
     }
 
     #[test]
@@ -740,6 +801,40 @@ mod tests {
                 "{typ}"
             );
         }
+        // A critical extension even as `null`, a member of the wrong type, a member twice.
+        let raw = |h: &str| format!("{}.{}.c2ln", enc_raw(h), claims);
+        for (h, e) in [
+            (
+                r#"{"alg":"RS256","crit":null}"#,
+                "unsupported critical header",
+            ),
+            (
+                r#"{"alg":"RS256","kid":7}"#,
+                "header members are not a JWS header's",
+            ),
+            (r#"{"alg":256}"#, "header members are not a JWS header's"),
+            (
+                r#"{"alg":"RS256","alg":"none"}"#,
+                "header members are not a JWS header's",
+            ),
+            (r#"["RS256"]"#, "header members are not a JWS header's"),
+            (r#"{"alg":"RS256""#, "header is not JSON"),
+        ] {
+            assert_eq!(
+                inspect(&raw(h)).unwrap_err(),
+                TokenError::Malformed(e),
+                "{h}"
+            );
+        }
+        let escaped = raw(r#"{"alg":"RS\u0032\u00356","kid":"k\u0031"}"#);
+        let escaped = inspect(&escaped).unwrap();
+        assert_eq!(
+            escaped.header,
+            JoseHeader {
+                alg: Algorithm::RS256,
+                kid: Some("k1".into())
+            }
+        );
         assert!(matches!(inspect("a.b"), Err(TokenError::Malformed(_))));
         assert!(matches!(inspect("a.b.c.d"), Err(TokenError::Malformed(_))));
         let set = format!(
