@@ -14,6 +14,8 @@ use crate::proxy::{headers, route, Outcome};
 use crate::reply::Answer;
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::spans::{RequestEnd, RequestFacts};
+use crate::telemetry::RequestTrace;
 
 /// The request a gateway asks about, as the gateway described it.
 #[derive(Debug)]
@@ -96,7 +98,9 @@ fn head_size(o: &Original<'_>) -> usize {
 }
 
 /// Decides the original request: the proxy's own checks of the target, its route, its
-/// authentication and decision. `out` gets the labels of the access line and the metrics.
+/// authentication and decision. `out` gets the labels of the access line and the metrics. With
+/// `[tracing]`, the check is an `authz_check` span (a child of the original request's
+/// `traceparent`) with the proxy's `token_validation` and `decision` spans under it.
 pub(crate) async fn check<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
@@ -104,6 +108,47 @@ pub(crate) async fn check<'s>(
     o: &Original<'_>,
     request_id: &str,
     out: &mut Outcome<'s>,
+) -> Result<Verdict, CheckError> {
+    let trace = shared.telemetry.get().and_then(|t| {
+        t.request(&RequestFacts {
+            span: "authz_check",
+            method: &o.method,
+            scheme: o.scheme,
+            path: o.path,
+            host: o.host,
+            headers: o.headers,
+        })
+    });
+    let verdict = decide(shared, snap, conn, o, request_id, out, trace.as_ref()).await;
+    if let Err(e) = &verdict {
+        // (The dialects set it too, for the checks they refuse before asking here.)
+        out.reason = e.status().1;
+    }
+    if let Some(trace) = trace {
+        trace.finish(RequestEnd {
+            status: match &verdict {
+                Ok(Verdict::Allow { .. }) => 200,
+                Ok(Verdict::Deny(answer)) => answer.status.as_u16(),
+                Err(e) => e.status().0.as_u16(),
+            },
+            route: out.route.map(|r| r.route.as_str()),
+            decision: out.decision,
+            reason: out.reason,
+            cause: out.cause,
+            dialect: out.dialect,
+        });
+    }
+    verdict
+}
+
+async fn decide<'s>(
+    shared: &Shared,
+    snap: &'s Snapshot,
+    conn: &ConnInfo,
+    o: &Original<'_>,
+    request_id: &str,
+    out: &mut Outcome<'s>,
+    trace: Option<&RequestTrace>,
 ) -> Result<Verdict, CheckError> {
     let max = snap.config.server.max_header_bytes;
     let head = head_size(o);
@@ -131,8 +176,7 @@ pub(crate) async fn check<'s>(
         peer: conn.peer.ip(),
         // The certificate of this connection is the gateway's, not the client's.
         client_cert_sha256: None,
-        // Authorization checks are not traced (docs/tracing.md).
-        trace: None,
+        trace,
     };
     let auth = authenticate::authenticate(shared, snap, conn, route, &inbound, now).await;
     out.decided(route, &auth.decision, request_id);

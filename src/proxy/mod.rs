@@ -300,6 +300,7 @@ pub async fn handle(
     // `[tracing]` off: no span, nothing parsed.
     let trace = shared.telemetry.get().and_then(|t| {
         t.request(&RequestFacts {
+            span: "request",
             method: req.method(),
             scheme: if conn.tls { "https" } else { "http" },
             path: req.uri().path(),
@@ -368,6 +369,7 @@ pub async fn handle(
             decision: out.decision,
             reason: out.reason,
             cause: out.cause,
+            dialect: None,
         });
     }
     record(&shared, &snap, &conn, &out, seen, end);

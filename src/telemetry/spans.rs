@@ -25,17 +25,19 @@ pub struct RequestTrace {
     continued: bool,
 }
 
-/// What the `request` span names of a request when it starts.
+/// What the server span names of a request when it starts.
 pub struct RequestFacts<'a> {
+    /// `request` (a proxied request) or `authz_check` (a gateway's check of one).
+    pub span: &'static str,
     pub method: &'a Method,
-    pub scheme: &'static str,
+    pub scheme: &'a str,
     pub path: &'a str,
     /// `:authority` or `Host`.
     pub host: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
 
-/// How the request ended, for the `request` span.
+/// How the request ended, for the `request` or `authz_check` span.
 pub struct RequestEnd<'a> {
     pub status: u16,
     /// The route's name (absent: no route matched).
@@ -43,6 +45,8 @@ pub struct RequestEnd<'a> {
     pub decision: &'static str,
     pub reason: &'static str,
     pub cause: &'static str,
+    /// How the gateway asked (`authz_check` spans): `path`, `forward_auth` or `grpc`.
+    pub dialect: Option<&'static str>,
 }
 
 /// A child span; ended by [`Child::end`] (or when dropped).
@@ -91,7 +95,7 @@ impl Telemetry {
         };
         let mut attributes = vec![
             KeyValue::new("http.request.method", f.method.as_str().to_string()),
-            KeyValue::new("url.scheme", f.scheme),
+            KeyValue::new("url.scheme", f.scheme.to_string()),
             KeyValue::new("url.path", f.path.to_string()),
         ];
         if let Some(authority) = f.host.and_then(|h| h.parse::<http::uri::Authority>().ok()) {
@@ -104,7 +108,7 @@ impl Telemetry {
             }
         }
         let span = tracer
-            .span_builder("request")
+            .span_builder(f.span)
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(&tracer, &parent);
@@ -184,6 +188,9 @@ impl RequestTrace {
         if !end.cause.is_empty() {
             span.set_attribute(KeyValue::new("cae.cause", end.cause));
         }
+        if let Some(d) = end.dialect {
+            span.set_attribute(KeyValue::new("cae.authz.dialect", d));
+        }
         if end.status >= 500 {
             span.set_status(Status::error(end.status.to_string()));
         }
@@ -242,6 +249,7 @@ mod tests {
 
     fn facts(headers: &HeaderMap) -> RequestFacts<'_> {
         RequestFacts {
+            span: "request",
             method: &Method::GET,
             scheme: "http",
             path: "/a",
@@ -267,6 +275,7 @@ mod tests {
             decision: "allow",
             reason: "",
             cause: "",
+            dialect: None,
         });
         let sent = parse(up[&TRACEPARENT].as_bytes()).unwrap();
         let incoming = parse(PARENT.as_bytes()).unwrap();

@@ -518,7 +518,7 @@ async fn a_check_that_cannot_be_read_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // gRPC (Envoy's Authorization/Check).
 
-fn check_request(
+pub(crate) fn check_request(
     method: &str,
     host: &str,
     path: &str,

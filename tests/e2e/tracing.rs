@@ -34,7 +34,8 @@ struct Setup {
     up: EchoUpstream,
 }
 
-/// The development issuer, the echo upstream behind the route `api` (`/api`), and `tracing`
+/// The development issuer, the echo upstream behind the route `api` (`/api`), an `authz`
+/// listener, and `tracing`
 /// as the `[tracing]` lines (`None`: no section). `{dir}` is the harness's temp dir, where
 /// `files` are written first.
 async fn setup(tracing: Option<&str>, files: &[(&str, &str)]) -> Setup {
@@ -42,6 +43,7 @@ async fn setup(tracing: Option<&str>, files: &[(&str, &str)]) -> Setup {
     let up = EchoUpstream::start(listener().await).unwrap();
     let mut toml = Toml::new()
         .public()
+        .listener("authz", "role = \"authz\"")
         .admin("")
         .app(&up.url())
         .dev_issuer(&idp.issuer_url(), "")
@@ -262,6 +264,110 @@ async fn spans_reach_a_real_collector_and_the_callers_trace_goes_upstream() {
     assert_eq!(attr(d, "cae.reason").as_deref(), Some("missing_token"));
     let tv = &named(&spans, "token_validation").attributes;
     assert_eq!(attr(tv, "cae.token.result").as_deref(), Some("absent"));
+}
+
+#[tokio::test]
+async fn a_gateways_checks_are_traced_under_the_original_requests_trace() {
+    let mut rx = grpc_receiver().await;
+    let tracing = format!("otlp_endpoint = \"http://{}\"", rx.addr);
+    let s = setup(Some(&tracing), &[]).await;
+    let token = s.idp.mint("alice", json!({}));
+    let auth = bearer(&token);
+    let c = client();
+
+    // 1. Envoy's HTTP check (original method, path appended) of a caller's traced request.
+    let r = get(
+        &c,
+        &s.h.url("authz", "/authz/api/orders"),
+        &[("authorization", &auth), ("traceparent", CALLER)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // 2. A forward-auth check without a token: refused.
+    let refused = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = get(
+        &c,
+        &s.h.url("authz", "/authz"),
+        &[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/api/x"),
+            ("traceparent", refused),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // 3. Envoy's gRPC Check, the caller's traceparent among the original headers.
+    let grpc = "00-11111111111111111111111111111111-2222222222222222-01";
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        s.h.proxy.addr("authz").unwrap()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let checked =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            channel,
+        )
+        .check(crate::authz::check_request(
+            "POST",
+            "api.test",
+            "/api/orders?id=7",
+            &[("authorization", &auth), ("traceparent", grpc)],
+            "127.0.0.1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.status.map(|s| s.code), Some(0), "allowed");
+
+    stop(s).await;
+    let exports = rx.until_spans(9, SPANS_WITHIN).await;
+    for e in &exports {
+        let text = format!("{:?}", e.request);
+        assert!(!text.contains(token.as_str()), "the token exported: {text}");
+    }
+    let cases = [
+        (CALLER, "GET", "/api/orders", "200", "allow", "", "path"),
+        (
+            refused,
+            "GET",
+            "/api/x",
+            "401",
+            "deny",
+            "missing_token",
+            "forward_auth",
+        ),
+        (grpc, "POST", "/api/orders", "200", "allow", "", "grpc"),
+    ];
+    for (tp, method, path, status, decision, reason, dialect) in cases {
+        let caller = parse(tp.as_bytes()).unwrap();
+        let spans = trace_spans(&exports, &caller.trace_id);
+        assert_eq!(spans.len(), 3, "{spans:#?}");
+        let check = named(&spans, "authz_check");
+        assert_eq!(check.kind, SpanKind::Server as i32);
+        assert_eq!(check.parent_span_id, caller.parent_id, "{dialect}");
+        let a = &check.attributes;
+        assert_eq!(attr(a, "http.request.method").as_deref(), Some(method));
+        assert_eq!(attr(a, "url.path").as_deref(), Some(path), "no query");
+        assert_eq!(
+            attr(a, "http.response.status_code").as_deref(),
+            Some(status)
+        );
+        assert_eq!(attr(a, "cae.route").as_deref(), Some("api"));
+        assert_eq!(attr(a, "cae.decision").as_deref(), Some(decision));
+        assert_eq!(
+            attr(a, "cae.reason").as_deref(),
+            (!reason.is_empty()).then_some(reason)
+        );
+        assert_eq!(attr(a, "cae.authz.dialect").as_deref(), Some(dialect));
+        for name in ["token_validation", "decision"] {
+            let child = named(&spans, name);
+            assert_eq!(child.parent_span_id, check.span_id, "{dialect}: {name}");
+            assert_eq!(child.kind, SpanKind::Internal as i32);
+        }
+    }
 }
 
 #[tokio::test]
