@@ -9,6 +9,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::auth::decide::Decision;
+use crate::auth::dpop::DPOP_NONCE;
 use crate::proxy::authenticate::{self, Inbound};
 use crate::proxy::{headers, route, Outcome};
 use crate::reply::Answer;
@@ -40,9 +41,12 @@ pub enum Verdict {
     /// Let it through with `set` set (identity headers, replacing any copy) and `remove` removed:
     /// the identity headers the principal does not fill (a client's own copy must not pass for
     /// the identity) and `Authorization` on a route with `forward_authorization = false`.
+    /// `respond`: headers for the client's response (`DPoP-Nonce` when the proof's nonce is
+    /// from the previous period, RFC 9449 §8.2), which the gateway adds where it can.
     Allow {
         set: Vec<(HeaderName, HeaderValue)>,
         remove: Vec<HeaderName>,
+        respond: Vec<(HeaderName, HeaderValue)>,
     },
     /// Answer the client with this: what the proxy answers the same request (status,
     /// `WWW-Authenticate`, JSON body).
@@ -196,5 +200,15 @@ async fn decide<'s>(
     if !route.forward_authorization {
         remove.push(AUTHORIZATION);
     }
-    Ok(Verdict::Allow { set, remove })
+    let respond = auth
+        .dpop
+        .nonce
+        .map(|n| (DPOP_NONCE.clone(), n))
+        .into_iter()
+        .collect();
+    Ok(Verdict::Allow {
+        set,
+        remove,
+        respond,
+    })
 }

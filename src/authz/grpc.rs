@@ -8,7 +8,8 @@
 //! `attributes.source.address` when Envoy's own address is in `server.trusted_proxies`, else
 //! Envoy's. Allowed: status OK and an `OkHttpResponse` setting the identity headers
 //! (`OVERWRITE_IF_EXISTS_OR_ADD`) and removing those the principal does not fill
-//! (`headers_to_remove`). Refused: `UNAUTHENTICATED` (401) or `PERMISSION_DENIED` and a
+//! (`headers_to_remove`), and `DPoP-Nonce` for the client's response when there is a new nonce
+//! (`response_headers_to_add`). Refused: `UNAUTHENTICATED` (401) or `PERMISSION_DENIED` and a
 //! `DeniedHttpResponse` with the proxy's own status, headers and body. A CheckRequest without
 //! the request attributes, or with unreadable headers, is a gRPC `INVALID_ARGUMENT`: Envoy then
 //! fails closed (`status_on_error`).
@@ -165,7 +166,11 @@ fn denied(answer: Answer) -> CheckResponse {
     }
 }
 
-fn allowed(set: &[(HeaderName, HeaderValue)], remove: &[HeaderName]) -> CheckResponse {
+fn allowed(
+    set: &[(HeaderName, HeaderValue)],
+    remove: &[HeaderName],
+    respond: &[(HeaderName, HeaderValue)],
+) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
             code: tonic::Code::Ok as i32,
@@ -174,6 +179,7 @@ fn allowed(set: &[(HeaderName, HeaderValue)], remove: &[HeaderName]) -> CheckRes
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: set.iter().map(|(n, v)| overwrite(n, v)).collect(),
             headers_to_remove: remove.iter().map(|n| n.as_str().to_string()).collect(),
+            response_headers_to_add: respond.iter().map(|(n, v)| overwrite(n, v)).collect(),
             ..Default::default()
         })),
         ..Default::default()
@@ -251,7 +257,11 @@ impl Authorization for Checker {
         };
         let mut failure = None;
         let (status, bytes, response) = match verdict {
-            Ok(Verdict::Allow { set, remove }) => (200, 0, allowed(&set, &remove)),
+            Ok(Verdict::Allow {
+                set,
+                remove,
+                respond,
+            }) => (200, 0, allowed(&set, &remove, &respond)),
             Ok(Verdict::Deny(mut answer)) => {
                 answer
                     .headers

@@ -200,10 +200,16 @@ pub async fn serve(
     let mut failure = None;
     let mut bytes = 0;
     let mut resp = match verdict {
-        Ok(Verdict::Allow { set, remove }) => {
+        Ok(Verdict::Allow {
+            set,
+            remove,
+            respond,
+        }) => {
             let mut r = Response::new(empty());
             let h = r.headers_mut();
-            for (name, value) in set {
+            // One header list: the gateway's configuration sends the identity headers upstream
+            // and `DPoP-Nonce` to the client (docs/deploy/gateways.md).
+            for (name, value) in set.into_iter().chain(respond) {
                 h.insert(name, value);
             }
             if !remove.is_empty() {

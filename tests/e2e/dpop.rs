@@ -25,14 +25,14 @@ use serde_json::{json, Value};
 
 /// The algorithms a route accepts when it does not say (`algs` of its challenges).
 const DEFAULT_ALGS: &str = "ES256 ES384 EdDSA Ed25519 PS256 RS256";
-const NONCE_SECRET: &str = "dpop-test-nonce-secret";
-const NONCE_ROTATION: u64 = 60;
+pub(crate) const NONCE_SECRET: &str = "dpop-test-nonce-secret";
+pub(crate) const NONCE_ROTATION: u64 = 60;
 const ADMIN: &str = "Bearer admin-secret";
 
 // ---- the `dpop` library, driven over stdin/stdout ----
 
 /// A node process running tests/e2e/dpop/proof_helper.mjs with panva's `dpop`.
-struct Dpop {
+pub(crate) struct Dpop {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -40,14 +40,14 @@ struct Dpop {
 
 /// One client key made by the library: its id in the helper and its RFC 7638 thumbprint.
 #[derive(Clone)]
-struct Key {
+pub(crate) struct Key {
     id: u64,
-    jkt: String,
+    pub(crate) jkt: String,
 }
 
 impl Dpop {
     /// The helper, or `None` (with a message) where node or the package is missing.
-    fn start() -> Option<Dpop> {
+    pub(crate) fn start() -> Option<Dpop> {
         let required = std::env::var("CAE_REQUIRE_DPOP").as_deref() == Ok("1");
         let dir = std::env::var("CAE_DPOP_NODE_DIR")
             .ok()
@@ -104,7 +104,7 @@ impl Dpop {
             .unwrap_or_else(|e| panic!("dpop helper failed on {req}: {e}"))
     }
 
-    fn key(&mut self, alg: &str) -> Key {
+    pub(crate) fn key(&mut self, alg: &str) -> Key {
         let v = self.call(json!({"op": "key", "alg": alg}));
         Key {
             id: v["key"].as_u64().unwrap(),
@@ -113,7 +113,7 @@ impl Dpop {
     }
 
     /// The library's proof for `htm` `htu`, bound to `token` (`ath`), with `nonce`.
-    fn proof(
+    pub(crate) fn proof(
         &mut self,
         key: &Key,
         htm: &str,
@@ -180,6 +180,10 @@ dpop_nonce_secret = "{NONCE_SECRET}"
 [[listener]]
 name = "public"
 address = "127.0.0.1:0"
+[[listener]]
+name = "authz"
+address = "127.0.0.1:0"
+role = "authz"
 [[listener]]
 name = "mtls"
 address = "127.0.0.1:0"
@@ -576,6 +580,20 @@ async fn every_rfc9449_check_refused_one_at_a_time() {
     );
 }
 
+/// The proxy's nonce key, and a time not within 5 s of a rotation period's end (waited for), so
+/// that the proxy's clock is in the test's period.
+pub(crate) async fn nonce_key_mid_period() -> (NonceKey, i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cae_proxy::dev::now_secs() % NONCE_ROTATION as i64 >= NONCE_ROTATION as i64 - 5 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (
+        NonceKey::new(NONCE_SECRET.as_bytes()),
+        cae_proxy::dev::now_secs(),
+    )
+}
+
 #[tokio::test]
 async fn nonce_flow_and_rotation() {
     let Some(mut d) = Dpop::start() else { return };
@@ -612,14 +630,7 @@ async fn nonce_flow_and_rotation() {
     assert_eq!(r.json()["error"], "use_dpop_nonce");
     // Rotation: a nonce of the previous period still passes and the answer brings the current
     // one; one of the period before is stale.
-    let k = NonceKey::new(NONCE_SECRET.as_bytes());
-    // Not within 5 s of a period's end, so that the proxy's clock is in the test's period.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cae_proxy::dev::now_secs() % NONCE_ROTATION as i64 >= NONCE_ROTATION as i64 - 5 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let now = cae_proxy::dev::now_secs();
+    let (k, now) = nonce_key_mid_period().await;
     let previous = k.issue(NONCE_ROTATION, now - NONCE_ROTATION as i64);
     let r = dpop_get(
         &url,
@@ -654,6 +665,89 @@ async fn nonce_flow_and_rotation() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authz_check_hands_the_next_nonce_to_the_gateway_for_the_client() {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    let Some(mut d) = Dpop::start() else { return };
+    let w = world(TRUSTED).await;
+    let key = d.key("ES256");
+    let token = w.dpop_token(&key.jkt);
+    let auth = format!("DPoP {token}");
+    // The original request the gateway asks about: GET http://<public>/nonce/x.
+    let url = w.htu("/nonce/x");
+    let host = w.h.proxy.addr("public").unwrap().to_string();
+    let (k, now) = nonce_key_mid_period().await;
+    let previous = k.issue(NONCE_ROTATION, now - NONCE_ROTATION as i64);
+    let current = k.issue(NONCE_ROTATION, now);
+    let http_check = |proof: String| {
+        let (check, auth, host) = (
+            w.h.url("authz", "/authz/nonce/x"),
+            auth.clone(),
+            host.clone(),
+        );
+        async move {
+            let h = [
+                ("authorization", auth.as_str()),
+                ("dpop", proof.as_str()),
+                ("host", host.as_str()),
+                ("x-forwarded-proto", "http"),
+            ];
+            call(&check, &h).await
+        }
+    };
+    // Envoy's HTTP check (path appended): a proof with the previous period's nonce is allowed
+    // and the answer carries the current nonce; with the current one, no header.
+    let r = http_check(d.proof(&key, "GET", &url, &token, Some(&previous))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("dpop-nonce"), Some(current.as_str()));
+    let r = http_check(d.proof(&key, "GET", &url, &token, Some(&current))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("dpop-nonce"), None);
+    // Envoy's gRPC Check: the nonce is a header to add to the client's response.
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        w.h.proxy.addr("authz").unwrap()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut grpc =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            channel,
+        );
+    let mut to_client = Vec::new();
+    for nonce in [&previous, &current] {
+        let proof = d.proof(&key, "GET", &url, &token, Some(nonce));
+        let checked = grpc
+            .check(crate::authz::check_request(
+                "GET",
+                &host,
+                "/nonce/x",
+                &[("authorization", &auth), ("dpop", &proof)],
+                "127.0.0.1",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(checked.status.map(|s| s.code), Some(0), "allowed");
+        let Some(HttpResponse::OkResponse(ok)) = checked.http_response else {
+            panic!("no OkHttpResponse")
+        };
+        to_client.push(
+            ok.response_headers_to_add
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        to_client,
+        [vec![("dpop-nonce".to_string(), current.clone())], vec![]]
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::gateways::{self, Gateway};
 use crate::common::*;
+use crate::dpop::{nonce_key_mid_period, Dpop, NONCE_ROTATION, NONCE_SECRET};
 use bytes::Bytes;
 use cae_proxy::dev::issuer::{DevIssuer, IssuerOptions};
 use cae_proxy::dev::now_secs;
@@ -50,6 +51,7 @@ fn config(iss: &str, up: &str) -> String {
 log_level = "warn"
 trusted_proxies = ["127.0.0.1/32"]
 shutdown_grace = "2s"
+dpop_nonce_secret = "{NONCE_SECRET}"
 [[listener]]
 name = "public"
 address = "127.0.0.1:0"
@@ -94,6 +96,13 @@ hosts = ["{HOST}"]
 path_prefix = "/located"
 upstream = "app"
 cae = {{ deny_locations = ["{CLIENT}/32"] }}
+[[route]]
+name = "nonce"
+hosts = ["{HOST}"]
+path_prefix = "/nonce"
+upstream = "app"
+dpop_nonce = true
+dpop_nonce_rotation = "{NONCE_ROTATION}s"
 [[route]]
 name = "report"
 hosts = ["{HOST}"]
@@ -220,6 +229,57 @@ async fn same_as_proxy(s: &Stack, gw: &Gateway, got: &Reply, path: &str, token: 
 
 /// Everything a gateway in front of cae-proxy must do, then cae-proxy goes down and the gateway
 /// must answer `down_status` without reaching the application.
+/// DPoP with nonces through the gateway (RFC 9449 §8, §9): the proof reaches cae-proxy, a
+/// refusal's `DPoP-Nonce` reaches the client, and so does the next nonce on an allowed request
+/// whose proof used the previous one, where the gateway can add headers to the application's
+/// answer (not Caddy's `forward_auth` nor Traefik's `ForwardAuth`: docs/deploy/gateways.md).
+async fn dpop_nonces(s: &Stack, gw: &Gateway) {
+    let name = gw.kind.name();
+    let Some(mut d) = Dpop::start() else { return };
+    let key = d.key("ES256");
+    let token = s.idp.mint("alice", json!({"cnf": {"jkt": key.jkt}}));
+    let auth = format!("DPoP {token}");
+    // The original request as cae-proxy sees it behind the gateway.
+    let htu = format!("http://{HOST}/nonce/x");
+    let ask = |proof: String| {
+        let auth = auth.clone();
+        async move {
+            let h = [("host", HOST), ("authorization", &auth), ("dpop", &proof)];
+            get(
+                &client_from(CLIENT.parse().unwrap()),
+                &format!("http://{}/nonce/x", gw.addr),
+                &h,
+            )
+            .await
+        }
+    };
+    let (k, now) = nonce_key_mid_period().await;
+    let (previous, current) = (
+        k.issue(NONCE_ROTATION, now - NONCE_ROTATION as i64),
+        k.issue(NONCE_ROTATION, now),
+    );
+    let r = ask(d.proof(&key, "GET", &htu, &token, None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{name}: {}", r.text());
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|w| w.starts_with("DPoP ") && w.contains(r#"error="use_dpop_nonce""#)),
+        "{name}: {:?}",
+        r.header("www-authenticate")
+    );
+    assert_eq!(r.header("dpop-nonce"), Some(current.as_str()), "{name}");
+    let r = ask(d.proof(&key, "GET", &htu, &token, Some(&previous))).await;
+    assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.text());
+    let relays = !matches!(gw.kind, gateways::Kind::Caddy | gateways::Kind::Traefik);
+    assert_eq!(
+        r.header("dpop-nonce"),
+        relays.then_some(current.as_str()),
+        "{name}"
+    );
+    let r = ask(d.proof(&key, "GET", &htu, &token, Some(&current))).await;
+    assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.text());
+    assert_eq!(r.header("dpop-nonce"), None, "{name}");
+}
+
 async fn exercise(s: Stack, gw: Gateway, down_status: StatusCode) {
     let name = gw.kind.name();
     let now = now_secs();
@@ -282,6 +342,8 @@ async fn exercise(s: Stack, gw: Gateway, down_status: StatusCode) {
         before,
         "{name}: no refused request reaches the application"
     );
+
+    dpop_nonces(&s, &gw).await;
 
     // The decision service goes down: the gateway fails closed.
     let authz = s.authz();
