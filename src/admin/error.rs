@@ -65,12 +65,14 @@ impl ApiError {
 }
 
 /// Stream management: the transmitter's or the network's fault → 502, no stream to act on →
-/// 409, no stream configured → 404, the store → 503.
+/// 409, no stream configured → 404, the store (or another replica creating the stream) → 503.
 fn stream_status(e: &StreamError) -> StatusCode {
     match e {
         StreamError::NoStream(_) | StreamError::DeletedByOperator => StatusCode::CONFLICT,
         StreamError::NotConfigured => StatusCode::NOT_FOUND,
-        StreamError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StreamError::Store(_) | StreamError::Claim(_) | StreamError::CreationClaimed => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         StreamError::NoDiscovery
         | StreamError::BadDiscovery(_)
         | StreamError::IssuerMismatch { .. }

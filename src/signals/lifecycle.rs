@@ -192,6 +192,7 @@ impl Lifecycle {
         let arrived = self.wait_answered(&state, timeout).await;
         let waited = started.elapsed();
         let outcome = if arrived {
+            self.rt.note_verified(now_secs());
             tracing::info!(target: "cae_proxy::signals", transmitter = %name, stream_id, waited_ms = waited.as_millis() as u64, "SSF stream verified");
             VerificationOutcome::Verified {
                 asked_at: Some(asked_at),

@@ -25,6 +25,11 @@ use crate::store::{now_secs, SignalStore, StoreError};
 pub use super::vocabulary::{POLL_METHOD, PUSH_METHOD};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// Fleet mode: how long a replica's claim to create a stream lasts (a replica that dies before
+/// creating holds the others back this long).
+const CREATE_CLAIM: Duration = Duration::from_secs(10);
+/// How often a replica waiting for another's stream lists the streams again.
+const CREATE_RECHECK: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -61,6 +66,10 @@ pub enum StreamError {
     BadUrl(String),
     #[error("the verification state could not be stored: {0}")]
     Store(#[from] StoreError),
+    #[error("the fleet-wide claim to create the stream could not be taken: {0}")]
+    Claim(#[source] StoreError),
+    #[error("another replica claimed the creation of the stream and it has not appeared yet")]
+    CreationClaimed,
 }
 
 /// The members of `/.well-known/ssf-configuration` we use (SSF §7.1).
@@ -582,20 +591,44 @@ impl StreamClient {
                 Err(e) => return Err(e),
             }
         }
-        if found.is_none() {
-            found = self
-                .list_streams()
-                .await?
-                .into_iter()
-                .find(|i| self.matches_ours(i));
-        }
         let (info, created) = match found {
             Some(i) => (i, false),
-            None => (self.create_stream().await?, true),
+            None => self.find_or_create().await?,
         };
         self.rt.set_stream_id(Some(info.stream_id.clone()));
         self.refresh_poll_target(&info).await?;
         Ok((info, created))
+    }
+
+    /// Our stream as the transmitter lists it, else a new one. In a fleet only the replica that
+    /// claims the creation creates it; the others list again until it appears (or the claim of
+    /// a replica that died before creating expires), so replicas starting together share one
+    /// stream.
+    async fn find_or_create(&self) -> Result<(StreamInfo, bool), StreamError> {
+        let claim = format!("stream-create:{}", self.rt.name());
+        let deadline = tokio::time::Instant::now() + CREATE_CLAIM + CREATE_CLAIM;
+        loop {
+            if let Some(i) = self
+                .list_streams()
+                .await?
+                .into_iter()
+                .find(|i| self.matches_ours(i))
+            {
+                return Ok((i, false));
+            }
+            if self
+                .store
+                .claim(&claim, CREATE_CLAIM)
+                .await
+                .map_err(StreamError::Claim)?
+            {
+                return Ok((self.create_stream().await?, true));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StreamError::CreationClaimed);
+            }
+            tokio::time::sleep(CREATE_RECHECK).await;
+        }
     }
 
     /// Sends the members `fields` of the desired configuration as an update (`PATCH`, SSF

@@ -380,6 +380,12 @@ impl TransmitterRt {
         Some(self.verified_at.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
+    /// The verification we asked for arrived, here or (fleet mode) at another replica, which
+    /// recorded it in the store: the stream counts as verified at `at` on this replica too.
+    pub fn note_verified(&self, at: i64) {
+        self.verified_at.fetch_max(at, Ordering::Relaxed);
+    }
+
     /// An accepted verification event of our stream, with the `state` it carried (`None`:
     /// unprompted): the stream counts as verified again, and whoever waits for that `state`
     /// is woken.

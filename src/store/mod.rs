@@ -146,6 +146,12 @@ pub trait Durable: Send + Sync + 'static {
     fn put_state(&self, transmitter: &str, state: &str, expires: i64) -> Result<(), StoreError>;
     /// The expiry of a verification `state` sent to `transmitter`, if it was sent.
     fn state_expiry(&self, transmitter: &str, state: &str) -> Result<Option<i64>, StoreError>;
+    /// Fleet mode: claims `name` for this replica for `ttl`, or finds it already claimed by
+    /// this replica; `false` while another replica holds it. A backend of one process always
+    /// holds it.
+    fn claim(&self, _name: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
 }
@@ -407,6 +413,17 @@ impl SignalStore {
     ) -> Result<bool, StoreError> {
         self.state_outstanding(&answered_scope(transmitter), state, now)
             .await
+    }
+
+    /// Claims `name` fleet-wide for `ttl` (see [`Durable::claim`]): one replica does a thing
+    /// the others must not do at the same time, such as creating a transmitter's stream.
+    pub async fn claim(
+        self: &Arc<Self>,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.blocking(move |d| d.claim(&name, ttl)).await
     }
 
     /// Drops entries older than the retention, in memory and on disk.

@@ -294,6 +294,31 @@ impl RedisLink {
         })
     }
 
+    /// Blocking: `SET <prefix>claim:<name> <replica> NX PX <ttl>`, or the claim already held
+    /// by this replica.
+    pub fn claim_blocking(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let key = format!("{}claim:{name}", self.prefix);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.with_conn(|c| {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&self.replica)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query(c)?;
+            if set.is_some() {
+                return Ok(true);
+            }
+            let holder: Option<String> = redis::cmd("GET").arg(&key).query(c)?;
+            Ok(holder.as_deref() == Some(self.replica.as_str()))
+        })
+        .map_err(|e| {
+            self.error("claim");
+            StoreError::FleetLog(describe(&e))
+        })
+    }
+
     /// Blocking: the expiry of a verification state, if any replica sent it.
     pub fn state_blocking(
         &self,
@@ -943,6 +968,10 @@ impl Durable for RedisStore {
 
     fn state_expiry(&self, transmitter: &str, state: &str) -> Result<Option<i64>, StoreError> {
         self.link.state_blocking(transmitter, state)
+    }
+
+    fn claim(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        self.link.claim_blocking(name, ttl)
     }
 
     fn name(&self) -> &'static str {

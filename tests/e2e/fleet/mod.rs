@@ -15,6 +15,7 @@ mod partition;
 mod poll_lease;
 mod replication;
 mod sentinel;
+mod streams;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
