@@ -46,6 +46,11 @@ pub struct TracingFile {
     /// Headers (gRPC metadata) of every export request; values are secret references.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `https` collectors: a CA bundle (PEM) instead of the system roots.
+    pub ca: Option<String>,
+    /// `https` collectors that ask for one: a client certificate (PEM chain) and its key.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 /// `[server]`: process-wide settings.

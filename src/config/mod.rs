@@ -166,6 +166,8 @@ pub struct Tracing {
     pub sample_ratio: f64,
     /// Lower-case header names and their resolved (unprintable) values.
     pub headers: Vec<(String, Secret)>,
+    /// `https` collectors: a private CA and/or a client certificate (PEM files).
+    pub tls: RedisTls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,9 +431,9 @@ pub const DEFAULT_REPLICAS_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default `store.max_fleet_lag`.
 pub const DEFAULT_MAX_FLEET_LAG: Duration = Duration::from_secs(30);
 
-/// Fleet mode over `rediss://`: a private CA and/or a client certificate for Redis (PEM files,
-/// read at start). Without it, `rediss://` verifies Redis against the system roots and presents
-/// no client certificate.
+/// TLS to a server of ours (Redis over `rediss://`, an `https` OTLP collector): a private CA
+/// and/or a client certificate (PEM files, read at start). Without it, the server is verified
+/// against the system roots and no client certificate is presented.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedisTls {
     /// CA bundle that replaces the system roots for the Redis server certificate.

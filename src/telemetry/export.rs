@@ -32,14 +32,16 @@ pub(super) fn exporter(cfg: &Tracing) -> Result<SpanExporter, TelemetryError> {
                 .with_timeout(EXPORT_TIMEOUT)
                 .with_metadata(metadata);
             if cfg.endpoint.starts_with("https:") {
-                // tonic's default TLS configuration trusts no root: the system's, like ours.
-                use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
-                builder = builder.with_tls_config(ClientTlsConfig::new().with_native_roots());
+                builder = builder.with_tls_config(grpc_tls(cfg)?);
             }
             Ok(builder.build()?)
         }
         OtlpProtocol::HttpProtobuf => {
-            let tls = crate::tls::client_config(None, None)?;
+            let client = cfg.tls.client.as_ref();
+            let tls = crate::tls::client_config(
+                cfg.tls.ca.as_deref(),
+                client.map(|(c, k)| (c.as_path(), k.as_path())),
+            )?;
             let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
             http.enforce_http(false);
             let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -63,4 +65,26 @@ pub(super) fn exporter(cfg: &Tracing) -> Result<SpanExporter, TelemetryError> {
                 .build()?)
         }
     }
+}
+
+/// tonic's TLS for an `https` collector: the configured CA, else the system roots (tonic's
+/// default trusts none), and the client certificate when one is configured.
+fn grpc_tls(
+    cfg: &Tracing,
+) -> Result<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig, TelemetryError> {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| TelemetryError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let mut tls = match &cfg.tls.ca {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    if let Some((cert, key)) = &cfg.tls.client {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
 }

@@ -27,6 +27,12 @@ pub enum TelemetryError {
     Header(String),
     #[error("cannot set up TLS for the OTLP exporter: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The span pipeline of one proxy.
@@ -119,6 +125,7 @@ mod tests {
                     service_name: "t".into(),
                     sample_ratio: 1.0,
                     headers: vec![("x-key".into(), Secret::from_value("v"))],
+                    tls: Default::default(),
                 };
                 let t = Telemetry::start(&cfg).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
                 // Nothing queued: the shutdown returns at once.

@@ -237,6 +237,7 @@ mod tests {
             service_name: "t".into(),
             sample_ratio: ratio,
             headers: Vec::new(),
+            tls: Default::default(),
         };
         (
             Telemetry {

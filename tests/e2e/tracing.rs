@@ -18,7 +18,9 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{json, Value};
 
-use crate::common::otlp::{attr, grpc_receiver, http_receiver, Export};
+use crate::common::otlp::{
+    attr, grpc_receiver, grpc_receiver_over, http_receiver, http_receiver_over, Export,
+};
 use crate::common::*;
 
 /// How long exported spans may take to reach the receiver once the proxy shut down.
@@ -367,6 +369,51 @@ async fn a_gateways_checks_are_traced_under_the_original_requests_trace() {
             assert_eq!(child.parent_span_id, check.span_id, "{dialect}: {name}");
             assert_eq!(child.kind, SpanKind::Internal as i32);
         }
+    }
+}
+
+#[tokio::test]
+async fn export_over_tls_trusts_the_configured_ca_and_presents_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    // The collector: a private CA's certificate for localhost, client certificates required.
+    let collector = cae_proxy::tls::server_config(&cae_proxy::config::Tls {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        client_ca: Some(c.ca.clone()),
+        client_auth_required: true,
+    })
+    .unwrap();
+    let files = format!(
+        "ca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        c.ca.display(),
+        c.client_cert.display(),
+        c.client_key.display()
+    );
+    for protocol in ["grpc", "http/protobuf"] {
+        let mut rx = match protocol {
+            "grpc" => grpc_receiver_over(Some(collector.clone())).await,
+            _ => http_receiver_over(Some(collector.clone())).await,
+        };
+        let path = if protocol == "grpc" { "" } else { "/v1/traces" };
+        let tracing = format!(
+            "otlp_endpoint = \"https://localhost:{}{path}\"\nprotocol = \"{protocol}\"\n{files}",
+            rx.addr.port()
+        );
+        let s = setup(Some(&tracing), &[]).await;
+        let token = s.idp.mint("alice", json!({}));
+        let (status, seen) = call(&s, "/api/tls", &[("authorization", &bearer(&token))]).await;
+        assert_eq!(status, StatusCode::OK);
+        let trace = sent(&seen).trace_id;
+        stop(s).await;
+        let exports = rx.until_spans(4, SPANS_WITHIN).await;
+        let spans = trace_spans(&exports, &trace);
+        assert_eq!(spans.len(), 4, "{protocol}: {spans:#?}");
+        assert_eq!(
+            attr(&named(&spans, "request").attributes, "url.path").as_deref(),
+            Some("/api/tls"),
+            "{protocol}"
+        );
     }
 }
 

@@ -47,13 +47,34 @@ pub(super) fn tracing(c: &mut Check<'_>, t: &TracingFile) -> Option<Tracing> {
         }
     };
     let headers = headers(c, &t.headers);
+    let tls = RedisTls {
+        ca: t.ca.as_ref().map(|f| c.file("tracing.ca", f)),
+        client: match (&t.client_cert, &t.client_key) {
+            (Some(cert), Some(key)) => Some((
+                c.file("tracing.client_cert", cert),
+                c.file("tracing.client_key", key),
+            )),
+            (None, None) => None,
+            _ => {
+                c.err("tracing", "client_cert and client_key go together");
+                None
+            }
+        },
+    };
     let endpoint = endpoint(c, t.otlp_endpoint.as_deref()?, protocol)?;
+    if !endpoint.starts_with("https:") && (tls.ca.is_some() || tls.client.is_some()) {
+        c.err(
+            "tracing.otlp_endpoint",
+            "ca, client_cert and client_key apply to an https endpoint only",
+        );
+    }
     Some(Tracing {
         endpoint,
         protocol,
         service_name,
         sample_ratio,
         headers,
+        tls,
     })
 }
 
@@ -204,6 +225,39 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("secretvalue"), "{text}");
         assert!(errs.0.iter().all(|e| e.position.is_some()), "{text}");
+    }
+
+    #[test]
+    fn tls_files_exist_go_together_and_need_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "not read at check time").unwrap();
+        let pem = pem.display();
+        let t = parse(&format!(
+            "otlp_endpoint = \"https://c:4317\"\nca = \"{pem}\"\nclient_cert = \"{pem}\"\nclient_key = \"{pem}\""
+        ))
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert!(t.tls.ca.is_some() && t.tls.client.is_some());
+        for (section, path) in [
+            (
+                format!("otlp_endpoint = \"http://c:4317\"\nca = \"{pem}\""),
+                "tracing.otlp_endpoint",
+            ),
+            (
+                format!("otlp_endpoint = \"https://c:4317\"\nclient_cert = \"{pem}\""),
+                "tracing",
+            ),
+            (
+                "otlp_endpoint = \"https://c:4317\"\nca = \"/nonexistent/ca.pem\"".to_string(),
+                "tracing.ca",
+            ),
+        ] {
+            let errs = parse(&section).unwrap_err();
+            let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, [path], "{section}");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Real OTLP receivers for the tracing tests, on 127.0.0.1:0: the collector's gRPC
 //! `TraceService` (opentelemetry-proto's generated tonic server, served over HTTP/2 by hyper) and
-//! OTLP/HTTP (`POST /v1/traces`, protobuf). Every export lands in a channel the test waits on.
+//! OTLP/HTTP (`POST /v1/traces`, protobuf), in plain text or over TLS (rustls, with client
+//! certificates when its configuration asks). Every export lands in a channel the test waits on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,8 +117,35 @@ impl TraceService for Collector {
     }
 }
 
+/// A connection to a receiver, after the TLS handshake when there is one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The accepted connection as the receiver reads it: through `tls` when given (`None` when the
+/// handshake fails).
+async fn accepted(
+    stream: tokio::net::TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Option<TokioIo<Box<dyn Io>>> {
+    let io: Box<dyn Io> = match tls {
+        Some(cfg) => Box::new(
+            tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(stream)
+                .await
+                .ok()?,
+        ),
+        None => Box::new(stream),
+    };
+    Some(TokioIo::new(io))
+}
+
 /// An OTLP/gRPC receiver (HTTP/2 without TLS, as a collector's `0.0.0.0:4317`).
 pub async fn grpc_receiver() -> Receiver {
+    grpc_receiver_over(None).await
+}
+
+/// An OTLP/gRPC receiver, over TLS when `tls` is given.
+pub async fn grpc_receiver_over(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
     let listener = super::listener().await;
     let addr = listener.local_addr().expect("receiver address");
     let (tx, exports) = mpsc::unbounded_channel();
@@ -124,7 +153,11 @@ pub async fn grpc_receiver() -> Receiver {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let service = service.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
+                let Some(io) = accepted(stream, tls).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let mut service = service.clone();
                     async move {
@@ -133,7 +166,7 @@ pub async fn grpc_receiver() -> Receiver {
                     }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection(io, svc)
                     .await;
             });
         }
@@ -148,13 +181,22 @@ pub async fn grpc_receiver() -> Receiver {
 /// An OTLP/HTTP receiver: `POST` of a protobuf `ExportTraceServiceRequest`, on any path (the
 /// test checks which).
 pub async fn http_receiver() -> Receiver {
+    http_receiver_over(None).await
+}
+
+/// An OTLP/HTTP receiver, over TLS when `tls` is given.
+pub async fn http_receiver_over(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
     let listener = super::listener().await;
     let addr = listener.local_addr().expect("receiver address");
     let (tx, exports) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let tx = tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
+                let Some(io) = accepted(stream, tls).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let tx = tx.clone();
                     async move {
@@ -185,7 +227,7 @@ pub async fn http_receiver() -> Receiver {
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection(io, svc)
                     .await;
             });
         }
