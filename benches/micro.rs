@@ -315,9 +315,10 @@ fn benches(c: &mut Criterion) {
 /// proof made outside the measurement.
 fn dpop_vs_bearer(c: &mut Criterion, w: &World, now: i64) {
     use cae_proxy::auth::dpop::NonceKey;
+    use cae_proxy::auth::inbound::Inbound;
     use cae_proxy::auth::keys::PublicJwk;
     use cae_proxy::auth::replay::ReplayCache;
-    use cae_proxy::auth::sender::{Checker, Effective, RequestView};
+    use cae_proxy::auth::sender::{Checker, Effective};
     use criterion::BatchSize;
     use http::HeaderMap;
 
@@ -357,14 +358,18 @@ fn dpop_vs_bearer(c: &mut Criterion, w: &World, now: i64) {
         let (scheme, t) = token::access_token(h, None, 16 * 1024).unwrap().unwrap();
         let p = cache.get(&cache::key(t), now, 0).unwrap();
         assert!(cache::usable(&p, now, &snap.issuers));
-        let view = RequestView {
-            method: "GET",
+        let peer = "192.0.2.1".parse().unwrap();
+        let view = Inbound {
+            method: &http::Method::GET,
             scheme: "https",
             host: Some("api.bench.example"),
             path: "/orders/42",
+            query: None,
             headers: h,
-            peer: "192.0.2.1".parse().unwrap(),
-            tls_cert: None,
+            client_ip: peer,
+            peer,
+            client_cert_sha256: None,
+            trace: None,
         };
         w.rt.block_on(checker.check(&p, scheme, t, &view)).is_ok()
     };

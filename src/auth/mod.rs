@@ -5,6 +5,7 @@ pub mod cache;
 pub mod challenge;
 pub mod decide;
 pub mod dpop;
+pub mod inbound;
 pub mod keys;
 pub mod replay;
 pub mod sender;

@@ -5,13 +5,12 @@
 //! the client certificate for `cnf.x5t#S256` (RFC 8705 §3). It runs on every request: the
 //! verified-token cache only ever skips the token's signature.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine;
-use http::HeaderMap;
 
 use super::dpop::{self, NonceKey, NonceState};
+use super::inbound::Inbound;
 use super::replay::{proof_id, ReplayCache, Seen};
 use super::token::{Principal, Scheme, TokenError};
 use crate::config::{ClientCertHeader, DpopAlg, SenderConstraint, SenderPolicy, Server};
@@ -81,25 +80,9 @@ impl<'a> Effective<'a> {
     }
 }
 
-/// What the check reads of the request (the pipeline's and the authorization service's
-/// `Inbound` alike).
-#[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
-    pub method: &'a str,
-    /// `http` or `https`, as the client used it.
-    pub scheme: &'a str,
-    pub host: Option<&'a str>,
-    pub path: &'a str,
-    pub headers: &'a HeaderMap,
-    /// The socket peer: only a trusted proxy's forwarding headers are believed.
-    pub peer: IpAddr,
-    /// SHA-256 of the client certificate the TLS handshake verified.
-    pub tls_cert: Option<&'a [u8; 32]>,
-}
-
 /// The request URI as the client saw it, normalised for `htu`: behind a trusted proxy its
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (first entries) name the scheme and host.
-pub fn request_htu(req: &RequestView<'_>, server: &Server) -> Option<String> {
+pub fn request_htu(req: &Inbound<'_>, server: &Server) -> Option<String> {
     let forwarded = |name: &str| {
         req.headers
             .get(name)
@@ -123,7 +106,7 @@ pub fn request_htu(req: &RequestView<'_>, server: &Server) -> Option<String> {
 /// The client certificate's SHA-256: from a trusted proxy's configured header when it sent
 /// one, else the TLS connection's own. A header from any other peer is ignored; a header that
 /// cannot be read counts as no certificate.
-pub fn client_certificate(req: &RequestView<'_>, server: &Server) -> Option<[u8; 32]> {
+pub fn client_certificate(req: &Inbound<'_>, server: &Server) -> Option<[u8; 32]> {
     if server.is_trusted(req.peer.to_canonical()) {
         let name = match server.client_cert_header {
             ClientCertHeader::ClientCert => "client-cert",
@@ -156,7 +139,7 @@ pub fn client_certificate(req: &RequestView<'_>, server: &Server) -> Option<[u8;
             };
         }
     }
-    req.tls_cert.copied()
+    req.client_cert_sha256.copied()
 }
 
 fn sha256(der: &[u8]) -> [u8; 32] {
@@ -305,7 +288,7 @@ impl Checker<'_> {
         p: &Principal,
         scheme: Scheme,
         token: &str,
-        req: &RequestView<'_>,
+        req: &Inbound<'_>,
     ) -> Result<Bound, TokenError> {
         let policy = &self.policy;
         if policy.constraint == SenderConstraint::None {
@@ -331,7 +314,7 @@ impl Checker<'_> {
             request_htu(req, self.server).ok_or(TokenError::DpopProof(dpop::ProofError::Uri))?;
         proof
             .check(&dpop::Request {
-                method: req.method,
+                method: req.method.as_str(),
                 htu: &htu,
                 access_token: token,
                 now: self.now,
@@ -370,7 +353,7 @@ impl Checker<'_> {
         }
     }
 
-    fn certificate(&self, p: &Principal, req: &RequestView<'_>) -> Result<(), TokenError> {
+    fn certificate(&self, p: &Principal, req: &Inbound<'_>) -> Result<(), TokenError> {
         match (client_certificate(req, self.server), p.cnf.x5t_s256) {
             (None, _) => Err(TokenError::NoClientCertificate),
             (Some(c), Some(want)) if c == want => Ok(()),

@@ -10,7 +10,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::auth::decide::Decision;
 use crate::auth::dpop::DPOP_NONCE;
-use crate::proxy::authenticate::{self, Inbound};
+use crate::auth::inbound::Inbound;
+use crate::proxy::authenticate;
 use crate::proxy::{headers, route, Outcome};
 use crate::reply::Answer;
 use crate::server::conn::ConnInfo;

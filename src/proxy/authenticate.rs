@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderMap, Method};
+use http::HeaderMap;
 
 use crate::auth::cache;
 use crate::auth::challenge::{self, ChallengeCtx};
 use crate::auth::decide::{decide, Credential, Decision, Refusal};
 use crate::auth::dpop::DPOP_NONCE;
-use crate::auth::sender::{self, Checker, Effective, RequestView};
+use crate::auth::inbound::Inbound;
+use crate::auth::sender::{self, Checker, Effective};
 use crate::auth::token::{self, Principal, Rejected, Scheme, TokenError};
 use crate::config::{AuthMode, Route, SenderConstraint};
 use crate::metrics::{ResultLabels, SenderLabels};
@@ -20,43 +21,6 @@ use crate::reply::Answer;
 use crate::server::conn::ConnInfo;
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::spans::Child;
-use crate::telemetry::RequestTrace;
-
-/// What authentication reads of a request.
-#[derive(Debug, Clone, Copy)]
-pub struct Inbound<'a> {
-    pub method: &'a Method,
-    /// `http` or `https`, as the client used it.
-    pub scheme: &'a str,
-    /// The host the client named (`:authority` or `Host`).
-    pub host: Option<&'a str>,
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
-    pub client_ip: std::net::IpAddr,
-    /// The socket peer: a trusted proxy's `X-Forwarded-Proto`/`-Host` (DPoP `htu`) and client
-    /// certificate header are believed, nobody else's.
-    pub peer: std::net::IpAddr,
-    /// SHA-256 of the client certificate the TLS handshake verified, if any.
-    pub client_cert_sha256: Option<&'a [u8; 32]>,
-    /// The request's `request` span (`[tracing]` on): token validation and the decision become
-    /// its children.
-    pub trace: Option<&'a RequestTrace>,
-}
-
-impl Inbound<'_> {
-    fn view(&self) -> RequestView<'_> {
-        RequestView {
-            method: self.method.as_str(),
-            scheme: self.scheme,
-            host: self.host,
-            path: self.path,
-            headers: self.headers,
-            peer: self.peer,
-            tls_cert: self.client_cert_sha256,
-        }
-    }
-}
 
 /// The principal a valid token names, the decision on the request, and what a DPoP answer
 /// carries.
@@ -270,7 +234,7 @@ async fn credential(
                 }
             });
     };
-    match checker.check(&principal, scheme, token, &req.view()).await {
+    match checker.check(&principal, scheme, token, req).await {
         Ok(bound) => {
             count("ok", "");
             Found {

@@ -420,7 +420,7 @@ async fn inner<'s>(
     }
 
     let now = crate::store::now_secs();
-    let inbound = authenticate::Inbound {
+    let inbound = crate::auth::inbound::Inbound {
         method: req.method(),
         scheme: if conn.tls { "https" } else { "http" },
         host: headers::authority(&req),
