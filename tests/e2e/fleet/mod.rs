@@ -61,12 +61,18 @@ async fn world(redis: Redis, tx_opts: TransmitterOptions) -> World {
     }
 }
 
-/// How the replicas' transmitter delivers: pushes to `/ssf/tx`, or polled as `poller`.
+/// How the replicas' transmitter delivers: pushes to `/ssf/tx`, polled as `poller`, or polled
+/// through a managed stream (`[transmitter.stream]`, verified) as `managed`, whose management
+/// API wants the bearer `MGMT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivery {
     Push,
     Poll,
+    ManagedPoll,
 }
+
+/// The management API bearer of [`Delivery::ManagedPoll`].
+const MGMT: &str = "mgmt-token";
 
 /// One replica's configuration; `dir` holds its redb copy; `store_extra`: more `[store]` lines.
 fn replica_toml(
@@ -93,6 +99,14 @@ fn replica_toml(
         .route("api", "/api", "");
     match delivery {
         Delivery::Push => t.push_transmitter("tx", &w.tx.issuer_url(), &w.tx.jwks_url(), AUD, ""),
+        Delivery::ManagedPoll => t.transmitter(
+            "managed",
+            &format!(
+                "issuer = \"{}\"\ndiscovery = \"{}\"\naudiences = [\"{AUD}\"]\n[transmitter.stream]\ndelivery = \"poll\"\nbearer = \"{MGMT}\"\nverify = true\nevents_requested = [\"https://schemas.openid.net/secevent/caep/event-type/session-revoked\"]",
+                w.tx.issuer_url(),
+                w.tx.configuration_url(),
+            ),
+        ),
         Delivery::Poll => t.transmitter(
             "poller",
             &format!(

@@ -4,17 +4,6 @@
 
 use super::*;
 
-const MGMT: &str = "mgmt-token";
-
-/// A managed poll stream of `tx` with verification, for a fleet replica.
-fn managed(w: &World) -> String {
-    format!(
-        "issuer = \"{iss}\"\ndiscovery = \"{disc}\"\naudiences = [\"{AUD}\"]\n[transmitter.stream]\ndelivery = \"poll\"\nbearer = \"{MGMT}\"\nverify = true\nevents_requested = [\"https://schemas.openid.net/secevent/caep/event-type/session-revoked\"]",
-        iss = w.tx.issuer_url(),
-        disc = w.tx.configuration_url(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_create_one_stream_and_all_use_it() {
     let redis = Redis::start(false);
@@ -27,30 +16,15 @@ async fn replicas_starting_together_create_one_stream_and_all_use_it() {
         },
     )
     .await;
-    let config = |name: &str, dir: &Path| {
-        let store = format!(
-            "backend = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\nreplica_id = \"{name}\"\npath = \"{dir}/state.redb\"\nredis_timeout = \"500ms\"\npoll_lease = \"1s\"",
-            url = w.redis.url(),
-            prefix = w.prefix,
-            dir = dir.display(),
-        );
-        Toml::new()
-            .log_level("warn")
-            .public()
-            .signals()
-            .admin_token()
-            .store(&store)
-            .app(&w.up.url())
-            .dev_issuer(&w.idp.issuer_url(), "")
-            .route("api", "/api", "")
-            .transmitter("managed", &managed(&w))
-            .build()
-    };
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let tomls: Vec<String> = ["a", "b", "c"]
         .iter()
         .zip(&dirs)
-        .map(|(n, d)| config(n, d.path()))
+        .map(|(n, d)| {
+            replica_toml(&w, n, d.path(), Delivery::ManagedPoll, "")
+                .log_level("warn")
+                .build()
+        })
         .collect();
     // All three at once: each lists the transmitter's streams before any has created one.
     let (a, b, c) = tokio::join!(
@@ -67,18 +41,7 @@ async fn replicas_starting_together_create_one_stream_and_all_use_it() {
     assert_eq!(streams.len(), 1, "one stream for the fleet: {streams:#?}");
     let id = streams[0]["stream_id"].as_str().unwrap().to_string();
     for h in [&a, &b, &c] {
-        let r = get(
-            &client(),
-            &h.admin_url("/admin/streams/managed"),
-            &[("authorization", ADMIN)],
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        assert_eq!(
-            r.json()["receiver"]["stream_id"],
-            id.as_str(),
-            "{}",
-            r.text()
-        );
+        let v = admin_get(&h.admin_url("/admin/streams/managed")).await;
+        assert_eq!(v["receiver"]["stream_id"], id.as_str(), "{v}");
     }
 }
