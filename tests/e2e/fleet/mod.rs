@@ -5,8 +5,9 @@
 //! every replica, over TLS too, under load), `outages` (Redis or replicas gone), `poll_lease`
 //! (one poller per fleet), `health` (readiness, write readiness, the fleet view, the metrics of
 //! fleet health and Redis persistence), `sentinel` (a Sentinel failover during a burst),
-//! `cluster` (a Redis Cluster, its slot migrating) and `partition` (one replica cut off from
-//! Redis by a network namespace) the tests.
+//! `cluster` (a Redis Cluster, its slot migrating), `partition` (one replica cut off from
+//! Redis by a network namespace) and `streams` (one managed SSF stream for replicas starting
+//! together) the tests.
 
 mod cluster;
 mod health;
