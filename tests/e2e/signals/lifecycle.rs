@@ -96,6 +96,11 @@ async fn managed(opts: TransmitterOptions, poll: bool, stream_extra: &str) -> Ma
     );
     let h = Harness::start(&base.transmitter("managed", &lines).build()).await;
     h.wait_ready().await;
+    // Ready means the verification push was accepted; wait until the transmitter recorded it
+    // too, so that the tests' push counts start from a settled one.
+    if !poll {
+        push_accepted(&tx, &push_url).await;
+    }
     let streams = tx.streams();
     assert_eq!(streams.len(), 1, "{streams:?}");
     let stream_id = streams[0]["stream_id"].as_str().unwrap().to_string();
