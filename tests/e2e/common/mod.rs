@@ -420,6 +420,9 @@ pub struct Binary {
     pub child: std::process::Child,
     pub addrs: std::collections::HashMap<String, std::net::SocketAddr>,
     pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Set once the thread that reads stderr into `stderr` met its end: every line the process
+    /// wrote is in `stderr`.
+    stderr_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Binary {
@@ -479,6 +482,8 @@ impl Binary {
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let keep = lines.clone();
+        let stderr_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stderr_done.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -487,6 +492,7 @@ impl Binary {
                 keep.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let mut early = Some(early);
         let mut addrs = std::collections::HashMap::new();
@@ -521,6 +527,7 @@ impl Binary {
             child,
             addrs,
             stderr: lines,
+            stderr_done,
         }
     }
 
@@ -560,22 +567,42 @@ impl Binary {
     }
 
     /// Waits (bounded) for the process to exit; returns its exit code, `None` if it is still
-    /// running after `within` (or was killed by a signal).
+    /// running after `within` (or was killed by a signal). Once it exited, [`log`](Self::log)
+    /// holds every line it wrote.
     pub fn wait(&mut self, within: Duration) -> Option<i32> {
-        poll_until_blocking(within, || self.child.try_wait().expect("try_wait"))
-            .and_then(|s| s.code())
+        let status = poll_until_blocking(within, || self.child.try_wait().expect("try_wait"));
+        if status.is_some() {
+            let done = &self.stderr_done;
+            poll_until_blocking(LOG_WITHIN, || {
+                done.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+            })
+            .expect("the log reader to reach the end of the exited process's stderr");
+        }
+        status.and_then(|s| s.code())
     }
 
     /// Waits (bounded) for the process to exit without blocking the runtime; its exit code.
+    /// Once it exited, [`log`](Self::log) holds every line it wrote.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let child = &mut self.child;
-        poll_until(within, || {
+        let status = poll_until(within, || {
             std::future::ready(child.try_wait().expect("try_wait"))
         })
-        .await
-        .and_then(|s| s.code())
+        .await;
+        if status.is_some() {
+            let done = &self.stderr_done;
+            let read = poll_until(LOG_WITHIN, || {
+                std::future::ready(done.load(std::sync::atomic::Ordering::SeqCst).then_some(()))
+            })
+            .await;
+            read.expect("the log reader to reach the end of the exited process's stderr");
+        }
+        status.and_then(|s| s.code())
     }
 
+    /// The log lines read so far: while the process runs, a line it just wrote may not be here
+    /// yet (wait for it with [`wait_log`](Self::wait_log)); after [`wait`](Self::wait) or
+    /// [`wait_exit`](Self::wait_exit) saw it exit, all of them.
     pub fn log(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
     }

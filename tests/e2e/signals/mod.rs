@@ -162,6 +162,22 @@ async fn ready_eventually(h: &Harness, want: StatusCode, what: &str) -> Reply {
     }
 }
 
+/// Waits (bounded) until `tx` has recorded a push to `url` answered `202` (its verification
+/// event, at the start). The development transmitter records a push once it has the answer, so
+/// the proxy can already be ready (it accepted the event) when the push is not recorded yet.
+async fn push_accepted(tx: &DevTransmitter, url: &str) {
+    eventually(
+        std::time::Duration::from_secs(10),
+        &format!("a push to {url} answered 202"),
+        || async {
+            tx.pushes()
+                .iter()
+                .any(|p| p.url == url && p.status == Some(202))
+        },
+    )
+    .await;
+}
+
 /// POSTs `body` to the signals listener's `path` with these credentials and media type.
 async fn push_raw(
     h: &Harness,

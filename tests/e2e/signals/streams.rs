@@ -89,13 +89,7 @@ events_requested = ["{CAEP}session-revoked", "{CAEP}credential-change"]"#,
     assert_eq!(stream["delivery"]["authorization_header"], PUSH_AUTH);
     let stream_id = stream["stream_id"].as_str().unwrap().to_string();
     // The transmitter's verification SET (with our state) was pushed to us and accepted.
-    let pushes = tx.pushes();
-    assert!(
-        pushes
-            .iter()
-            .any(|p| p.url == push_url && p.status == Some(202)),
-        "{pushes:?}"
-    );
+    push_accepted(&tx, &push_url).await;
 
     // A verification with a state we never asked for.
     let foreign = tx.sign_set(DevTransmitter::verification(
@@ -456,13 +450,7 @@ async fn stream_management_uses_a_client_credentials_token() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json().as_array().unwrap().len(), 1);
     // The verification SET came through the stream with our state.
-    assert!(
-        tx.pushes()
-            .iter()
-            .any(|p| p.url == push_url && p.status == Some(202)),
-        "{:?}",
-        tx.pushes()
-    );
+    push_accepted(&tx, &push_url).await;
 
     // An event delivered by the stream takes effect.
     let at = now_secs() - 10;
