@@ -340,11 +340,25 @@ async fn final_acks(
     }
 }
 
-/// Full-jitter-ish backoff: uniformly in [d/2, d].
-fn jittered(d: Duration) -> Duration {
-    let half = d / 2;
-    let extra = rand::random::<f64>() * half.as_secs_f64();
-    half + Duration::from_secs_f64(extra)
+/// The wait after each failed poll: uniformly in [d/2, d], `d` doubling from [`BACKOFF_START`]
+/// to [`BACKOFF_MAX`]; a poll that works starts it over.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(BACKOFF_START)
+    }
+
+    fn failed(&mut self) -> Duration {
+        let half = self.0 / 2;
+        let wait = half + Duration::from_secs_f64(rand::random::<f64>() * half.as_secs_f64());
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.0 = BACKOFF_START;
+    }
 }
 
 /// Sleeps `d` unless shutdown fires first; returns false on shutdown.
@@ -364,7 +378,7 @@ pub async fn run_poller(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut pending = Pending::default();
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new();
     let name = rt.name();
     tracing::info!(target: "cae_proxy::signals", transmitter = %name, "poller started");
     loop {
@@ -401,7 +415,7 @@ pub async fn run_poller(
         }));
         let wait = match result {
             Ok(c) => {
-                backoff = BACKOFF_START;
+                backoff.reset();
                 if c.more_available {
                     Duration::ZERO
                 } else if !s.long_poll || (c.received == 0 && started.elapsed() < LONG_POLL_MIN) {
@@ -413,9 +427,8 @@ pub async fn run_poller(
             // A long poll that outlived our timeout just means nothing happened.
             Err(PollError::Fetch(FetchError::Timeout { .. })) if s.long_poll => Duration::ZERO,
             Err(e) => {
-                let w = jittered(backoff);
+                let w = backoff.failed();
                 tracing::warn!(target: "cae_proxy::signals", transmitter = %name, error = %crate::errors::Chain(&e), retry_in = ?w, "poll failed");
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 w
             }
         };
@@ -444,6 +457,23 @@ mod tests {
     use hyper::service::service_fn;
     use serde_json::{json, Value};
     use std::sync::Mutex;
+
+    #[test]
+    fn failed_polls_back_off_doubling_with_jitter_up_to_a_minute_and_start_over() {
+        for _ in 0..50 {
+            let mut b = Backoff::new();
+            let mut d = BACKOFF_START;
+            for _ in 0..10 {
+                let w = b.failed();
+                assert!(w >= d / 2 && w <= d, "{w:?} outside [{:?}, {d:?}]", d / 2);
+                d = (d * 2).min(BACKOFF_MAX);
+            }
+            assert_eq!(d, BACKOFF_MAX);
+            b.reset();
+            let w = b.failed();
+            assert!(w >= BACKOFF_START / 2 && w <= BACKOFF_START, "{w:?}");
+        }
+    }
 
     /// A scripted transmitter: answers each poll with the next scripted response, records bodies.
     struct Script {

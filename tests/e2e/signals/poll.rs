@@ -438,16 +438,12 @@ async fn poll_backs_off_during_a_transmitter_outage_and_resumes() {
         .windows(2)
         .map(|w| w[1].at.duration_since(w[0].at))
         .collect();
+    // No retry before the shortest backoff (a lower bound: a late wake-up only lengthens a
+    // gap). How the backoff grows is the unit test
+    // `signals::poll::tests::failed_polls_back_off_doubling_with_jitter_up_to_a_minute_and_start_over`.
     for g in &gaps {
         assert!(*g >= Duration::from_millis(200), "{gaps:?}");
     }
-    // The backoff grows.
-    assert!(
-        gaps.windows(2)
-            .all(|w| w[1] + Duration::from_millis(50) >= w[0]),
-        "{gaps:?}"
-    );
-    assert!(gaps.last().unwrap() > gaps.first().unwrap(), "{gaps:?}");
     // The SET queued during the outage was not delivered.
     let victim = mint(&idp, "during-outage", 100, json!({}));
     let r = call_with(&api, &victim).await;
