@@ -480,7 +480,6 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 /// algorithm (this proxy holds no shared secrets: algorithm confusion) are refused; a member of
 /// the wrong type or given twice makes the header malformed.
 fn jose_header(json: &[u8]) -> Result<JoseHeader, TokenError> {
-    use serde::Deserialize;
     // serde reads a struct from a JSON array too; a JWS header is an object (RFC 7515 §4).
     if json.trim_ascii_start().first() != Some(&b'{') {
         return Err(
@@ -490,14 +489,14 @@ fn jose_header(json: &[u8]) -> Result<JoseHeader, TokenError> {
             },
         );
     }
-    let raw = RawHeader::deserialize(&mut serde_json::Deserializer::from_slice(json)).map_err(
-        |e| match e.classify() {
-            serde_json::error::Category::Data => {
-                TokenError::Malformed("header members are not a JWS header's")
-            }
-            _ => TokenError::Malformed("header is not JSON"),
-        },
-    )?;
+    // `from_slice` also refuses anything after the object (a fuzz finding: a bare
+    // `Deserializer` stops at the closing brace).
+    let raw = serde_json::from_slice::<RawHeader>(json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            TokenError::Malformed("header members are not a JWS header's")
+        }
+        _ => TokenError::Malformed("header is not JSON"),
+    })?;
     if raw
         .typ
         .as_deref()
@@ -819,6 +818,7 @@ mod tests {
             ),
             (r#"["RS256"]"#, "header members are not a JWS header's"),
             (r#"{"alg":"RS256""#, "header is not JSON"),
+            (r#"{"alg":"RS256"}trailing"#, "header is not JSON"),
         ] {
             assert_eq!(
                 inspect(&raw(h)).unwrap_err(),
