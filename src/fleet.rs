@@ -691,10 +691,12 @@ impl Fleet {
         }
     }
 
-    fn set_held(&self, transmitter: &str, until: Option<Instant>) {
+    /// Records whether this replica holds `transmitter`'s lease; `false` when no poller wants it
+    /// any more (it stopped: the entry is gone).
+    fn set_held(&self, transmitter: &str, until: Option<Instant>) -> bool {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let Some(l) = leases.get_mut(transmitter) else {
-            return;
+            return false;
         };
         let before = l.held_until.is_some_and(|u| u > Instant::now());
         l.held_until = until;
@@ -713,6 +715,7 @@ impl Fleet {
                 transmitter: transmitter.to_string(),
             })
             .set(i64::from(after));
+        true
     }
 
     /// Takes and renews the poll leases pollers asked for, until shutdown; then releases them.
@@ -762,7 +765,15 @@ impl Fleet {
             for n in &names {
                 let sent = Instant::now();
                 match self.link.lease(c, n, self.lease_ttl).await {
-                    Ok(held) => self.set_held(n, held.then(|| sent + validity)),
+                    Ok(held) => {
+                        if !self.set_held(n, held.then(|| sent + validity)) && held {
+                            // The poller stopped (and released the lease) while this renewal
+                            // was in flight, which took the lease again: give it up, or it
+                            // would keep every other replica waiting until it expires.
+                            let _ = tokio::time::timeout(RELEASE_TIMEOUT, self.link.release(c, n))
+                                .await;
+                        }
+                    }
                     Err(e) => {
                         self.link.error("lease");
                         tracing::debug!(transmitter = %n, error = %describe(&e), "poll lease renewal failed");
