@@ -489,9 +489,12 @@ fn jose_header(json: &[u8]) -> Result<JoseHeader, TokenError> {
             },
         );
     }
-    // `from_slice` also refuses anything after the object (a fuzz finding: a bare
+    // JSON is UTF-8 throughout, and serde skips the members it ignores without checking theirs
+    // (a fuzz finding); `from_str` also refuses anything after the object (another: a bare
     // `Deserializer` stops at the closing brace).
-    let raw = serde_json::from_slice::<RawHeader>(json).map_err(|e| match e.classify() {
+    let json =
+        std::str::from_utf8(json).map_err(|_| TokenError::Malformed("header is not JSON"))?;
+    let raw = serde_json::from_str::<RawHeader>(json).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             TokenError::Malformed("header members are not a JWS header's")
         }
@@ -826,6 +829,11 @@ mod tests {
                 "{h}"
             );
         }
+        // Invalid UTF-8 in a member validation ignores is still not JSON.
+        assert_eq!(
+            jose_header(b"{\"alg\":\"RS256\",\"jku\":\"https://e/\xff\"}").unwrap_err(),
+            TokenError::Malformed("header is not JSON")
+        );
         let escaped = raw(r#"{"alg":"RS\u0032\u00356","kid":"k\u0031"}"#);
         let escaped = inspect(&escaped).unwrap();
         assert_eq!(
