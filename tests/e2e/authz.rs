@@ -570,7 +570,16 @@ async fn grpc_check(
     local: Option<IpAddr>,
     req: CheckRequest,
 ) -> Result<CheckResponse, tonic::Status> {
-    let addr = s.h.proxy.addr("authz").unwrap();
+    check_at(s.h.proxy.addr("authz").unwrap(), local, req).await
+}
+
+/// One Check to the authz listener at `addr` over a fresh HTTP/2 connection, from `local`
+/// (default 127.0.0.1).
+pub(crate) async fn check_at(
+    addr: std::net::SocketAddr,
+    local: Option<IpAddr>,
+    req: CheckRequest,
+) -> Result<CheckResponse, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .local_address(local)

@@ -706,32 +706,22 @@ async fn an_authz_check_hands_the_next_nonce_to_the_gateway_for_the_client() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.header("dpop-nonce"), None);
     // Envoy's gRPC Check: the nonce is a header to add to the client's response.
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        w.h.proxy.addr("authz").unwrap()
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
-    let mut grpc =
-        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
-            channel,
-        );
     let mut to_client = Vec::new();
     for nonce in [&previous, &current] {
         let proof = d.proof(&key, "GET", &url, &token, Some(nonce));
-        let checked = grpc
-            .check(crate::authz::check_request(
+        let checked = crate::authz::check_at(
+            w.h.proxy.addr("authz").unwrap(),
+            None,
+            crate::authz::check_request(
                 "GET",
                 &host,
                 "/nonce/x",
                 &[("authorization", &auth), ("dpop", &proof)],
                 "127.0.0.1",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+            ),
+        )
+        .await
+        .unwrap();
         assert_eq!(checked.status.map(|s| s.code), Some(0), "allowed");
         let Some(HttpResponse::OkResponse(ok)) = checked.http_response else {
             panic!("no OkHttpResponse")

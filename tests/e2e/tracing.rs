@@ -300,28 +300,19 @@ async fn a_gateways_checks_are_traced_under_the_original_requests_trace() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // 3. Envoy's gRPC Check, the caller's traceparent among the original headers.
     let grpc = "00-11111111111111111111111111111111-2222222222222222-01";
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        s.h.proxy.addr("authz").unwrap()
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
-    let checked =
-        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
-            channel,
-        )
-        .check(crate::authz::check_request(
+    let checked = crate::authz::check_at(
+        s.h.proxy.addr("authz").unwrap(),
+        None,
+        crate::authz::check_request(
             "POST",
             "api.test",
             "/api/orders?id=7",
             &[("authorization", &auth), ("traceparent", grpc)],
             "127.0.0.1",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(checked.status.map(|s| s.code), Some(0), "allowed");
 
     stop(s).await;
