@@ -71,7 +71,7 @@ pub(super) async fn forward(
     };
     let mut target = http::uri::Parts::default();
     target.scheme = Some(upstream.scheme.clone());
-    target.authority = upstream.authority.clone();
+    target.authority = Some(upstream.pool_authority.clone());
     target.path_and_query = Some(pq);
     let uri = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
 
