@@ -58,22 +58,26 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
         return;
     }
     if present & 1 != 0 {
-        // `keep-alive`, the usual option, goes below anyway: no name to parse, nothing to
-        // collect.
-        let named: Vec<HeaderName> = h
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(&n);
+        // `Connection` taken out with its values in one lookup, then the names it lists;
+        // `keep-alive`, the usual option, goes below anyway.
+        if let http::header::Entry::Occupied(e) = h.entry(CONNECTION) {
+            let mut named = Vec::new();
+            for v in e.remove_entry_mult().1 {
+                let Ok(v) = v.to_str() else { continue };
+                named.extend(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
+                        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()),
+                );
+            }
+            for n in named {
+                h.remove(&n);
+            }
         }
     }
-    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+    // Bit 0, `Connection`, is gone already.
+    for (i, n) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
             h.remove(*n);
         }
