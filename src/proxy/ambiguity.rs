@@ -2,13 +2,25 @@
 //! before routing and refused, never forwarded.
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, HeaderValue, Request, Version};
+
+/// What the one pass of [`ambiguity`] found, so that nothing after it looks these up again.
+#[derive(Debug)]
+pub struct Framing<'a> {
+    /// The request's host as the client named it: the target's authority (HTTP/2 `:authority`,
+    /// an absolute-form target), else `Host` (see `headers::authority`).
+    pub host: Option<&'a str>,
+    /// The one `Content-Length` line, if any.
+    pub content_length: Option<&'a HeaderValue>,
+    /// A `Transfer-Encoding` line is present ([`unsupported_coding`] reads it).
+    pub transfer_encoding: bool,
+}
 
 /// Requests whose target host or body framing two parsers could read differently are refused,
 /// never forwarded (RFC 9112 §3.2 and §6.3, RFC 9113 §8.3.1). hyper already refuses
 /// conflicting `Content-Length` values, obsolete line folding and bad header syntax; this adds the
 /// rules it leaves to the application.
-pub fn ambiguity<B>(req: &Request<B>) -> Option<&'static str> {
+pub fn ambiguity<B>(req: &Request<B>) -> Result<Framing<'_>, &'static str> {
     // Userinfo in an absolute-form target or an HTTP/2 `:authority` (RFC 9110 §4.2.4: a sender
     // must not generate it, a recipient should treat it as an error; RFC 9113 §8.3.1: it must
     // not be there): `u:p@a.test` names no route's host and would go upstream as the host.
@@ -17,13 +29,23 @@ pub fn ambiguity<B>(req: &Request<B>) -> Option<&'static str> {
         .authority()
         .is_some_and(|a| a.as_str().contains('@'))
     {
-        return Some("userinfo in the request target");
+        return Err("userinfo in the request target");
     }
-    let h = req.headers();
-    let mut hosts = h.get_all(HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Some("more than one Host header");
+    // One pass over the header lines instead of a hashed lookup per name.
+    let (mut host, mut hosts, mut te, mut cl, mut cls) = (None, 0u32, false, None, 0u32);
+    for (name, value) in req.headers() {
+        if name == HOST {
+            host.get_or_insert(value);
+            hosts += 1;
+        } else if name == TRANSFER_ENCODING {
+            te = true;
+        } else if name == CONTENT_LENGTH {
+            cl.get_or_insert(value);
+            cls += 1;
+        }
+    }
+    if hosts > 1 {
+        return Err("more than one Host header");
     }
     match req.version() {
         Version::HTTP_2 | Version::HTTP_3 => {
@@ -32,12 +54,12 @@ pub fn ambiguity<B>(req: &Request<B>) -> Option<&'static str> {
                     .as_bytes()
                     .eq_ignore_ascii_case(auth.as_str().as_bytes())
                 {
-                    return Some("the Host header disagrees with :authority");
+                    return Err("the Host header disagrees with :authority");
                 }
             }
         }
         Version::HTTP_11 if host.is_none() => {
-            return Some("an HTTP/1.1 request needs a Host header")
+            return Err("an HTTP/1.1 request needs a Host header")
         }
         _ => {}
     }
@@ -48,16 +70,25 @@ pub fn ambiguity<B>(req: &Request<B>) -> Option<&'static str> {
             .and_then(|s| s.parse::<http::uri::Authority>().ok())
             .is_some_and(|a| !a.as_str().contains('@'));
         if !valid {
-            return Some("the Host header is not a valid host");
+            return Err("the Host header is not a valid host");
         }
     }
-    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
-        return Some("both Transfer-Encoding and Content-Length");
+    if te && cls > 0 {
+        return Err("both Transfer-Encoding and Content-Length");
     }
-    if h.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
-        return Some("more than one Content-Length header");
+    if cls > 1 {
+        return Err("more than one Content-Length header");
     }
-    None
+    let named = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.and_then(|h| h.to_str().ok()));
+    Ok(Framing {
+        host: named,
+        content_length: cl,
+        transfer_encoding: te,
+    })
 }
 
 /// The `Transfer-Encoding` of a request when it is anything but `chunked` alone (one field line,
@@ -81,4 +112,98 @@ pub fn unsupported_coding(h: &HeaderMap) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
         .collect();
     Some(all.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ambiguity;
+    use http::{Request, Version};
+
+    fn req(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn each_ambiguity_is_named() {
+        let h1 = |headers: &[(&str, &str)]| ambiguity(&req(Version::HTTP_11, "/", headers)).err();
+        assert_eq!(h1(&[("host", "a.test")]), None);
+        assert_eq!(
+            h1(&[("host", "a.test"), ("content-length", "3")]),
+            None,
+            "one Content-Length"
+        );
+        assert_eq!(h1(&[]), Some("an HTTP/1.1 request needs a Host header"));
+        assert_eq!(
+            h1(&[("host", "a.test"), ("host", "b.test")]),
+            Some("more than one Host header")
+        );
+        assert_eq!(
+            h1(&[("host", "[abc")]),
+            Some("the Host header is not a valid host")
+        );
+        assert_eq!(
+            h1(&[("host", "u@a.test")]),
+            Some("the Host header is not a valid host")
+        );
+        assert_eq!(
+            h1(&[
+                ("host", "a.test"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "3")
+            ]),
+            Some("both Transfer-Encoding and Content-Length")
+        );
+        assert_eq!(
+            h1(&[
+                ("host", "a.test"),
+                ("content-length", "3"),
+                ("content-length", "3")
+            ]),
+            Some("more than one Content-Length header")
+        );
+        let h2 = |uri: &str, headers: &[(&str, &str)]| {
+            ambiguity(&req(Version::HTTP_2, uri, headers)).err()
+        };
+        assert_eq!(
+            h2("https://a.test/", &[]),
+            None,
+            "no Host beside :authority"
+        );
+        assert_eq!(h2("https://a.test/", &[("host", "A.test")]), None);
+        assert_eq!(
+            h2("https://a.test/", &[("host", "b.test")]),
+            Some("the Host header disagrees with :authority")
+        );
+        assert_eq!(
+            h2("https://u:p@a.test/", &[]),
+            Some("userinfo in the request target")
+        );
+    }
+
+    #[test]
+    fn the_pass_hands_on_host_and_framing() {
+        let r = req(
+            Version::HTTP_11,
+            "/",
+            &[("host", "a.test:8443"), ("content-length", "12")],
+        );
+        let f = ambiguity(&r).unwrap();
+        assert_eq!(f.host, Some("a.test:8443"));
+        assert_eq!(f.content_length.map(|v| v.as_bytes()), Some(&b"12"[..]));
+        assert!(!f.transfer_encoding);
+        let r = req(Version::HTTP_2, "https://b.test/x", &[("te", "trailers")]);
+        let f = ambiguity(&r).unwrap();
+        assert_eq!(f.host, Some("b.test"), ":authority names the host");
+        assert_eq!(f.content_length, None);
+        let r = req(
+            Version::HTTP_11,
+            "/",
+            &[("host", "a.test"), ("transfer-encoding", "chunked")],
+        );
+        assert!(ambiguity(&r).unwrap().transfer_encoding);
+    }
 }

@@ -393,25 +393,24 @@ async fn inner<'s>(
     if head > server.max_header_bytes {
         return Err(ProxyError::HeadTooLarge(head, server.max_header_bytes));
     }
-    if let Some(why) = ambiguity::ambiguity(&req) {
-        return Err(ProxyError::Ambiguous(why));
-    }
-    if let Some(coding) = ambiguity::unsupported_coding(req.headers()) {
-        return Err(ProxyError::UnsupportedCoding(coding));
+    let framing = ambiguity::ambiguity(&req).map_err(ProxyError::Ambiguous)?;
+    if framing.transfer_encoding {
+        if let Some(coding) = ambiguity::unsupported_coding(req.headers()) {
+            return Err(ProxyError::UnsupportedCoding(coding));
+        }
     }
     if route::has_dot_segment(req.uri().path()) {
         return Err(ProxyError::BadPath);
     }
     let (route, route_metrics) = snap
         .router
-        .find_with_metrics(headers::authority(&req), req.uri().path(), req.method())
+        .find_with_metrics(framing.host, req.uri().path(), req.method())
         .ok_or(ProxyError::NoRoute)?;
     let route = route.clone();
     out.route = Some(route_metrics);
     out.client_ip = headers::client_ip(conn.peer.ip(), req.headers(), server);
-    if req
-        .headers()
-        .get(CONTENT_LENGTH)
+    if framing
+        .content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > server.max_request_body)
@@ -423,7 +422,7 @@ async fn inner<'s>(
     let inbound = crate::auth::inbound::Inbound {
         method: req.method(),
         scheme: if conn.tls { "https" } else { "http" },
-        host: headers::authority(&req),
+        host: framing.host,
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
