@@ -468,6 +468,12 @@ async fn https_upstream_with_a_configured_ca_and_client_certificate() {
         "/base/x",
         "the upstream URL's path is prepended"
     );
+    // The inner proxy names the Host it was sent in X-Forwarded-Host: the upstream URL's own
+    // authority, whatever key the outer proxy's connection pool files it under.
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-host"],
+        format!("localhost:{port}")
+    );
     let without = Harness::start(&outer(false)).await;
     let r = get(&client(), &without.url("public", "/x"), &[]).await;
     assert_eq!(
