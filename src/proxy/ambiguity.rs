@@ -7,8 +7,7 @@ use http::{HeaderMap, HeaderValue, Request, Version};
 /// What the one pass of [`ambiguity`] found, so that nothing after it looks these up again.
 #[derive(Debug)]
 pub struct Framing<'a> {
-    /// The request's host as the client named it: the target's authority (HTTP/2 `:authority`,
-    /// an absolute-form target), else `Host` (see `headers::authority`).
+    /// The request's host as the client named it (`headers::authority`).
     pub host: Option<&'a str>,
     /// The one `Content-Length` line, if any.
     pub content_length: Option<&'a HeaderValue>,
@@ -79,13 +78,8 @@ pub fn ambiguity<B>(req: &Request<B>) -> Result<Framing<'_>, &'static str> {
     if cls > 1 {
         return Err("more than one Content-Length header");
     }
-    let named = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| host.and_then(|h| h.to_str().ok()));
     Ok(Framing {
-        host: named,
+        host: super::headers::named_host(req.uri(), host),
         content_length: cl,
         transfer_encoding: te,
     })

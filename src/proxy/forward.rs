@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, HOST};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -69,11 +69,9 @@ pub(super) async fn forward(
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?
         }
     };
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(upstream.scheme.clone());
-    target.authority = Some(upstream.pool_authority.clone());
-    target.path_and_query = Some(pq);
-    let uri = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let uri = upstream
+        .target(pq)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
 
     let mut h = std::mem::take(req.headers_mut());
     headers::strip_hop_by_hop(&mut h, upgrade.as_ref());

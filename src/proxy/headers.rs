@@ -37,11 +37,14 @@ pub fn authority_value<B>(req: &http::Request<B>) -> Option<HeaderValue> {
 /// The request's host as the client named it: the target's authority (HTTP/2 `:authority`, an
 /// absolute-form target), else `Host`.
 pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-    })
+    named_host(req.uri(), req.headers().get(http::header::HOST))
+}
+
+/// [`authority`] from the target and the `Host` line already found.
+pub fn named_host<'a>(uri: &'a http::Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.and_then(|v| v.to_str().ok()))
 }
 
 /// Removes hop-by-hop headers and those named in `Connection` (RFC 9110 §7.6.1). With

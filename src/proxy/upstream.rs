@@ -57,11 +57,9 @@ impl ForwardError {
 pub struct UpstreamClient {
     pub cfg: Upstream,
     /// The parts of every target URI and the `Host` header, built once instead of per request.
-    pub scheme: Scheme,
+    scheme: Scheme,
     /// The upstream's own authority (traces name it).
     pub authority: Option<Authority>,
-    /// The authority of the target URI handed to the client: [`POOL_KEY`], see [`Pinned`].
-    pub pool_authority: Authority,
     pub host: HeaderValue,
     client: Client<Pinned, BoxedBody>,
 }
@@ -139,10 +137,19 @@ impl UpstreamClient {
             cfg: cfg.clone(),
             scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority: cfg.url.authority().cloned(),
-            pool_authority: Authority::from_static(POOL_KEY),
             host: host_header(&cfg.url),
             client,
         })
+    }
+
+    /// The URI to hand the client for `pq`: the upstream's scheme and the pool's stand-in
+    /// authority ([`POOL_KEY`]; [`Pinned`] dials the real one).
+    pub fn target(&self, pq: http::uri::PathAndQuery) -> Result<http::Uri, http::Error> {
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(Authority::from_static(POOL_KEY))
+            .path_and_query(pq)
+            .build()
     }
 
     /// Sends the request and waits for the response head within the request timeout.
