@@ -603,7 +603,9 @@ proptest! {
             r.claims = vec![ClaimRule { claim: "tid".into(), allowed: vec!["tenant-a".into()] }];
         }
         if let Some(tid) = &p.tid {
-            p.claims.insert("tid".into(), serde_json::Value::String(tid.clone()));
+            let mut claims = serde_json::Map::new();
+            claims.insert("tid".into(), serde_json::Value::String(tid.clone()));
+            p.claims = claims.into();
         }
         if all {
             r.match_mode = MatchMode::All;

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod challenge;
+pub mod claims;
 pub mod decide;
 pub mod dpop;
 pub mod inbound;

@@ -1,14 +1,16 @@
 //! Bearer extraction and JWT validation: issuer by unverified `iss`, key by `kid`, algorithm
 //! allow-list and key-type match, then jsonwebtoken verifies signature, `aud`, `exp`, `nbf`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
 use http::HeaderMap;
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::claims::{Claims, Members, StrOrList};
 use super::dpop::ProofError;
 use super::keys::{KeySet, VerifyKey};
 use crate::config;
@@ -161,15 +163,15 @@ pub struct Cnf {
 }
 
 impl Cnf {
-    /// Reads `cnf` from the claims.
-    pub fn from_claims(claims: &Map<String, Value>) -> Cnf {
+    /// Reads `cnf`, the claim's value (if present).
+    pub fn from_value(cnf: Option<Value>) -> Cnf {
         let digest = |v: &Value| -> Option<[u8; 32]> {
             let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(v.as_str()?.trim_end_matches('='))
                 .ok()?;
             b.try_into().ok()
         };
-        match claims.get("cnf") {
+        match cnf {
             None | Some(Value::Null) => Cnf::default(),
             Some(Value::Object(m)) => {
                 let mut c = Cnf::default();
@@ -234,7 +236,7 @@ pub struct Principal {
     pub alg: Option<Algorithm>,
     /// The sender-constraint binding (`cnf`), checked on every request, cached or not.
     pub cnf: Cnf,
-    pub claims: Map<String, Value>,
+    pub claims: Claims,
 }
 
 /// A token's `ipaddr` claim.
@@ -273,7 +275,7 @@ impl Principal {
     /// A claim by dotted path (`realm_access.roles`).
     pub fn claim(&self, path: &str) -> Option<&Value> {
         let mut parts = path.split('.');
-        let mut cur = self.claims.get(parts.next()?)?;
+        let mut cur = self.claims.map().get(parts.next()?)?;
         for p in parts {
             cur = cur.get(p)?;
         }
@@ -390,11 +392,10 @@ pub fn access_token<'a>(
     if values.next().is_some() {
         return Err(TokenError::MultipleAuthorization);
     }
-    // ASCII check word-at-a-time (a token is long; `HeaderValue::to_str` goes byte by byte).
+    // One UTF-8 check, word-at-a-time for ASCII (a token is long; `HeaderValue::to_str` goes
+    // byte by byte). A non-ASCII token is refused by the base64url check of its segments.
     let v = std::str::from_utf8(v.as_bytes())
-        .ok()
-        .filter(|v| v.is_ascii())
-        .ok_or(TokenError::Malformed("non-ASCII Authorization header"))?;
+        .map_err(|_| TokenError::Malformed("Authorization header is not UTF-8"))?;
     let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
     let scheme = if scheme.eq_ignore_ascii_case("bearer") {
         Scheme::Bearer
@@ -423,12 +424,22 @@ fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
 #[derive(Debug)]
 pub struct Inspected<'a> {
     pub header: JoseHeader,
-    /// The unverified `iss`, used only to choose the issuer configuration.
-    pub iss: String,
-    pub claims: Map<String, Value>,
+    /// The decoded payload (UTF-8, not yet read as JSON).
+    pub payload: String,
     /// `header.payload`, the bytes the signature covers.
     pub signing_input: &'a str,
     pub signature: Vec<u8>,
+}
+
+/// An inspected payload's members, with its unverified `iss` (used only to choose the issuer
+/// configuration). A SET (an `events` claim) is refused here.
+pub fn members(payload: &str) -> Result<(Members<'_>, Cow<'_, str>), TokenError> {
+    let members = Members::parse(payload)?;
+    if members.has("events") {
+        return Err(TokenError::SecurityEventToken);
+    }
+    let iss = members.str("iss").ok_or(TokenError::MissingClaim("iss"))?;
+    Ok((members, iss))
 }
 
 /// The media type of a SET (RFC 8417 §2.3), as [`typ_media_type`] normalises it.
@@ -538,20 +549,12 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
     if s.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
-    let claims: Map<String, Value> = serde_json::from_slice(&b64(p)?)
+    let payload = String::from_utf8(b64(p)?)
         .map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
-    if claims.contains_key("events") {
-        return Err(TokenError::SecurityEventToken);
-    }
-    let iss = match claims.get("iss") {
-        Some(Value::String(i)) => i.clone(),
-        _ => return Err(TokenError::MissingClaim("iss")),
-    };
     let signature = b64(s)?;
     Ok(Inspected {
         header,
-        iss,
-        claims,
+        payload,
         signing_input: &token[..h.len() + 1 + p.len()],
         signature,
     })
@@ -563,32 +566,43 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
 pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Principal, Rejected> {
     let Inspected {
         header,
-        iss,
-        claims,
+        payload,
         signing_input,
         signature,
     } = inspect(token)?;
-    let issuer = issuers.find(&iss).ok_or(TokenError::UnknownIssuer)?;
-    let named = |error| Rejected {
-        error,
-        issuer: Some(issuer.name.clone()),
-        dpop: false,
+    let mut principal = {
+        let (claims, iss) = members(&payload)?;
+        let issuer = issuers.find(&iss).ok_or(TokenError::UnknownIssuer)?;
+        let named = |error| Rejected {
+            error,
+            issuer: Some(issuer.name.clone()),
+            dpop: false,
+        };
+        let verified = verify(issuer, &header, &claims, signing_input, &signature, now)
+            .await
+            .map_err(named)?;
+        principal(issuer, iss.into_owned(), header, &verified, &claims)
     };
-    verify(issuer, header, iss, claims, signing_input, &signature, now)
-        .await
-        .map_err(named)
+    principal.claims = Claims::new(payload);
+    Ok(principal)
+}
+
+/// What [`verify`] established: the key that verified the signature, and the token's times.
+struct Verified {
+    key: Arc<VerifyKey>,
+    exp: i64,
+    iat: Option<i64>,
 }
 
 /// Validation once the issuer is known: everything after the structure.
 async fn verify(
     issuer: &IssuerRt,
-    header: JoseHeader,
-    iss: String,
-    claims: Map<String, Value>,
+    header: &JoseHeader,
+    claims: &Members<'_>,
     signing_input: &str,
     signature: &[u8],
     now: i64,
-) -> Result<Principal, TokenError> {
+) -> Result<Verified, TokenError> {
     let cfg = &issuer.cfg;
     if !cfg.algorithms.contains(&header.alg) {
         return Err(TokenError::AlgorithmNotAllowed);
@@ -608,20 +622,11 @@ async fn verify(
         return Err(TokenError::BadSignature);
     }
     let leeway = cfg.leeway.as_secs() as i64;
-    let int = |name: &str| {
-        claims
-            .get(name)
-            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
-    };
-    let exp = int("exp").ok_or(TokenError::MissingClaim("exp"))?;
-    let aud_ok = match claims.get("aud") {
-        None => return Err(TokenError::MissingClaim("aud")),
-        Some(Value::String(a)) => cfg.audiences.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list.iter().any(|a| {
-            a.as_str()
-                .is_some_and(|a| cfg.audiences.iter().any(|x| x == a))
-        }),
-        Some(_) => false,
+    let exp = claims.int("exp").ok_or(TokenError::MissingClaim("exp"))?;
+    let aud_ok = match claims.strings("aud") {
+        None if !claims.has("aud") => return Err(TokenError::MissingClaim("aud")),
+        None => false,
+        Some(aud) => cfg.audiences.iter().any(|x| aud.holds(x)),
     };
     if !aud_ok {
         return Err(TokenError::WrongAudience);
@@ -631,16 +636,16 @@ async fn verify(
         return Err(TokenError::Expired);
     }
     let latest = now.saturating_add(leeway);
-    if int("nbf").is_some_and(|nbf| nbf > latest) {
+    if claims.int("nbf").is_some_and(|nbf| nbf > latest) {
         return Err(TokenError::NotYetValid);
     }
-    let iat = int("iat");
+    let iat = claims.int("iat");
     if iat.is_some_and(|iat| iat > latest) {
         return Err(TokenError::IssuedInFuture);
     }
     if let Some(max) = cfg.max_lifetime {
         let start = iat
-            .or_else(|| int("nbf"))
+            .or_else(|| claims.int("nbf"))
             .ok_or(TokenError::MissingClaim("iat"))?;
         // Both ends come from the issuer's clock: skew does not apply, so no leeway. An
         // overflowing difference is longer than any maximum.
@@ -649,39 +654,24 @@ async fn verify(
             return Err(TokenError::LifetimeTooLong);
         }
     }
-    Ok(principal(issuer, iss, header, &key, exp, iat, claims))
+    Ok(Verified { key, exp, iat })
 }
 
+/// The principal of a verified token (its `claims` map left for the caller to fill).
 fn principal(
     issuer: &IssuerRt,
     iss: String,
     header: JoseHeader,
-    key: &VerifyKey,
-    exp: i64,
-    iat: Option<i64>,
-    claims: Map<String, Value>,
+    verified: &Verified,
+    claims: &Members<'_>,
 ) -> Principal {
-    let s = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
-    let list = |name: &str| -> Vec<String> {
-        match claims.get(name) {
-            Some(Value::String(v)) => v
-                .split(' ')
-                .filter(|x| !x.is_empty())
-                .map(str::to_string)
-                .collect(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
+    let s = |name: &str| claims.str(name).map(Cow::into_owned);
+    let list = |name: &str| claims.strings(name).map_or_else(Vec::new, |l| l.words());
     let map = &issuer.cfg.claim_map;
     let emails = map
         .email
         .iter()
-        .filter_map(|c| s(c))
+        .filter_map(|c| claims.str(c))
         .filter(|e| e.contains('@'))
         .map(|e| e.to_lowercase())
         .collect();
@@ -693,22 +683,19 @@ fn principal(
         tid: s(&map.tenant),
         sid: s(&map.session),
         jti: map.token_id.iter().find_map(|c| s(c)),
-        iat,
-        exp,
-        auth_time: claims.get("auth_time").and_then(Value::as_i64),
+        iat: verified.iat,
+        exp: verified.exp,
+        auth_time: claims.number("auth_time").and_then(|n| n.as_i64()),
         acr: s("acr"),
         acrs: list("acrs"),
-        cp1: match claims.get("xms_cc") {
-            Some(Value::String(v)) => v.split(' ').any(|c| c.eq_ignore_ascii_case("cp1")),
-            Some(Value::Array(a)) => a
-                .iter()
-                .any(|c| c.as_str().is_some_and(|c| c.eq_ignore_ascii_case("cp1"))),
-            _ => false,
-        },
+        cp1: claims.strings("xms_cc").is_some_and(|l| match l {
+            StrOrList::One(v) => v.split(' ').any(|c| c.eq_ignore_ascii_case("cp1")),
+            StrOrList::Many(a) => a.iter().any(|c| c.eq_ignore_ascii_case("cp1")),
+        }),
         ipaddr: match claims.get("ipaddr") {
-            None | Some(Value::Null) => TokenIp::Absent,
-            Some(v) => v
-                .as_str()
+            None | Some("null") => TokenIp::Absent,
+            Some(_) => claims
+                .str("ipaddr")
                 .and_then(|a| a.trim().parse().ok())
                 .map_or(TokenIp::Unreadable, TokenIp::Addr),
         },
@@ -717,11 +704,11 @@ fn principal(
         device: s(&map.device),
         emails,
         kid: header.kid,
-        key_thumbprint: key.thumbprint,
+        key_thumbprint: verified.key.thumbprint,
         alg: Some(header.alg),
-        cnf: Cnf::from_claims(&claims),
+        cnf: Cnf::from_value(claims.value("cnf")),
         iss,
-        claims,
+        claims: Claims::default(),
     }
 }
 
@@ -850,12 +837,27 @@ mod tests {
             enc(&serde_json::json!({"alg": "RS256"})),
             enc(&serde_json::json!({"iss": "x", "events": {}}))
         );
-        assert_eq!(inspect(&set).unwrap_err(), TokenError::SecurityEventToken);
-        let Inspected { header: h, iss, .. } =
-            inspect(&t(serde_json::json!({"alg": "RS256", "kid": "k"}))).unwrap();
+        let set = inspect(&set).unwrap();
         assert_eq!(
-            (h.alg, h.kid.as_deref(), iss.as_str()),
-            (Algorithm::RS256, Some("k"), "https://i")
+            members(&set.payload).err(),
+            Some(TokenError::SecurityEventToken)
+        );
+        let Inspected {
+            header: h, payload, ..
+        } = inspect(&t(serde_json::json!({"alg": "RS256", "kid": "k"}))).unwrap();
+        assert_eq!(
+            (h.alg, h.kid.as_deref(), members(&payload).unwrap().1),
+            (Algorithm::RS256, Some("k"), Cow::Borrowed("https://i"))
+        );
+        let no_iss = enc(&serde_json::json!({"sub": "a"}));
+        let no_iss = format!(
+            "{}.{no_iss}.c2ln",
+            enc(&serde_json::json!({"alg": "RS256"}))
+        );
+        let no_iss = inspect(&no_iss).unwrap();
+        assert_eq!(
+            members(&no_iss.payload).err(),
+            Some(TokenError::MissingClaim("iss"))
         );
     }
 }
