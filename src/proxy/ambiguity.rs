@@ -63,12 +63,7 @@ pub fn ambiguity<B>(req: &Request<B>) -> Result<Framing<'_>, &'static str> {
         _ => {}
     }
     if let Some(host) = host.filter(|h| !h.is_empty()) {
-        let valid = host
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<http::uri::Authority>().ok())
-            .is_some_and(|a| !a.as_str().contains('@'));
-        if !valid {
+        if !valid_host(host.as_bytes()) {
             return Err("the Host header is not a valid host");
         }
     }
@@ -83,6 +78,80 @@ pub fn ambiguity<B>(req: &Request<B>) -> Result<Framing<'_>, &'static str> {
         content_length: cl,
         transfer_encoding: te,
     })
+}
+
+/// The octets a reg-name or IPv4 address may hold besides `%`-escapes (RFC 3986 §3.2.2: unreserved
+/// and sub-delims), as a table: one lookup per octet.
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        i += 1;
+    }
+    t
+};
+
+/// Whether a `Host` value is an authority without userinfo (RFC 9110 §7.2, RFC 3986 §3.2): a
+/// bracketed IP literal or a reg-name/IPv4 of unreserved, sub-delims and percent-encoded octets,
+/// then an optional `:` and digits. Read byte by byte, with no copy.
+pub(crate) fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                if literal.is_empty()
+                    || !literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
+                {
+                    return false;
+                }
+                match &host[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&[][..], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon + 1..]),
+            None => (host, &[][..]),
+        },
+    };
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' if name
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 3
+            }
+            b if REG_NAME[usize::from(b)] => i += 1,
+            _ => return false,
+        }
+    }
+    port.iter().all(u8::is_ascii_digit)
 }
 
 /// The `Transfer-Encoding` of a request when it is anything but `chunked` alone (one field line,
@@ -119,6 +188,42 @@ mod tests {
             b = b.header(*n, *v);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn hosts_are_authorities_without_userinfo() {
+        for ok in [
+            "a.test",
+            "A-b_c~d.test:8443",
+            "a.test:",
+            "192.0.2.1:80",
+            "[2001:db8::1]",
+            "[::ffff:192.0.2.1]:443",
+            "xn--bcher-kva.test",
+            "a%2Db.test",
+            "!$&'()*+,;=",
+        ] {
+            assert!(super::valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "u@a.test",
+            "u:p@a.test",
+            "[abc",
+            "[]",
+            "[::1]x",
+            "[::1]:8a",
+            "a.test:8a",
+            "a.test:80:80",
+            "a test",
+            "a/b",
+            "a\\b",
+            "a%2",
+            "a%zz",
+            "a.test\t",
+            "é.test",
+        ] {
+            assert!(!super::valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

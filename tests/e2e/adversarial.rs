@@ -54,6 +54,8 @@ async fn http1_framing_and_header_syntax_attacks_never_reach_the_upstream() {
         ("no Host on HTTP/1.1", "GET / HTTP/1.1\r\n\r\n".into(), 400),
         ("Host that is not a host", "GET / HTTP/1.1\r\nHost: [abc\r\n\r\n".into(), 400),
         ("Host with userinfo", "GET / HTTP/1.1\r\nHost: user@app.test\r\n\r\n".into(), 400),
+        ("Host with a port that is not a number", "GET / HTTP/1.1\r\nHost: app.test:8x\r\n\r\n".into(), 400),
+        ("Host with a slash", "GET / HTTP/1.1\r\nHost: app.test/x\r\n\r\n".into(), 400),
         ("oversize header", format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {big}\r\n\r\n"), 431),
         ("oversize trailer", format!("POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: {big}\r\n\r\n"), 400),
         ("too many trailers", format!("POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{many}\r\n"), 400),
