@@ -294,6 +294,10 @@ async fn serve_io<I>(
     if draining {
         conn.as_mut().graceful_shutdown();
     }
+    // Made once and kept registered with the watch: a future made anew at every wake-up of the
+    // connection would register and deregister a waiter each time.
+    let shutdown_changed = shutdown.changed();
+    tokio::pin!(shutdown_changed);
     // The first request head is due `header_read_timeout` after serving starts.
     activity.head_starts_now();
     // Idle means: no I/O, no request in flight and no head pending across whole ticks since
@@ -302,13 +306,15 @@ async fn serve_io<I>(
     let mut quiet_since = Instant::now();
     loop {
         tokio::select! {
+            // In this order, without drawing a random branch order at every wake-up.
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %crate::errors::Chain(&*e), "connection ended with an error");
                 }
                 break;
             }
-            _ = shutdown.changed(), if !draining => {
+            _ = &mut shutdown_changed, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
