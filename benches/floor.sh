@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Native CPU per request of cae-proxy against its hyper floor (examples/bareproxy): the two
+# per-request numbers of issue 22, measured on the real CPU rather than counted under valgrind.
+# Each round starts hyper-bare and cae-proxy in turn, pinned to core 1 (the nginx `return 200`
+# upstream and wrk on core 0), and drives each with `wrk -t1 -c4` for SECS after one second of
+# warm-up: hyper-bare and cae-proxy with one repeated RS256 token (cache hit, every CAE check of
+# the route), then cae-proxy with 2,000 RS256 tokens in turn through a 256-entry cache (every
+# request verified). CPU per request is the server's utime and stime over the window divided by
+# the requests wrk counted. Rounds alternate the servers so that drift in the machine's speed
+# falls on both; the table gives the median of each and of the paired differences.
+# Usage: benches/floor.sh [ROUNDS] [SECS]   (defaults 7 and 5; ≈ 3 minutes)
+# The signature's own cost comes from `cargo bench --bench micro -- rs256_verify`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-7}
+SECS=${2:-5}
+for tool in wrk nginx python3 curl taskset; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx)"; exit 2; }
+done
+W=$(mktemp -d /tmp/cae-floor.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 600); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 never opened"; exit 1
+}
+UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
+
+cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
+target/release/examples/benchkit gen --dir "$W" --tokens 2000 --revocations 0 >/dev/null
+TOKEN=$(cat "$W/token-rs256.txt")
+
+cat > "$W/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+error_log $W/nginx-error.log error;
+pid $W/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
+}
+EOF
+taskset -c 0 nginx -c "$W/nginx.conf" -p "$W" &
+PIDS+=($!)
+wait_port "$UP"
+
+cat > "$W/cae.toml" <<EOF
+[server]
+worker_threads = 1
+log_level = "warn"
+token_cache_size = 256
+[[listener]]
+name = "public"
+address = "127.0.0.1:$SUT"
+[[listener]]
+name = "signals"
+address = "127.0.0.1:$SIG"
+role = "signals"
+[admin]
+address = "127.0.0.1:$ADM"
+[store]
+backend = "memory"
+[upstreams.up]
+url = "http://127.0.0.1:$UP"
+[[issuer]]
+name = "bench"
+issuer = "https://idp.bench.example"
+jwks_file = "$W/jwks.json"
+audiences = ["api://bench"]
+algorithms = ["RS256", "ES256"]
+[[route]]
+name = "api"
+upstream = "up"
+[route.cae]
+revocation = true
+token_ip = true
+signal_ip = true
+allow_locations = ["127.0.0.0/8", "10.0.0.0/8"]
+deny_locations = ["127.0.0.2/32"]
+EOF
+
+cpu_ticks() { # utime and stime of a process
+  local f
+  read -r -a f < <(sed 's/^.*) //' "/proc/$1/stat")
+  echo "${f[11]} ${f[12]}"
+}
+
+# measure NAME PID [wrk script args...]: one window; appends "name user_ticks sys_ticks requests"
+measure() {
+  local name=$1 pid=$2; shift 2
+  taskset -c 0 wrk -t1 -c4 -d1s -H "authorization: Bearer $TOKEN" "$@" >/dev/null
+  read -r u0 s0 < <(cpu_ticks "$pid")
+  taskset -c 0 wrk -t1 -c4 -d "${SECS}s" -H "authorization: Bearer $TOKEN" "$@" >"$W/wrk.txt"
+  read -r u1 s1 < <(cpu_ticks "$pid")
+  if grep -q "Non-2xx" "$W/wrk.txt"; then cat "$W/wrk.txt"; echo "$name: some requests failed"; exit 1; fi
+  echo "$name $((u1 - u0)) $((s1 - s0)) $(awk '/requests in/ {print $1; exit}' "$W/wrk.txt")" >>"$W/results"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  taskset -c 1 target/release/examples/bareproxy "127.0.0.1:$SUT" "http://127.0.0.1:$UP/" 2>"$W/bare.log" &
+  pid=$!
+  wait_port "$SUT"
+  measure hyper-bare "$pid" "http://127.0.0.1:$SUT/orders"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+
+  taskset -c 1 target/release/cae-proxy run --config "$W/cae.toml" 2>"$W/cae.log" &
+  pid=$!
+  wait_port "$SUT"
+  for _ in $(seq 1 600); do # keys load in the background: wait for readiness
+    curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break
+    sleep 0.1
+  done
+  measure cae-repeated "$pid" "http://127.0.0.1:$SUT/orders"
+  measure cae-rotating "$pid" -s benches/load/rotate.lua "http://127.0.0.1:$SUT/" -- "$W/tokens-rs256.txt"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "round $round of $ROUNDS done" >&2
+done
+
+SECS="$SECS" python3 - "$W/results" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+hz = float(sys.argv[2])
+rows = {}
+for line in open(sys.argv[1]):
+    name, u, s, n = line.split()
+    rows.setdefault(name, []).append((int(u) / hz * 1e6 / int(n), int(s) / hz * 1e6 / int(n), int(n)))
+def med(xs):
+    return statistics.median(xs)
+print(f"{'server':<14} {'user µs/req':>12} {'sys µs/req':>11} {'total µs/req':>13} {'req/s':>8}   (medians of {len(rows['hyper-bare'])} rounds)")
+for name, r in rows.items():
+    print(f"{name:<14} {med([u for u, _, _ in r]):12.2f} {med([s for _, s, _ in r]):11.2f} "
+          f"{med([u + s for u, s, _ in r]):13.2f} {med([n for _, _, n in r]) / float(__import__('os').environ.get('SECS', '5')):8.0f}")
+bare = rows["hyper-bare"]
+for name in ("cae-repeated", "cae-rotating"):
+    du = [c[0] - b[0] for c, b in zip(rows[name], bare)]
+    dt = [c[0] + c[1] - b[0] - b[1] for c, b in zip(rows[name], bare)]
+    print(f"{name} - hyper-bare, paired by round: user {med(du):+.2f} µs (min {min(du):+.2f}, max {max(du):+.2f}), "
+          f"total {med(dt):+.2f} µs (min {min(dt):+.2f}, max {max(dt):+.2f})")
+PY
