@@ -11,6 +11,9 @@ use serde_json::{Map, Number, Value};
 
 use super::token::TokenError;
 
+/// A member validation reads whose value serde_json cannot hold.
+const UNREADABLE: TokenError = TokenError::Malformed("a claim's value cannot be read");
+
 /// A JSON string, borrowed from the payload unless an escape forced a copy.
 #[derive(Deserialize)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
@@ -82,29 +85,36 @@ impl<'a> Members<'a> {
         self.get(name).is_some()
     }
 
-    /// A member that is a string.
-    pub fn str(&self, name: &str) -> Option<Cow<'a, str>> {
-        text(self.get(name)?)
+    /// A member that is a string (`None`: absent or another type). A string that cannot be
+    /// decoded (a lone surrogate escape) is an error: what validation reads fails closed.
+    pub fn str(&self, name: &str) -> Result<Option<Cow<'a, str>>, TokenError> {
+        match self.get(name) {
+            Some(raw) if raw.starts_with('"') => text(raw).map(Some).ok_or(UNREADABLE),
+            _ => Ok(None),
+        }
     }
 
-    /// A member that is a number.
-    pub fn number(&self, name: &str) -> Option<Number> {
-        let raw = self.get(name)?;
-        if !raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-            return None;
-        }
-        // The usual integer without a second parse (`raw` is already a valid JSON number).
-        match raw.parse::<i64>() {
-            Ok(i) => Some(Number::from(i)),
-            Err(_) => serde_json::from_str(raw).ok(),
+    /// A member that is a number (`None`: absent or another type). A number beyond `f64` is an
+    /// error: what validation reads fails closed.
+    pub fn number(&self, name: &str) -> Result<Option<Number>, TokenError> {
+        match self.get(name) {
+            Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                // The usual integer without a second parse (`raw` is already a valid JSON number).
+                match raw.parse::<i64>() {
+                    Ok(i) => Ok(Some(Number::from(i))),
+                    Err(_) => serde_json::from_str(raw).map(Some).map_err(|_| UNREADABLE),
+                }
+            }
+            _ => Ok(None),
         }
     }
 
     /// A member that is a number, as whole seconds: an integer, a fraction truncated, an integer
     /// beyond `i64` saturated.
-    pub fn int(&self, name: &str) -> Option<i64> {
-        let n = self.number(name)?;
-        n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))
+    pub fn int(&self, name: &str) -> Result<Option<i64>, TokenError> {
+        Ok(self
+            .number(name)?
+            .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))))
     }
 
     /// A member that is a string or an array: the string, or the array's strings (others
@@ -123,9 +133,11 @@ impl<'a> Members<'a> {
         }
     }
 
-    /// A member parsed whole (rarely needed: `cnf`).
-    pub fn value(&self, name: &str) -> Option<Value> {
-        serde_json::from_str(self.get(name)?).ok()
+    /// A member parsed whole (rarely needed: `cnf`), or an error when it cannot be.
+    pub fn value(&self, name: &str) -> Result<Option<Value>, TokenError> {
+        self.get(name)
+            .map(|raw| serde_json::from_str(raw).map_err(|_| UNREADABLE))
+            .transpose()
     }
 }
 
@@ -224,30 +236,33 @@ mod tests {
         let json = r#" {"iss":"https://i","s\u0075b":"a\"b","exp":1.5e3,"big":18446744073709551615,
             "neg":-3,"scp":"read  write","roles":["a",7,"b"],"aud":["x","y"],"n":null,"o":{"k":1}} "#;
         let m = Members::parse(json).unwrap();
-        assert_eq!(m.str("iss").as_deref(), Some("https://i"));
-        assert_eq!(m.str("sub").as_deref(), Some("a\"b"));
-        assert_eq!(m.int("exp"), Some(1500));
-        assert_eq!(m.int("big"), Some(i64::MAX));
-        assert_eq!(m.int("neg"), Some(-3));
-        assert_eq!(m.number("neg").and_then(|n| n.as_i64()), Some(-3));
-        assert_eq!(m.int("iss"), None);
-        assert_eq!(m.str("exp"), None);
+        assert_eq!(m.str("iss").unwrap().as_deref(), Some("https://i"));
+        assert_eq!(m.str("sub").unwrap().as_deref(), Some("a\"b"));
+        assert_eq!(m.int("exp"), Ok(Some(1500)));
+        assert_eq!(m.int("big"), Ok(Some(i64::MAX)));
+        assert_eq!(m.int("neg"), Ok(Some(-3)));
+        assert_eq!(m.int("iss"), Ok(None));
+        assert_eq!(m.str("exp"), Ok(None));
         assert_eq!(m.strings("scp").unwrap().words(), ["read", "write"]);
         assert_eq!(m.strings("roles").unwrap().words(), ["a", "b"]);
         assert!(m.strings("aud").unwrap().holds("y"));
         assert!(!m.strings("aud").unwrap().holds("z"));
         assert!(m.strings("n").is_none() && m.has("n") && !m.has("missing"));
-        assert_eq!(m.value("o"), Some(serde_json::json!({"k": 1})));
+        assert_eq!(m.value("o"), Ok(Some(serde_json::json!({"k": 1}))));
         let claims = Claims::new(json.to_string());
         assert_eq!(claims.map().get("sub"), Some(&Value::from("a\"b")));
         assert_eq!(claims.map().len(), 10);
     }
 
     #[test]
-    fn values_serde_json_cannot_hold_read_as_absent() {
+    fn values_serde_json_cannot_hold_are_errors_where_read_and_absent_from_the_map() {
         let json = r#"{"iss":"i","big":1e400,"lone":"\ud800","list":[1e999],"sub":"s"}"#;
         let m = Members::parse(json).unwrap();
-        assert_eq!((m.int("big"), m.str("lone")), (None, None));
+        assert_eq!(
+            (m.int("big"), m.str("lone")),
+            (Err(UNREADABLE), Err(UNREADABLE))
+        );
+        assert_eq!(m.value("big"), Err(UNREADABLE));
         assert!(m.strings("list").is_some_and(|l| l.words().is_empty()));
         let claims = Claims::new(json.to_string());
         assert_eq!(

@@ -438,7 +438,7 @@ pub fn members(payload: &str) -> Result<(Members<'_>, Cow<'_, str>), TokenError>
     if members.has("events") {
         return Err(TokenError::SecurityEventToken);
     }
-    let iss = members.str("iss").ok_or(TokenError::MissingClaim("iss"))?;
+    let iss = members.str("iss")?.ok_or(TokenError::MissingClaim("iss"))?;
     Ok((members, iss))
 }
 
@@ -581,7 +581,7 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
         let verified = verify(issuer, &header, &claims, signing_input, &signature, now)
             .await
             .map_err(named)?;
-        principal(issuer, iss.into_owned(), header, &verified, &claims)
+        principal(issuer, iss.into_owned(), header, &verified, &claims).map_err(named)?
     };
     principal.claims = Claims::new(payload);
     Ok(principal)
@@ -622,7 +622,7 @@ async fn verify(
         return Err(TokenError::BadSignature);
     }
     let leeway = cfg.leeway.as_secs() as i64;
-    let exp = claims.int("exp").ok_or(TokenError::MissingClaim("exp"))?;
+    let exp = claims.int("exp")?.ok_or(TokenError::MissingClaim("exp"))?;
     let aud_ok = match claims.strings("aud") {
         None if !claims.has("aud") => return Err(TokenError::MissingClaim("aud")),
         None => false,
@@ -636,17 +636,16 @@ async fn verify(
         return Err(TokenError::Expired);
     }
     let latest = now.saturating_add(leeway);
-    if claims.int("nbf").is_some_and(|nbf| nbf > latest) {
+    let nbf = claims.int("nbf")?;
+    if nbf.is_some_and(|nbf| nbf > latest) {
         return Err(TokenError::NotYetValid);
     }
-    let iat = claims.int("iat");
+    let iat = claims.int("iat")?;
     if iat.is_some_and(|iat| iat > latest) {
         return Err(TokenError::IssuedInFuture);
     }
     if let Some(max) = cfg.max_lifetime {
-        let start = iat
-            .or_else(|| claims.int("nbf"))
-            .ok_or(TokenError::MissingClaim("iat"))?;
+        let start = iat.or(nbf).ok_or(TokenError::MissingClaim("iat"))?;
         // Both ends come from the issuer's clock: skew does not apply, so no leeway. An
         // overflowing difference is longer than any maximum.
         let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
@@ -664,29 +663,38 @@ fn principal(
     header: JoseHeader,
     verified: &Verified,
     claims: &Members<'_>,
-) -> Principal {
-    let s = |name: &str| claims.str(name).map(Cow::into_owned);
+) -> Result<Principal, TokenError> {
+    let s = |name: &str| Ok::<_, TokenError>(claims.str(name)?.map(Cow::into_owned));
     let list = |name: &str| claims.strings(name).map_or_else(Vec::new, |l| l.words());
     let map = &issuer.cfg.claim_map;
-    let emails = map
-        .email
-        .iter()
-        .filter_map(|c| claims.str(c))
-        .filter(|e| e.contains('@'))
-        .map(|e| e.to_lowercase())
-        .collect();
-    let mut subjects: Vec<String> = map.subject.iter().filter_map(|c| s(c)).collect();
+    let mut emails = Vec::new();
+    for c in &map.email {
+        if let Some(e) = claims.str(c)?.filter(|e| e.contains('@')) {
+            emails.push(e.to_lowercase());
+        }
+    }
+    let mut subjects = Vec::new();
+    for c in &map.subject {
+        subjects.extend(s(c)?);
+    }
     subjects.dedup();
-    Principal {
+    let mut jti = None;
+    for c in &map.token_id {
+        if let Some(id) = s(c)? {
+            jti = Some(id);
+            break;
+        }
+    }
+    Ok(Principal {
         issuer: issuer.name.clone(),
         subjects,
-        tid: s(&map.tenant),
-        sid: s(&map.session),
-        jti: map.token_id.iter().find_map(|c| s(c)),
+        tid: s(&map.tenant)?,
+        sid: s(&map.session)?,
+        jti,
         iat: verified.iat,
         exp: verified.exp,
-        auth_time: claims.number("auth_time").and_then(|n| n.as_i64()),
-        acr: s("acr"),
+        auth_time: claims.number("auth_time")?.and_then(|n| n.as_i64()),
+        acr: s("acr")?,
         acrs: list("acrs"),
         cp1: claims.strings("xms_cc").is_some_and(|l| match l {
             StrOrList::One(v) => v.split(' ').any(|c| c.eq_ignore_ascii_case("cp1")),
@@ -696,20 +704,29 @@ fn principal(
             None | Some("null") => TokenIp::Absent,
             Some(_) => claims
                 .str("ipaddr")
+                .ok()
+                .flatten()
                 .and_then(|a| a.trim().parse().ok())
                 .map_or(TokenIp::Unreadable, TokenIp::Addr),
         },
         scopes: list("scp"),
         roles: list("roles"),
-        device: s(&map.device),
+        device: s(&map.device)?,
         emails,
         kid: header.kid,
         key_thumbprint: verified.key.thumbprint,
         alg: Some(header.alg),
-        cnf: Cnf::from_value(claims.value("cnf")),
+        // A `cnf` that cannot be read is one this server cannot check: refused where it matters.
+        cnf: claims.value("cnf").map_or(
+            Cnf {
+                unsupported: true,
+                ..Cnf::default()
+            },
+            Cnf::from_value,
+        ),
         iss,
         claims: Claims::default(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -848,6 +865,12 @@ mod tests {
         assert_eq!(
             (h.alg, h.kid.as_deref(), members(&payload).unwrap().1),
             (Algorithm::RS256, Some("k"), Cow::Borrowed("https://i"))
+        );
+        let lone = enc_raw(r#"{"iss":"\ud800"}"#);
+        let lone = format!("{}.{lone}.c2ln", enc(&serde_json::json!({"alg": "RS256"})));
+        assert_eq!(
+            members(&inspect(&lone).unwrap().payload).err(),
+            Some(TokenError::Malformed("a claim's value cannot be read"))
         );
         let no_iss = enc(&serde_json::json!({"sub": "a"}));
         let no_iss = format!(
