@@ -17,76 +17,17 @@ SECS=${2:-5}
 for tool in wrk nginx python3 curl taskset; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx)"; exit 2; }
 done
-W=$(mktemp -d /tmp/cae-floor.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened"; exit 1
-}
+. benches/common.sh
+bench_workdir floor
 UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
 
 cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
 target/release/examples/benchkit gen --dir "$W" --tokens 2000 --revocations 0 >/dev/null
 TOKEN=$(cat "$W/token-rs256.txt")
 
-cat > "$W/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-error_log $W/nginx-error.log error;
-pid $W/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
-}
-EOF
-taskset -c 0 nginx -c "$W/nginx.conf" -p "$W" &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream "$UP" 1024 0
 
-cat > "$W/cae.toml" <<EOF
-[server]
-worker_threads = 1
-log_level = "warn"
-token_cache_size = 256
-[[listener]]
-name = "public"
-address = "127.0.0.1:$SUT"
-[[listener]]
-name = "signals"
-address = "127.0.0.1:$SIG"
-role = "signals"
-[admin]
-address = "127.0.0.1:$ADM"
-[store]
-backend = "memory"
-[upstreams.up]
-url = "http://127.0.0.1:$UP"
-[[issuer]]
-name = "bench"
-issuer = "https://idp.bench.example"
-jwks_file = "$W/jwks.json"
-audiences = ["api://bench"]
-algorithms = ["RS256", "ES256"]
-[[route]]
-name = "api"
-upstream = "up"
-[route.cae]
-revocation = true
-token_ip = true
-signal_ip = true
-allow_locations = ["127.0.0.0/8", "10.0.0.0/8"]
-deny_locations = ["127.0.0.2/32"]
-EOF
+bench_config "$SUT" "$SIG" "$ADM" "$UP" > "$W/cae.toml"
 
 cpu_ticks() { # utime and stime of a process
   local f
@@ -115,10 +56,7 @@ for round in $(seq 1 "$ROUNDS"); do
   taskset -c 1 target/release/cae-proxy run --config "$W/cae.toml" 2>"$W/cae.log" &
   pid=$!
   wait_port "$SUT"
-  for _ in $(seq 1 600); do # keys load in the background: wait for readiness
-    curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break
-    sleep 0.1
-  done
+  wait_ready "$ADM"
   measure cae-repeated "$pid" "http://127.0.0.1:$SUT/orders"
   measure cae-rotating "$pid" -s benches/load/rotate.lua "http://127.0.0.1:$SUT/" -- "$W/tokens-rs256.txt"
   kill "$pid"; wait "$pid" 2>/dev/null || true

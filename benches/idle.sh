@@ -10,40 +10,14 @@ CONNS=${1:-2000}
 for tool in nginx python3 curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool"; exit 2; }
 done
-W=$(mktemp -d /tmp/cae-idle.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened"; exit 1
-}
+. benches/common.sh
+bench_workdir idle
 UP=$(free_port); SUT=$(free_port); ADM=$(free_port)
 SERVER=${SERVER:-cae-proxy}
 cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
 target/release/examples/benchkit gen --dir "$W" --tokens 1 --revocations 0 >/dev/null
 TOKEN=$(cat "$W/token-rs256.txt")
-cat > "$W/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-error_log $W/nginx-error.log error;
-pid $W/nginx.pid;
-events { worker_connections $((CONNS + 256)); }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
-}
-EOF
-nginx -c "$W/nginx.conf" -p "$W" &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream "$UP" "$((CONNS + 256))"
 SCHEME=http
 TLS_TOML=""
 CA_ARGS=()
@@ -97,10 +71,7 @@ else
   CAE=$!
   PIDS+=($CAE)
   wait_port "$SUT"
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break
-    sleep 0.1
-  done
+  wait_ready "$ADM"
 fi
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$CAE/status"; }
 # One request first, so that the per-process start-up of the request path (the upstream pool,

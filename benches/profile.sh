@@ -19,75 +19,19 @@ SECONDS_BASE=${SECONDS_BASE:-4}
 for tool in valgrind h2load nginx python3 wrk curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nghttp2-client nginx)"; exit 2; }
 done
-W=$(mktemp -d /tmp/cae-profile.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened"; exit 1
-}
+. benches/common.sh
+bench_workdir profile
 UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
 
 cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
 target/release/examples/benchkit gen --dir "$W" --tokens 2000 --revocations 0 >/dev/null
 TOKEN=$(cat "$W/token-rs256.txt")
 
-cat > "$W/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-error_log $W/nginx-error.log error;
-pid $W/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
-}
-EOF
-nginx -c "$W/nginx.conf" -p "$W" &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream "$UP" 1024
 
-cat > "$W/cae.toml" <<EOF
-[server]
-worker_threads = 1
-log_level = "warn"
-token_cache_size = 256
-[[listener]]
-name = "public"
-address = "127.0.0.1:$SUT"
-[[listener]]
-name = "signals"
-address = "127.0.0.1:$SIG"
-role = "signals"
-[admin]
-address = "127.0.0.1:$ADM"
-[store]
-backend = "memory"
-[upstreams.up]
-url = "http://127.0.0.1:$UP"
-[[issuer]]
-name = "bench"
-issuer = "https://idp.bench.example"
-jwks_file = "$W/jwks.json"
-audiences = ["api://bench"]
-algorithms = ["RS256", "ES256"]
-[[route]]
-name = "api"
-upstream = "up"
-[route.cae]
-revocation = true
-token_ip = true
-signal_ip = true
-allow_locations = ["127.0.0.0/8", "10.0.0.0/8"]
-deny_locations = ["127.0.0.2/32"]
+{
+  bench_config "$SUT" "$SIG" "$ADM" "$UP"
+  cat <<EOF
 [[transmitter]]
 name = "bench-tx"
 issuer = "https://tx.bench.example"
@@ -97,6 +41,7 @@ audiences = ["cae-proxy"]
 path = "/ssf/bench"
 authorization = "Bearer bench-push"
 EOF
+} > "$W/cae.toml"
 
 # total_ir SERVER AMOUNT: runs SERVER under callgrind, sends AMOUNT requests (MODE=repeat) or
 # drives it for AMOUNT seconds (MODE=rotate), stops it; prints "Ir requests".
@@ -111,10 +56,7 @@ total_ir() {
   local pid=$!
   wait_port "$SUT"
   if [ "$1" = cae-proxy ]; then # keys load in the background: wait for readiness
-    for _ in $(seq 1 600); do
-      curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break
-      sleep 0.1
-    done
+    wait_ready "$ADM"
   fi
   local n
   if [ "$MODE" = rotate ]; then
