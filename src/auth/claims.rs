@@ -53,9 +53,7 @@ impl<'a> Members<'a> {
     /// Reads a payload: one JSON object with nothing after it, no member named twice (RFC 7519
     /// §4 lets a parser refuse duplicates; taking one of them would let two parsers disagree).
     pub fn parse(json: &'a str) -> Result<Members<'a>, TokenError> {
-        if json.trim_ascii_start().as_bytes().first() != Some(&b'{') {
-            return Err(TokenError::Malformed("payload is not a JSON object"));
-        }
+        // A map visitor takes an object only (unlike a struct's, which takes an array too).
         let Object(list) = serde_json::from_str(json)
             .map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
         for (i, (name, _)) in list.iter().enumerate() {
@@ -141,8 +139,8 @@ impl<'a> Members<'a> {
     }
 }
 
-/// A raw value that is a JSON string.
-fn text(raw: &str) -> Option<Cow<'_, str>> {
+/// A raw value that is a JSON string (`None`: another type, or an undecodable string).
+pub fn text(raw: &str) -> Option<Cow<'_, str>> {
     let inner = raw.strip_prefix('"')?;
     match inner.strip_suffix('"') {
         // Without escapes the string is its raw text (already checked for control characters
@@ -221,7 +219,9 @@ impl Claims {
 impl From<Map<String, Value>> for Claims {
     fn from(map: Map<String, Value>) -> Claims {
         Claims {
-            json: Value::Object(map.clone()).to_string().into_boxed_str(),
+            json: serde_json::to_string(&map)
+                .unwrap_or_default()
+                .into_boxed_str(),
             map: OnceLock::from(map),
         }
     }

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
-use super::claims::{Claims, Members, StrOrList};
+use super::claims::{self, Claims, Members, StrOrList};
 use super::dpop::ProofError;
 use super::keys::{KeySet, VerifyKey};
 use crate::config;
@@ -702,10 +702,7 @@ fn principal(
         }),
         ipaddr: match claims.get("ipaddr") {
             None | Some("null") => TokenIp::Absent,
-            Some(_) => claims
-                .str("ipaddr")
-                .ok()
-                .flatten()
+            Some(raw) => claims::text(raw)
                 .and_then(|a| a.trim().parse().ok())
                 .map_or(TokenIp::Unreadable, TokenIp::Addr),
         },

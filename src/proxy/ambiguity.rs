@@ -9,6 +9,8 @@ use http::{HeaderMap, HeaderValue, Request, Version};
 pub struct Framing<'a> {
     /// The request's host as the client named it (`headers::authority`).
     pub host: Option<&'a str>,
+    /// The one `Host` line, if any.
+    pub host_line: Option<&'a HeaderValue>,
     /// The one `Content-Length` line, if any.
     pub content_length: Option<&'a HeaderValue>,
     /// A `Transfer-Encoding` line is present ([`unsupported_coding`] reads it).
@@ -75,6 +77,7 @@ pub fn ambiguity<B>(req: &Request<B>) -> Result<Framing<'_>, &'static str> {
     }
     Ok(Framing {
         host: super::headers::named_host(req.uri(), host),
+        host_line: host,
         content_length: cl,
         transfer_encoding: te,
     })

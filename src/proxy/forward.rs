@@ -25,7 +25,7 @@ pub(super) async fn forward(
     conn: &ConnInfo,
     (route, route_metrics): (&Route, &RouteMetrics),
     principal: Option<&Arc<Principal>>,
-    mut req: Request<Incoming>,
+    (mut req, host): (Request<Incoming>, Option<HeaderValue>),
     (request_id, trace): (&HeaderValue, Option<&RequestTrace>),
     out: &mut Outcome<'_>,
 ) -> Result<Response<BoxedBody>, ProxyError> {
@@ -45,7 +45,6 @@ pub(super) async fn forward(
         return Err(ProxyError::UpgradeWithBody);
     }
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let host = headers::authority_value(&req);
 
     // Target: upstream scheme + authority + base path + (stripped) path + query. The common
     // case (no base path, no stripping) reuses the request's own path and query as they are.

@@ -21,16 +21,12 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// [`authority`] as a header value (`X-Forwarded-Host`): the `Host` line itself when that is
+/// [`named_host`] as a header value (`X-Forwarded-Host`): the `Host` line itself when that is
 /// where the host comes from (no copy).
-pub fn authority_value<B>(req: &http::Request<B>) -> Option<HeaderValue> {
-    match req.uri().authority() {
+pub fn authority_value(uri: &http::Uri, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    match uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req
-            .headers()
-            .get(http::header::HOST)
-            .filter(|v| v.to_str().is_ok())
-            .cloned(),
+        None => host.filter(|v| v.to_str().is_ok()).cloned(),
     }
 }
 

@@ -439,12 +439,13 @@ async fn inner<'s>(
         );
     }
     let principal = auth.principal;
+    let forwarded_host = headers::authority_value(req.uri(), framing.host_line);
     let mut resp = forward::forward(
         (shared, snap),
         conn,
         (&route, route_metrics),
         principal.as_ref(),
-        req,
+        (req, forwarded_host),
         (request_id, trace),
         out,
     )
