@@ -119,6 +119,10 @@ impl RouteMetrics {
 /// instead of hashing its whole label set (SipHash, strings included) into the family. Holds the
 /// first [`CounterCache::MAX`] label sets used; the rest go to the family every time. Series are
 /// still created in the family on first use, as before: the exposition is the same.
+///
+/// Keys compare their strings by address ([`CacheKey`]): the labels are literals, so a request
+/// compares a few words instead of calling `memcmp` per label. Two equal literals at different
+/// addresses only take two entries, both holding the family's one counter.
 #[derive(Debug)]
 pub struct CounterCache<K> {
     entries: std::sync::RwLock<Vec<(K, Counter)>>,
@@ -132,7 +136,35 @@ impl<K> Default for CounterCache<K> {
     }
 }
 
-impl<K: PartialEq + Copy> CounterCache<K> {
+/// A [`CounterCache`] key: `same` is equality with static strings compared by address.
+pub trait CacheKey: Copy {
+    fn same(&self, other: &Self) -> bool;
+}
+
+/// The same static string: same address and length (never a byte comparison).
+fn same_str(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()
+}
+
+impl CacheKey for (&'static str, &'static str) {
+    fn same(&self, o: &Self) -> bool {
+        same_str(self.0, o.0) && same_str(self.1, o.1)
+    }
+}
+
+impl CacheKey for (&'static str, &'static str, &'static str) {
+    fn same(&self, o: &Self) -> bool {
+        same_str(self.0, o.0) && same_str(self.1, o.1) && same_str(self.2, o.2)
+    }
+}
+
+impl CacheKey for (u16, &'static str, &'static str, &'static str) {
+    fn same(&self, o: &Self) -> bool {
+        self.0 == o.0 && same_str(self.1, o.1) && same_str(self.2, o.2) && same_str(self.3, o.3)
+    }
+}
+
+impl<K: CacheKey> CounterCache<K> {
     pub const MAX: usize = 32;
 
     /// Increments the counter of `key` in `family` (labels built by `labels` on a miss). A cache
@@ -142,7 +174,7 @@ impl<K: PartialEq + Copy> CounterCache<K> {
         S: Clone + std::hash::Hash + Eq,
     {
         if let Ok(entries) = self.entries.read() {
-            if let Some((_, c)) = entries.iter().find(|(k, _)| *k == key) {
+            if let Some((_, c)) = entries.iter().find(|(k, _)| k.same(&key)) {
                 c.inc();
                 return;
             }
@@ -151,7 +183,7 @@ impl<K: PartialEq + Copy> CounterCache<K> {
         let counter = family.get_or_create(&labels()).clone();
         counter.inc();
         if let Ok(mut entries) = self.entries.write() {
-            if entries.len() < Self::MAX && !entries.iter().any(|(k, _)| *k == key) {
+            if entries.len() < Self::MAX && !entries.iter().any(|(k, _)| k.same(&key)) {
                 entries.push((key, counter));
             }
         }
@@ -683,5 +715,35 @@ impl Collector for KeySets {
             ConstGauge::new((now - *at as f64).max(0.0)).encode(age.encode_family(&label)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_cache_counts_equal_labels_at_other_addresses_into_one_series() {
+        let family: Family<ResultLabels, Counter> = Family::default();
+        let cache: CounterCache<(&'static str, &'static str)> = CounterCache::default();
+        // Equal text at three addresses: a literal and two leaked copies.
+        let texts: [&'static str; 3] = [
+            "expired",
+            String::from("expired").leak(),
+            String::from("expired").leak(),
+        ];
+        for reason in texts {
+            cache.inc(&family, ("invalid", reason), || ResultLabels {
+                result: "invalid",
+                reason,
+            });
+        }
+        cache.inc(&family, ("valid", ""), || ResultLabels {
+            result: "valid",
+            reason: "",
+        });
+        let count = |result, reason| family.get_or_create(&ResultLabels { result, reason }).get();
+        assert_eq!(count("invalid", "expired"), 3);
+        assert_eq!(count("valid", ""), 1);
     }
 }
