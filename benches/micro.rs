@@ -158,7 +158,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % rs_tokens.len();
             black_box(
-                w.rt.block_on(token::validate(&rs_tokens[i], &snap.issuers, now))
+                w.rt.block_on(token::validate(&rs_tokens[i], &snap.issuers, now, None))
                     .unwrap(),
             )
         })
@@ -167,7 +167,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % es_tokens.len();
             black_box(
-                w.rt.block_on(token::validate(&es_tokens[i], &snap.issuers, now))
+                w.rt.block_on(token::validate(&es_tokens[i], &snap.issuers, now, None))
                     .unwrap(),
             )
         })
@@ -194,7 +194,7 @@ fn benches(c: &mut Criterion) {
     });
     let cache = TokenCache::new(1000);
     let p = Arc::new(
-        w.rt.block_on(token::validate(&rs_tokens[0], &snap.issuers, now))
+        w.rt.block_on(token::validate(&rs_tokens[0], &snap.issuers, now, None))
             .unwrap(),
     );
     cache.insert(cache::key(&rs_tokens[0]), p);
@@ -341,7 +341,7 @@ fn dpop_vs_bearer(c: &mut Criterion, w: &World, now: i64) {
     let cache = TokenCache::new(1000);
     for t in [&bearer, &bound] {
         let p =
-            w.rt.block_on(token::validate(t, &snap.issuers, now))
+            w.rt.block_on(token::validate(t, &snap.issuers, now, None))
                 .unwrap();
         cache.insert(cache::key(t), Arc::new(p));
     }

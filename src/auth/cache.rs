@@ -1,5 +1,7 @@
 //! Verified-token cache: SHA-256 of the token → validated principal, bounded, never past `exp`.
 //! A hit skips signature verification only; revocation and IP checks still run on every request.
+//! The key's hash runs over the JWS signing input first, and that state is kept: on a miss it
+//! gives the signature check its digest, so the signing input is hashed once per request.
 //!
 //! Locks: 16 shards, each a `Mutex` over two generations; a lookup holds one shard lock for one
 //! hash probe. When the young generation of a shard fills, the old one is dropped (O(1) eviction).
@@ -7,15 +9,20 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use aws_lc_rs::digest;
+
 use super::token::{Issuers, Principal};
 
 const SHARDS: usize = 16;
 type Key = [u8; 32];
+/// foldhash over the SHA-256 key instead of SipHash: the key is already a digest, and only
+/// verified tokens are ever inserted.
+type Generation = HashMap<Key, Arc<Principal>, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Shard {
-    young: HashMap<Key, Arc<Principal>>,
-    old: HashMap<Key, Arc<Principal>>,
+    young: Generation,
+    old: Generation,
 }
 
 /// The cache; cleared whole on every configuration reload.
@@ -37,12 +44,43 @@ pub fn usable(p: &Principal, now: i64, issuers: &Issuers) -> bool {
         })
 }
 
-/// The cache key of a token.
+/// The cache key of a token: its SHA-256.
 pub fn key(token: &str) -> Key {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut k = [0u8; 32];
-    k.copy_from_slice(d.as_ref());
-    k
+    hash(token).key
+}
+
+/// A token's cache key, and the SHA-256 state after its JWS signing input (everything before
+/// the last `.`) for the signature check, from one pass over the token.
+pub struct TokenHash {
+    pub key: Key,
+    pub signing_input: Option<SigningInputHash>,
+}
+
+/// SHA-256 over a token's JWS signing input, not yet finished: [`SigningInputHash::finish`]
+/// gives the digest an RS256, PS256 or ES256 signature is checked against.
+pub struct SigningInputHash(digest::Context);
+
+impl SigningInputHash {
+    pub fn finish(self) -> digest::Digest {
+        self.0.finish()
+    }
+}
+
+/// The key and signing-input hash of `token`.
+pub fn hash(token: &str) -> TokenHash {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let signing_input = token.rfind('.').map(|dot| {
+        ctx.update(&token.as_bytes()[..dot]);
+        let signed = SigningInputHash(ctx.clone());
+        ctx.update(&token.as_bytes()[dot..]);
+        signed
+    });
+    if signing_input.is_none() {
+        ctx.update(token.as_bytes());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    TokenHash { key, signing_input }
 }
 
 impl TokenCache {
@@ -119,6 +157,23 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_gives_the_token_and_signing_input_digests() {
+        let sha = |b: &[u8]| digest::digest(&digest::SHA256, b).as_ref().to_vec();
+        for token in ["aGVhZA.cGF5bG9hZA.c2ln", "a.b.", ".", "no-dot", ""] {
+            let h = hash(token);
+            assert_eq!(h.key.to_vec(), sha(token.as_bytes()), "{token}");
+            match token.rfind('.') {
+                Some(dot) => assert_eq!(
+                    h.signing_input.map(|s| s.finish().as_ref().to_vec()),
+                    Some(sha(&token.as_bytes()[..dot])),
+                    "{token}"
+                ),
+                None => assert!(h.signing_input.is_none(), "{token}"),
+            }
+        }
+    }
 
     #[test]
     fn bounded_and_expiring() {

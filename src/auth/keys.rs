@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::digest::Digest;
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey};
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
@@ -63,6 +64,15 @@ impl VerifyKey {
             .iter()
             .find(|(a, _)| *a == alg)
             .is_some_and(|(_, k)| k.verify_sig(signing_input, signature).is_ok())
+    }
+
+    /// [`VerifyKey::verify`] given the signing input's digest instead of the input: `false` also
+    /// when the digest's algorithm is not the one `alg` signs with.
+    pub fn verify_digest(&self, alg: Algorithm, digest: &Digest, signature: &[u8]) -> bool {
+        self.verifiers
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, k)| k.verify_digest_sig(digest, signature).is_ok())
     }
 }
 

@@ -10,6 +10,7 @@ use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
+use super::cache::SigningInputHash;
 use super::claims::{self, Claims, Members, StrOrList};
 use super::dpop::ProofError;
 use super::keys::{KeySet, VerifyKey};
@@ -229,7 +230,7 @@ pub struct Principal {
     /// The issuer's `email_claims` (default `email`, `upn`, `preferred_username`) holding an
     /// address, lower-cased.
     pub emails: Vec<String>,
-    pub kid: Option<String>,
+    pub kid: Option<Arc<str>>,
     /// RFC 7638 thumbprint of the key that verified the token: a cached principal counts only
     /// while this very key is still published (not merely its `kid`).
     pub key_thumbprint: [u8; 32],
@@ -466,7 +467,7 @@ pub fn typ_media_type(typ: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoseHeader {
     pub alg: Algorithm,
-    pub kid: Option<String>,
+    pub kid: Option<Arc<str>>,
 }
 
 /// A JWS header as read: every member it may name, borrowed where no escape forces a copy.
@@ -474,8 +475,8 @@ pub struct JoseHeader {
 struct RawHeader<'a> {
     #[serde(borrow, default)]
     alg: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    kid: Option<String>,
+    #[serde(borrow, default)]
+    kid: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     typ: Option<std::borrow::Cow<'a, str>>,
     /// Present at all (even `null`).
@@ -531,7 +532,59 @@ fn jose_header(json: &[u8]) -> Result<JoseHeader, TokenError> {
             .parse::<Algorithm>()
             .map_err(|_| TokenError::AlgorithmNotAllowed)?,
     };
-    Ok(JoseHeader { alg, kid: raw.kid })
+    Ok(JoseHeader {
+        alg,
+        kid: raw.kid.map(Arc::from),
+    })
+}
+
+/// Headers already read, by their encoded text: an issuer signs its tokens under one or a few
+/// headers, so a header's base64 and JSON are read once per thread rather than once per token.
+/// Equal text reads equal, and only headers that were accepted are kept (at most
+/// [`HeaderMemo::SLOTS`], of at most [`HeaderMemo::MAX_TEXT`] bytes each, replaced in turn).
+#[derive(Default)]
+struct HeaderMemo {
+    slots: Vec<(Box<str>, JoseHeader)>,
+    next: usize,
+}
+
+impl HeaderMemo {
+    const SLOTS: usize = 8;
+    const MAX_TEXT: usize = 512;
+
+    fn get(&self, text: &str) -> Option<JoseHeader> {
+        self.slots
+            .iter()
+            .find(|(t, _)| **t == *text)
+            .map(|(_, h)| h.clone())
+    }
+
+    fn keep(&mut self, text: &str, header: &JoseHeader) {
+        if text.len() > Self::MAX_TEXT {
+            return;
+        }
+        let slot = (Box::from(text), header.clone());
+        if self.slots.len() < Self::SLOTS {
+            self.slots.push(slot);
+        } else {
+            self.slots[self.next] = slot;
+            self.next = (self.next + 1) % Self::SLOTS;
+        }
+    }
+}
+
+thread_local! {
+    static HEADERS: std::cell::RefCell<HeaderMemo> = std::cell::RefCell::default();
+}
+
+/// The header segment `h` (base64url) read as a JWS header, through the thread's memo.
+fn header_segment(h: &str) -> Result<JoseHeader, TokenError> {
+    if let Some(known) = HEADERS.with_borrow(|m| m.get(h)) {
+        return Ok(known);
+    }
+    let header = jose_header(&b64(h)?)?;
+    HEADERS.with_borrow_mut(|m| m.keep(h, &header));
+    Ok(header)
 }
 
 /// Structural checks and the unverified claims, before any key is looked at.
@@ -545,7 +598,7 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
     if h.is_empty() || p.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
-    let header = jose_header(&b64(h)?)?;
+    let header = header_segment(h)?;
     if s.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
@@ -563,7 +616,14 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
 /// Validates a token against the snapshot's issuers. `now` is epoch seconds. The only network
 /// call possible is the bounded unknown-`kid` refetch of the issuer's key set. Order: structure,
 /// issuer, algorithm allow-list, key (by `kid`) and its type, signature, then the claims.
-pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Principal, Rejected> {
+/// `signed`: the SHA-256 state over this very token's signing input, when the caller already
+/// hashed it ([`crate::auth::cache::hash`]); used for RS256, PS256 and ES256.
+pub async fn validate(
+    token: &str,
+    issuers: &Issuers,
+    now: i64,
+    signed: Option<SigningInputHash>,
+) -> Result<Principal, Rejected> {
     let Inspected {
         header,
         payload,
@@ -578,7 +638,11 @@ pub async fn validate(token: &str, issuers: &Issuers, now: i64) -> Result<Princi
             issuer: Some(issuer.name.clone()),
             dpop: false,
         };
-        let verified = verify(issuer, &header, &claims, signing_input, &signature, now)
+        let input = Signed {
+            text: signing_input,
+            sha256: signed,
+        };
+        let verified = verify(issuer, &header, &claims, input, &signature, now)
             .await
             .map_err(named)?;
         principal(issuer, iss.into_owned(), header, &verified, &claims).map_err(named)?
@@ -594,12 +658,18 @@ struct Verified {
     iat: Option<i64>,
 }
 
+/// The JWS signing input, and its SHA-256 state when the caller already hashed it.
+struct Signed<'a> {
+    text: &'a str,
+    sha256: Option<SigningInputHash>,
+}
+
 /// Validation once the issuer is known: everything after the structure.
 async fn verify(
     issuer: &IssuerRt,
     header: &JoseHeader,
     claims: &Members<'_>,
-    signing_input: &str,
+    signing_input: Signed<'_>,
     signature: &[u8],
     now: i64,
 ) -> Result<Verified, TokenError> {
@@ -618,7 +688,18 @@ async fn verify(
     if !key.family.fits(header.alg) || key.alg.is_some_and(|a| a != header.alg) {
         return Err(TokenError::KeyMismatch);
     }
-    if !key.verify(header.alg, signing_input.as_bytes(), signature) {
+    let good = match signing_input.sha256 {
+        Some(h)
+            if matches!(
+                header.alg,
+                Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256
+            ) =>
+        {
+            key.verify_digest(header.alg, &h.finish(), signature)
+        }
+        _ => key.verify(header.alg, signing_input.text.as_bytes(), signature),
+    };
+    if !good {
         return Err(TokenError::BadSignature);
     }
     let leeway = cfg.leeway.as_secs() as i64;
@@ -736,6 +817,33 @@ mod tests {
 
     fn enc_raw(v: &str) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+    }
+
+    #[test]
+    fn header_memo_keeps_accepted_headers_only() {
+        let good = enc(&serde_json::json!({"alg": "RS256", "kid": "k"}));
+        let bad = enc(&serde_json::json!({"alg": "none", "kid": "k"}));
+        for _ in 0..2 {
+            assert_eq!(
+                header_segment(&good),
+                Ok(JoseHeader {
+                    alg: Algorithm::RS256,
+                    kid: Some("k".into())
+                })
+            );
+            assert_eq!(header_segment(&bad), Err(TokenError::AlgorithmNotAllowed));
+        }
+        HEADERS.with_borrow(|m| {
+            assert!(m.get(&good).is_some());
+            assert!(m.get(&bad).is_none());
+        });
+        for i in 0..3 * HeaderMemo::SLOTS {
+            let h = enc(&serde_json::json!({"alg": "ES256", "kid": format!("k{i}")}));
+            let read = header_segment(&h).unwrap();
+            assert_eq!(read.kid.as_deref(), Some(format!("k{i}").as_str()));
+            assert_eq!(header_segment(&h).unwrap(), read);
+        }
+        HEADERS.with_borrow(|m| assert_eq!(m.slots.len(), HeaderMemo::SLOTS));
     }
 
     #[test]

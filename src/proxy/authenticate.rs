@@ -270,11 +270,12 @@ async fn validated(
     let remembered = conn
         .remembered(token, snap.generation)
         .filter(|p| usable(p));
-    // The shared cache's key (a SHA-256 of the token), computed at most once per request.
-    let mut key = None;
+    // The shared cache's key (a SHA-256 of the token), computed at most once per request; on a
+    // miss, its pass over the signing input serves the signature check.
+    let mut hashed = None;
     let cached = remembered.or_else(|| {
-        let k = key.insert(cache::key(token));
-        let p = shared.cache.get(k, now, 0).filter(|p| usable(p))?;
+        let h = hashed.insert(cache::hash(token));
+        let p = shared.cache.get(&h.key, now, 0).filter(|p| usable(p))?;
         conn.remember(token, &p, snap.generation);
         Some(p)
     });
@@ -283,7 +284,11 @@ async fn validated(
         return Ok(p);
     }
     m.token_cache_misses.inc();
-    let p = Arc::new(token::validate(token, &snap.issuers, now).await?);
+    let (key, signed) = match hashed {
+        Some(h) => (Some(h.key), h.signing_input),
+        None => (None, None),
+    };
+    let p = Arc::new(token::validate(token, &snap.issuers, now, signed).await?);
     m.token_validations_by
         .inc(&m.token_validations, ("valid", ""), || ResultLabels {
             result: "valid",

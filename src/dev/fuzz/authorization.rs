@@ -98,7 +98,12 @@ pub fn authorization(data: &[u8]) {
     };
     assert!(!token.is_empty() && token.len() <= MAX_TOKEN_BYTES);
     assert_eq!(token, token.trim_matches(' '), "bearer() trims spaces");
-    match runtime().block_on(token::validate(token, &fx.issuers, NOW)) {
+    match runtime().block_on(token::validate(
+        token,
+        &fx.issuers,
+        NOW,
+        crate::auth::cache::hash(token).signing_input,
+    )) {
         Err(e) => check_refusal(&DenyReason::InvalidToken(e.error)),
         Ok(p) => {
             let issuer = &fx.issuers.list[0];
