@@ -4,12 +4,15 @@
 # Each round starts hyper-bare and cae-proxy in turn, pinned to core 1 (the nginx `return 200`
 # upstream and wrk on core 0), and drives each with `wrk -t1 -c4` for SECS after one second of
 # warm-up: hyper-bare and cae-proxy with one repeated RS256 token (cache hit, every CAE check of
-# the route), then cae-proxy with 2,000 RS256 tokens in turn through a 256-entry cache (every
-# request verified). CPU per request is the server's utime and stime over the window divided by
+# the route), then hyper-bare verifying each token's RS256 signature (`bareproxy ... PUB_PEM`: the
+# signature and nothing else of the token) and cae-proxy, both with 2,000 RS256 tokens in turn
+# (cae-proxy through a 256-entry cache: every request verified). CPU per request is the server's utime and stime over the window divided by
 # the requests wrk counted. Rounds alternate the servers so that drift in the machine's speed
 # falls on both; the table gives the median of each and of the paired differences.
 # Usage: benches/floor.sh [ROUNDS] [SECS]   (defaults 7 and 5; ≈ 3 minutes)
-# The signature's own cost comes from `cargo bench --bench micro -- rs256_verify`.
+# The rotating target is cae-rotating − hyper-bare-rs256: hyper-bare plus the signature
+# verification, measured in place (its cold caches and lower request rate included) rather than
+# added from `cargo bench --bench micro -- rs256_verify`, which the table also reports against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-7}
@@ -53,6 +56,12 @@ for round in $(seq 1 "$ROUNDS"); do
   measure hyper-bare "$pid" "http://127.0.0.1:$SUT/orders"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 
+  taskset -c 1 target/release/examples/bareproxy "127.0.0.1:$SUT" "http://127.0.0.1:$UP/" "$W/rs256.pub.pem" 2>"$W/bare.log" &
+  pid=$!
+  wait_port "$SUT"
+  measure hyper-bare-rs256 "$pid" -s benches/load/rotate.lua "http://127.0.0.1:$SUT/" -- "$W/tokens-rs256.txt"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+
   taskset -c 1 target/release/cae-proxy run --config "$W/cae.toml" 2>"$W/cae.log" &
   pid=$!
   wait_port "$SUT"
@@ -72,14 +81,14 @@ for line in open(sys.argv[1]):
     rows.setdefault(name, []).append((int(u) / hz * 1e6 / int(n), int(s) / hz * 1e6 / int(n), int(n)))
 def med(xs):
     return statistics.median(xs)
-print(f"{'server':<14} {'user µs/req':>12} {'sys µs/req':>11} {'total µs/req':>13} {'req/s':>8}   (medians of {len(rows['hyper-bare'])} rounds)")
+print(f"{'server':<17} {'user µs/req':>12} {'sys µs/req':>11} {'total µs/req':>13} {'req/s':>8}   (medians of {len(rows['hyper-bare'])} rounds)")
 for name, r in rows.items():
-    print(f"{name:<14} {med([u for u, _, _ in r]):12.2f} {med([s for _, s, _ in r]):11.2f} "
+    print(f"{name:<17} {med([u for u, _, _ in r]):12.2f} {med([s for _, s, _ in r]):11.2f} "
           f"{med([u + s for u, s, _ in r]):13.2f} {med([n for _, _, n in r]) / float(__import__('os').environ.get('SECS', '5')):8.0f}")
-bare = rows["hyper-bare"]
-for name in ("cae-repeated", "cae-rotating"):
-    du = [c[0] - b[0] for c, b in zip(rows[name], bare)]
-    dt = [c[0] + c[1] - b[0] - b[1] for c, b in zip(rows[name], bare)]
-    print(f"{name} - hyper-bare, paired by round: user {med(du):+.2f} µs (min {min(du):+.2f}, max {max(du):+.2f}), "
+for name, base in (("cae-repeated", "hyper-bare"), ("cae-rotating", "hyper-bare"),
+                   ("hyper-bare-rs256", "hyper-bare"), ("cae-rotating", "hyper-bare-rs256")):
+    du = [c[0] - b[0] for c, b in zip(rows[name], rows[base])]
+    dt = [c[0] + c[1] - b[0] - b[1] for c, b in zip(rows[name], rows[base])]
+    print(f"{name} - {base}, paired by round: user {med(du):+.2f} µs (min {min(du):+.2f}, max {max(du):+.2f}), "
           f"total {med(dt):+.2f} µs (min {min(dt):+.2f}, max {max(dt):+.2f})")
 PY

@@ -7,7 +7,9 @@
 # Usage: benches/profile.sh [N] [BASE]   (defaults 10000 and 2000; ≈ 2 min)
 # MODE=rotate: every request a new RS256 token (2,000 tokens through a 256-entry cache, driven by
 # wrk with benches/load/rotate.lua for SECONDS and 5×SECONDS, default 4; requests counted by wrk).
-# SERVERS="cae-proxy": profile only these (default: both in repeat mode).
+# SERVERS="cae-proxy": profile only these (default: hyper-bare and cae-proxy in repeat mode;
+# hyper-bare-rs256, the floor verifying each token's RS256 signature and nothing else, and cae-proxy
+# in rotate mode).
 # Per-function profile: callgrind_annotate "$W/<server>-<n>.out" (the directory is printed; kept
 # when KEEP=1).
 set -euo pipefail
@@ -52,6 +54,8 @@ total_ir() {
                  target/release/cae-proxy run --config "$W/cae.toml" 2>"$W/$1-$2.log" & ;;
     hyper-bare) valgrind --tool=callgrind --callgrind-out-file="$out" \
                  target/release/examples/bareproxy "127.0.0.1:$SUT" "http://127.0.0.1:$UP/" 2>"$W/$1-$2.log" & ;;
+    hyper-bare-rs256) valgrind --tool=callgrind --callgrind-out-file="$out" \
+                 target/release/examples/bareproxy "127.0.0.1:$SUT" "http://127.0.0.1:$UP/" "$W/rs256.pub.pem" 2>"$W/$1-$2.log" & ;;
   esac
   local pid=$!
   wait_port "$SUT"
@@ -74,13 +78,13 @@ total_ir() {
 }
 
 if [ "$MODE" = rotate ]; then
-  servers=${SERVERS:-cae-proxy}; small=$SECONDS_BASE; large=$((5 * SECONDS_BASE))
+  servers=${SERVERS:-hyper-bare-rs256 cae-proxy}; small=$SECONDS_BASE; large=$((5 * SECONDS_BASE))
 else
   servers=${SERVERS:-hyper-bare cae-proxy}; small=$BASE; large=$((BASE + N))
 fi
-echo "server       instructions/request   (MODE=$MODE; files in $W)"
+echo "server           instructions/request   (MODE=$MODE; files in $W)"
 for server in $servers; do
   read -r ia na < <(total_ir "$server" "$small")
   read -r ib nb < <(total_ir "$server" "$large")
-  printf "%-12s %12.0f   (%d and %d requests)\n" "$server" "$(python3 -c "print(($ib - $ia) / ($nb - $na))")" "$na" "$nb"
+  printf "%-16s %12.0f   (%d and %d requests)\n" "$server" "$(python3 -c "print(($ib - $ia) / ($nb - $na))")" "$na" "$nb"
 done
