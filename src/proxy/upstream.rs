@@ -1,6 +1,7 @@
 //! The only place that dials upstreams: pooled hyper-util clients, one per upstream definition,
 //! kept across reloads; connect, response-head and pool-idle timeouts.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,24 +74,28 @@ pub struct UpstreamClient {
 const POOL_KEY: &str = "u";
 
 /// The connector of one upstream: ignores the stand-in authority it is asked for and dials the
-/// upstream's own URL (TLS name and all).
+/// upstream's own URL (TLS name and all). The client clones its connector for every request
+/// (checkout races a lazy connect), so the connector and URL sit behind one `Arc`: one reference
+/// count instead of one per `Arc` inside the TLS connector and the URL.
 #[derive(Clone)]
-struct Pinned {
-    inner: hyper_rustls::HttpsConnector<HttpConnector>,
-    dst: http::Uri,
-}
+struct Pinned(Arc<(Https, http::Uri)>);
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
 impl Service<http::Uri> for Pinned {
-    type Response = <hyper_rustls::HttpsConnector<HttpConnector> as Service<http::Uri>>::Response;
-    type Error = <hyper_rustls::HttpsConnector<HttpConnector> as Service<http::Uri>>::Error;
-    type Future = <hyper_rustls::HttpsConnector<HttpConnector> as Service<http::Uri>>::Future;
+    type Response = <Https as Service<http::Uri>>::Response;
+    type Error = <Https as Service<http::Uri>>::Error;
+    type Future = <Https as Service<http::Uri>>::Future;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready, as the connector it wraps: an `HttpConnector` (and `hyper-rustls` around
+    /// it) has nothing to wait for before a call.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _stand_in: http::Uri) -> Self::Future {
-        self.inner.call(self.dst.clone())
+        let (connector, dst) = &*self.0;
+        connector.clone().call(dst.clone())
     }
 }
 
@@ -129,10 +134,7 @@ impl UpstreamClient {
             .pool_idle_timeout(cfg.idle_timeout)
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
-            .build(Pinned {
-                inner: https,
-                dst: cfg.url.clone(),
-            });
+            .build(Pinned(Arc::new((https, cfg.url.clone()))));
         Ok(UpstreamClient {
             cfg: cfg.clone(),
             scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
