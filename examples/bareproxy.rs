@@ -48,7 +48,7 @@ fn signed(headers: &http::HeaderMap, key: &ParsedPublicKey) -> bool {
     let Some((input, sig)) = jws.rsplit_once('.') else {
         return false;
     };
-    let mut raw = [0u8; 1024];
+    let mut raw = [0u8; 2048];
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode_slice(sig, &mut raw)
         .is_ok_and(|n| key.verify_sig(input.as_bytes(), &raw[..n]).is_ok())

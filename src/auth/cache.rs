@@ -51,27 +51,40 @@ pub fn key(token: &str) -> Key {
 
 /// A token's cache key, and the SHA-256 state after its JWS signing input (everything before
 /// the last `.`) for the signature check, from one pass over the token.
-pub struct TokenHash {
+pub struct TokenHash<'t> {
     pub key: Key,
-    pub signing_input: Option<SigningInputHash>,
+    pub signing_input: Option<SigningInputHash<'t>>,
 }
 
-/// SHA-256 over a token's JWS signing input, not yet finished: [`SigningInputHash::finish`]
-/// gives the digest an RS256, PS256 or ES256 signature is checked against.
-pub struct SigningInputHash(digest::Context);
+/// SHA-256 over a token's JWS signing input, not yet finished, with the very slice it covers:
+/// the signature check uses it only for that same slice ([`SigningInputHash::covers`]), so a
+/// hash of any other text can never stand in for the input being verified.
+pub struct SigningInputHash<'t> {
+    ctx: digest::Context,
+    input: &'t str,
+}
 
-impl SigningInputHash {
+impl SigningInputHash<'_> {
+    /// Whether this is the hash of `text` itself (same address and length, not merely equal).
+    pub fn covers(&self, text: &str) -> bool {
+        std::ptr::eq(self.input, text)
+    }
+
     pub fn finish(self) -> digest::Digest {
-        self.0.finish()
+        self.ctx.finish()
     }
 }
 
 /// The key and signing-input hash of `token`.
-pub fn hash(token: &str) -> TokenHash {
+pub fn hash(token: &str) -> TokenHash<'_> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let signing_input = token.rfind('.').map(|dot| {
-        ctx.update(&token.as_bytes()[..dot]);
-        let signed = SigningInputHash(ctx.clone());
+        let input = &token[..dot];
+        ctx.update(input.as_bytes());
+        let signed = SigningInputHash {
+            ctx: ctx.clone(),
+            input,
+        };
         ctx.update(&token.as_bytes()[dot..]);
         signed
     });
@@ -165,11 +178,17 @@ mod tests {
             let h = hash(token);
             assert_eq!(h.key.to_vec(), sha(token.as_bytes()), "{token}");
             match token.rfind('.') {
-                Some(dot) => assert_eq!(
-                    h.signing_input.map(|s| s.finish().as_ref().to_vec()),
-                    Some(sha(&token.as_bytes()[..dot])),
-                    "{token}"
-                ),
+                Some(dot) => {
+                    let signed = h.signing_input.expect("a token with a dot");
+                    assert!(signed.covers(&token[..dot]), "{token}");
+                    // Equal text elsewhere is not the slice that was hashed.
+                    let copy = String::from(&token[..dot]);
+                    assert!(!signed.covers(copy.as_str()), "{token}");
+                    assert_eq!(
+                        signed.finish().as_ref().to_vec(),
+                        sha(&token.as_bytes()[..dot])
+                    );
+                }
                 None => assert!(h.signing_input.is_none(), "{token}"),
             }
         }

@@ -540,7 +540,7 @@ fn jose_header(json: &[u8]) -> Result<JoseHeader, TokenError> {
 
 /// Headers already read, by their encoded text: an issuer signs its tokens under one or a few
 /// headers, so a header's base64 and JSON are read once per thread rather than once per token.
-/// Equal text reads equal, and only headers that were accepted are kept (at most
+/// Equal text reads equal, and only headers of tokens whose signature verified are kept (at most
 /// [`HeaderMemo::SLOTS`], of at most [`HeaderMemo::MAX_TEXT`] bytes each, replaced in turn).
 #[derive(Default)]
 struct HeaderMemo {
@@ -579,12 +579,18 @@ thread_local! {
 
 /// The header segment `h` (base64url) read as a JWS header, through the thread's memo.
 fn header_segment(h: &str) -> Result<JoseHeader, TokenError> {
-    if let Some(known) = HEADERS.with_borrow(|m| m.get(h)) {
-        return Ok(known);
+    match HEADERS.with_borrow(|m| m.get(h)) {
+        Some(known) => Ok(known),
+        None => jose_header(&b64(h)?),
     }
-    let header = jose_header(&b64(h)?)?;
-    HEADERS.with_borrow_mut(|m| m.keep(h, &header));
-    Ok(header)
+}
+
+/// Keeps the header of a token whose signature verified: headers only an unauthenticated client
+/// sent never displace an issuer's.
+fn remember_header(signing_input: &str, header: &JoseHeader) {
+    if let Some((h, _)) = signing_input.split_once('.') {
+        HEADERS.with_borrow_mut(|m| m.keep(h, header));
+    }
 }
 
 /// Structural checks and the unverified claims, before any key is looked at.
@@ -622,7 +628,7 @@ pub async fn validate(
     token: &str,
     issuers: &Issuers,
     now: i64,
-    signed: Option<SigningInputHash>,
+    signed: Option<SigningInputHash<'_>>,
 ) -> Result<Principal, Rejected> {
     let Inspected {
         header,
@@ -645,6 +651,7 @@ pub async fn validate(
         let verified = verify(issuer, &header, &claims, input, &signature, now)
             .await
             .map_err(named)?;
+        remember_header(signing_input, &header);
         principal(issuer, iss.into_owned(), header, &verified, &claims).map_err(named)?
     };
     principal.claims = Claims::new(payload);
@@ -661,7 +668,7 @@ struct Verified {
 /// The JWS signing input, and its SHA-256 state when the caller already hashed it.
 struct Signed<'a> {
     text: &'a str,
-    sha256: Option<SigningInputHash>,
+    sha256: Option<SigningInputHash<'a>>,
 }
 
 /// Validation once the issuer is known: everything after the structure.
@@ -690,10 +697,11 @@ async fn verify(
     }
     let good = match signing_input.sha256 {
         Some(h)
-            if matches!(
-                header.alg,
-                Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256
-            ) =>
+            if h.covers(signing_input.text)
+                && matches!(
+                    header.alg,
+                    Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256
+                ) =>
         {
             key.verify_digest(header.alg, &h.finish(), signature)
         }
@@ -820,27 +828,30 @@ mod tests {
     }
 
     #[test]
-    fn header_memo_keeps_accepted_headers_only() {
+    fn header_memo_keeps_verified_headers_only() {
         let good = enc(&serde_json::json!({"alg": "RS256", "kid": "k"}));
         let bad = enc(&serde_json::json!({"alg": "none", "kid": "k"}));
+        let want = JoseHeader {
+            alg: Algorithm::RS256,
+            kid: Some("k".into()),
+        };
+        // Reading a header keeps nothing; a verified token's header is kept.
+        assert_eq!(header_segment(&good), Ok(want.clone()));
+        HEADERS.with_borrow(|m| assert!(m.get(&good).is_none()));
+        remember_header(&format!("{good}.cGF5bG9hZA"), &want);
         for _ in 0..2 {
-            assert_eq!(
-                header_segment(&good),
-                Ok(JoseHeader {
-                    alg: Algorithm::RS256,
-                    kid: Some("k".into())
-                })
-            );
+            assert_eq!(header_segment(&good), Ok(want.clone()));
             assert_eq!(header_segment(&bad), Err(TokenError::AlgorithmNotAllowed));
         }
         HEADERS.with_borrow(|m| {
-            assert!(m.get(&good).is_some());
+            assert_eq!(m.get(&good), Some(want.clone()));
             assert!(m.get(&bad).is_none());
         });
         for i in 0..3 * HeaderMemo::SLOTS {
             let h = enc(&serde_json::json!({"alg": "ES256", "kid": format!("k{i}")}));
             let read = header_segment(&h).unwrap();
             assert_eq!(read.kid.as_deref(), Some(format!("k{i}").as_str()));
+            remember_header(&format!("{h}.cGF5bG9hZA"), &read);
             assert_eq!(header_segment(&h).unwrap(), read);
         }
         HEADERS.with_borrow(|m| assert_eq!(m.slots.len(), HeaderMemo::SLOTS));

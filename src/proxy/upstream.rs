@@ -87,8 +87,9 @@ impl Service<http::Uri> for Pinned {
     type Error = <Https as Service<http::Uri>>::Error;
     type Future = <Https as Service<http::Uri>>::Future;
 
-    /// Always ready, as the connector it wraps: an `HttpConnector` (and `hyper-rustls` around
-    /// it) has nothing to wait for before a call.
+    /// Always ready, as the connector it wraps: an `HttpConnector` with its default resolver
+    /// (`GaiResolver`, and `hyper-rustls` around it) has nothing to wait for before a call.
+    /// Another resolver would have to be polled here.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }

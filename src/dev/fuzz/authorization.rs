@@ -102,7 +102,11 @@ pub fn authorization(data: &[u8]) {
         token,
         &fx.issuers,
         NOW,
-        crate::auth::cache::hash(token).signing_input,
+        // Both ways a signature is checked: the signing input hashed by the cache key's pass
+        // (as the proxy does on a cache miss) or by the verify itself.
+        crate::auth::cache::hash(token)
+            .signing_input
+            .filter(|_| token.len() % 2 == 0),
     )) {
         Err(e) => check_refusal(&DenyReason::InvalidToken(e.error)),
         Ok(p) => {
