@@ -1,7 +1,11 @@
-//! Verified-token cache: SHA-256 of the token → validated principal, bounded, never past `exp`.
-//! A hit skips signature verification only; revocation and IP checks still run on every request.
-//! The key's hash runs over the JWS signing input first, and that state is kept: on a miss it
-//! gives the signature check its digest, so the signing input is hashed once per request.
+//! Verified-token cache: a token's signing input and signature → validated principal, bounded,
+//! never past `exp`. A hit skips signature verification only; revocation and IP checks still run
+//! on every request.
+//!
+//! The key is the SHA-256 of the JWS signing input (`header.payload`), the very digest the
+//! signature is checked against on a miss, so the signing input is hashed once per request; an
+//! entry also keeps the signature segment, compared in full on a hit. A hit is therefore a
+//! byte-identical token: same signing input (SHA-256) and same signature.
 //!
 //! Locks: 16 shards, each a `Mutex` over two generations; a lookup holds one shard lock for one
 //! hash probe. When the young generation of a shard fills, the old one is dropped (O(1) eviction).
@@ -15,9 +19,16 @@ use super::token::{Issuers, Principal};
 
 const SHARDS: usize = 16;
 type Key = [u8; 32];
+
+/// A verified token's principal, with the signature segment it was verified with.
+struct Entry {
+    principal: Arc<Principal>,
+    signature: Box<str>,
+}
+
 /// foldhash over the SHA-256 key instead of SipHash: the key is already a digest, and only
 /// verified tokens are ever inserted.
-type Generation = HashMap<Key, Arc<Principal>, foldhash::fast::RandomState>;
+type Generation = HashMap<Key, Entry, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Shard {
@@ -44,23 +55,19 @@ pub fn usable(p: &Principal, now: i64, issuers: &Issuers) -> bool {
         })
 }
 
-/// The cache key of a token: its SHA-256.
-pub fn key(token: &str) -> Key {
-    hash(token).key
-}
-
-/// A token's cache key, and the SHA-256 state after its JWS signing input (everything before
-/// the last `.`) for the signature check, from one pass over the token.
+/// A token as the cache knows it: the SHA-256 of its signing input (everything before the last
+/// `.`; of the whole text when it has no `.`) and its signature segment (what follows).
 pub struct TokenHash<'t> {
     pub key: Key,
-    pub signing_input: Option<SigningInputHash<'t>>,
+    signature: &'t str,
+    signing_input: Option<SigningInputHash<'t>>,
 }
 
-/// SHA-256 over a token's JWS signing input, not yet finished, with the very slice it covers:
-/// the signature check uses it only for that same slice ([`SigningInputHash::covers`]), so a
-/// hash of any other text can never stand in for the input being verified.
+/// The SHA-256 of a token's JWS signing input, with the very slice it covers: the signature
+/// check uses it only for that same slice ([`SigningInputHash::covers`]), so a hash of any other
+/// text can never stand in for the input being verified.
 pub struct SigningInputHash<'t> {
-    ctx: digest::Context,
+    digest: digest::Digest,
     input: &'t str,
 }
 
@@ -70,30 +77,29 @@ impl SigningInputHash<'_> {
         std::ptr::eq(self.input, text)
     }
 
-    pub fn finish(self) -> digest::Digest {
-        self.ctx.finish()
+    pub fn digest(&self) -> &digest::Digest {
+        &self.digest
     }
 }
 
-/// The key and signing-input hash of `token`.
-pub fn hash(token: &str) -> TokenHash<'_> {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let signing_input = token.rfind('.').map(|dot| {
-        let input = &token[..dot];
-        ctx.update(input.as_bytes());
-        let signed = SigningInputHash {
-            ctx: ctx.clone(),
-            input,
-        };
-        ctx.update(&token.as_bytes()[dot..]);
-        signed
-    });
-    if signing_input.is_none() {
-        ctx.update(token.as_bytes());
+impl<'t> TokenHash<'t> {
+    /// The signing input's hash, for [`crate::auth::token::validate`] (the key stays).
+    pub fn take_signing_input(&mut self) -> Option<SigningInputHash<'t>> {
+        self.signing_input.take()
     }
+}
+
+/// The cache key and signing-input hash of `token`.
+pub fn hash(token: &str) -> TokenHash<'_> {
+    let (input, signature) = token.rsplit_once('.').unwrap_or((token, ""));
+    let digest = digest::digest(&digest::SHA256, input.as_bytes());
     let mut key = [0u8; 32];
-    key.copy_from_slice(ctx.finish().as_ref());
-    TokenHash { key, signing_input }
+    key.copy_from_slice(digest.as_ref());
+    TokenHash {
+        key,
+        signature,
+        signing_input: (input.len() < token.len()).then_some(SigningInputHash { digest, input }),
+    }
 }
 
 impl TokenCache {
@@ -114,36 +120,46 @@ impl TokenCache {
         &self.shards[k[0] as usize % SHARDS]
     }
 
-    /// A still-valid principal for this key (`exp` + leeway not passed at `now`).
-    pub fn get(&self, k: &Key, now: i64, leeway: i64) -> Option<Arc<Principal>> {
+    /// A still-valid principal for this very token (`exp` + leeway not passed at `now`): same
+    /// signing input and same signature segment.
+    pub fn get(&self, t: &TokenHash<'_>, now: i64, leeway: i64) -> Option<Arc<Principal>> {
         if self.per_generation == 0 {
             return None;
         }
+        let same = |e: &Entry| *e.signature == *t.signature;
         let found = {
-            let Ok(mut s) = self.shard(k).lock() else {
+            let Ok(mut s) = self.shard(&t.key).lock() else {
                 return None;
             };
-            match s.young.get(k) {
-                Some(p) => Some(p.clone()),
-                None => s.old.remove(k).inspect(|p| {
-                    s.young.insert(*k, p.clone());
+            match s.young.get(&t.key) {
+                Some(e) => same(e).then(|| e.principal.clone()),
+                None if s.old.get(&t.key).is_some_and(same) => s.old.remove(&t.key).map(|e| {
+                    let p = e.principal.clone();
+                    s.young.insert(t.key, e);
+                    p
                 }),
+                None => None,
             }
         };
         found.filter(|p| p.exp.saturating_add(leeway) >= now)
     }
 
-    pub fn insert(&self, k: Key, p: Arc<Principal>) {
+    /// Keeps the principal of a token whose signature verified.
+    pub fn insert(&self, t: &TokenHash<'_>, p: Arc<Principal>) {
         if self.per_generation == 0 {
             return;
         }
-        let Ok(mut s) = self.shard(&k).lock() else {
+        let Ok(mut s) = self.shard(&t.key).lock() else {
             return;
         };
         if s.young.len() >= self.per_generation {
             s.old = std::mem::take(&mut s.young);
         }
-        s.young.insert(k, p);
+        let entry = Entry {
+            principal: p,
+            signature: t.signature.into(),
+        };
+        s.young.insert(t.key, entry);
     }
 
     pub fn clear(&self) {
@@ -172,51 +188,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_pass_gives_the_token_and_signing_input_digests() {
+    fn the_key_is_the_signing_input_digest_of_that_very_slice() {
         let sha = |b: &[u8]| digest::digest(&digest::SHA256, b).as_ref().to_vec();
         for token in ["aGVhZA.cGF5bG9hZA.c2ln", "a.b.", ".", "no-dot", ""] {
-            let h = hash(token);
-            assert_eq!(h.key.to_vec(), sha(token.as_bytes()), "{token}");
+            let mut h = hash(token);
             match token.rfind('.') {
                 Some(dot) => {
-                    let signed = h.signing_input.expect("a token with a dot");
+                    assert_eq!(h.key.to_vec(), sha(&token.as_bytes()[..dot]), "{token}");
+                    assert_eq!(h.signature, &token[dot + 1..]);
+                    let signed = h.take_signing_input().expect("a token with a dot");
                     assert!(signed.covers(&token[..dot]), "{token}");
                     // Equal text elsewhere is not the slice that was hashed.
                     let copy = String::from(&token[..dot]);
                     assert!(!signed.covers(copy.as_str()), "{token}");
-                    assert_eq!(
-                        signed.finish().as_ref().to_vec(),
-                        sha(&token.as_bytes()[..dot])
-                    );
+                    assert_eq!(signed.digest().as_ref(), &h.key[..]);
                 }
-                None => assert!(h.signing_input.is_none(), "{token}"),
+                None => {
+                    assert_eq!(h.key.to_vec(), sha(token.as_bytes()), "{token}");
+                    assert!(h.take_signing_input().is_none(), "{token}");
+                }
             }
         }
+    }
+
+    fn principal(exp: i64) -> Arc<Principal> {
+        Arc::new(Principal {
+            exp,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_hit_is_the_same_signing_input_and_the_same_signature() {
+        let c = TokenCache::new(64);
+        c.insert(&hash("aGVhZA.cGF5bG9hZA.c2ln"), principal(100));
+        assert!(c.get(&hash("aGVhZA.cGF5bG9hZA.c2ln"), 100, 0).is_some());
+        // The signing input of a cached token under another signature, or none at all.
+        assert!(c.get(&hash("aGVhZA.cGF5bG9hZA.Zm9yZ2Vk"), 100, 0).is_none());
+        assert!(c.get(&hash("aGVhZA.cGF5bG9hZA."), 100, 0).is_none());
+        assert!(c.get(&hash("aGVhZA.cGF5bG9hZA"), 100, 0).is_none());
+        // Still found after moving to the old generation, and only with its signature.
+        for i in 0..2 {
+            c.insert(&hash(&format!("h.p{i}.s")), principal(100));
+        }
+        assert!(c.get(&hash("aGVhZA.cGF5bG9hZA.Zm9yZ2Vk"), 100, 0).is_none());
+        assert!(c.get(&hash("aGVhZA.cGF5bG9hZA.c2ln"), 100, 0).is_some());
     }
 
     #[test]
     fn bounded_and_expiring() {
         let c = TokenCache::new(64);
         for i in 0..1000 {
-            c.insert(
-                key(&format!("t{i}")),
-                Arc::new(Principal {
-                    exp: 100,
-                    ..Default::default()
-                }),
-            );
+            c.insert(&hash(&format!("h.t{i}.s")), principal(100));
         }
         assert!(c.len() <= 64, "{}", c.len());
-        c.insert(
-            key("x"),
-            Arc::new(Principal {
-                exp: 100,
-                ..Default::default()
-            }),
-        );
-        assert!(c.get(&key("x"), 100, 0).is_some());
-        assert!(c.get(&key("x"), 101, 0).is_none());
-        assert!(c.get(&key("x"), 101, 5).is_some());
-        assert!(c.get(&key("nope"), 0, 0).is_none());
+        c.insert(&hash("h.x.s"), principal(100));
+        assert!(c.get(&hash("h.x.s"), 100, 0).is_some());
+        assert!(c.get(&hash("h.x.s"), 101, 0).is_none());
+        assert!(c.get(&hash("h.x.s"), 101, 5).is_some());
+        assert!(c.get(&hash("h.nope.s"), 0, 0).is_none());
     }
 }

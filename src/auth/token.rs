@@ -622,8 +622,8 @@ pub fn inspect(token: &str) -> Result<Inspected<'_>, TokenError> {
 /// Validates a token against the snapshot's issuers. `now` is epoch seconds. The only network
 /// call possible is the bounded unknown-`kid` refetch of the issuer's key set. Order: structure,
 /// issuer, algorithm allow-list, key (by `kid`) and its type, signature, then the claims.
-/// `signed`: the SHA-256 state over this very token's signing input, when the caller already
-/// hashed it ([`crate::auth::cache::hash`]); used for RS256, PS256 and ES256.
+/// `signed`: the SHA-256 of this very token's signing input, when the caller already hashed it
+/// ([`crate::auth::cache::hash`]); used for RS256, PS256 and ES256.
 pub async fn validate(
     token: &str,
     issuers: &Issuers,
@@ -665,7 +665,7 @@ struct Verified {
     iat: Option<i64>,
 }
 
-/// The JWS signing input, and its SHA-256 state when the caller already hashed it.
+/// The JWS signing input, and its SHA-256 when the caller already hashed it.
 struct Signed<'a> {
     text: &'a str,
     sha256: Option<SigningInputHash<'a>>,
@@ -703,7 +703,7 @@ async fn verify(
                     Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256
                 ) =>
         {
-            key.verify_digest(header.alg, &h.finish(), signature)
+            key.verify_digest(header.alg, h.digest(), signature)
         }
         _ => key.verify(header.alg, signing_input.text.as_bytes(), signature),
     };

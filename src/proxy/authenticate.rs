@@ -270,12 +270,12 @@ async fn validated(
     let remembered = conn
         .remembered(token, snap.generation)
         .filter(|p| usable(p));
-    // The shared cache's key (a SHA-256 of the token), computed at most once per request; on a
-    // miss, its pass over the signing input serves the signature check.
+    // The shared cache's key (the SHA-256 of the token's signing input), computed at most once
+    // per request; on a miss, the signature check uses the same digest.
     let mut hashed = None;
     let cached = remembered.or_else(|| {
         let h = hashed.insert(cache::hash(token));
-        let p = shared.cache.get(&h.key, now, 0).filter(|p| usable(p))?;
+        let p = shared.cache.get(h, now, 0).filter(|p| usable(p))?;
         conn.remember(token, &p, snap.generation);
         Some(p)
     });
@@ -284,19 +284,15 @@ async fn validated(
         return Ok(p);
     }
     m.token_cache_misses.inc();
-    let (key, signed) = match hashed {
-        Some(h) => (Some(h.key), h.signing_input),
-        None => (None, None),
-    };
-    let p = Arc::new(token::validate(token, &snap.issuers, now, signed).await?);
+    let mut h = hashed.unwrap_or_else(|| cache::hash(token));
+    let p = Arc::new(token::validate(token, &snap.issuers, now, h.take_signing_input()).await?);
     m.token_validations_by
         .inc(&m.token_validations, ("valid", ""), || ResultLabels {
             result: "valid",
             reason: "",
         });
     if shared.cache.enabled() {
-        let k = key.unwrap_or_else(|| cache::key(token));
-        shared.cache.insert(k, p.clone());
+        shared.cache.insert(&h, p.clone());
         conn.remember(token, &p, snap.generation);
     }
     Ok(p)

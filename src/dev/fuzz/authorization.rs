@@ -105,7 +105,7 @@ pub fn authorization(data: &[u8]) {
         // Both ways a signature is checked: the signing input hashed by the cache key's pass
         // (as the proxy does on a cache miss) or by the verify itself.
         crate::auth::cache::hash(token)
-            .signing_input
+            .take_signing_input()
             .filter(|_| token.len() % 2 == 0),
     )) {
         Err(e) => check_refusal(&DenyReason::InvalidToken(e.error)),
