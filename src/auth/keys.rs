@@ -60,19 +60,23 @@ impl VerifyKey {
     /// Verifies a JWS signature over `signing_input` with this key for `alg`. `false` when the
     /// algorithm does not fit the key or the signature is wrong.
     pub fn verify(&self, alg: Algorithm, signing_input: &[u8], signature: &[u8]) -> bool {
-        self.verifiers
-            .iter()
-            .find(|(a, _)| *a == alg)
-            .is_some_and(|(_, k)| k.verify_sig(signing_input, signature).is_ok())
+        self.verifier(alg)
+            .is_some_and(|k| k.verify_sig(signing_input, signature).is_ok())
     }
 
     /// [`VerifyKey::verify`] given the signing input's digest instead of the input: `false` also
     /// when the digest's algorithm is not the one `alg` signs with.
     pub fn verify_digest(&self, alg: Algorithm, digest: &Digest, signature: &[u8]) -> bool {
+        self.verifier(alg)
+            .is_some_and(|k| k.verify_digest_sig(digest, signature).is_ok())
+    }
+
+    /// The parsed key for `alg`, if this key may verify it.
+    fn verifier(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {
         self.verifiers
             .iter()
             .find(|(a, _)| *a == alg)
-            .is_some_and(|(_, k)| k.verify_digest_sig(digest, signature).is_ok())
+            .map(|(_, k)| k)
     }
 }
 

@@ -560,7 +560,8 @@ impl HeaderMemo {
     }
 
     fn keep(&mut self, text: &str, header: &JoseHeader) {
-        if text.len() > Self::MAX_TEXT {
+        // Every verified token passes here, its header mostly read from this memo already.
+        if text.len() > Self::MAX_TEXT || self.slots.iter().any(|(t, _)| **t == *text) {
             return;
         }
         let slot = (Box::from(text), header.clone());

@@ -267,24 +267,22 @@ async fn validated(
 ) -> Result<Arc<Principal>, Rejected> {
     let m = &shared.metrics;
     let usable = |p: &Principal| cache::usable(p, now, &snap.issuers);
-    let remembered = conn
+    if let Some(p) = conn
         .remembered(token, snap.generation)
-        .filter(|p| usable(p));
-    // The shared cache's key (the SHA-256 of the token's signing input), computed at most once
-    // per request; on a miss, the signature check uses the same digest.
-    let mut hashed = None;
-    let cached = remembered.or_else(|| {
-        let h = hashed.insert(cache::hash(token));
-        let p = shared.cache.get(h, now, 0).filter(|p| usable(p))?;
+        .filter(|p| usable(p))
+    {
+        m.token_cache_hits.inc();
+        return Ok(p);
+    }
+    // The shared cache's key: the SHA-256 of the token's signing input, which a miss hands to
+    // the signature check.
+    let mut h = cache::hash(token);
+    if let Some(p) = shared.cache.get(&h, now, 0).filter(|p| usable(p)) {
         conn.remember(token, &p, snap.generation);
-        Some(p)
-    });
-    if let Some(p) = cached {
         m.token_cache_hits.inc();
         return Ok(p);
     }
     m.token_cache_misses.inc();
-    let mut h = hashed.unwrap_or_else(|| cache::hash(token));
     let p = Arc::new(token::validate(token, &snap.issuers, now, h.take_signing_input()).await?);
     m.token_validations_by
         .inc(&m.token_validations, ("valid", ""), || ResultLabels {
