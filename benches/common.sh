@@ -1,7 +1,7 @@
 # Helpers shared by the single-server benchmark scripts (profile.sh, floor.sh, idle.sh): a work
 # directory and the processes started in it (stopped, and the directory removed, on exit; kept
-# with KEEP=1), ports, readiness, the nginx `return 200` upstream and the benchmark route's
-# configuration. Sourced, not run: `. benches/common.sh` from the repository root.
+# with KEEP=1), the release build with keys and tokens, ports, readiness, the nginx `return 200`
+# upstream and the benchmark route's configuration. Sourced, not run: `. benches/common.sh` from the repository root.
 
 bench_workdir() { # NAME: sets W (a new directory) and PIDS (processes to stop on exit)
   W=$(mktemp -d "/tmp/cae-$1.XXXXXX")
@@ -12,6 +12,12 @@ bench_workdir() { # NAME: sets W (a new directory) and PIDS (processes to stop o
 bench_cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
+}
+
+bench_build() { # TOKENS: builds the servers, writes keys and TOKENS rotating tokens to W; sets TOKEN
+  cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
+  target/release/examples/benchkit gen --dir "$W" --tokens "$1" --revocations 0 >/dev/null
+  TOKEN=$(cat "$W/token-rs256.txt")
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -72,12 +78,7 @@ address = "127.0.0.1:$3"
 backend = "memory"
 [upstreams.up]
 url = "http://127.0.0.1:$4"
-[[issuer]]
-name = "bench"
-issuer = "https://idp.bench.example"
-jwks_file = "$W/jwks.json"
-audiences = ["api://bench"]
-algorithms = ["RS256", "ES256"]
+$(bench_issuer)
 [[route]]
 name = "api"
 upstream = "up"
@@ -87,5 +88,16 @@ token_ip = true
 signal_ip = true
 allow_locations = ["127.0.0.0/8", "10.0.0.0/8"]
 deny_locations = ["127.0.0.2/32"]
+EOF
+}
+
+bench_issuer() { # the benchmark issuer (keys from W/jwks.json), on stdout
+  cat <<EOF
+[[issuer]]
+name = "bench"
+issuer = "https://idp.bench.example"
+jwks_file = "$W/jwks.json"
+audiences = ["api://bench"]
+algorithms = ["RS256", "ES256"]
 EOF
 }

@@ -14,9 +14,7 @@ done
 bench_workdir idle
 UP=$(free_port); SUT=$(free_port); ADM=$(free_port)
 SERVER=${SERVER:-cae-proxy}
-cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
-target/release/examples/benchkit gen --dir "$W" --tokens 1 --revocations 0 >/dev/null
-TOKEN=$(cat "$W/token-rs256.txt")
+bench_build 1
 start_upstream "$UP" "$((CONNS + 256))"
 SCHEME=http
 TLS_TOML=""
@@ -51,12 +49,7 @@ address = "127.0.0.1:$ADM"
 backend = "memory"
 [upstreams.up]
 url = "http://127.0.0.1:$UP"
-[[issuer]]
-name = "bench"
-issuer = "https://idp.bench.example"
-jwks_file = "$W/jwks.json"
-audiences = ["api://bench"]
-algorithms = ["RS256", "ES256"]
+$(bench_issuer)
 [[route]]
 name = "api"
 upstream = "up"

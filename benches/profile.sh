@@ -25,9 +25,7 @@ done
 bench_workdir profile
 UP=$(free_port); SUT=$(free_port); SIG=$(free_port); ADM=$(free_port)
 
-cargo build --release --quiet --bin cae-proxy --example benchkit --example bareproxy
-target/release/examples/benchkit gen --dir "$W" --tokens 2000 --revocations 0 >/dev/null
-TOKEN=$(cat "$W/token-rs256.txt")
+bench_build 2000
 
 start_upstream "$UP" 1024
 
