@@ -37,6 +37,16 @@ impl Check<'_> {
         }
     }
 
+    /// A `[[kind]]` entry's name at `path`: not blank (it labels metrics, logs and references),
+    /// and not a repeat of one in `seen`.
+    fn name(&mut self, path: &str, kind: &str, name: &str, seen: &mut HashSet<String>) {
+        if name.trim().is_empty() {
+            self.err(path, format!("{kind} name must not be empty"));
+        } else if !seen.insert(name.to_string()) {
+            self.err(path, format!("duplicate {kind} name {name:?}"));
+        }
+    }
+
     fn opt_duration(&mut self, path: &str, v: &Option<String>) -> Option<Duration> {
         v.as_ref().map(|_| self.duration(path, v, Duration::ZERO))
     }
@@ -372,12 +382,7 @@ fn listeners(c: &mut Check<'_>, raw: &[ListenerFile]) -> Vec<Listener> {
     for (i, l) in raw.iter().enumerate() {
         let p = format!("listener[{i}]");
         let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
-        if !names.insert(name.clone()) {
-            c.err(
-                format!("{p}.name"),
-                format!("duplicate listener name {name:?}"),
-            );
-        }
+        c.name(&format!("{p}.name"), "listener", &name, &mut names);
         let address = match SocketAddr::from_str(&l.address) {
             Ok(a) => a,
             Err(_) => {
@@ -471,6 +476,9 @@ fn upstreams(
     let mut upstreams = BTreeMap::new();
     for (name, u) in raw {
         let p = format!("upstreams.{name}");
+        if name.trim().is_empty() {
+            c.err(&p, "upstream name must not be empty");
+        }
         let url = match http::Uri::from_str(&u.url) {
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() =>
@@ -530,12 +538,7 @@ fn issuers(c: &mut Check<'_>, raw: &[IssuerFile]) -> Vec<Issuer> {
     let mut issuer_names = HashSet::new();
     for (i, is) in raw.iter().enumerate() {
         let p = format!("issuer[{i}]");
-        if !issuer_names.insert(is.name.clone()) {
-            c.err(
-                format!("{p}.name"),
-                format!("duplicate issuer name {:?}", is.name),
-            );
-        }
+        c.name(&format!("{p}.name"), "issuer", &is.name, &mut issuer_names);
         issuers.push(issuer(c, &p, is));
     }
     issuers
@@ -630,12 +633,7 @@ fn routes(
     for (i, r) in raw.iter().enumerate() {
         let p = format!("route[{i}]");
         let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
-        if !route_names.insert(name.clone()) {
-            c.err(
-                format!("{p}.name"),
-                format!("duplicate route name {name:?}"),
-            );
-        }
+        c.name(&format!("{p}.name"), "route", &name, &mut route_names);
         routes.push(route(
             c,
             &p,
@@ -1044,12 +1042,12 @@ fn transmitters_need_signals_listeners(
                 .is_some_and(|t| t.client_ca.is_some() && t.client_auth_required)
         });
     for (i, t) in transmitters.iter().enumerate() {
-        if !seen.insert(t.name.clone()) {
-            c.err(
-                format!("transmitter[{i}].name"),
-                format!("duplicate transmitter name {:?}", t.name),
-            );
-        }
+        c.name(
+            &format!("transmitter[{i}].name"),
+            "transmitter",
+            &t.name,
+            &mut seen,
+        );
         if t.push.as_ref().is_some_and(|p| p.authorization.is_none()) && !signals_mtls {
             c.err(format!("transmitter[{i}].push.authorization"), "push needs an authorization secret unless every signals listener requires client certificates (mTLS)");
         }
@@ -1599,6 +1597,48 @@ mod tests {
                 "route[0].upstream",
                 "route[0].auth",
                 "route[0].auth"
+            ]
+        );
+    }
+
+    #[test]
+    fn blank_and_repeated_names_are_refused_with_their_paths() {
+        let text = r#"
+            [[listener]]
+            name = " "
+            address = "127.0.0.1:0"
+            [upstreams.""]
+            url = "http://127.0.0.1:1"
+            [upstreams.app]
+            url = "http://127.0.0.1:1"
+            [[issuer]]
+            name = ""
+            issuer = "https://idp.example"
+            audiences = ["api"]
+            jwks_uri = "https://idp.example/jwks"
+            [[route]]
+            name = ""
+            upstream = "app"
+            [[route]]
+            name = "r"
+            upstream = "app"
+            [[route]]
+            name = "r"
+            upstream = "app"
+        "#;
+        let errs = Config::parse(text, Path::new(".")).unwrap_err().0;
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("listener[0].name", "listener name must not be empty"),
+                ("upstreams.", "upstream name must not be empty"),
+                ("issuer[0].name", "issuer name must not be empty"),
+                ("route[0].name", "route name must not be empty"),
+                ("route[2].name", "duplicate route name \"r\""),
             ]
         );
     }
