@@ -71,6 +71,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
+    #[error(transparent)]
+    Workers(#[from] server::workers::WorkerError),
 }
 
 /// Options of [`Proxy::start`] beyond the configuration itself.
@@ -89,6 +91,9 @@ pub struct Proxy {
     admin: Option<SocketAddr>,
     conns: Arc<Semaphore>,
     max_conns: u32,
+    /// The worker threads of the proxy and authz listeners (`server.worker_threads` > 1); with
+    /// one worker they run on the caller's runtime. Dropped last: after the drain.
+    _workers: Option<server::workers::Workers>,
 }
 
 impl Proxy {
@@ -171,6 +176,7 @@ impl Proxy {
             };
             bound.push((
                 tcp,
+                addr,
                 Arc::<str>::from(l.name.as_str()),
                 role,
                 l.tls.is_some(),
@@ -190,26 +196,41 @@ impl Proxy {
             })?;
             tracing::info!(listener = "admin", %addr, "listening");
             admin = Some(addr);
-            bound.push((tcp, Arc::from("admin"), Role::Admin, a.tls.is_some()));
+            bound.push((tcp, addr, Arc::from("admin"), Role::Admin, a.tls.is_some()));
         }
+        let workers = match cfg.server.worker_threads {
+            0 | 1 => None,
+            n => Some(server::workers::Workers::start(n).await?),
+        };
         // The admin listener has its own connection budget, so a flood on the public port
         // cannot starve the probes and get the process restarted.
         let admin_conns = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
-        for (tcp, name, role, tls) in bound {
+        for (tcp, address, name, role, tls) in bound {
             let budget = if role == Role::Admin {
                 admin_conns.clone()
             } else {
                 conns.clone()
             };
-            tokio::spawn(server::accept_loop(
-                tcp,
-                name,
+            let accept = server::Accept {
+                name: name.clone(),
                 role,
-                tls,
-                shared.clone(),
-                budget,
-                shared.shutdown.subscribe(),
-            ));
+                tls_required: tls,
+                shared: shared.clone(),
+                conns: budget,
+            };
+            match &workers {
+                // Requests go to the workers; signals and admin stay on this runtime.
+                Some(w) if matches!(role, Role::Proxy | Role::Authz) => Arc::new(accept)
+                    .spawn_on_workers(tcp, w)
+                    .map_err(|source| StartError::Bind {
+                        listener: name.to_string(),
+                        address,
+                        source,
+                    })?,
+                _ => {
+                    tokio::spawn(Arc::new(accept).run(tcp));
+                }
+            }
         }
         tokio::spawn(expiry_loop(shared.clone()));
         Ok(Proxy {
@@ -218,6 +239,7 @@ impl Proxy {
             admin,
             conns,
             max_conns,
+            _workers: workers,
         })
     }
 

@@ -457,16 +457,13 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
         log_format,
         &config.server.log_level,
     );
-    // One worker: the current-thread scheduler (no work-stealing bookkeeping, no cross-thread
-    // wake-ups). Several: the multi-thread scheduler with that many workers.
-    let mut builder = if config.server.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(config.server.worker_threads);
-        b
-    };
-    let runtime = match builder.enable_all().build() {
+    // A current-thread runtime: with one worker it serves everything; with several
+    // (`server::workers`) the proxy and authz listeners are served by the workers' own runtimes
+    // and this one keeps the signals and admin listeners and the background tasks.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %cae_proxy::errors::Chain(&e), "cannot start the runtime");

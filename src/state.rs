@@ -147,12 +147,13 @@ impl Shared {
         };
         let mut upstreams = HashMap::default();
         {
+            let workers = config.server.worker_threads;
             let mut pool = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
             for (name, u) in &config.upstreams {
                 let client = match pool.get(u) {
                     Some(c) => c.clone(),
                     None => {
-                        let c = Arc::new(UpstreamClient::new(u).map_err(|source| {
+                        let c = Arc::new(UpstreamClient::new(u, workers).map_err(|source| {
                             BuildError::Upstream {
                                 upstream: name.clone(),
                                 source,

@@ -1,5 +1,5 @@
-//! The only place that dials upstreams: pooled hyper-util clients, one per upstream definition,
-//! kept across reloads; connect, response-head and pool-idle timeouts.
+//! The only place that dials upstreams: pooled hyper-util clients, one per upstream definition and
+//! worker (`server::workers`), kept across reloads; connect, response-head and pool-idle timeouts.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -62,7 +62,9 @@ pub struct UpstreamClient {
     /// The upstream's own authority (traces name it).
     pub authority: Option<Authority>,
     pub host: HeaderValue,
-    client: Client<Pinned, BoxedBody>,
+    /// One pool per worker, indexed by `server::workers::index()`: a connection's task runs on
+    /// the worker that dialled it, and only that worker's requests use it.
+    clients: Box<[Client<Pinned, BoxedBody>]>,
 }
 
 /// The authority of every target URI: the client's pool is keyed by scheme and authority and
@@ -115,7 +117,8 @@ fn host_header(url: &http::Uri) -> HeaderValue {
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: &Upstream) -> Result<UpstreamClient, TlsError> {
+    /// The client of `cfg`, with one pool for each of `workers` workers (at least one).
+    pub fn new(cfg: &Upstream, workers: usize) -> Result<UpstreamClient, TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -131,17 +134,22 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .build(Pinned(Arc::new((https, cfg.url.clone()))));
+        let connector = Pinned(Arc::new((https, cfg.url.clone())));
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(cfg.idle_timeout)
+                    .pool_timer(TokioTimer::new())
+                    .pool_max_idle_per_host(1024)
+                    .build(connector.clone())
+            })
+            .collect();
         Ok(UpstreamClient {
             cfg: cfg.clone(),
             scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority: cfg.url.authority().cloned(),
             host: host_header(&cfg.url),
-            client,
+            clients,
         })
     }
 
@@ -158,7 +166,9 @@ impl UpstreamClient {
     /// Sends the request and waits for the response head within the request timeout.
     pub async fn send(&self, req: Request<BoxedBody>) -> Result<Response<Incoming>, ForwardError> {
         let timeout = self.cfg.request_timeout;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let pools = &self.clients;
+        let client = &pools[crate::server::workers::index() % pools.len()];
+        match tokio::time::timeout(timeout, client.request(req)).await {
             Err(_) => Err(ForwardError::Timeout(timeout)),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(classify(e)),

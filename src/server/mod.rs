@@ -10,6 +10,7 @@
 //! `header_read_timeout`.
 
 pub mod conn;
+pub mod workers;
 
 use conn::ConnInfo;
 
@@ -41,42 +42,73 @@ pub enum Role {
     Admin,
 }
 
-/// Accepts connections until shutdown; each connection holds a permit of `conns`.
-pub async fn accept_loop(
-    listener: TcpListener,
-    name: Arc<str>,
-    role: Role,
-    tls_required: bool,
-    shared: Arc<Shared>,
-    conns: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(listener = %name, error = %crate::errors::Chain(&e), "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            tracing::warn!(listener = %name, %peer, "connection limit reached; closing the new connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (name, shared, shutdown) = (name.clone(), shared.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            serve_connection(tcp, peer, name, role, tls_required, shared, shutdown).await;
-            drop(permit);
-        });
+/// One listener's accepting side: what every connection it accepts is served with.
+pub struct Accept {
+    pub name: Arc<str>,
+    pub role: Role,
+    /// Bound with TLS: a reload that removes its TLS section must not make it plain text.
+    pub tls_required: bool,
+    pub shared: Arc<Shared>,
+    /// The connection budget; each connection holds a permit for its life.
+    pub conns: Arc<Semaphore>,
+}
+
+impl Accept {
+    /// Accepts on `listener` in every worker: each worker registers its own handle of the one
+    /// listening socket and runs its own accept loop, so a connection stays on the worker that
+    /// accepted it.
+    pub fn spawn_on_workers(
+        self: Arc<Self>,
+        listener: TcpListener,
+        workers: &workers::Workers,
+    ) -> std::io::Result<()> {
+        let listener = listener.into_std()?;
+        for worker in workers.handles() {
+            let (socket, accept) = (listener.try_clone()?, self.clone());
+            worker.spawn(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(l) => accept.run(l).await,
+                    Err(e) => {
+                        tracing::error!(listener = %accept.name, worker = workers::index(), error = %crate::errors::Chain(&e), "the worker cannot accept on this listener")
+                    }
+                }
+            });
+        }
+        Ok(())
     }
-    tracing::info!(listener = %name, "stopped accepting");
+
+    /// Accepts connections until shutdown, each served on a task of the current runtime.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shared.shutdown.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.changed() => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %self.name, error = %crate::errors::Chain(&e), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.conns.clone().try_acquire_owned() else {
+                tracing::warn!(listener = %self.name, %peer, "connection limit reached; closing the new connection");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (name, shared, shutdown) =
+                (self.name.clone(), self.shared.clone(), shutdown.clone());
+            let (role, tls_required) = (self.role, self.tls_required);
+            tokio::spawn(async move {
+                serve_connection(tcp, peer, name, role, tls_required, shared, shutdown).await;
+                drop(permit);
+            });
+        }
+        tracing::info!(listener = %self.name, "stopped accepting");
+    }
 }
 
 /// What a connection needs of `[server]` for its whole life: copied, so that an idle connection

@@ -607,6 +607,75 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     assert_eq!(code, Some(0));
 }
 
+/// The names of the threads of process `pid` (`/proc/<pid>/task/*/comm`), sorted.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `worker_threads = 2`: two worker threads serve the public listener, each with its own
+/// runtime; many kept-alive connections are all answered; SIGTERM lets a slow request on a worker
+/// finish, closes the listener and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_serve_kept_alive_connections_and_drain_on_sigterm() {
+    let up = echo().await;
+    let (_dir, cfg) = config_file(&config(
+        "worker_threads = 2",
+        &[("app", &up.url())],
+        &[("all", "/", "app")],
+    ));
+    let mut bin = Binary::start(&cfg, 2);
+    bin.wait_ready().await;
+    let workers: Vec<String> = thread_names(bin.child.id())
+        .into_iter()
+        .filter(|n| n.starts_with("cae-worker"))
+        .collect();
+    assert_eq!(workers, ["cae-worker-0", "cae-worker-1"]);
+    let public = bin.addrs["public"];
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        clients.push(tokio::spawn(async move {
+            let mut send = h1_connection(public).await;
+            let mut statuses = Vec::new();
+            for i in 0..5 {
+                let (status, body) = h1_get(&mut send, &format!("/c{c}/r{i}")).await?;
+                let echoed: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                if echoed["path"] != format!("/c{c}/r{i}") {
+                    return Err(format!("connection {c}, request {i}: {echoed}"));
+                }
+                statuses.push(status);
+            }
+            Ok::<_, String>(statuses)
+        }));
+    }
+    for c in clients {
+        assert_eq!(c.await.unwrap().unwrap(), [StatusCode::OK; 5]);
+    }
+    let url = bin.url("public", "/slow?ms=1500");
+    let before = up.requests();
+    let slow = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    eventually(
+        Duration::from_secs(10),
+        "the slow request in flight at the upstream",
+        || async { up.requests() > before },
+    )
+    .await;
+    bin.signal(libc::SIGTERM);
+    wait_refused(public).await;
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");
+    let code = tokio::task::spawn_blocking(move || bin.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_upload_lets_it_finish_refuses_new_connections_and_exits_0() {
     const SIZE: usize = 256 * 1024;
