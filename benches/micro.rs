@@ -80,7 +80,7 @@ fn world() -> World {
     let config = Config::parse(&config_text(dir.path()), dir.path()).unwrap();
     let shared = rt.block_on(async {
         let store = Arc::new(SignalStore::open(Arc::new(MemoryStore::default()), 3600, 0).unwrap());
-        let shared = Arc::new(Shared::new(None, store, 1000, None));
+        let shared = Arc::new(Shared::new(None, store, 1000, 1, None));
         let snap = shared.build(config).unwrap();
         shared.install(snap);
         for _ in 0..200 {

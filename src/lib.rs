@@ -84,7 +84,9 @@ pub struct StartOptions {
     pub on_reload: Option<state::ReloadHook>,
 }
 
-/// A running proxy: listeners bound, background tasks started.
+/// A running proxy: listeners bound, background tasks started. Dropped without
+/// [`Proxy::shutdown`], its workers stop at once (their connections cut, no drain) while the
+/// listeners on the caller's runtime accept until that runtime ends.
 pub struct Proxy {
     pub shared: Arc<Shared>,
     listeners: Vec<(String, SocketAddr)>,
@@ -128,6 +130,7 @@ impl Proxy {
             opts.config_path,
             store,
             config.server.token_cache_size,
+            config.server.worker_threads,
             opts.on_reload,
         ));
         shared
@@ -222,13 +225,14 @@ impl Proxy {
                 // Requests go to the workers; signals and admin stay on this runtime.
                 Some(w) if matches!(role, Role::Proxy | Role::Authz) => Arc::new(accept)
                     .spawn_on_workers(tcp, w)
+                    .await
                     .map_err(|source| StartError::Bind {
                         listener: name.to_string(),
                         address,
                         source,
                     })?,
                 _ => {
-                    tokio::spawn(Arc::new(accept).run(tcp));
+                    tokio::spawn(Arc::new(accept).run(tcp, shared.shutdown.subscribe()));
                 }
             }
         }

@@ -87,6 +87,9 @@ pub struct Shared {
     pub tasks: tokio_util::task::TaskTracker,
     key_sets: KeySets,
     upstreams: Mutex<HashMap<Upstream, Arc<UpstreamClient>>>,
+    /// The workers the process started with (`server.worker_threads` at start): one upstream
+    /// pool each. A reload that changes the setting changes nothing until a restart.
+    workers: usize,
     generation: AtomicU64,
     /// Called after each successful reload (log level changes).
     pub on_reload: Option<ReloadHook>,
@@ -103,6 +106,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         store: Arc<SignalStore>,
         cache_size: usize,
+        workers: usize,
         on_reload: Option<ReloadHook>,
     ) -> Shared {
         let (shutdown, _) = tokio::sync::watch::channel(false);
@@ -120,6 +124,7 @@ impl Shared {
             tasks: tokio_util::task::TaskTracker::new(),
             key_sets,
             upstreams: Mutex::default(),
+            workers,
             generation: AtomicU64::new(0),
             on_reload,
             signals: Default::default(),
@@ -147,7 +152,7 @@ impl Shared {
         };
         let mut upstreams = HashMap::default();
         {
-            let workers = config.server.worker_threads;
+            let workers = self.workers;
             let mut pool = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
             for (name, u) in &config.upstreams {
                 let client = match pool.get(u) {
@@ -268,6 +273,13 @@ impl Shared {
                 }
                 _ => {}
             }
+        }
+        if config.server.worker_threads != self.workers {
+            tracing::warn!(
+                old = self.workers,
+                new = config.server.worker_threads,
+                "server.worker_threads changed: takes effect after a restart"
+            );
         }
         if config.tracing.as_ref() != self.telemetry.get().map(|t| t.config()) {
             tracing::warn!("[tracing] changed: takes effect after a restart");

@@ -55,31 +55,43 @@ pub struct Accept {
 
 impl Accept {
     /// Accepts on `listener` in every worker: each worker registers its own handle of the one
-    /// listening socket and runs its own accept loop, so a connection stays on the worker that
-    /// accepted it.
-    pub fn spawn_on_workers(
+    /// listening socket with its runtime and runs its own accept loop, so a connection stays on
+    /// the worker that accepted it. Returns once every worker has registered the socket.
+    pub async fn spawn_on_workers(
         self: Arc<Self>,
         listener: TcpListener,
         workers: &workers::Workers,
     ) -> std::io::Result<()> {
         let listener = listener.into_std()?;
+        let mut registered = Vec::new();
         for worker in workers.handles() {
-            let (socket, accept) = (listener.try_clone()?, self.clone());
+            let socket = listener.try_clone()?;
+            let (accept, shutdown) = (self.clone(), self.shared.shutdown.subscribe());
+            let (tx, rx) = tokio::sync::oneshot::channel();
             worker.spawn(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(l) => accept.run(l).await,
+                    Ok(l) => {
+                        let _ = tx.send(Ok(()));
+                        accept.run(l, shutdown).await
+                    }
                     Err(e) => {
-                        tracing::error!(listener = %accept.name, worker = workers::index(), error = %crate::errors::Chain(&e), "the worker cannot accept on this listener")
+                        let _ = tx.send(Err(e));
                     }
                 }
             });
+            registered.push(rx);
+        }
+        for r in registered {
+            r.await
+                .map_err(|_| std::io::Error::other("the worker stopped before accepting"))??;
         }
         Ok(())
     }
 
-    /// Accepts connections until shutdown, each served on a task of the current runtime.
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
-        let mut shutdown = self.shared.shutdown.subscribe();
+    /// Accepts connections until `shutdown` fires, each served on a task of the current
+    /// runtime. `shutdown` is subscribed before the task starts, so a shutdown sent before its
+    /// first poll is not missed.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.changed() => break,

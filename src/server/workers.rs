@@ -4,10 +4,13 @@
 //!
 //! One multi-thread runtime instead moved tasks between threads (work stealing) and woke idle
 //! threads for every new task; with two workers on two cores that cost more than the second core
-//! gave (docs/performance.md, "Two workers"). Here a worker that is busy simply does not accept:
-//! the listening socket is registered with every worker, and the one that is waiting takes the
-//! next connection. Each worker also has its own upstream connection pool
-//! ([`index`] selects it), so a request never hands its upstream exchange to another thread.
+//! gave (docs/performance.md, "Two workers"). Here the listening socket is registered with every
+//! worker: a new connection wakes each worker that is waiting in its poll, the first to accept
+//! takes it and the others find nothing (one wasted wake-up per waiting worker and connection;
+//! `SO_REUSEPORT` sockets per worker would avoid it, at the cost of one accept queue per worker
+//! that a busy worker leaves unserved). A worker busy serving does not accept. Each worker also
+//! has its own upstream connection pool ([`index`] selects it), so a request never hands its
+//! upstream exchange to another thread.
 
 use std::cell::Cell;
 

@@ -50,7 +50,9 @@ impl Default for Toml {
 }
 
 impl Toml {
-    /// `[server] log_level = "warn"`, the memory store, nothing else yet.
+    /// `[server] log_level = "warn"`, the memory store, nothing else yet. Unless the `[server]`
+    /// lines set `worker_threads`, the file sets 2: every proxy a test starts runs two workers,
+    /// whatever the machine's core count.
     pub fn new() -> Toml {
         Toml {
             server: Some("log_level = \"warn\"\n".into()),
@@ -241,6 +243,12 @@ impl Toml {
         let mut out = String::new();
         if let Some(s) = &self.server {
             let _ = write!(out, "[server]\n{s}");
+            if !s
+                .lines()
+                .any(|l| l.trim_start().starts_with("worker_threads"))
+            {
+                out.push_str("worker_threads = 2\n");
+            }
         }
         out.push_str(&self.listeners);
         if let Some(a) = &self.admin {
