@@ -275,7 +275,7 @@ async fn sighup_with_a_broken_file_keeps_the_old_routing_and_a_fixed_file_adds_t
     assert_eq!(line["level"], "ERROR", "{line}");
     assert_eq!(
         line["error"],
-        "server.idle_timeout (line 3, column 16): invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\"); route[2].upstream (line 28, column 12): no [upstreams.missing] is defined",
+        "server.idle_timeout (line 3, column 16): invalid duration \"forever\": expected number at 0 (examples: \"30s\", \"500ms\", \"28h 5m\"); route[2].upstream (line 29, column 12): no [upstreams.missing] is defined",
         "every error with its TOML path and position"
     );
     // The old configuration serves: /app still reaches a, /v2 is still unrouted.
@@ -911,7 +911,7 @@ async fn tls_certificates_rotate_on_reload_and_bad_files_keep_the_old_certificat
             // Checked by validation: reported with its TOML path.
             "missing key",
             Box::new(|| std::fs::remove_file(&a.key).unwrap()),
-            format!("listener[0].tls.key (line 8, column 7): file {key_path} does not exist"),
+            format!("listener[0].tls.key (line 9, column 7): file {key_path} does not exist"),
         ),
         (
             // Half a rotation: the new certificate is in place, its key not yet.
