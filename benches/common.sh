@@ -1,7 +1,8 @@
-# Helpers shared by the single-server benchmark scripts (profile.sh, floor.sh, idle.sh): a work
-# directory and the processes started in it (stopped, and the directory removed, on exit; kept
-# with KEEP=1), the release build with keys and tokens, ports, readiness, the nginx `return 200`
-# upstream and the benchmark route's configuration. Sourced, not run: `. benches/common.sh` from the repository root.
+# Helpers shared by the benchmark scripts (profile.sh, floor.sh, idle.sh, ab.sh; load/run.sh and
+# load/authz.sh use the ports, readiness and issuer helpers): a work directory and the processes
+# started in it (stopped, and the directory removed, on exit; kept with KEEP=1), the release build
+# with keys and tokens, ports, readiness, the nginx `return 200` upstream and the benchmark
+# route's configuration. Sourced, not run: `. benches/common.sh` from the repository root.
 
 bench_workdir() { # NAME: sets W (a new directory) and PIDS (processes to stop on exit)
   W=$(mktemp -d "/tmp/cae-$1.XXXXXX")

@@ -214,25 +214,26 @@ impl Proxy {
             } else {
                 conns.clone()
             };
-            let accept = server::Accept {
-                name: name.clone(),
+            let accept = Arc::new(server::Accept {
+                name,
                 role,
                 tls_required: tls,
                 shared: shared.clone(),
                 conns: budget,
-            };
+            });
             match &workers {
                 // Requests go to the workers; signals and admin stay on this runtime.
-                Some(w) if matches!(role, Role::Proxy | Role::Authz) => Arc::new(accept)
+                Some(w) if matches!(role, Role::Proxy | Role::Authz) => accept
+                    .clone()
                     .spawn_on_workers(tcp, w)
                     .await
                     .map_err(|source| StartError::Bind {
-                        listener: name.to_string(),
+                        listener: accept.name.to_string(),
                         address,
                         source,
                     })?,
                 _ => {
-                    tokio::spawn(Arc::new(accept).run(tcp, shared.shutdown.subscribe()));
+                    tokio::spawn(accept.run(tcp, shared.shutdown.subscribe()));
                 }
             }
         }

@@ -152,18 +152,18 @@ impl Shared {
         };
         let mut upstreams = HashMap::default();
         {
-            let workers = self.workers;
             let mut pool = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
             for (name, u) in &config.upstreams {
                 let client = match pool.get(u) {
                     Some(c) => c.clone(),
                     None => {
-                        let c = Arc::new(UpstreamClient::new(u, workers).map_err(|source| {
-                            BuildError::Upstream {
-                                upstream: name.clone(),
-                                source,
-                            }
-                        })?);
+                        let c =
+                            Arc::new(UpstreamClient::new(u, self.workers).map_err(|source| {
+                                BuildError::Upstream {
+                                    upstream: name.clone(),
+                                    source,
+                                }
+                            })?);
                         pool.insert(u.clone(), c.clone());
                         c
                     }

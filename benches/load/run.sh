@@ -11,6 +11,7 @@
 # TLS_KEY=rsa: an RSA-2048 certificate instead of ECDSA P-256. IDLE_CONNS (10000), BODY_CONNS (16).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/common.sh   # free_port, wait_port, bench_issuer
 REPS=${1:-3}
 DUR=${2:-5}
 CONNS=64
@@ -93,13 +94,6 @@ start() { # name, command...: starts in its own process group, remembers the gro
   setsid "$@" >"$W/$name.out" 2>&1 &
   echo $! >> "$GROUPS_FILE"
   echo $!
-}
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened"; exit 1
 }
 cpu_ticks() { # sum of utime+stime of every process in the group
   local total=0
@@ -271,12 +265,7 @@ path = "$W/state.redb"
 url = "http://127.0.0.1:$UP"
 [upstreams.sink]
 url = "http://127.0.0.1:$SINK"
-[[issuer]]
-name = "bench"
-issuer = "https://idp.bench.example"
-jwks_file = "$W/jwks.json"
-audiences = ["api://bench"]
-algorithms = ["RS256", "ES256"]
+$(bench_issuer)
 [[route]]
 name = "api"
 upstream = "up"

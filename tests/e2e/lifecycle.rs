@@ -670,10 +670,7 @@ async fn two_workers_serve_kept_alive_connections_and_drain_on_sigterm() {
     wait_refused(public).await;
     let r = slow.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");
-    let code = tokio::task::spawn_blocking(move || bin.wait(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0));
+    assert_eq!(bin.wait_exit(Duration::from_secs(10)).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
